@@ -1,0 +1,146 @@
+"""The `tdsdist` command line (click). Imports of torch and transformers stay inside commands so
+that `tdsdist --help` and input errors answer at once."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tdsdist.errors import TdsError
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A `TdsError` becomes one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TdsError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="tdsdist")
+def main() -> None:
+    """Token distribution shift (TDS) between a base and an aligned LLM."""
+
+
+def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags of `score`, one per `ScoreConfig` field; unset flags fall back to --config."""
+    options = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False),
+            help="YAML file of options (flags override it).",
+        ),
+        click.option("--aligned", help="Aligned model: hub id or local folder."),
+        click.option("--base", help="Base model: hub id or local folder."),
+        click.option("--data", help="Aligned answers: just-eval JSON list or JSONL."),
+        click.option("--store", help="Output Zarr store (folder)."),
+        click.option("--top-k", type=int, help="Candidates kept per position [20]."),
+        click.option("--base-template", help="plain | urial:FILE | none | JINJA_FILE [plain]."),
+        click.option("--aligned-template", type=click.Choice(["input", "chat"]), help="[input]"),
+        click.option("--max-output-tokens", type=int, help="Cut answers to N tokens (flagged)."),
+        click.option("--limit", type=int, help="Score only the first N examples."),
+        click.option("--unit-size", type=int, help="Examples per work unit [32]."),
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
+            help="[float32]",
+        ),
+        click.option("--device", help="auto | cpu | cuda | cuda:N [auto]."),
+        click.option("--max-tokens-per-batch", type=int, help="Token budget per forward [8192]."),
+        click.option("--logits-chunk-mib", type=int, help="Memory for one chunk of logits [64]."),
+        click.option(
+            "--truncate-context/--no-truncate-context",
+            default=None,
+            help="Cut long contexts from the left.",
+        ),
+        click.option("--overwrite/--no-overwrite", default=None, help="Start the store over."),
+        click.option(
+            "--trust-remote-code/--no-trust-remote-code",
+            default=None,
+            help="Run model code from the hub.",
+        ),
+        click.option("--aligned-revision", help="Hub revision of the aligned model."),
+        click.option("--base-revision", help="Hub revision of the base model."),
+        click.option("--id-field", help="[id]"),
+        click.option("--instruction-field", help="[pure_input]"),
+        click.option("--input-field", help="[input]"),
+        click.option("--output-field", help="[output]"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@main.command("score")
+@score_options
+@user_errors
+def score_command(config_file: str | None, **flags: Any) -> None:
+    """Score the aligned answers under both models into a Zarr store (resumes if it exists)."""
+    from tdsdist.config import build_config, load_yaml
+    from tdsdist.score import run_score
+
+    file_values = load_yaml(config_file) if config_file else {}
+    config = build_config(file_values, flags)
+    timing = run_score(config, log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps({"timing": timing}))
+
+
+@main.command("show")
+@click.argument("store_dir", type=click.Path())
+@click.option("--example", "example_id", required=True, help="Example id.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
+    """One example, position by position."""
+    from tdsdist.show import example_record, render_text
+    from tdsdist.store import Store
+
+    record = example_record(Store(store_dir, mode="r"), example_id)
+    click.echo(json.dumps(record, ensure_ascii=False) if as_json else render_text(record))
+
+
+@main.command("analyze")
+@click.argument("store_dir", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def analyze_command(store_dir: str, as_json: bool) -> None:
+    """Summary statistics of a store: shift categories and more."""
+    from tdsdist.analysis import render_text, summarize
+    from tdsdist.store import Store
+
+    summary = summarize(Store(store_dir, mode="r"))
+    click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
+
+
+@main.command("demo")
+@click.option("--store", default="tdsdist-demo.zarr", show_default=True, help="Output store.")
+@click.option("--limit", default=20, show_default=True, help="Examples to score.")
+@click.option(
+    "--data", default=None, help="Answers file [the first 20 just-eval examples, shipped]."
+)
+@click.option("--max-output-tokens", type=int, default=None, help="Cut answers to N tokens.")
+@user_errors
+def demo_command(store: str, limit: int, data: str | None, max_output_tokens: int | None) -> None:
+    """The whole path on a real small model (SmolLM2-135M-Instruct from PyPI), offline."""
+    from tdsdist.demo import run_demo
+
+    run_demo(
+        store=store, limit=limit, data=data, max_output_tokens=max_output_tokens, echo=click.echo
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The scoring job's configuration: one typed dataclass, filled from a YAML file and CLI flags.
+
+Each field maps one to one onto a CLI flag (`top_k` <-> `--top-k`); a YAML file under `configs/`
+uses the field names. A flag given on the command line overrides the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tdsdist.errors import TdsError
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+@dataclass
+class ScoreConfig:
+    aligned: str
+    """The aligned (chat) model: a hub id or a local folder. Its answers are being scored."""
+    base: str
+    """The base model: a hub id or a local folder."""
+    data: str
+    """The aligned model's answers: a just-eval JSON list or JSONL file."""
+    store: str
+    """The output Zarr store (a folder)."""
+    top_k: int = 20
+    """Candidates kept per position and model (the published pipeline kept 30)."""
+    base_template: str = "plain"
+    """Base context: `plain`, `urial:FILE`, `none`, or a Jinja template file (variable `query`)."""
+    aligned_template: str = "input"
+    """Aligned context: `input` (the data's prompt field verbatim) or `chat` (tokenizer template)."""
+    max_output_tokens: int | None = None
+    """Cut answers to this many tokens (the cut is flagged per example)."""
+    limit: int | None = None
+    """Score only the first N examples of the data file."""
+    unit_size: int = 32
+    """Examples per work unit: the unit of resumption, of writing and (when distributed) of work."""
+    dtype: str = "float32"
+    """Model weights' dtype; the normaliser and all statistics are float32 whatever this is."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
+    max_tokens_per_batch: int = 8192
+    """Token budget of one forward batch (padded length times batch size)."""
+    logits_chunk_mib: int = 64
+    """Memory budget of one chunk of float32 logits in the scoring head."""
+    truncate_context: bool = False
+    """Cut contexts from the left when context + answer exceed the model's window (flagged)."""
+    overwrite: bool = False
+    """Delete an existing store and start over instead of resuming it."""
+    trust_remote_code: bool = False
+    """Let transformers run code shipped with the model (off: never run remote code unless asked)."""
+    aligned_revision: str | None = None
+    """Hub revision (branch, tag or commit) of the aligned model."""
+    base_revision: str | None = None
+    """Hub revision of the base model."""
+    id_field: str = "id"
+    """Input field with the example id."""
+    instruction_field: str = "pure_input"
+    """Input field with the bare instruction (used by base templates and `chat`)."""
+    input_field: str = "input"
+    """Input field with the aligned model's full prompt (used by `--aligned-template input`)."""
+    output_field: str = "output"
+    """Input field with the answer (a string, or a list whose first element is the answer)."""
+
+    def __post_init__(self) -> None:
+        def positive(name: str, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("top_k", "unit_size", "max_tokens_per_batch", "logits_chunk_mib"):
+            positive(name)
+        for name in ("max_output_tokens", "limit"):
+            positive(name, optional=True)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.aligned_template not in ("input", "chat"):
+            raise ValueError(
+                f"aligned_template must be 'input' or 'chat', got {self.aligned_template!r}"
+            )
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(ScoreConfig)]
+
+
+def load_yaml(path: Path | str) -> dict[str, Any]:
+    """A config file's keys, checked against the dataclass (a typo must not be silently ignored)."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise TdsError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise TdsError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise TdsError(f"{path}: a config file must be a mapping of option names to values")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(field_names()))
+    if unknown:
+        raise TdsError(f"{path}: unknown option(s): {', '.join(unknown)}")
+    return values
+
+
+def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> ScoreConfig:
+    """Merge file and flags (flags win) and validate; a bad value is one `TdsError` line."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    missing = [n for n in ("aligned", "base", "data", "store") if merged.get(n) in (None, "")]
+    if missing:
+        flags = ", ".join("--" + n for n in missing)
+        raise TdsError(f"missing required option(s): {flags} (on the command line or in --config)")
+    try:
+        return ScoreConfig(**merged)
+    except (TypeError, ValueError) as e:
+        raise TdsError(f"invalid configuration: {e}") from None

@@ -1,0 +1,147 @@
+"""Read and validate the aligned model's answers (just-eval / URIAL format).
+
+Everything is checked before any model loads: a bad file costs the user a second, not the minutes
+it takes to load two 70B models. Each problem is one `TdsError` naming the file, the example
+(index and id) and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tdsdist.errors import TdsError
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Names of the input fields; the defaults are those of just-eval and URIAL output files."""
+
+    id: str = "id"
+    instruction: str = "pure_input"
+    prompt: str = "input"
+    answer: str = "output"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One aligned answer to score. `prompt` is the aligned model's full prompt, if the file has it."""
+
+    index: int
+    id: str
+    instruction: str
+    prompt: str | None
+    answer: str
+
+
+def file_sha256(path: Path) -> str:
+    """Fingerprint of the data file: a store scored on other data must not be resumed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _parse(path: Path, text: str) -> list[object]:
+    """JSON list, or JSONL objects (one per non-empty line)."""
+    stripped = text.lstrip()
+    if not stripped:
+        raise TdsError(f"{path}: the file is empty: no examples")
+    if stripped[0] == "[":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TdsError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        return records
+    if stripped[0] != "{":
+        raise TdsError(
+            f"{path}: the top level must be a JSON list of objects or JSONL (one object per line)"
+        )
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise TdsError(
+                f"{path}: JSONL line {lineno} does not parse (column {e.colno}: {e.msg})"
+            ) from None
+    return records
+
+
+def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
+    if not isinstance(record, dict):
+        raise TdsError(f"{path}: example {index}: is a {type(record).__name__}, not a JSON object")
+    raw_id = record.get(fields.id, None)
+    where = f"{path}: example {index}" + ("" if raw_id is None else f" (id {raw_id!r})")
+    if raw_id is None:
+        raise TdsError(f"{where}: field '{fields.id}' is missing")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        raise TdsError(f"{where}: field '{fields.id}' must be a string or an integer")
+
+    def text_field(name: str, required: bool) -> str | None:
+        if name not in record:
+            if required:
+                raise TdsError(f"{where}: field '{name}' is missing")
+            return None
+        value = record[name]
+        if not isinstance(value, str):
+            raise TdsError(f"{where}: field '{name}' must be a string, not {type(value).__name__}")
+        return value
+
+    instruction = text_field(fields.instruction, required=True)
+    prompt = text_field(fields.prompt, required=False)
+    if fields.answer not in record:
+        raise TdsError(f"{where}: field '{fields.answer}' is missing")
+    answer = record[fields.answer]
+    if isinstance(answer, list):
+        if not answer:
+            raise TdsError(f"{where}: field '{fields.answer}' is an empty list")
+        answer = answer[0]
+    if not isinstance(answer, str):
+        raise TdsError(
+            f"{where}: field '{fields.answer}' must be a string or a list whose first element is"
+            f" a string, not {type(answer).__name__}"
+        )
+    if not answer.strip():
+        raise TdsError(f"{where}: field '{fields.answer}' is an empty answer")
+    assert instruction is not None
+    return Example(
+        index=index, id=str(raw_id), instruction=instruction, prompt=prompt, answer=answer
+    )
+
+
+def load_examples(
+    path: Path | str, fields: Fields = Fields(), limit: int | None = None
+) -> list[Example]:
+    """All examples of a JSON or JSONL file, validated; the first `limit` if given.
+
+    The whole file is validated even with `limit`, so that a later full run cannot fail on a
+    problem that the trial run skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TdsError(f"{path}: data file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TdsError(f"{path}: cannot read the data file ({e.__class__.__name__}: {e})") from None
+    records = _parse(path, text)
+    if not isinstance(records, list):
+        raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
+    if not records:
+        raise TdsError(f"{path}: no examples")
+    examples = [_example(path, i, r, fields) for i, r in enumerate(records)]
+    seen: dict[str, int] = {}
+    for ex in examples:
+        if ex.id in seen:
+            raise TdsError(
+                f"{path}: example {ex.index} (id {ex.id!r}): field '{fields.id}' duplicates"
+                f" example {seen[ex.id]}"
+            )
+        seen[ex.id] = ex.index
+    return examples[:limit] if limit is not None else examples

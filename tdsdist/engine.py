@@ -1,0 +1,163 @@
+"""Teacher-forced scoring of one model: batches under a token budget, one forward per batch.
+
+Alignment of logits and targets for a sequence with context `c` (length C) and answer `a` (N):
+
+    input:    c_0 ... c_{C-1}  a_0  a_1 ... a_{N-2}      (a_{N-1} is never fed: nothing follows it)
+    position: 0   ... C-1      C    C+1 ... C+N-2
+    predicts: c_1 ... a_0      a_1  a_2 ... a_{N-1}
+
+so answer token `a_j` is scored from the hidden state at position `C - 1 + j`. Only those rows go
+through the output projection (see `head.py`). `hidden_states` is the one place where "run the model
+body" happens: a tensor-parallel engine overrides it (and passes its vocabulary shard).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tdsdist.head import HeadOutput, VocabShard, score_positions
+from tdsdist.models import logit_softcap, output_projection
+
+
+@dataclass(frozen=True)
+class ContextAnswer:
+    """A context and the answer that follows it (token ids)."""
+
+    context: list[int]
+    answer: list[int]
+
+
+def token_budget_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices grouped into batches, longest first, so that `batch x longest <= max_tokens`.
+
+    Longest first makes an out-of-memory show on the first batch rather than after an hour. A
+    sequence longer than the budget gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Scorer:
+    """Scores answer positions under one model. Results come back on the CPU as numpy arrays."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab_size: int,
+        top_k: int,
+        chunk_bytes: int,
+        max_tokens_per_batch: int,
+        device: torch.device,
+        shard: VocabShard = VocabShard(),
+    ) -> None:
+        self.model = model
+        self.top_k = top_k
+        self.chunk_bytes = chunk_bytes
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.device = device
+        self.shard = shard
+        weight, bias = output_projection(model)
+        # Trim vocabulary padding: rows past the tokenizer's vocabulary are no tokens at all.
+        self.weight = weight[:vocab_size] if shard.group is None else weight
+        self.bias = None if bias is None else bias[: self.weight.shape[0]]
+        self.softcap = logit_softcap(model)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states `[B, T, H]` (after the final norm): the model minus its LM head."""
+        out = self.model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        )
+        return out.last_hidden_state
+
+    @torch.inference_mode()
+    def score(
+        self,
+        sequences: Sequence[ContextAnswer],
+        support: list[np.ndarray] | None = None,  # per sequence [N_i, k] ids, or None
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Per-position statistics of all sequences, concatenated in the given order.
+
+        Keys: top_ids [P, k] int32, top_logprobs [P, k], logprob [P], rank [P] int32, entropy [P],
+        and support_logprobs [P, k] when `support` is given.
+        """
+        fed = [len(s.context) + len(s.answer) - 1 for s in sequences]
+        results: list[HeadOutput | None] = [None] * len(sequences)
+        for batch in token_budget_batches(fed, self.max_tokens_per_batch):
+            outs = self._score_batch([sequences[i] for i in batch], batch, fed, support)
+            for i, out in zip(batch, outs):
+                results[i] = out
+            if progress is not None:
+                progress(sum(len(sequences[i].answer) for i in batch))
+        assert all(r is not None for r in results), "a sequence was not scored"
+        return _concat(results, support is not None)
+
+    def _score_batch(self, seqs, batch, fed, support) -> list[HeadOutput]:
+        width = max(fed[i] for i in batch)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        rows, targets = [], []
+        for b, (s, i) in enumerate(zip(seqs, batch)):
+            tokens = (s.context + s.answer)[: fed[i]]
+            ids[b, : len(tokens)] = torch.tensor(tokens)
+            mask[b, : len(tokens)] = 1
+            start = b * width + len(s.context) - 1
+            rows.append(torch.arange(start, start + len(s.answer)))
+            targets.extend(s.answer)
+        hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))  # [B, T, H]
+        flat_rows = torch.cat(rows).to(self.device)
+        answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)  # [N, H]
+        del hidden
+        sup = None
+        if support is not None:
+            sup = (
+                torch.from_numpy(np.concatenate([support[i] for i in batch])).long().to(self.device)
+            )
+        out = score_positions(
+            answer_hidden,
+            self.weight,
+            self.bias,
+            torch.tensor(targets, device=self.device),
+            self.top_k,
+            self.chunk_bytes,
+            sup,
+            self.shard,
+            self.softcap,
+        )
+        cpu = HeadOutput(**{k: None if v is None else v.cpu() for k, v in vars(out).items()})
+        return _split(cpu, [len(s.answer) for s in seqs])
+
+
+def _split(out: HeadOutput, sizes: list[int]) -> list[HeadOutput]:
+    parts = {k: (None if v is None else v.split(sizes)) for k, v in vars(out).items()}
+    return [
+        HeadOutput(**{k: None if v is None else v[j] for k, v in parts.items()})
+        for j in range(len(sizes))
+    ]
+
+
+def _concat(results: list[HeadOutput], with_support: bool) -> dict[str, np.ndarray]:
+    out = {
+        "top_ids": torch.cat([r.top_ids for r in results]).to(torch.int32).numpy(),
+        "top_logprobs": torch.cat([r.top_logprobs for r in results]).float().numpy(),
+        "logprob": torch.cat([r.logprob for r in results]).float().numpy(),
+        "rank": torch.cat([r.rank for r in results]).to(torch.int32).numpy(),
+        "entropy": torch.cat([r.entropy for r in results]).float().numpy(),
+    }
+    if with_support:
+        out["support_logprobs"] = torch.cat([r.support_logprobs for r in results]).float().numpy()
+    return out

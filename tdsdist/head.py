@@ -1,0 +1,171 @@
+"""The scoring head: from final hidden states to per-position TDS statistics, without `[T, V]`.
+
+Only answer positions reach the output projection, a chunk of rows at a time, so memory is bounded
+by `chunk_rows x V` floats whatever the batch. Per position it returns:
+
+- the top-k token ids and log-probabilities (top-k on raw logits; `logprob = logit - lse`);
+- the answer token's log-probability and its rank, `rank = 1 + #{v : logit_v > logit_target}`
+  (strictly greater: ties share the best rank; a -inf target ranks after every finite logit);
+- the entropy `H = lse - sum_v p_v logit_v` (nats);
+- optionally the log-probabilities at given ids (the base model at the aligned top-k, for KL).
+
+The normaliser `lse` is computed in float32 from logits in the model's dtype (the distribution the
+model itself defines). The vocabulary may be split across tensor-parallel ranks: each rank holds the
+rows `[vocab_start, vocab_start + V_local)` of the projection and the reductions below are
+all-reduces and all-gathers over `group`, with traffic O(k x tp) per position, never O(V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+@dataclass
+class HeadOutput:
+    top_ids: torch.Tensor  # [N, k] int64, best first
+    top_logprobs: torch.Tensor  # [N, k] float32
+    logprob: torch.Tensor  # [N] float32, of the target token
+    rank: torch.Tensor  # [N] int64, 1-based
+    entropy: torch.Tensor  # [N] float32
+    support_logprobs: torch.Tensor | None  # [N, k] float32, at the given support ids
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """This rank's slice of the vocabulary; `group` is None when one process holds it all."""
+
+    start: int = 0
+    group: dist.ProcessGroup | None = None
+
+    @property
+    def world(self) -> int:
+        return 1 if self.group is None else dist.get_world_size(self.group)
+
+
+def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
+    if shard.group is not None:
+        dist.all_reduce(t, op=op, group=shard.group)
+    return t
+
+
+def _gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabShard):
+    """Global top-k from each rank's local top-k: gather (value, global id) pairs, select again."""
+    if shard.group is None:
+        return values, ids
+    world = shard.world
+    all_values = [torch.empty_like(values) for _ in range(world)]
+    all_ids = [torch.empty_like(ids) for _ in range(world)]
+    dist.all_gather(all_values, values.contiguous(), group=shard.group)
+    dist.all_gather(all_ids, ids.contiguous(), group=shard.group)
+    cat_values = torch.cat(all_values, dim=-1)  # [N, k * tp]
+    cat_ids = torch.cat(all_ids, dim=-1)
+    best, where = cat_values.topk(k, dim=-1)
+    return best, cat_ids.gather(-1, where)
+
+
+def score_rows(
+    hidden: torch.Tensor,  # [N, H] model dtype
+    weight: torch.Tensor,  # [V_local, H] (vocabulary padding already trimmed)
+    bias: torch.Tensor | None,  # [V_local]
+    targets: torch.Tensor,  # [N] global token ids
+    k: int,
+    support: torch.Tensor | None = None,  # [N, k] global ids
+    shard: VocabShard = VocabShard(),
+    softcap: float | None = None,
+) -> HeadOutput:
+    """Statistics for one chunk of rows; see the module docstring for the definitions."""
+    logits = F.linear(hidden, weight, bias).float()  # [N, V_local]
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    n, v_local = logits.shape
+    local = targets - shard.start  # [N]
+    owned = (local >= 0) & (local < v_local)
+    local = local.clamp(0, v_local - 1).unsqueeze(-1)
+
+    # Target logit: owned by exactly one rank; the others contribute -inf to a max-reduce.
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    target_logit = torch.where(owned, logits.gather(-1, local).squeeze(-1), neg_inf)
+    target_logit = _all_reduce(target_logit, dist.ReduceOp.MAX, shard)
+    greater = (logits > target_logit.unsqueeze(-1)).sum(-1)  # [N] int64
+    rank = _all_reduce(greater, dist.ReduceOp.SUM, shard) + 1
+
+    top_values, top_local = logits.topk(min(k, v_local), dim=-1)
+    top_values, top_ids = _gather_top(top_values, top_local + shard.start, k, shard)
+
+    support_logit = None
+    if support is not None:
+        s_local = support - shard.start
+        s_owned = (s_local >= 0) & (s_local < v_local)
+        gathered = logits.gather(-1, s_local.clamp(0, v_local - 1))
+        support_logit = torch.where(s_owned, gathered, neg_inf)
+        support_logit = _all_reduce(support_logit, dist.ReduceOp.MAX, shard)
+
+    # Normaliser and entropy, reusing the logits' buffer: z = logits - max, e = exp(z).
+    row_max = _all_reduce(logits.max(-1).values, dist.ReduceOp.MAX, shard)  # [N]
+    z = logits.sub_(row_max.unsqueeze(-1))
+    e = z.exp()
+    sums = torch.stack([e.sum(-1), torch.nan_to_num(e * z, nan=0.0).sum(-1)], dim=-1)  # [N, 2]
+    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard)
+    lse = row_max + sums[:, 0].log()  # [N]
+    entropy = sums[:, 0].log() - sums[:, 1] / sums[:, 0]
+    return HeadOutput(
+        top_ids=top_ids,
+        top_logprobs=top_values - lse.unsqueeze(-1),
+        logprob=target_logit - lse,
+        rank=rank,
+        entropy=entropy,
+        support_logprobs=None if support_logit is None else support_logit - lse.unsqueeze(-1),
+    )
+
+
+def chunk_rows(vocab: int, chunk_bytes: int) -> int:
+    """Rows per chunk so that one float32 `[rows, V]` buffer stays within `chunk_bytes`."""
+    return max(1, chunk_bytes // (4 * vocab))
+
+
+def score_positions(
+    hidden: torch.Tensor,  # [N, H]
+    weight: torch.Tensor,  # [V_local, H]
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,  # [N]
+    k: int,
+    chunk_bytes: int,
+    support: torch.Tensor | None = None,  # [N, k]
+    shard: VocabShard = VocabShard(),
+    softcap: float | None = None,
+) -> HeadOutput:
+    """`score_rows` over chunks of rows, so no more than one chunk of logits is alive at a time.
+
+    Under tensor parallelism every rank must take the same chunks (the reductions are collective),
+    so the chunk size comes from the global vocabulary, not the local slice.
+    """
+    rows = chunk_rows(weight.shape[0] * shard.world, chunk_bytes)
+    parts = [
+        score_rows(
+            hidden[i : i + rows],
+            weight,
+            bias,
+            targets[i : i + rows],
+            k,
+            None if support is None else support[i : i + rows],
+            shard,
+            softcap,
+        )
+        for i in range(0, hidden.shape[0], rows)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return HeadOutput(
+        top_ids=torch.cat([p.top_ids for p in parts]),
+        top_logprobs=torch.cat([p.top_logprobs for p in parts]),
+        logprob=torch.cat([p.logprob for p in parts]),
+        rank=torch.cat([p.rank for p in parts]),
+        entropy=torch.cat([p.entropy for p in parts]),
+        support_logprobs=None
+        if support is None
+        else torch.cat([p.support_logprobs for p in parts]),
+    )

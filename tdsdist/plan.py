@@ -1,0 +1,127 @@
+"""Tokenize every example for both models and cut the work into units.
+
+Planning is cheap (tokenizers only) and happens before any model loads, so every too-long context
+or empty answer is reported up front. The answer is tokenized once, on its own, without special
+tokens, and the same ids follow each model's context: both models predict the identical sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tdsdist.data import Example
+from tdsdist.errors import TdsError
+from tdsdist.templates import ContextFn
+
+
+@dataclass(frozen=True)
+class Item:
+    """One example, tokenized for both models."""
+
+    example: Example
+    aligned_context: list[int]
+    base_context: list[int]
+    answer: list[int]
+    answer_truncated: bool
+    aligned_context_truncated: bool
+    base_context_truncated: bool
+
+    @property
+    def positions(self) -> int:
+        return len(self.answer)
+
+
+@dataclass(frozen=True)
+class Plan:
+    items: list[Item]
+    units: list[range]
+    """Item indices of each work unit, in data order."""
+
+
+def tokenize_context(tokenizer, text: str, special_tokens: bool) -> list[int]:
+    """Context ids as the tokenizer makes them by default, never with a doubled BOS.
+
+    A prompt such as Llama-2's `input` field already starts with the text `<s>`, which the
+    tokenizer parses as BOS; adding special tokens would then put a second BOS in front.
+    """
+    ids = list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if special_tokens and bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        ids = ids[1:]
+    return ids
+
+
+def _fit_context(
+    context: list[int],
+    answer_len: int,
+    window: int,
+    truncate: bool,
+    bos: int | None,
+    what: str,
+    ex: Example,
+) -> tuple[list[int], bool]:
+    """Cut the context from the left (keeping a leading BOS) so that context + answer fits."""
+    if len(context) + answer_len <= window:
+        return context, False
+    where = f"example {ex.index} (id {ex.id!r})"
+    if not truncate:
+        raise TdsError(
+            f"{where}: {what} context ({len(context)} tokens) plus answer ({answer_len} tokens)"
+            f" exceeds the model's window of {window}: use --truncate-context or --max-output-tokens"
+        )
+    keep_bos = bos is not None and context and context[0] == bos
+    room = window - answer_len - (1 if keep_bos else 0)
+    if room < 1:
+        raise TdsError(
+            f"{where}: the answer alone ({answer_len} tokens) leaves no room for the {what} context"
+            f" in the model's window of {window}: use --max-output-tokens"
+        )
+    cut = context[len(context) - room :]
+    return ([context[0]] + cut if keep_bos else cut), True
+
+
+def make_plan(
+    examples: Sequence[Example],
+    tokenizer,
+    aligned_context: ContextFn,
+    base_context: ContextFn,
+    *,
+    aligned_special_tokens: bool,
+    aligned_window: int,
+    base_window: int,
+    max_output_tokens: int | None,
+    truncate_context: bool,
+    unit_size: int,
+) -> Plan:
+    """Items for every example and units of `unit_size` consecutive examples.
+
+    The base context always takes the tokenizer's default special tokens; the aligned one takes
+    them for verbatim prompts and not for chat-template text (which carries its own).
+    """
+    items: list[Item] = []
+    bos = tokenizer.bos_token_id
+    for ex in examples:
+        answer = list(tokenizer(ex.answer, add_special_tokens=False)["input_ids"])
+        if not answer:
+            raise TdsError(f"example {ex.index} (id {ex.id!r}): the answer tokenizes to no tokens")
+        cut = max_output_tokens is not None and len(answer) > max_output_tokens
+        if cut:
+            answer = answer[:max_output_tokens]
+        a_ctx = tokenize_context(tokenizer, aligned_context(ex), aligned_special_tokens)
+        b_ctx = tokenize_context(tokenizer, base_context(ex), True)
+        for ctx, what in ((a_ctx, "aligned"), (b_ctx, "base")):
+            if not ctx:
+                raise TdsError(
+                    f"example {ex.index} (id {ex.id!r}): the {what} context is empty; the first"
+                    " answer token needs a context to be predicted from"
+                )
+        a_ctx, a_cut = _fit_context(
+            a_ctx, len(answer), aligned_window, truncate_context, bos, "aligned", ex
+        )
+        b_ctx, b_cut = _fit_context(
+            b_ctx, len(answer), base_window, truncate_context, bos, "base", ex
+        )
+        items.append(Item(ex, a_ctx, b_ctx, answer, cut, a_cut, b_cut))
+    units = [range(i, min(i + unit_size, len(items))) for i in range(0, len(items), unit_size)]
+    return Plan(items=items, units=units)

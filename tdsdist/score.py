@@ -1,0 +1,254 @@
+"""The scoring job: validate, plan, create or resume the store, score pending units, time it.
+
+`python -m tdsdist.score ...` takes the same arguments as `tdsdist score` (it is what torchrun
+launches). Order matters for the user: every check that can fail on bad input runs before any model
+loads and before the store is created or touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tdsdist import __version__
+from tdsdist.config import ScoreConfig
+from tdsdist.data import Fields, file_sha256, load_examples
+from tdsdist.engine import ContextAnswer, Scorer
+from tdsdist.errors import TdsError
+from tdsdist.metrics import topk_kl
+from tdsdist.models import (
+    check_same_vocabulary,
+    load_model,
+    load_model_config,
+    load_tokenizer,
+    model_window,
+    tokenizer_hash,
+)
+from tdsdist.plan import Plan, make_plan
+from tdsdist.store import Store, UnitRows, create
+from tdsdist.templates import aligned_context_fn, base_context_fn, template_fingerprint
+
+# Fault injection for tests of crash recovery: SIGKILL this process after writing the data of
+# the N-th unit of this run (0-based) and before marking it committed: the worst moment to die.
+FAULT_ENV = "TDSDIST_FAULT_KILL_BEFORE_COMMIT"
+
+
+@dataclass
+class Prepared:
+    """Everything known before any model loads."""
+
+    config: ScoreConfig
+    plan: Plan
+    tokenizer: Any
+    fingerprint: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TdsError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def prepare(config: ScoreConfig) -> Prepared:
+    """Validate the data, the templates and the tokenizers; tokenize; plan the units."""
+    fields = Fields(
+        config.id_field, config.instruction_field, config.input_field, config.output_field
+    )
+    examples = load_examples(config.data, fields, config.limit)
+    base_context = base_context_fn(config.base_template)
+    tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
+    base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
+    check_same_vocabulary(tok, base_tok, config.aligned, config.base)
+    if config.top_k > len(tok):
+        raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {len(tok)}")
+    aligned_context = aligned_context_fn(config.aligned_template, tok, config.input_field)
+    aligned_cfg = load_model_config(
+        config.aligned, config.aligned_revision, config.trust_remote_code
+    )
+    base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
+    plan = make_plan(
+        examples,
+        tok,
+        aligned_context,
+        base_context,
+        aligned_special_tokens=config.aligned_template == "input",
+        aligned_window=model_window(aligned_cfg, tok),
+        base_window=model_window(base_cfg, base_tok),
+        max_output_tokens=config.max_output_tokens,
+        truncate_context=config.truncate_context,
+        unit_size=config.unit_size,
+    )
+    fingerprint = {
+        "aligned": config.aligned,
+        "aligned_revision": config.aligned_revision,
+        "base": config.base,
+        "base_revision": config.base_revision,
+        "aligned_template": template_fingerprint(config.aligned_template),
+        "base_template": template_fingerprint(config.base_template),
+        "top_k": config.top_k,
+        "dtype": config.dtype,
+        "max_output_tokens": config.max_output_tokens,
+        "limit": config.limit,
+        "unit_size": config.unit_size,
+        "truncate_context": config.truncate_context,
+        "fields": dataclasses.asdict(fields),
+        "data_sha256": file_sha256(Path(config.data)),
+        "tokenizer_sha256": tokenizer_hash(tok),
+        "tdsdist_version": __version__,
+    }
+    return Prepared(config, plan, tok, fingerprint)
+
+
+def open_or_create_store(prep: Prepared) -> Store:
+    """Resume a store made by the same configuration, or create it; refuse any other store."""
+    path = Path(prep.config.store)
+    if path.exists() and not prep.config.overwrite:
+        if not path.is_dir() or not (path / "zarr.json").exists():
+            raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
+        store = Store(path)
+        stored = store.meta.get("fingerprint", {})
+        diffs = [
+            f"{key}: {stored.get(key)!r} in the store, {value!r} now"
+            for key, value in prep.fingerprint.items()
+            if stored.get(key) != value
+        ]
+        if diffs:
+            raise TdsError(
+                f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
+                " use --overwrite to start over"
+            )
+        return store
+    items = prep.plan.items
+    lengths = np.array([it.positions for it in items], dtype=np.int32)
+    flags = {
+        "answer_truncated": np.array([it.answer_truncated for it in items], dtype=bool),
+        "aligned_context_truncated": np.array(
+            [it.aligned_context_truncated for it in items], dtype=bool
+        ),
+        "base_context_truncated": np.array([it.base_context_truncated for it in items], dtype=bool),
+        "aligned_context_length": np.array(
+            [len(it.aligned_context) for it in items], dtype=np.int32
+        ),
+        "base_context_length": np.array([len(it.base_context) for it in items], dtype=np.int32),
+    }
+    return create(
+        path,
+        ids=[it.example.id for it in items],
+        lengths=lengths,
+        token_ids=np.concatenate([np.asarray(it.answer, dtype=np.int32) for it in items]),
+        flags=flags,
+        unit_size=prep.config.unit_size,
+        top_k=prep.config.top_k,
+        meta={
+            "fingerprint": prep.fingerprint,
+            "config": dataclasses.asdict(prep.config),
+            "vocab_size": len(prep.tokenizer),
+        },
+        tokenizer=prep.tokenizer,
+        overwrite=prep.config.overwrite,
+    )
+
+
+def score_unit(
+    plan: Plan, unit: UnitRows, aligned: Scorer, base: Scorer, progress=None
+) -> dict[str, np.ndarray]:
+    """All arrays of one unit: the aligned pass, then the base pass at the aligned top-k support."""
+    items = [plan.items[i] for i in unit.examples]
+    a = aligned.score(
+        [ContextAnswer(it.aligned_context, it.answer) for it in items], progress=progress
+    )
+    splits = np.cumsum([it.positions for it in items])[:-1]
+    support = np.split(a["top_ids"], splits)
+    b = base.score([ContextAnswer(it.base_context, it.answer) for it in items], support, progress)
+    arrays = {f"aligned/{k}": v for k, v in a.items()}
+    arrays.update({f"base/{k}": v for k, v in b.items() if k != "support_logprobs"})
+    arrays["base/logprobs_at_aligned_top"] = b["support_logprobs"]
+    arrays["positions/kl"] = topk_kl(a["top_logprobs"], b["support_logprobs"])
+    return arrays
+
+
+def load_scorers(
+    config: ScoreConfig, vocab_size: int, device: torch.device
+) -> tuple[Scorer, Scorer]:
+    scorers = []
+    for name, revision in (
+        (config.aligned, config.aligned_revision),
+        (config.base, config.base_revision),
+    ):
+        model = load_model(name, config.dtype, device, revision, config.trust_remote_code)
+        scorers.append(
+            Scorer(
+                model,
+                vocab_size,
+                config.top_k,
+                config.logits_chunk_mib << 20,
+                config.max_tokens_per_batch,
+                device,
+            )
+        )
+    return scorers[0], scorers[1]
+
+
+def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
+    """Score every pending unit into the store; returns the run's timing summary."""
+    prep = prepare(config)
+    device = resolve_device(config.device)
+    store = open_or_create_store(prep)
+    done = store.committed()
+    pending = [u for u in store.units() if not done[u.index]]
+    log(
+        f"tdsdist: {len(prep.plan.items)} examples, {len(done)} units "
+        f"({int(done.sum())} already committed), store {store.path}"
+    )
+    timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
+    if pending:
+        start = time.perf_counter()
+        aligned, base = load_scorers(config, len(prep.tokenizer), device)
+        timing["load_seconds"] = time.perf_counter() - start
+        timing.update(_score_units(prep.plan, store, pending, aligned, base, device))
+    store.set_timing(timing)
+    log(
+        f"tdsdist: scored {timing['positions']} positions in {timing['score_seconds']:.2f} s"
+        f" (models loaded in {timing['load_seconds']:.2f} s)"
+    )
+    return timing
+
+
+def _score_units(plan, store, pending, aligned, base, device) -> dict[str, Any]:
+    fault_at = int(os.environ.get(FAULT_ENV, "-1"))
+    total = sum(u.positions for u in pending)
+    bar = tqdm(total=2 * total, unit="pos", desc="scoring", disable=None, dynamic_ncols=True)
+    positions = 0
+    start = time.perf_counter()
+    for n, unit in enumerate(pending):
+        arrays = score_unit(plan, unit, aligned, base, progress=bar.update)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        store.write_rows(unit, arrays)
+        if n == fault_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        store.mark_committed(unit)
+        positions += unit.positions
+    bar.close()
+    return {"score_seconds": time.perf_counter() - start, "positions": positions}
+
+
+def main() -> None:
+    from tdsdist.cli import score_command
+
+    score_command(prog_name="python -m tdsdist.score")
+
+
+if __name__ == "__main__":
+    main()

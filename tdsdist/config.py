@@ -7,6 +7,8 @@ uses the field names. A flag given on the command line overrides the file.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,23 @@ import yaml
 from tdsdist.errors import TdsError
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
+# Fields whose YAML value must be a string (an unquoted `revision: 1234567` is an int) or a bool
+# (a quoted `overwrite: "no"` is a true string, which would delete the store).
+STRINGS = (
+    "aligned",
+    "base",
+    "data",
+    "store",
+    "base_template",
+    "aligned_template",
+    "device",
+    "id_field",
+    "instruction_field",
+    "input_field",
+    "output_field",
+)
+OPTIONAL_STRINGS = ("aligned_revision", "base_revision")
+BOOLS = ("truncate_context", "overwrite", "trust_remote_code")
 
 
 @dataclass
@@ -68,6 +87,17 @@ class ScoreConfig:
     """Input field with the answer (a string, or a list whose first element is the answer)."""
 
     def __post_init__(self) -> None:
+        for name in ("aligned", "base", "data", "store"):
+            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):
+                setattr(self, name, os.path.expanduser(getattr(self, name)))
+        for name in STRINGS + OPTIONAL_STRINGS:
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name in OPTIONAL_STRINGS and value is None):
+                raise ValueError(f"{name} must be a string, got {value!r} (quote it in YAML)")
+        for name in BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
         def positive(name: str, optional: bool = False) -> None:
             value = getattr(self, name)
             if optional and value is None:
@@ -85,7 +115,7 @@ class ScoreConfig:
             raise ValueError(
                 f"aligned_template must be 'input' or 'chat', got {self.aligned_template!r}"
             )
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
@@ -100,6 +130,10 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise TdsError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TdsError(
+            f"{path}: cannot read the config file ({e.__class__.__name__}: {e})"
+        ) from None
     except yaml.YAMLError as e:
         raise TdsError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 import click
 
 from tdsdist.errors import TdsError
+
+PREEMPTED_EXIT = 143
+"""Exit code after SIGTERM: stopped cleanly, pending units left; re-run to finish (128 + 15)."""
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,6 +78,14 @@ def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--aligned-revision", help="Hub revision of the aligned model."),
         click.option("--base-revision", help="Hub revision of the base model."),
+        click.option("--tp", type=int, help="Tensor-parallel size under torchrun [1]."),
+        click.option("--task-index", type=int, help="Array task index [SLURM_ARRAY_TASK_ID]."),
+        click.option(
+            "--task-count", type=int, help="Array tasks sharing the store [SLURM_ARRAY_TASK_COUNT]."
+        ),
+        click.option(
+            "--dist-timeout", type=int, help="Seconds a collective waits for a peer [600]."
+        ),
         click.option("--id-field", help="[id]"),
         click.option("--instruction-field", help="[pure_input]"),
         click.option("--input-field", help="[input]"),
@@ -95,7 +107,10 @@ def score_command(config_file: str | None, **flags: Any) -> None:
     file_values = load_yaml(config_file) if config_file else {}
     config = build_config(file_values, flags)
     timing = run_score(config, log=lambda m: click.echo(m, err=True))
-    click.echo(json.dumps({"timing": timing}))
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps({"timing": timing}))
+    if timing.get("stopped"):
+        sys.exit(PREEMPTED_EXIT)
 
 
 @main.command("show")
@@ -123,6 +138,43 @@ def analyze_command(store_dir: str, as_json: bool) -> None:
 
     summary = summarize(Store(store_dir, mode="r"))
     click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
+
+
+@main.command("status")
+@click.argument("store_dir", type=click.Path())
+@click.option(
+    "--task-count", type=int, default=None, help="Show the share of each of N array tasks."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def status_command(store_dir: str, task_count: int | None, as_json: bool) -> None:
+    """Units done and pending (per array task with --task-count)."""
+    from tdsdist.store import Store
+
+    store = Store(store_dir, mode="r")
+    done = store.committed()
+    report: dict[str, Any] = {
+        "units": len(done),
+        "done": int(done.sum()),
+        "pending": int((~done).sum()),
+    }
+    if task_count:
+        report["tasks"] = [
+            {
+                "task": t,
+                "done": int(done[t::task_count].sum()),
+                "pending": int((~done[t::task_count]).sum()),
+            }
+            for t in range(task_count)
+        ]
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"{store.path}: {report['done']} of {report['units']} units done, {report['pending']} pending"
+    )
+    for t in report.get("tasks", []):
+        click.echo(f"  task {t['task']}: {t['done']} done, {t['pending']} pending")
 
 
 @main.command("demo")

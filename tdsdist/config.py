@@ -77,6 +77,14 @@ class ScoreConfig:
     """Hub revision (branch, tag or commit) of the aligned model."""
     base_revision: str | None = None
     """Hub revision of the base model."""
+    tp: int = 1
+    """Tensor-parallel size: ranks that hold one model replica (divides the processes per node)."""
+    task_index: int | None = None
+    """This array task's index (default: SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, else 0)."""
+    task_count: int | None = None
+    """Number of array tasks sharing the store (default: SLURM_ARRAY_TASK_COUNT, else 1)."""
+    dist_timeout: int = 600
+    """Seconds any collective may wait for a peer before the job fails (no hang on a dead rank)."""
     id_field: str = "id"
     """Input field with the example id."""
     instruction_field: str = "pure_input"
@@ -105,9 +113,16 @@ class ScoreConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("top_k", "unit_size", "max_tokens_per_batch", "logits_chunk_mib"):
+        for name in (
+            "top_k",
+            "unit_size",
+            "max_tokens_per_batch",
+            "logits_chunk_mib",
+            "tp",
+            "dist_timeout",
+        ):
             positive(name)
-        for name in ("max_output_tokens", "limit"):
+        for name in ("max_output_tokens", "limit", "task_count"):
             positive(name, optional=True)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -135,13 +150,23 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
             f"{path}: cannot read the config file ({e.__class__.__name__}: {e})"
         ) from None
     except yaml.YAMLError as e:
-        raise TdsError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        raise TdsError(f"{path}: invalid YAML{at}: {problem}") from None
     if not isinstance(values, dict):
         raise TdsError(f"{path}: a config file must be a mapping of option names to values")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
         raise TdsError(f"{path}: unknown option(s): {', '.join(unknown)}")
+    # Check the file's values on their own, so that a bad one is reported with the file's name.
+    required = {name: "-" for name in ("aligned", "base", "data", "store")}
+    given = {k: v for k, v in values.items() if not (k in required and v in (None, ""))}
+    try:
+        ScoreConfig(**{**required, **given})
+    except (TypeError, ValueError) as e:
+        raise TdsError(f"{path}: invalid configuration: {e}") from None
     return values
 
 

@@ -63,17 +63,21 @@ class Scorer:
         max_tokens_per_batch: int,
         device: torch.device,
         shard: VocabShard = VocabShard(),
+        projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     ) -> None:
+        """`projection`: this rank's (weight, bias) rows of the output projection when the
+        vocabulary is split across ranks; by default the model's own, padding rows trimmed."""
         self.model = model
         self.top_k = top_k
         self.chunk_bytes = chunk_bytes
         self.max_tokens_per_batch = max_tokens_per_batch
         self.device = device
         self.shard = shard
-        weight, bias = output_projection(model)
-        # Trim vocabulary padding: rows past the tokenizer's vocabulary are no tokens at all.
-        self.weight = weight[:vocab_size] if shard.group is None else weight
-        self.bias = None if bias is None else bias[: self.weight.shape[0]]
+        if projection is None:
+            weight, bias = output_projection(model)
+            # Rows past the tokenizer's vocabulary are padding, no tokens at all.
+            projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
+        self.weight, self.bias = projection
         self.softcap = logit_softcap(model)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import torch
 
@@ -25,6 +24,11 @@ DTYPE = {
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # tdsdist checks lengths against the model's window itself, per example, with a clear message;
+    # transformers' "longer than the maximum sequence length" warning would only be noise.
+    hf_logging.set_verbosity_error()
 
     try:
         return AutoTokenizer.from_pretrained(
@@ -131,7 +135,3 @@ def logit_softcap(model: torch.nn.Module) -> float | None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def describe(config: Any) -> str:
-    return getattr(config, "_name_or_path", "") or type(config).__name__

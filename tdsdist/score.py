@@ -17,13 +17,24 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from tdsdist import __version__
 from tdsdist.config import ScoreConfig
 from tdsdist.data import Fields, file_sha256, load_examples
+from tdsdist.distributed import (
+    Dist,
+    StopFlag,
+    WorkClaims,
+    broadcast_ints,
+    destroy,
+    init_distributed,
+    task_share,
+)
 from tdsdist.engine import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
+from tdsdist.head import VocabShard
 from tdsdist.metrics import topk_kl
 from tdsdist.models import (
     check_same_vocabulary,
@@ -179,14 +190,29 @@ def score_unit(
 
 
 def load_scorers(
-    config: ScoreConfig, vocab_size: int, device: torch.device
+    config: ScoreConfig, vocab_size: int, device: torch.device, d: Dist
 ) -> tuple[Scorer, Scorer]:
+    """Both models, each whole on this rank or, under `--tp`, split across its tensor-parallel group."""
     scorers = []
     for name, revision in (
         (config.aligned, config.aligned_revision),
         (config.base, config.base_revision),
     ):
-        model = load_model(name, config.dtype, device, revision, config.trust_remote_code)
+        model = load_model(
+            name,
+            config.dtype,
+            device if d.dims.tp == 1 else torch.device("cpu"),
+            revision,
+            config.trust_remote_code,
+        )
+        shard, projection = VocabShard(), None
+        if d.dims.tp > 1:
+            from tdsdist.tp import shard_for_tp
+
+            model, weight, bias, shard = shard_for_tp(
+                model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
+            )
+            projection = (weight, bias)
         scorers.append(
             Scorer(
                 model,
@@ -195,53 +221,143 @@ def load_scorers(
                 config.logits_chunk_mib << 20,
                 config.max_tokens_per_batch,
                 device,
+                shard,
+                projection,
             )
         )
     return scorers[0], scorers[1]
 
 
 def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
-    """Score every pending unit into the store; returns the run's timing summary."""
-    prep = prepare(config)
+    """Score every pending unit into the store; returns the run's timing summary.
+
+    Under torchrun, rank 0 validates, plans and creates the store before any model loads; the
+    group leaders then claim units dynamically; everyone else follows its leader.
+    """
     device = resolve_device(config.device)
-    store = open_or_create_store(prep)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    task_index, task_count = task_share(config.task_index, config.task_count)
+    if config.overwrite and task_count > 1:
+        raise TdsError(
+            "--overwrite with several array tasks would let one task delete the others' work"
+        )
+    d = init_distributed(config.tp, config.dist_timeout, device)
+    try:
+        return _run(
+            config, device, d, task_index, task_count, log if d.is_main else (lambda m: None)
+        )
+    finally:
+        destroy(d)
+
+
+def _run(
+    config: ScoreConfig, device: torch.device, d: Dist, task_index: int, task_count: int, log
+) -> dict[str, Any]:
+    prep, store, error = None, None, ""
+    if d.is_main:
+        try:
+            prep = prepare(config)
+            store = open_or_create_store(prep)
+        except TdsError as e:
+            error = str(e)
+    if d.distributed:  # everyone learns whether rank 0's checks passed before doing anything
+        failed = broadcast_ints([1 if error else 0] if d.is_main else None, 0, None, d)[0]
+        if failed:
+            if d.is_main:
+                raise TdsError(error)
+            raise SystemExit(2)
+    elif error:
+        raise TdsError(error)
+    if not d.is_main:
+        prep, store = prepare(config), Store(config.store)  # same data, same plan: deterministic
+    assert prep is not None and store is not None
     done = store.committed()
-    pending = [u for u in store.units() if not done[u.index]]
+    pending = None
+    if d.is_main:
+        pending = [
+            u.index
+            for u in store.units()
+            if not done[u.index] and u.index % task_count == task_index
+        ]
+    pending = broadcast_ints(pending, 0, None, d)
+    units = store.units()
+    share = f", task {task_index} of {task_count}" if task_count > 1 else ""
     log(
-        f"tdsdist: {len(prep.plan.items)} examples, {len(done)} units "
-        f"({int(done.sum())} already committed), store {store.path}"
+        f"tdsdist: {len(prep.plan.items)} examples, {len(done)} units ({int(done.sum())} already"
+        f" committed, {len(pending)} to do{share}); world {d.dims.world} = tp {d.dims.tp} x dp"
+        f" {d.dims.dp}; store {store.path}"
     )
     timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
     if pending:
         start = time.perf_counter()
-        aligned, base = load_scorers(config, len(prep.tokenizer), device)
+        aligned, base = load_scorers(config, len(prep.tokenizer), device, d)
         timing["load_seconds"] = time.perf_counter() - start
-        timing.update(_score_units(prep.plan, store, pending, aligned, base, device))
-    store.set_timing(timing)
+        timing.update(
+            _score_units(prep.plan, store, [units[i] for i in pending], aligned, base, device, d)
+        )
+    stopped = timing.pop("stopped", False)
+    if d.is_main:
+        if task_count == 1:
+            store.set_timing(timing)
+        else:
+            store.set_task_timing(task_index, timing)
     log(
         f"tdsdist: scored {timing['positions']} positions in {timing['score_seconds']:.2f} s"
         f" (models loaded in {timing['load_seconds']:.2f} s)"
     )
+    if stopped:
+        log("tdsdist: stopped on SIGTERM; re-run the same command to finish the pending units")
+        timing["stopped"] = True
     return timing
 
 
-def _score_units(plan, store, pending, aligned, base, device) -> dict[str, Any]:
+def _score_units(plan, store, pending, aligned, base, device, d: Dist) -> dict[str, Any]:
+    """The claim loop: leaders claim and write units, their groups follow; rank 0 shows progress."""
     fault_at = int(os.environ.get(FAULT_ENV, "-1"))
-    total = sum(u.positions for u in pending)
-    bar = tqdm(total=2 * total, unit="pos", desc="scoring", disable=None, dynamic_ncols=True)
-    positions = 0
+    claims = WorkClaims(d, len(pending))
+    stop = StopFlag()
+    bar = tqdm(
+        total=2 * sum(u.positions for u in pending),
+        unit="pos",
+        desc="scoring",
+        disable=None if d.is_main else True,
+        dynamic_ncols=True,
+    )
     start = time.perf_counter()
-    for n, unit in enumerate(pending):
+    n_done = 0
+    stopped = False
+    while True:
+        claimed = None
+        if d.is_leader:
+            stopped = stop.requested
+            claimed = [-1 if stopped else claims.claim()]
+        index = broadcast_ints(claimed, d.leader, d.tp_group, d)[0] if d.dims.tp > 1 else claimed[0]
+        if index < 0:
+            break
+        unit = pending[index]
         arrays = score_unit(plan, unit, aligned, base, progress=bar.update)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        store.write_rows(unit, arrays)
-        if n == fault_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        store.mark_committed(unit)
-        positions += unit.positions
+        if d.is_leader:
+            store.write_rows(unit, arrays)
+            if n_done == fault_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            store.mark_committed(unit)
+            total = claims.add_done(2 * unit.positions)
+            if d.is_main:
+                bar.n = max(bar.n, total)
+                bar.refresh()
+        n_done += 1
     bar.close()
-    return {"score_seconds": time.perf_counter() - start, "positions": positions}
+    elapsed = time.perf_counter() - start
+    positions = 0
+    if d.distributed:
+        dist.barrier()
+        positions = claims.add_done(0) // 2
+    else:
+        positions = claims.done_local // 2
+    return {"score_seconds": elapsed, "positions": positions, "stopped": stopped}
 
 
 def main() -> None:

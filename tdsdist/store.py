@@ -269,6 +269,10 @@ class Store:
     def set_timing(self, timing: dict[str, float | int]) -> None:
         self.root.attrs["timing"] = timing
 
+    def set_task_timing(self, task_index: int, timing: dict[str, float | int]) -> None:
+        """Array tasks each keep their own group: concurrent writes to the root would race."""
+        self.root.require_group("tasks").require_group(str(task_index)).attrs["timing"] = timing
+
     def valid_rows(self) -> np.ndarray:
         """Boolean mask `[P]` of rows that belong to an example of a committed unit."""
         total = self.meta["unit_starts"][-1]

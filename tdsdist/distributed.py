@@ -1,0 +1,185 @@
+"""Process layout under torchrun: tensor-parallel groups, data-parallel work sharing, claiming.
+
+World = tp x dp. The ranks of one tensor-parallel group are consecutive, so with `tp` dividing the
+processes per node a group never spans nodes. Each group's first rank is its *leader*: it claims
+work units and writes them; the other ranks of the group follow its broadcasts. Units are claimed
+through torchrun's own key-value store (`store.add` on one counter hands out disjoint indices), so
+a slow group never stalls the others: it just claims fewer units.
+
+Everything here also runs without torchrun (world size 1, no process group).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tdsdist.errors import TdsError
+
+CLAIM_KEY = "tdsdist/next_unit"
+DONE_KEY = "tdsdist/done_positions"
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    """The parallel layout; checked before anything loads."""
+
+    world: int
+    local_world: int
+    tp: int
+
+    def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise TdsError(f"--tp must be at least 1, got {self.tp}")
+        if self.local_world % self.tp:
+            raise TdsError(
+                f"--tp {self.tp} does not divide the {self.local_world} processes per node"
+                " (a tensor-parallel group must live on one node)"
+            )
+        if self.world % self.tp:
+            raise TdsError(f"--tp {self.tp} does not divide the world size {self.world}")
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.tp
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the layout."""
+
+    rank: int
+    dims: ParallelDims
+    local_rank: int
+    tp_group: dist.ProcessGroup | None
+
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.dims.tp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.dims.tp
+
+    @property
+    def leader(self) -> int:
+        """Global rank of this process's group leader."""
+        return self.rank - self.tp_rank
+
+    @property
+    def is_leader(self) -> bool:
+        return self.tp_rank == 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.dims.world > 1
+
+
+def init_distributed(tp: int, timeout_s: int, device: torch.device) -> Dist:
+    """Join torchrun's process group (if launched by it) and build the tensor-parallel groups.
+
+    Without torchrun this is a world of one and no process group. The timeout bounds every
+    collective, so a dead peer ends the job instead of hanging it.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dims = ParallelDims(
+        world=world, local_world=int(os.environ.get("LOCAL_WORLD_SIZE", world)), tp=tp
+    )
+    if world == 1:
+        return Dist(rank=0, dims=dims, local_rank=0, tp_group=None)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    tp_group = None
+    for start in range(0, world, tp):  # every rank must create every group, in the same order
+        group = dist.new_group(list(range(start, start + tp)))
+        if start <= rank < start + tp:
+            tp_group = group
+    return Dist(rank=rank, dims=dims, local_rank=local_rank, tp_group=tp_group if tp > 1 else None)
+
+
+def destroy(d: Dist) -> None:
+    if d.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_ints(
+    values: list[int] | None, src: int, group: dist.ProcessGroup | None, d: Dist
+) -> list[int]:
+    """A list of ints from `src` to the group (length first); no pickling."""
+    if not d.distributed:
+        assert values is not None
+        return values
+    n = torch.tensor([len(values) if values is not None else 0], dtype=torch.long)
+    dist.broadcast(n, src=src, group=group)
+    data = torch.tensor(values if values is not None else [0] * int(n.item()), dtype=torch.long)
+    if data.numel() == 0:
+        return []
+    dist.broadcast(data, src=src, group=group)
+    return data.tolist()
+
+
+class WorkClaims:
+    """Hands out indices into the list of pending units, one at a time, to group leaders."""
+
+    def __init__(self, d: Dist, count: int) -> None:
+        self.d = d
+        self.count = count
+        self.next_local = 0
+        self.done_local = 0
+        self.store = dist.distributed_c10d._get_default_store() if d.distributed else None
+
+    def claim(self) -> int:
+        """The next unclaimed index, or -1 when all are taken."""
+        if self.store is None:
+            index, self.next_local = self.next_local, self.next_local + 1
+        else:
+            index = self.store.add(CLAIM_KEY, 1) - 1
+        return index if index < self.count else -1
+
+    def add_done(self, positions: int) -> int:
+        """Record finished positions; returns the job-wide total so far."""
+        if self.store is None:
+            self.done_local += positions
+            return self.done_local
+        return self.store.add(DONE_KEY, positions)
+
+
+class StopFlag:
+    """SIGTERM (SLURM's preemption warning) asks the job to stop claiming work and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        try:
+            signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some test runners)
+            pass
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+def task_share(task_index: int | None, task_count: int | None) -> tuple[int, int]:
+    """(index, count) of this array task: flags first, then SLURM's array variables, else (0, 1)."""
+    env = os.environ
+    if task_index is None and "SLURM_ARRAY_TASK_ID" in env:
+        task_index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+    if task_count is None and "SLURM_ARRAY_TASK_COUNT" in env:
+        task_count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    task_index = 0 if task_index is None else task_index
+    task_count = 1 if task_count is None else task_count
+    if task_count < 1 or not 0 <= task_index < task_count:
+        raise TdsError(f"--task-index {task_index} must lie in [0, --task-count {task_count})")
+    return task_index, task_count

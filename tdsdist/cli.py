@@ -194,5 +194,19 @@ def demo_command(store: str, limit: int, data: str | None, max_output_tokens: in
     )
 
 
+def entry(command: click.Command = main, prog_name: str | None = None) -> None:
+    """Console entry point: click's own usage errors become the same one `error:` line, exit 2."""
+    try:
+        command.main(prog_name=prog_name, standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()} (see --help)", err=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -124,6 +124,12 @@ class ScoreConfig:
             positive(name)
         for name in ("max_output_tokens", "limit", "task_count"):
             positive(name, optional=True)
+        if self.task_index is not None and (
+            isinstance(self.task_index, bool)
+            or not isinstance(self.task_index, int)
+            or self.task_index < 0
+        ):
+            raise ValueError(f"task_index must be a non-negative integer, got {self.task_index!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.aligned_template not in ("input", "chat"):

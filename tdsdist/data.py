@@ -54,23 +54,61 @@ def _parse(path: Path, text: str) -> list[object]:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise TdsError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+            raise TdsError(
+                f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            ) from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting too deep
+            raise TdsError(f"{path}: invalid JSON ({_first_line(e)})") from None
         return records
     if stripped[0] != "{":
         raise TdsError(
             f"{path}: the top level must be a JSON list of objects or JSONL (one object per line)"
         )
     records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only: JSON strings may hold U+2028, U+0085 and the like unescaped, at
+    # which str.splitlines() would cut a valid line in two (a trailing "\r" is JSON whitespace).
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if _is_one_object(text):
+                raise TdsError(
+                    f"{path}: the top level is one JSON object spread over several lines; expected"
+                    " a JSON list of objects or JSONL (one object per line)"
+                ) from None
             raise TdsError(
                 f"{path}: JSONL line {lineno} does not parse (column {e.colno}: {e.msg})"
             ) from None
+        except (ValueError, RecursionError) as e:
+            raise TdsError(
+                f"{path}: JSONL line {lineno} does not parse ({_first_line(e)})"
+            ) from None
     return records
+
+
+def _is_one_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _check_unicode(where: str, name: str, value: str) -> None:
+    """JSON's `\\ud800` escapes can make strings no tokenizer (nor UTF-8) can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise TdsError(
+            f"{where}: field '{name}' holds an unpaired surrogate (a lone \\u{ord(value[e.start]):04x}"
+            f" escape) at character {e.start}"
+        ) from None
 
 
 def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
@@ -82,6 +120,10 @@ def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
         raise TdsError(f"{where}: field '{fields.id}' is missing")
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise TdsError(f"{where}: field '{fields.id}' must be a string or an integer")
+    if isinstance(raw_id, str) and not raw_id.strip():
+        raise TdsError(f"{where}: field '{fields.id}' is empty")
+    if isinstance(raw_id, str):
+        _check_unicode(where, fields.id, raw_id)
 
     def text_field(name: str, required: bool) -> str | None:
         if name not in record:
@@ -91,6 +133,7 @@ def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
         value = record[name]
         if not isinstance(value, str):
             raise TdsError(f"{where}: field '{name}' must be a string, not {type(value).__name__}")
+        _check_unicode(where, name, value)
         return value
 
     instruction = text_field(fields.instruction, required=True)
@@ -109,6 +152,7 @@ def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
         )
     if not answer.strip():
         raise TdsError(f"{where}: field '{fields.answer}' is an empty answer")
+    _check_unicode(where, fields.answer, answer)
     assert instruction is not None
     return Example(
         index=index, id=str(raw_id), instruction=instruction, prompt=prompt, answer=answer
@@ -127,7 +171,8 @@ def load_examples(
     if not path.exists():
         raise TdsError(f"{path}: data file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte order mark (as some Windows tools write) is dropped, not parsed.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise TdsError(f"{path}: cannot read the data file ({e.__class__.__name__}: {e})") from None
     records = _parse(path, text)

@@ -45,12 +45,13 @@ from tdsdist.models import (
     tokenizer_hash,
 )
 from tdsdist.plan import Plan, make_plan
-from tdsdist.store import Store, UnitRows, create
+from tdsdist.store import Store, StoreExists, UnitRows, create
 from tdsdist.templates import aligned_context_fn, base_context_fn, template_fingerprint
 
 # Fault injection for tests of crash recovery: SIGKILL this process after writing the data of
 # the N-th unit of this run (0-based) and before marking it committed: the worst moment to die.
 FAULT_ENV = "TDSDIST_FAULT_KILL_BEFORE_COMMIT"
+FAULT_RANK_ENV = "TDSDIST_FAULT_RANK"  # only this global rank dies (default: any that gets there)
 
 
 @dataclass
@@ -88,18 +89,21 @@ def prepare(config: ScoreConfig) -> Prepared:
         config.aligned, config.aligned_revision, config.trust_remote_code
     )
     base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
-    plan = make_plan(
-        examples,
-        tok,
-        aligned_context,
-        base_context,
-        aligned_special_tokens=config.aligned_template == "input",
-        aligned_window=model_window(aligned_cfg, tok),
-        base_window=model_window(base_cfg, base_tok),
-        max_output_tokens=config.max_output_tokens,
-        truncate_context=config.truncate_context,
-        unit_size=config.unit_size,
-    )
+    try:
+        plan = make_plan(
+            examples,
+            tok,
+            aligned_context,
+            base_context,
+            aligned_special_tokens=config.aligned_template == "input",
+            aligned_window=model_window(aligned_cfg, tok),
+            base_window=model_window(base_cfg, base_tok),
+            max_output_tokens=config.max_output_tokens,
+            truncate_context=config.truncate_context,
+            unit_size=config.unit_size,
+        )
+    except TdsError as e:  # per-example problems found while tokenizing: name the data file too
+        raise TdsError(f"{config.data}: {e}") from None
     fingerprint = {
         "aligned": config.aligned,
         "aligned_revision": config.aligned_revision,
@@ -125,21 +129,34 @@ def open_or_create_store(prep: Prepared) -> Store:
     """Resume a store made by the same configuration, or create it; refuse any other store."""
     path = Path(prep.config.store)
     if path.exists() and not prep.config.overwrite:
-        if not path.is_dir() or not (path / "zarr.json").exists():
-            raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
-        store = Store(path)
-        stored = store.meta.get("fingerprint", {})
-        diffs = [
-            f"{key}: {stored.get(key)!r} in the store, {value!r} now"
-            for key, value in prep.fingerprint.items()
-            if stored.get(key) != value
-        ]
-        if diffs:
-            raise TdsError(
-                f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
-                " use --overwrite to start over"
-            )
-        return store
+        return resume_store(path, prep)
+    try:
+        return create_store(prep)
+    except StoreExists:
+        return resume_store(path, prep)
+
+
+def resume_store(path: Path, prep: Prepared) -> Store:
+    if not path.is_dir() or not (path / "zarr.json").exists():
+        raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
+    store = Store(path)
+    stored = store.meta.get("fingerprint", {})
+    diffs = [
+        f"{key}: {stored.get(key)!r} in the store, {value!r} now"
+        for key, value in prep.fingerprint.items()
+        if stored.get(key) != value
+    ]
+    if diffs:
+        raise TdsError(
+            f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
+            " use --overwrite to start over"
+        )
+    return store
+
+
+def create_store(prep: Prepared) -> Store:
+    """The store's skeleton: ids, offsets, answer tokens, flags, tokenizer, fingerprint."""
+    path = Path(prep.config.store)
     items = prep.plan.items
     lengths = np.array([it.positions for it in items], dtype=np.int32)
     flags = {
@@ -315,6 +332,8 @@ def _run(
 def _score_units(plan, store, pending, aligned, base, device, d: Dist) -> dict[str, Any]:
     """The claim loop: leaders claim and write units, their groups follow; rank 0 shows progress."""
     fault_at = int(os.environ.get(FAULT_ENV, "-1"))
+    if os.environ.get(FAULT_RANK_ENV, str(d.rank)) != str(d.rank):
+        fault_at = -1
     claims = WorkClaims(d, len(pending))
     stop = StopFlag()
     bar = tqdm(
@@ -361,9 +380,9 @@ def _score_units(plan, store, pending, aligned, base, device, d: Dist) -> dict[s
 
 
 def main() -> None:
-    from tdsdist.cli import score_command
+    from tdsdist.cli import entry, score_command
 
-    score_command(prog_name="python -m tdsdist.score")
+    entry(score_command, prog_name="python -m tdsdist.score")
 
 
 if __name__ == "__main__":

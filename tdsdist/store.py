@@ -47,6 +47,10 @@ warnings.filterwarnings("ignore", message=".*not recognized as a component of a 
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype.*")
 
 
+class StoreExists(Exception):
+    """Raised by `create` when the store appeared meanwhile (another task made it): resume it."""
+
+
 @dataclass(frozen=True)
 class UnitRows:
     """Where a unit's rows live: `[start, start + positions)` of the position arrays."""
@@ -148,9 +152,14 @@ def create(
         }
         if path.exists():
             if not overwrite:
-                raise TdsError(f"{path}: already exists")
+                raise StoreExists(path)
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if path.exists():  # another array task created it first: resume theirs
+                raise StoreExists(path) from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,197 @@
+"""Distributed scoring through the real launcher (`launch/torchrun.sh`, gloo on CPU, one thread per
+rank): data parallel, two nodes on loopback, concurrent array tasks, a killed rank. Every store
+must equal the single-process one."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tdsdist.cli import main
+from tdsdist.demo import demo_data_path
+from tdsdist.distributed import ParallelDims, task_share
+from tdsdist.errors import TdsError
+from tdsdist.score import FAULT_ENV, FAULT_RANK_ENV
+from tdsdist.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = str(ROOT / "launch" / "torchrun.sh")
+EXACT = ["aligned/top_ids", "base/top_ids", "aligned/rank", "base/rank", "positions/token_id"]
+CLOSE = [
+    "aligned/logprob",
+    "base/logprob",
+    "aligned/top_logprobs",
+    "base/top_logprobs",
+    "positions/kl",
+    "aligned/entropy",
+]
+
+
+def args(pair, store: Path, *extra: str) -> list[str]:
+    aligned, base = pair
+    return [
+        "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
+        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "6",
+        "--unit-size", "1", "--max-output-tokens", "24", "--dist-timeout", "60", *extra,
+    ]  # fmt: skip
+
+
+def launch(
+    score_args: list[str], env: dict[str, str] | None = None, wait: bool = True, **launcher_env
+):
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        **{k: str(v) for k, v in launcher_env.items()},
+        **(env or {}),
+    }
+    cmd = ["bash", LAUNCHER, *score_args]
+    if not wait:
+        return subprocess.Popen(
+            cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    return subprocess.run(cmd, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_pair, tmp_path_factory) -> Path:
+    store = tmp_path_factory.mktemp("single") / "s.zarr"
+    result = CliRunner().invoke(main, ["score", *args(tiny_pair, store)])
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def assert_same(store: Path, reference: Path) -> None:
+    got, want = Store(store, mode="r"), Store(reference, mode="r")
+    assert got.committed().all()
+    for name in EXACT:
+        np.testing.assert_array_equal(got.read(name), want.read(name), err_msg=name)
+    for name in CLOSE:
+        np.testing.assert_allclose(got.read(name), want.read(name), atol=1e-5, rtol=0, err_msg=name)
+
+
+def test_layout_is_checked_up_front() -> None:
+    assert ParallelDims(world=8, local_world=8, tp=4).dp == 2
+    with pytest.raises(TdsError, match="--tp 3 does not divide the 8 processes per node"):
+        ParallelDims(world=16, local_world=8, tp=3)
+    with pytest.raises(TdsError, match="world size 6"):
+        ParallelDims(world=6, local_world=4, tp=4)
+
+
+def test_task_share_from_flags_and_slurm(monkeypatch) -> None:
+    assert task_share(None, None) == (0, 1)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "4")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
+    assert task_share(None, None) == (1, 3)
+    assert task_share(2, None) == (2, 3)
+    with pytest.raises(TdsError, match="--task-index 3"):
+        task_share(3, 3)
+
+
+def test_data_parallel_two_ranks(tiny_pair, reference, tmp_path: Path) -> None:
+    store = tmp_path / "dp.zarr"
+    result = launch(args(tiny_pair, store), NPROC=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2 = tp 1 x dp 2" in result.stderr
+    assert (
+        json.loads(result.stdout.strip().splitlines()[-1])["timing"]["positions"]
+        == Store(reference).meta["positions"]
+    )
+    assert_same(store, reference)
+
+
+def test_two_nodes_on_loopback(tiny_pair, reference, tmp_path: Path) -> None:
+    store = tmp_path / "nodes.zarr"
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        launch(
+            args(tiny_pair, store),
+            wait=False,
+            NPROC=1,
+            NNODES=2,
+            RDZV_ENDPOINT=endpoint,
+            RDZV_ID="t2n",
+        )
+        for _ in range(2)
+    ]
+    outs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outs):
+        assert node.returncode == 0, err[-3000:]
+    assert any("world 2 = tp 1 x dp 2" in err for _, err in outs)
+    assert_same(store, reference)
+
+
+def test_concurrent_array_tasks_share_one_store(tiny_pair, reference, tmp_path: Path) -> None:
+    store = tmp_path / "array.zarr"  # does not exist yet: both tasks race to create it
+    tasks = [
+        launch(
+            args(tiny_pair, store, "--task-index", str(i), "--task-count", "2"), wait=False, NPROC=1
+        )
+        for i in range(2)
+    ]
+    for task in tasks:
+        _, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err[-3000:]
+    status = CliRunner().invoke(main, ["status", str(store), "--task-count", "2", "--json"])
+    report = json.loads(status.output)
+    assert report["done"] == report["units"] == 6 and report["pending"] == 0
+    assert [t["done"] for t in report["tasks"]] == [3, 3]
+    assert_same(store, reference)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".array.zarr")]
+    assert leftovers == []
+
+
+def test_killed_rank_fails_fast_and_resume_finishes(tiny_pair, reference, tmp_path: Path) -> None:
+    store = tmp_path / "killed.zarr"
+    start = time.monotonic()
+    # Rank 1 dies by SIGKILL after writing its first unit's data, before committing it.
+    first = launch(args(tiny_pair, store), env={FAULT_ENV: "0", FAULT_RANK_ENV: "1"}, NPROC=2)
+    elapsed = time.monotonic() - start
+    assert first.returncode != 0
+    assert elapsed < 120, f"the job took {elapsed:.0f} s to notice a dead rank"
+    assert not Store(store, mode="r").committed().all()
+    second = launch(args(tiny_pair, store), NPROC=2)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_same(store, reference)
+
+
+def test_sigterm_stops_cleanly_and_resumes(tiny_pair, reference, tmp_path: Path) -> None:
+    store = tmp_path / "term.zarr"
+    cmd = [sys.executable, "-m", "tdsdist.score", *args(tiny_pair, store, "--limit", "20")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the first unit is committed, then preempt
+        try:
+            if Store(store, mode="r").committed().any():
+                break
+        except Exception:
+            pass
+        time.sleep(0.05)
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    done = Store(store, mode="r").committed()
+    if done.all():
+        pytest.skip("the run finished before SIGTERM arrived; nothing to check")
+    assert proc.returncode == 143, err[-2000:]
+    assert "stopped on SIGTERM" in err
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert Store(store, mode="r").committed().all()

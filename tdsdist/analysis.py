@@ -1,40 +1,239 @@
-"""Summary statistics of a store, streamed over chunks of positions with numpy."""
+"""The published TDS statistics of a store, streamed over blocks of rows with numpy.
+
+Memory is bounded whatever the store's size: rows are read in blocks of `BLOCK_ROWS`, and every
+statistic is a running sum, a fixed-bin histogram (medians and quantiles: exact to the bin width,
+stated per key) or a per-vocabulary-token count. No Python loop runs per position.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import Store
 
+BLOCK_ROWS = 1 << 20
+RANK_BINS = [(1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 100, "11-100"), (101, None, ">100")]  # fmt: skip
+POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets: [0,5), [5,10), ...
+DECILES = 10
+PROB_BINS = 10_000  # base probability histogram on [0, 1]: medians exact to 1e-4
+KL_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 1801), [np.inf]])  # 0.5% relative bins
 
-def summarize(store: Store, marginal_max: int = 3) -> dict[str, Any]:
-    """Category counts and fractions over the committed units' positions.
 
-    Reads unit by unit (each unit's rows are contiguous), so memory is bounded by one unit.
-    """
-    counts = np.zeros(len(CATEGORIES), dtype=np.int64)
-    examples = 0
+@dataclass(frozen=True)
+class Thresholds:
+    """Categories by the base rank of the answer token: unshifted <= a < marginal <= b < shifted."""
+
+    unshifted_max: int = 1
+    marginal_max: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.unshifted_max < self.marginal_max:
+            raise ValueError("thresholds must satisfy 1 <= unshifted_max < marginal_max")
+
+    def categorize(self, rank: np.ndarray) -> np.ndarray:
+        """0 unshifted, 1 marginal, 2 shifted (`[P] -> [P]` int8)."""
+        return (rank > self.unshifted_max).astype(np.int8) + (rank > self.marginal_max)
+
+
+class _Acc:
+    """Running sums for one set of buckets (positions, shifted, KL, base probability)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = np.zeros(n, np.int64)
+        self.shifted = np.zeros(n, np.int64)
+        self.kl = np.zeros(n, np.float64)
+        self.prob = np.zeros(n, np.float64)
+
+    def add(
+        self, bucket: np.ndarray, shifted: np.ndarray, kl: np.ndarray, prob: np.ndarray
+    ) -> None:
+        n = len(self.n)
+        self.n += np.bincount(bucket, minlength=n)
+        self.shifted += np.bincount(bucket, weights=shifted, minlength=n).astype(np.int64)
+        self.kl += np.bincount(bucket, weights=kl, minlength=n)
+        self.prob += np.bincount(bucket, weights=prob, minlength=n)
+
+    def rows(self, labels: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for i, label in enumerate(labels):
+            n = int(self.n[i])
+            out.append(
+                {
+                    "bucket": label,
+                    "positions": n,
+                    "shifted_fraction": float(self.shifted[i] / n) if n else None,
+                    "mean_kl": float(self.kl[i] / n) if n else None,
+                    "mean_base_prob": float(self.prob[i] / n) if n else None,
+                }
+            )
+        return out
+
+
+def _blocks(store: Store):
+    """(row slice, valid mask, position-in-answer, answer length) per block of committed rows."""
     done = store.committed()
-    rank = store.root["base/rank"]
-    for unit in store.units():
-        if not done[unit.index]:
-            continue
-        examples += len(unit.examples)
-        ranks = rank[unit.start : unit.start + unit.positions]
-        counts += np.bincount(categories(ranks, marginal_max), minlength=len(CATEGORIES))
-    positions = int(counts.sum())
+    starts = np.asarray(store.meta["unit_starts"])
+    offsets, lengths = store.offsets, store.lengths
+    total = int(starts[-1])
+    for lo in range(0, total, BLOCK_ROWS):
+        hi = min(lo + BLOCK_ROWS, total)
+        first = int(np.searchsorted(offsets, lo, side="left"))
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        t = np.full(hi - lo, -1, np.int64)
+        length = np.zeros(hi - lo, np.int64)
+        for_examples = range(max(first - 1, 0), last)
+        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
+            if not done[e // store.meta["unit_size"]]:
+                continue
+            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
+            if a < b:
+                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
+                length[a - lo : b - lo] = lengths[e]
+        valid = t >= 0
+        if valid.any():
+            yield slice(lo, hi), valid, t[valid], length[valid]
+
+
+def summarize(
+    store: Store, thresholds: Thresholds = Thresholds(), min_support: int = 5, top_tokens: int = 20
+) -> dict[str, Any]:
+    """All statistics of the committed units (pending units are counted, not included)."""
+    vocab = int(store.meta.get("vocab_size", 0)) or 1
+    counts = np.zeros(3, np.int64)
+    rank_hist = np.zeros(len(RANK_BINS), np.int64)
+    rank_edges = [lo for lo, _, _ in RANK_BINS]
+    prob_hist = np.zeros(PROB_BINS, np.int64)
+    kl_hist = np.zeros(len(KL_EDGES) - 1, np.int64)
+    prob_sum = kl_sum = 0.0
+    kl_max = 0.0
+    top1 = 0
+    tok_count = np.zeros(vocab, np.int64)
+    tok_shifted = np.zeros(vocab, np.int64)
+    tok_unshifted = np.zeros(vocab, np.int64)
+    by_pos = _Acc(len(POSITION_EDGES))
+    by_rel = _Acc(DECILES)
+    arrays = {
+        name: store.root[name]
+        for name in (
+            "base/rank",
+            "aligned/rank",
+            "base/logprob",
+            "positions/kl",
+            "positions/token_id",
+        )
+    }
+    for rows, valid, t, length in _blocks(store):
+        base_rank = arrays["base/rank"][rows][valid]
+        aligned_rank = arrays["aligned/rank"][rows][valid]
+        prob = np.exp(arrays["base/logprob"][rows][valid].astype(np.float64))
+        kl = arrays["positions/kl"][rows][valid].astype(np.float64)
+        tokens = np.clip(arrays["positions/token_id"][rows][valid], 0, vocab - 1)
+        cat = thresholds.categorize(base_rank)
+        counts += np.bincount(cat, minlength=3)
+        rank_hist += np.bincount(
+            np.searchsorted(rank_edges, base_rank, side="right") - 1, minlength=len(RANK_BINS)
+        )
+        prob_hist += np.bincount(
+            np.minimum((prob * PROB_BINS).astype(np.int64), PROB_BINS - 1), minlength=PROB_BINS
+        )
+        finite_kl = np.clip(np.where(np.isfinite(kl), kl, KL_EDGES[-2]), 0.0, None)
+        kl_hist += np.bincount(
+            np.searchsorted(KL_EDGES, finite_kl, side="right") - 1, minlength=len(kl_hist)
+        )[: len(kl_hist)]
+        prob_sum += prob.sum()
+        kl_sum += finite_kl.sum()
+        kl_max = max(kl_max, float(kl.max()))
+        top1 += int((aligned_rank == 1).sum())
+        shifted = cat == 2
+        tok_count += np.bincount(tokens, minlength=vocab)
+        tok_shifted += np.bincount(tokens[shifted], minlength=vocab)
+        tok_unshifted += np.bincount(tokens[cat == 0], minlength=vocab)
+        by_pos.add(np.searchsorted(POSITION_EDGES, t, side="right") - 1, shifted, finite_kl, prob)
+        by_rel.add(np.minimum((t * DECILES) // length, DECILES - 1), shifted, finite_kl, prob)
+    n = int(counts.sum())
+    done = store.committed()
+    names = ("unshifted", "marginal", "shifted")
+    tokenizer = store.tokenizer() if n else None
     return {
-        "examples": examples,
-        "positions": positions,
+        "store": str(store.path),
+        "examples": int(sum(len(u.examples) for u in store.units() if done[u.index])),
+        "positions": n,
         "pending_units": int((~done).sum()),
+        "thresholds": {
+            "unshifted_max": thresholds.unshifted_max,
+            "marginal_max": thresholds.marginal_max,
+        },
         "categories": {
-            name: {"count": int(c), "fraction": (float(c) / positions) if positions else 0.0}
-            for name, c in zip(CATEGORIES, counts)
+            k: {"count": int(c), "fraction": float(c / n) if n else 0.0}
+            for k, c in zip(names, counts)
+        },
+        "rank_histogram": [
+            {"bin": label, "count": int(c), "fraction": float(c / n) if n else 0.0}
+            for (_, _, label), c in zip(RANK_BINS, rank_hist)
+        ],
+        "base_prob": {
+            "mean": prob_sum / n if n else None,
+            "median": _median(prob_hist, np.linspace(0, 1, PROB_BINS + 1)),
+        },
+        "kl": {
+            "mean": kl_sum / n if n else None,
+            "median": _quantile(kl_hist, KL_EDGES, 0.5),
+            "p90": _quantile(kl_hist, KL_EDGES, 0.9),
+            "max": kl_max if n else None,
+            "definition": "KL(aligned || base) over the aligned top-k ids plus one tail bin (a lower bound of the full KL)",
+        },
+        "aligned_top1_fraction": float(top1 / n) if n else None,
+        "by_position": by_pos.rows(_position_labels()),
+        "by_relative_position": by_rel.rows([f"{10 * i}-{10 * (i + 1)}%" for i in range(DECILES)]),
+        "top_shifted_tokens": _token_table(
+            tok_count, tok_shifted, min_support, top_tokens, tokenizer, "shifted"
+        ),
+        "top_unshifted_tokens": _token_table(
+            tok_count, tok_unshifted, min_support, top_tokens, tokenizer, "unshifted"
+        ),
+        "config": {
+            k: store.meta.get("fingerprint", {}).get(k)
+            for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
         },
     }
+
+
+def _position_labels() -> list[str]:
+    edges = POSITION_EDGES
+    return [f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+
+
+def _median(hist: np.ndarray, edges: np.ndarray) -> float | None:
+    return _quantile(hist, edges, 0.5)
+
+
+def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float | None:
+    """The q-quantile from a histogram: the midpoint of the bin where the cumulative count crosses."""
+    total = hist.sum()
+    if total == 0:
+        return None
+    i = int(np.searchsorted(np.cumsum(hist), q * total, side="left"))
+    lo, hi = edges[i], edges[i + 1]
+    return float(lo if not np.isfinite(hi) else (lo + hi) / 2)
+
+
+def _token_table(count, hits, min_support, top, tokenizer, key) -> list[dict[str, Any]]:
+    """Tokens by how often they are `key`, among those seen at least `min_support` times."""
+    eligible = np.flatnonzero((count >= min_support) & (hits > 0))
+    order = eligible[np.lexsort((-hits[eligible] / count[eligible], -hits[eligible]))][:top]
+    return [
+        {
+            "token_id": int(i),
+            "token": tokenizer.decode([int(i)]) if tokenizer is not None else str(i),
+            "count": int(count[i]),
+            key: int(hits[i]),
+            f"{key}_rate": float(hits[i] / count[i]),
+        }
+        for i in order
+    ]
 
 
 def render_text(summary: dict[str, Any]) -> str:
@@ -43,4 +242,30 @@ def render_text(summary: dict[str, Any]) -> str:
         lines.append(f"({summary['pending_units']} units still pending: not counted)")
     for name, c in summary["categories"].items():
         lines.append(f"  {name:<10} {c['count']:>10}  {100 * c['fraction']:6.2f}%")
+    if not summary["positions"]:
+        return "\n".join(lines)
+    lines.append(
+        f"aligned model's own top 1: {100 * summary['aligned_top1_fraction']:.1f}% of positions"
+    )
+    lines.append(
+        f"base probability of the answer token: mean {summary['base_prob']['mean']:.3f}, median {summary['base_prob']['median']:.3f}"
+    )
+    kl = summary["kl"]
+    lines.append(
+        f"KL (top-k + tail): mean {kl['mean']:.3f}, median {kl['median']:.3g}, p90 {kl['p90']:.3g}, max {kl['max']:.3g}"
+    )
+    lines.append(
+        "shifted fraction by position: "
+        + "  ".join(f"{r['bucket']}: {_pct(r['shifted_fraction'])}" for r in summary["by_position"])
+    )
+    shifted = summary["top_shifted_tokens"][:10]
+    if shifted:
+        lines.append(
+            "most shifted tokens: "
+            + ", ".join(f"{t['token']!r} ({t['shifted']}/{t['count']})" for t in shifted)
+        )
     return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"

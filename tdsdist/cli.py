@@ -130,14 +130,44 @@ def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
 @main.command("analyze")
 @click.argument("store_dir", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--unshifted-max", default=1, show_default=True, help="Highest base rank counted unshifted."
+)
+@click.option(
+    "--marginal-max", default=3, show_default=True, help="Highest base rank counted marginal."
+)
+@click.option(
+    "--min-support", default=5, show_default=True, help="Occurrences a token needs to be listed."
+)
 @user_errors
-def analyze_command(store_dir: str, as_json: bool) -> None:
-    """Summary statistics of a store: shift categories and more."""
-    from tdsdist.analysis import render_text, summarize
+def analyze_command(
+    store_dir: str, as_json: bool, unshifted_max: int, marginal_max: int, min_support: int
+) -> None:
+    """Summary statistics of a store: categories, rank histogram, KL, position curves, tokens."""
+    from tdsdist.analysis import Thresholds, render_text, summarize
     from tdsdist.store import Store
 
-    summary = summarize(Store(store_dir, mode="r"))
+    try:
+        thresholds = Thresholds(unshifted_max, marginal_max)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
+    summary = summarize(Store(store_dir, mode="r"), thresholds, min_support=min_support)
     click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
+
+
+@main.command("compare")
+@click.argument("store_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--allow-different-data", is_flag=True, help="Compare stores scored on different data."
+)
+@user_errors
+def compare_command(store_dirs: tuple[str, ...], as_json: bool, allow_different_data: bool) -> None:
+    """Statistics of several stores side by side (e.g. plain vs urial: templates)."""
+    from tdsdist.compare import compare, render_text
+
+    result = compare(list(store_dirs), allow_different_data)
+    click.echo(json.dumps(result, indent=2) if as_json else render_text(result))
 
 
 @main.command("status")

@@ -8,8 +8,9 @@ KL is computed over the aligned model's top-k support plus one "tail" bin:
 
 This is the exact KL between the two distributions coarsened to k + 1 outcomes, hence a lower bound
 of the full KL(aligned || base) (data processing inequality) that is tight when the aligned model's
-mass is concentrated on its top k; 0 log 0 = 0; it is +inf when the base model gives zero mass
-where the aligned one does not.
+mass is concentrated on its top k; 0 log 0 = 0. The tail masses are differences of float32 sums,
+reliable to about 1e-6, so both tails are floored at TAIL_FLOOR: a base tail that rounds to zero
+must not turn a negligible aligned tail into an infinite KL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 CATEGORIES = ("unshifted", "marginal", "shifted")
+TAIL_FLOOR = 1e-6
 
 
 def topk_kl(
@@ -28,10 +30,11 @@ def topk_kl(
     p = np.exp(lp)
     with np.errstate(divide="ignore", invalid="ignore"):
         head = np.where(p > 0, p * (lp - lq), 0.0).sum(-1)
-        p_tail = np.clip(1.0 - p.sum(-1), 0.0, 1.0)
-        q_tail = np.clip(1.0 - np.exp(lq).sum(-1), 0.0, 1.0)
-        tail = np.where(p_tail > 0, p_tail * (np.log(p_tail) - np.log(q_tail)), 0.0)
-    return (head + tail).astype(np.float32)
+        p_tail = np.clip(1.0 - p.sum(-1), TAIL_FLOOR, 1.0)
+        q_tail = np.clip(1.0 - np.exp(lq).sum(-1), TAIL_FLOOR, 1.0)
+        tail = p_tail * (np.log(p_tail) - np.log(q_tail))
+    # KL_k >= 0 exactly; float rounding can leave -1e-9 where the distributions agree.
+    return np.maximum(head + tail, 0.0).astype(np.float32)
 
 
 def categories(base_rank: np.ndarray, marginal_max: int = 3) -> np.ndarray:

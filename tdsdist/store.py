@@ -77,10 +77,21 @@ def layout(lengths: np.ndarray, unit_size: int, chunk: int) -> tuple[np.ndarray,
     return offsets, unit_starts
 
 
-def _array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, fill=0):
+def _array(
+    group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, fill=0, dims=None
+):
+    """A compressed array chunked along its first axis; `dims` names the axes (for xarray)."""
     chunks = (chunk,) + shape[1:]
+    if dims is None:
+        dims = ("position", "k")[: len(shape)]
     return group.create_array(
-        name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, compressors=COMPRESSOR
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill,
+        compressors=COMPRESSOR,
+        dimension_names=dims,
     )
 
 
@@ -111,14 +122,17 @@ def create(
         total = int(unit_starts[-1])
         n = len(ids)
         ex = root.create_group("examples")
-        ex.create_array("id", shape=(n,), chunks=(max(n, 1),), dtype=str)[:] = np.array(ids)
-        _array(ex, "offset", (n,), "int64", max(n, 1))[:] = offsets
-        _array(ex, "length", (n,), "int32", max(n, 1))[:] = lengths
-        _array(ex, "unit", (n,), "int32", max(n, 1))[:] = np.arange(n) // unit_size
+        ex.create_array(
+            "id", shape=(n,), chunks=(max(n, 1),), dtype=str, dimension_names=("example",)
+        )[:] = np.array(ids)
+        example = ("example",)
+        _array(ex, "offset", (n,), "int64", max(n, 1), dims=example)[:] = offsets
+        _array(ex, "length", (n,), "int32", max(n, 1), dims=example)[:] = lengths
+        _array(ex, "unit", (n,), "int32", max(n, 1), dims=example)[:] = np.arange(n) // unit_size
         for name, values in flags.items():
-            _array(ex, name, (n,), values.dtype, max(n, 1))[:] = values
+            _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
         n_units = len(unit_starts) - 1
-        _array(root.create_group("units"), "committed", (n_units,), "uint8", 1)
+        _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
         pos = root.create_group("positions")
         tokens = _array(pos, "token_id", (total,), "int32", chunk, fill=-1)
         tokens[:] = _scatter(token_ids, offsets, lengths, total, fill=-1, dtype=np.int32)

@@ -1,0 +1,105 @@
+"""Python access to a store for one's own analysis: `tdsdist.open_store(path)`.
+
+store = tdsdist.open_store("runs/llama2-7b.zarr")
+ex = store.example("3")              # dict of numpy arrays, one row per answer position
+df = store.dataframe("3")            # the same as a pandas DataFrame (tokens decoded)
+ranks = store.array("base/rank")     # the whole zarr array, lazy: slice what you need
+store.summary()                      # what `tdsdist analyze --json` prints
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from tdsdist.errors import TdsError
+from tdsdist.metrics import CATEGORIES, categories
+from tdsdist.store import MODELS, Store
+
+PER_POSITION = ("logprob", "rank", "entropy", "top_ids", "top_logprobs")
+
+
+class TdsStore:
+    """Read-only view of a tdsdist store; reading one example reads only its chunks."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._store = Store(path, mode="r")
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    @property
+    def ids(self) -> list[str]:
+        return self._store.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._store.meta["config"])
+
+    @cached_property
+    def tokenizer(self):
+        return self._store.tokenizer()
+
+    def array(self, name: str) -> zarr.Array:
+        """A whole per-position array (e.g. `base/rank`), lazy; rows of pending units are fill."""
+        return self._store.root[name]
+
+    def committed_rows(self) -> np.ndarray:
+        """Boolean mask over the position axis: rows that hold a scored answer position."""
+        return self._store.valid_rows()
+
+    def example(self, example_id: str | int) -> dict[str, np.ndarray]:
+        """Per-position arrays of one example: `token_id`, `kl`, `category` (0/1/2) and
+        `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}`, plus
+        `base_logprobs_at_aligned_top`."""
+        index = self._store.example_index(str(example_id))
+        if not self._store.example_unit_committed(index):
+            raise TdsError(f"{self.path}: example {example_id!r} is not scored yet")
+        rows = self._store.rows(index)
+        out = {
+            "token_id": self._store.read("positions/token_id", rows),
+            "kl": self._store.read("positions/kl", rows),
+        }
+        for model in MODELS:
+            for name in PER_POSITION:
+                out[f"{model}_{name}"] = self._store.read(f"{model}/{name}", rows)
+        out["base_logprobs_at_aligned_top"] = self._store.read("base/logprobs_at_aligned_top", rows)
+        out["category"] = categories(out["base_rank"])
+        return out
+
+    def dataframe(self, example_id: str | int):
+        """One example as a pandas DataFrame, one row per position, tokens decoded."""
+        import pandas as pd
+
+        ex = self.example(example_id)
+        frame = pd.DataFrame(
+            {
+                "t": np.arange(len(ex["token_id"])),
+                "token_id": ex["token_id"],
+                "token": [self.tokenizer.decode([int(i)]) for i in ex["token_id"]],
+                "category": pd.Categorical.from_codes(ex["category"], categories=list(CATEGORIES)),
+                "kl": ex["kl"],
+            }
+        )
+        for model in MODELS:
+            for name in ("logprob", "rank", "entropy"):
+                frame[f"{model}_{name}"] = ex[f"{model}_{name}"]
+            frame[f"{model}_top_ids"] = list(ex[f"{model}_top_ids"])
+        return frame
+
+    def summary(self, **kwargs: Any) -> dict[str, Any]:
+        from tdsdist.analysis import summarize
+
+        return summarize(self._store, **kwargs)
+
+
+def open_store(path: Path | str) -> TdsStore:
+    return TdsStore(path)

@@ -1,0 +1,95 @@
+"""`tdsdist compare`: the statistics of several stores side by side.
+
+Typical uses: one base model against several aligned models, or the `plain` template against
+`urial:` prefixes. Stores scored on different data answer different questions, so they are
+refused unless the user asks (`--allow-different-data`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tdsdist.analysis import summarize
+from tdsdist.errors import TdsError
+from tdsdist.store import Store
+
+ROWS: list[tuple[str, Any]] = [
+    ("aligned", lambda s: s["config"]["aligned"]),
+    ("base", lambda s: s["config"]["base"]),
+    ("aligned template", lambda s: s["config"]["aligned_template"]),
+    ("base template", lambda s: s["config"]["base_template"]),
+    ("examples", lambda s: s["examples"]),
+    ("positions", lambda s: s["positions"]),
+    ("unshifted", lambda s: s["categories"]["unshifted"]["fraction"]),
+    ("marginal", lambda s: s["categories"]["marginal"]["fraction"]),
+    ("shifted", lambda s: s["categories"]["shifted"]["fraction"]),
+    ("aligned top-1", lambda s: s["aligned_top1_fraction"]),
+    ("base prob mean", lambda s: s["base_prob"]["mean"]),
+    ("base prob median", lambda s: s["base_prob"]["median"]),
+    ("KL mean", lambda s: s["kl"]["mean"]),
+    ("KL median", lambda s: s["kl"]["median"]),
+    ("shifted, first 10%", lambda s: s["by_relative_position"][0]["shifted_fraction"]),
+    ("shifted, last 10%", lambda s: s["by_relative_position"][-1]["shifted_fraction"]),
+]
+FRACTIONS = {
+    "unshifted",
+    "marginal",
+    "shifted",
+    "aligned top-1",
+    "shifted, first 10%",
+    "shifted, last 10%",
+}
+
+
+def compare(paths: list[str], allow_different_data: bool = False) -> dict[str, Any]:
+    stores = [Store(p, mode="r") for p in paths]
+    data = {p: _data_identity(s) for p, s in zip(paths, stores)}
+    if len(set(data.values())) > 1 and not allow_different_data:
+        first = paths[0]
+        other = next(p for p in paths if data[p] != data[first])
+        what = "; ".join(
+            f"{k} {a!r} vs {b!r}" for k, a, b in zip(DATA_KEYS, data[other], data[first]) if a != b
+        )
+        raise TdsError(
+            f"{other} was scored on different data than {first} ({what});"
+            " use --allow-different-data to compare anyway"
+        )
+    summaries = [summarize(s) for s in stores]
+    table = [{"statistic": name, "values": [get(s) for s in summaries]} for name, get in ROWS]
+    return {"stores": paths, "table": table, "summaries": summaries}
+
+
+DATA_KEYS = ("data_sha256", "limit", "max_output_tokens")
+
+
+def _data_identity(store: Store) -> tuple:
+    """Same file, same examples, same answer cut: the same positions to compare."""
+    fingerprint = store.meta["fingerprint"]
+    return tuple(fingerprint.get(k) for k in DATA_KEYS)
+
+
+def render_text(result: dict[str, Any]) -> str:
+    headers = ["statistic"] + [f"[{i + 1}]" for i in range(len(result["stores"]))]
+    lines = [f"[{i + 1}] {p}" for i, p in enumerate(result["stores"])] + [""]
+    cells = [headers] + [
+        [row["statistic"]] + [_fmt(row["statistic"], v) for v in row["values"]]
+        for row in result["table"]
+    ]
+    widths = [max(len(r[c]) for r in cells) for c in range(len(headers))]
+    for r in cells:
+        lines.append(
+            "  ".join(
+                v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))
+            )
+        )
+    return "\n".join(lines)
+
+
+def _fmt(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name in FRACTIONS:
+        return f"{100 * value:.2f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

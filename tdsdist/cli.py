@@ -72,6 +72,12 @@ def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--overwrite/--no-overwrite", default=None, help="Start the store over."),
         click.option(
+            "--no-prefix-cache",
+            is_flag=True,
+            default=None,
+            help="Do not cache the contexts' shared prefix.",
+        ),
+        click.option(
             "--trust-remote-code/--no-trust-remote-code",
             default=None,
             help="Run model code from the hub.",

@@ -69,6 +69,8 @@ class ScoreConfig:
     """Memory budget of one chunk of float32 logits in the scoring head."""
     truncate_context: bool = False
     """Cut contexts from the left when context + answer exceed the model's window (flagged)."""
+    no_prefix_cache: bool = False
+    """Recompute the contexts' shared token prefix in every batch instead of caching it once."""
     overwrite: bool = False
     """Delete an existing store and start over instead of resuming it."""
     trust_remote_code: bool = False

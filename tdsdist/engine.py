@@ -13,8 +13,11 @@ body" happens: a tensor-parallel engine overrides it (and passes its vocabulary 
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,13 +82,53 @@ class Scorer:
             projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
         self.weight, self.bias = projection
         self.softcap = logit_softcap(model)
+        self.set_prefix([])
+        # transformers >= 5.24 calls the argument `cache` (`past_key_values` is deprecated).
+        forward_params = inspect.signature(model.base_model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Final hidden states `[B, T, H]` (after the final norm): the model minus its LM head."""
-        out = self.model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        )
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        attention_mask: torch.Tensor,  # [B, P + T]: the cached prefix's P columns, then T
+        cache: Any = None,
+        position_ids: torch.Tensor | None = None,  # [B, T]
+    ) -> torch.Tensor:
+        """Final hidden states `[B, T, H]` (after the final norm): the model minus its LM head.
+
+        The one place where the model body runs; a tensor-parallel engine overrides it.
+        """
+        kwargs: dict[str, Any] = {"use_cache": cache is not None}
+        if cache is not None:
+            kwargs.update({self._cache_kwarg: cache, "position_ids": position_ids})
+        out = self.model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return out.last_hidden_state
+
+    def set_prefix(self, prefix: list[int]) -> None:
+        """Tokens that open every context of the run: computed once, reused by every batch."""
+        self.prefix = list(prefix)
+        self._prefix_cache = None
+
+    @torch.inference_mode()
+    def _batch_cache(self, batch_size: int) -> Any:
+        """The prefix's key/value cache, repeated for a batch (a fresh copy: forward appends)."""
+        if not self.prefix:
+            return None
+        if self._prefix_cache is None:
+            ids = torch.tensor([self.prefix], device=self.device)
+            out = self.model.base_model(input_ids=ids, use_cache=True)
+            self._prefix_cache = out.past_key_values
+        cache = copy.deepcopy(self._prefix_cache)
+        cache.batch_repeat_interleave(batch_size)
+        return cache
+
+    def prefix_cache_bytes(self, batch_size: int = 1) -> int:
+        """Memory of the prefix cache expanded for `batch_size` sequences."""
+        cache = self._batch_cache(1)
+        if cache is None:
+            return 0
+        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        return batch_size * sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()
     def score(
@@ -100,6 +143,9 @@ class Scorer:
         and support_logprobs [P, k] when `support` is given.
         """
         fed = [len(s.context) + len(s.answer) - 1 for s in sequences]
+        if self.prefix:  # every context must start with the cached prefix and extend past it
+            assert all(s.context[: len(self.prefix)] == self.prefix for s in sequences)
+            assert all(len(s.context) > len(self.prefix) for s in sequences)
         results: list[HeadOutput | None] = [None] * len(sequences)
         for batch in token_budget_batches(fed, self.max_tokens_per_batch):
             outs = self._score_batch([sequences[i] for i in batch], batch, fed, support)
@@ -111,18 +157,25 @@ class Scorer:
         return _concat(results, support is not None)
 
     def _score_batch(self, seqs, batch, fed, support) -> list[HeadOutput]:
-        width = max(fed[i] for i in batch)
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        skip = len(self.prefix)  # tokens already in the cache
+        width = max(fed[i] for i in batch) - skip
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded suffixes
+        mask = torch.zeros(len(seqs), skip + width, dtype=torch.long)  # [B, P + T]
+        mask[:, :skip] = 1
         rows, targets = [], []
         for b, (s, i) in enumerate(zip(seqs, batch)):
-            tokens = (s.context + s.answer)[: fed[i]]
+            tokens = (s.context + s.answer)[skip : fed[i]]
             ids[b, : len(tokens)] = torch.tensor(tokens)
-            mask[b, : len(tokens)] = 1
-            start = b * width + len(s.context) - 1
+            mask[b, skip : skip + len(tokens)] = 1
+            start = b * width + len(s.context) - 1 - skip
             rows.append(torch.arange(start, start + len(s.answer)))
             targets.extend(s.answer)
-        hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))  # [B, T, H]
+        cache = self._batch_cache(len(seqs))
+        positions = None
+        if cache is not None:
+            positions = (skip + torch.arange(width, device=self.device)).expand(len(seqs), width)
+        hidden = self.hidden_states(ids.to(self.device), mask.to(self.device), cache, positions)
+        del cache
         flat_rows = torch.cat(rows).to(self.device)
         answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)  # [N, H]
         del hidden

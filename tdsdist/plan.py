@@ -125,3 +125,24 @@ def make_plan(
         items.append(Item(ex, a_ctx, b_ctx, answer, cut, a_cut, b_cut))
     units = [range(i, min(i + unit_size, len(items))) for i in range(0, len(items), unit_size)]
     return Plan(items=items, units=units)
+
+
+def shared_prefix(contexts: Sequence[list[int]]) -> list[int]:
+    """The longest token prefix that every context starts with, one token short of the shortest.
+
+    Token-level, so it ends on a boundary that every context shares (a prefix that ends mid-word
+    in text ends wherever the tokens of all contexts still agree). At least one context token is
+    left after it, whose hidden state predicts the first answer token.
+    """
+    if not contexts:
+        return []
+    first = contexts[0]
+    n = min(len(c) for c in contexts) - 1
+    for c in contexts[1:]:
+        i = 0
+        while i < n and c[i] == first[i]:
+            i += 1
+        n = i
+        if n == 0:
+            break
+    return list(first[: max(n, 0)])

@@ -44,7 +44,7 @@ from tdsdist.models import (
     model_window,
     tokenizer_hash,
 )
-from tdsdist.plan import Plan, make_plan
+from tdsdist.plan import Plan, make_plan, shared_prefix
 from tdsdist.store import Store, StoreExists, UnitRows, create
 from tdsdist.templates import aligned_context_fn, base_context_fn, template_fingerprint
 
@@ -62,6 +62,8 @@ class Prepared:
     plan: Plan
     tokenizer: Any
     fingerprint: dict[str, Any]
+    prefixes: dict[str, list[int]]
+    """Per model, the token prefix shared by all its contexts (cached once; empty if disabled)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +124,13 @@ def prepare(config: ScoreConfig) -> Prepared:
         "tokenizer_sha256": tokenizer_hash(tok),
         "tdsdist_version": __version__,
     }
-    return Prepared(config, plan, tok, fingerprint)
+    prefixes = {"aligned": [], "base": []}
+    if not config.no_prefix_cache:
+        prefixes = {
+            "aligned": shared_prefix([it.aligned_context for it in plan.items]),
+            "base": shared_prefix([it.base_context for it in plan.items]),
+        }
+    return Prepared(config, plan, tok, fingerprint, prefixes)
 
 
 def open_or_create_store(prep: Prepared) -> Store:
@@ -182,6 +190,7 @@ def create_store(prep: Prepared) -> Store:
             "fingerprint": prep.fingerprint,
             "config": dataclasses.asdict(prep.config),
             "vocab_size": len(prep.tokenizer),
+            "shared_prefix_tokens": {k: len(v) for k, v in prep.prefixes.items()},
         },
         tokenizer=prep.tokenizer,
         overwrite=prep.config.overwrite,
@@ -309,6 +318,8 @@ def _run(
     if pending:
         start = time.perf_counter()
         aligned, base = load_scorers(config, len(prep.tokenizer), device, d)
+        aligned.set_prefix(prep.prefixes["aligned"])
+        base.set_prefix(prep.prefixes["base"])
         timing["load_seconds"] = time.perf_counter() - start
         timing.update(
             _score_units(prep.plan, store, [units[i] for i in pending], aligned, base, device, d)

@@ -1,0 +1,83 @@
+"""Analysis throughput on a synthetic store: positions per second of `summarize`.
+
+Builds (once, reused if present) a store of `--positions` answer positions with realistic
+distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
+analysis reads, then times `tdsdist.analysis.summarize` over it.
+
+    python tools/bench_analyze.py --positions 10000000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tdsdist.analysis import summarize
+from tdsdist.store import Store, create
+from tdsdist.testing import default_corpus, train_tiny_tokenizer
+
+
+def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_examples = positions // mean_length
+    lengths = np.full(n_examples, mean_length, dtype=np.int32)
+    lengths[: positions - lengths.sum()] += 1
+    tokenizer = train_tiny_tokenizer(default_corpus(), vocab)
+    store = create(
+        path,
+        ids=[str(i) for i in range(n_examples)],
+        lengths=lengths,
+        token_ids=rng.integers(0, vocab, positions, dtype=np.int32),
+        flags={},
+        unit_size=64,
+        top_k=20,
+        meta={"fingerprint": {"aligned": "synthetic", "base": "synthetic"}, "vocab_size": vocab},
+        tokenizer=tokenizer,
+        overwrite=True,
+    )
+    for unit in store.units():
+        n = unit.positions
+        rank = np.where(rng.random(n) < 0.8, 1, rng.geometric(0.05, n) + 1).astype(np.int32)
+        arrays = {
+            "base/rank": rank,
+            "aligned/rank": np.where(rng.random(n) < 0.9, 1, 2).astype(np.int32),
+            "base/logprob": np.log(rng.beta(2, 1, n)).astype(np.float32),
+            "positions/kl": rng.exponential(0.2, n).astype(np.float32),
+        }
+        store.write_rows(unit, arrays)
+        store.mark_committed(unit)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--positions", type=int, default=10_000_000)
+    parser.add_argument("--store", type=Path, default=Path("/tmp/tdsdist-bench-analyze.zarr"))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args()
+    if args.rebuild or not args.store.exists():
+        start = time.perf_counter()
+        build(args.store, args.positions, mean_length=300, vocab=2000, seed=0)
+        print(f"built {args.store} in {time.perf_counter() - start:.1f} s")
+    store = Store(args.store, mode="r")
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        summary = summarize(Store(args.store, mode="r"))
+        times.append(time.perf_counter() - start)
+    n = summary["positions"]
+    assert n == store.meta["positions"]
+    median = statistics.median(times)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("| positions | repeats | median seconds | positions / s | peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|---:|")
+    print(f"| {n:,} | {args.repeats} | {median:.2f} | {n / median:,.0f} | {peak:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -119,6 +119,51 @@ def score_command(config_file: str | None, **flags: Any) -> None:
         sys.exit(PREEMPTED_EXIT)
 
 
+@main.command("generate")
+@click.option("--aligned", required=True, help="Aligned model: hub id or local folder.")
+@click.option(
+    "--data", required=True, help="Prompts: just-eval JSON/JSONL or a JSON list of instructions."
+)
+@click.option(
+    "--out", required=True, help="Answers file to write (just-eval JSON, read by `score`)."
+)
+@click.option("--store", default=None, help="Also record the aligned model's distributions here.")
+@click.option(
+    "--aligned-template", type=click.Choice(["chat", "input"]), default="chat", show_default=True
+)
+@click.option("--max-new-tokens", default=512, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop string (repeatable).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--top-k", default=20, show_default=True, help="Candidates recorded per position.")
+@click.option("--limit", type=int, default=None)
+@click.option("--unit-size", default=32, show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
+    default="float32",
+    show_default=True,
+)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--aligned-revision", default=None)
+@user_errors
+def generate_command(stop: tuple[str, ...], **options: Any) -> None:
+    """The aligned model writes its answers (and, with --store, records its distributions)."""
+    from tdsdist.generate import GenerateConfig, run_generate
+
+    try:
+        config = GenerateConfig(stop=list(stop), **options)
+    except ValueError as e:
+        raise TdsError(f"invalid configuration: {e}") from None
+    result = run_generate(config, log=lambda m: click.echo(m, err=True))
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(result))
+
+
 @main.command("show")
 @click.argument("store_dir", type=click.Path())
 @click.option("--example", "example_id", required=True, help="Example id.")
@@ -211,6 +256,36 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
     )
     for t in report.get("tasks", []):
         click.echo(f"  task {t['task']}: {t['done']} done, {t['pending']} pending")
+
+
+@main.command("report")
+@click.argument("store_dir", type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the site (new, empty, or an earlier report: replaced).",
+)
+@user_errors
+def report_command(store_dir: str, out_dir: str) -> None:
+    """A static HTML report (summary, every example token by token); opens offline from file://."""
+    import time
+    from pathlib import Path
+
+    from tdsdist.analysis import summarize
+    from tdsdist.report import write_report
+    from tdsdist.store import Store
+
+    start = time.perf_counter()
+    store = Store(store_dir, mode="r")
+    index = write_report(store, Path(out_dir), summarize(store))
+    files = [p for p in index.parent.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    click.echo(
+        f"{index} ({len(files)} files, {size / 1e6:.1f} MB, {time.perf_counter() - start:.1f} s)"
+    )
 
 
 @main.command("demo")

@@ -111,7 +111,14 @@ def _check_unicode(where: str, name: str, value: str) -> None:
         ) from None
 
 
-def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
+def _example(
+    path: Path, index: int, record: object, fields: Fields, require_answer: bool = True
+) -> Example:
+    if isinstance(record, str) and not require_answer:  # a plain list of instructions
+        if not record.strip():
+            raise TdsError(f"{path}: example {index}: the instruction is empty")
+        _check_unicode(f"{path}: example {index}", "instruction", record)
+        return Example(index=index, id=str(index), instruction=record, prompt=None, answer="")
     if not isinstance(record, dict):
         raise TdsError(f"{path}: example {index}: is a {type(record).__name__}, not a JSON object")
     raw_id = record.get(fields.id, None)
@@ -138,6 +145,11 @@ def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
 
     instruction = text_field(fields.instruction, required=True)
     prompt = text_field(fields.prompt, required=False)
+    if not require_answer:
+        assert instruction is not None
+        return Example(
+            index=index, id=str(raw_id), instruction=instruction, prompt=prompt, answer=""
+        )
     if fields.answer not in record:
         raise TdsError(f"{where}: field '{fields.answer}' is missing")
     answer = record[fields.answer]
@@ -160,12 +172,16 @@ def _example(path: Path, index: int, record: object, fields: Fields) -> Example:
 
 
 def load_examples(
-    path: Path | str, fields: Fields = Fields(), limit: int | None = None
+    path: Path | str,
+    fields: Fields = Fields(),
+    limit: int | None = None,
+    require_answer: bool = True,
 ) -> list[Example]:
     """All examples of a JSON or JSONL file, validated; the first `limit` if given.
 
     The whole file is validated even with `limit`, so that a later full run cannot fail on a
-    problem that the trial run skipped.
+    problem that the trial run skipped. With `require_answer=False` (prompts for generation) the
+    answer field is not read and a plain JSON list of instruction strings is accepted too.
     """
     path = Path(path)
     if not path.exists():
@@ -180,7 +196,7 @@ def load_examples(
         raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
     if not records:
         raise TdsError(f"{path}: no examples")
-    examples = [_example(path, i, r, fields) for i, r in enumerate(records)]
+    examples = [_example(path, i, r, fields, require_answer) for i, r in enumerate(records)]
     seen: dict[str, int] = {}
     for ex in examples:
         if ex.id in seen:

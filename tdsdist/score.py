@@ -148,18 +148,50 @@ def resume_store(path: Path, prep: Prepared) -> Store:
     if not path.is_dir() or not (path / "zarr.json").exists():
         raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
     store = Store(path)
-    stored = store.meta.get("fingerprint", {})
+    stored = dict(store.meta.get("fingerprint", {}))
+    # A store recorded by `generate` waits for its base model: the base keys are filled in once.
+    open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
     diffs = [
         f"{key}: {stored.get(key)!r} in the store, {value!r} now"
         for key, value in prep.fingerprint.items()
-        if stored.get(key) != value
+        if stored.get(key) != value and key not in open_keys
     ]
     if diffs:
         raise TdsError(
             f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
             " use --overwrite to start over"
         )
+    if open_keys:
+        stored.update({k: prep.fingerprint[k] for k in open_keys})
+        store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored}
+        store = Store(path)
     return store
+
+
+BASE_KEYS = ("base", "base_revision", "base_template")
+
+
+def recorded(store: Store) -> bool:
+    """Whether the aligned side was recorded during generation (`tdsdist generate --store`)."""
+    return bool(store.meta.get("recorded_aligned"))
+
+
+def adopt_recorded_answers(prep: Prepared, store: Store) -> Plan:
+    """The plan with the generated token ids as answers: re-tokenizing the answer text need not
+    give back the ids the model generated, and the base must score exactly those."""
+    by_id = {it.example.id: it for it in prep.plan.items}
+    missing = [i for i in store.ids if i not in by_id]
+    if missing:
+        raise TdsError(
+            f"{prep.config.data}: example id {missing[0]!r} of the store is not in the data"
+        )
+    tokens = store.read("positions/token_id")
+    items = [
+        dataclasses.replace(by_id[i], answer=tokens[store.rows(e)].tolist())
+        for e, i in enumerate(store.ids)
+    ]
+    size = store.meta["unit_size"]
+    return Plan(items, [range(u, min(u + size, len(items))) for u in range(0, len(items), size)])
 
 
 def create_store(prep: Prepared) -> Store:
@@ -198,13 +230,30 @@ def create_store(prep: Prepared) -> Store:
 
 
 def score_unit(
-    plan: Plan, unit: UnitRows, aligned: Scorer, base: Scorer, progress=None
+    plan: Plan,
+    unit: UnitRows,
+    aligned: Scorer | None,
+    base: Scorer,
+    progress=None,
+    store: Store | None = None,
 ) -> dict[str, np.ndarray]:
-    """All arrays of one unit: the aligned pass, then the base pass at the aligned top-k support."""
+    """All arrays of one unit: the aligned pass, then the base pass at the aligned top-k support.
+
+    With a `store` whose aligned side was recorded during generation, the aligned arrays are
+    read from it instead of computed.
+    """
     items = [plan.items[i] for i in unit.examples]
-    a = aligned.score(
-        [ContextAnswer(it.aligned_context, it.answer) for it in items], progress=progress
-    )
+    if store is not None and recorded(store):
+        rows = slice(unit.start, unit.start + unit.positions)
+        a = {
+            k: store.read(f"aligned/{k}", rows)
+            for k in ("top_ids", "top_logprobs", "logprob", "rank", "entropy")
+        }
+    else:
+        assert aligned is not None
+        a = aligned.score(
+            [ContextAnswer(it.aligned_context, it.answer) for it in items], progress=progress
+        )
     splits = np.cumsum([it.positions for it in items])[:-1]
     support = np.split(a["top_ids"], splits)
     b = base.score([ContextAnswer(it.base_context, it.answer) for it in items], support, progress)
@@ -215,43 +264,36 @@ def score_unit(
     return arrays
 
 
-def load_scorers(
-    config: ScoreConfig, vocab_size: int, device: torch.device, d: Dist
-) -> tuple[Scorer, Scorer]:
-    """Both models, each whole on this rank or, under `--tp`, split across its tensor-parallel group."""
-    scorers = []
-    for name, revision in (
-        (config.aligned, config.aligned_revision),
-        (config.base, config.base_revision),
-    ):
-        model = load_model(
-            name,
-            config.dtype,
-            device if d.dims.tp == 1 else torch.device("cpu"),
-            revision,
-            config.trust_remote_code,
-        )
-        shard, projection = VocabShard(), None
-        if d.dims.tp > 1:
-            from tdsdist.tp import shard_for_tp
+def load_scorer(
+    config: ScoreConfig,
+    name: str,
+    revision: str | None,
+    vocab_size: int,
+    device: torch.device,
+    d: Dist,
+) -> Scorer:
+    """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group."""
+    load_device = device if d.dims.tp == 1 else torch.device("cpu")  # DeepSpeed moves the shards
+    model = load_model(name, config.dtype, load_device, revision, config.trust_remote_code)
+    shard, projection = VocabShard(), None
+    if d.dims.tp > 1:
+        from tdsdist.tp import shard_for_tp
 
-            model, weight, bias, shard = shard_for_tp(
-                model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
-            )
-            projection = (weight, bias)
-        scorers.append(
-            Scorer(
-                model,
-                vocab_size,
-                config.top_k,
-                config.logits_chunk_mib << 20,
-                config.max_tokens_per_batch,
-                device,
-                shard,
-                projection,
-            )
+        model, weight, bias, shard = shard_for_tp(
+            model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
         )
-    return scorers[0], scorers[1]
+        projection = (weight, bias)
+    chunk = config.logits_chunk_mib << 20
+    return Scorer(
+        model,
+        vocab_size,
+        config.top_k,
+        chunk,
+        config.max_tokens_per_batch,
+        device,
+        shard,
+        projection,
+    )
 
 
 def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
@@ -308,6 +350,8 @@ def _run(
         ]
     pending = broadcast_ints(pending, 0, None, d)
     units = store.units()
+    if recorded(store):
+        prep.plan = adopt_recorded_answers(prep, store)
     share = f", task {task_index} of {task_count}" if task_count > 1 else ""
     log(
         f"tdsdist: {len(prep.plan.items)} examples, {len(done)} units ({int(done.sum())} already"
@@ -317,8 +361,12 @@ def _run(
     timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
     if pending:
         start = time.perf_counter()
-        aligned, base = load_scorers(config, len(prep.tokenizer), device, d)
-        aligned.set_prefix(prep.prefixes["aligned"])
+        vocab = len(prep.tokenizer)
+        aligned = None  # a store recorded during generation needs only the base pass
+        if not recorded(store):
+            aligned = load_scorer(config, config.aligned, config.aligned_revision, vocab, device, d)
+            aligned.set_prefix(prep.prefixes["aligned"])
+        base = load_scorer(config, config.base, config.base_revision, vocab, device, d)
         base.set_prefix(prep.prefixes["base"])
         timing["load_seconds"] = time.perf_counter() - start
         timing.update(
@@ -366,7 +414,7 @@ def _score_units(plan, store, pending, aligned, base, device, d: Dist) -> dict[s
         if index < 0:
             break
         unit = pending[index]
-        arrays = score_unit(plan, unit, aligned, base, progress=bar.update)
+        arrays = score_unit(plan, unit, aligned, base, progress=bar.update, store=store)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if d.is_leader:

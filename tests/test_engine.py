@@ -18,8 +18,16 @@ from tdsdist.testing import default_corpus
 K = 7
 
 
-def naive(model, context: list[int], answer: list[int], k: int, support=None) -> dict[str, np.ndarray]:
-    rows: dict[str, list] = {"top_ids": [], "top_logprobs": [], "logprob": [], "rank": [], "support": []}
+def naive(
+    model, context: list[int], answer: list[int], k: int, support=None
+) -> dict[str, np.ndarray]:
+    rows: dict[str, list] = {
+        "top_ids": [],
+        "top_logprobs": [],
+        "logprob": [],
+        "rank": [],
+        "support": [],
+    }
     for t, target in enumerate(answer):
         with torch.no_grad():
             logits = model(torch.tensor([context + answer[:t]])).logits[0, -1].double()
@@ -51,7 +59,9 @@ def load(folder, dtype=torch.float32):
     """Eager attention: its result does not depend on the sequence length (sdpa's kernels differ
     in the last bits between a prefix and the whole sequence, ~1e-5 on these peaked tiny models),
     so what is compared here is the scorer's algorithm, not attention-kernel rounding."""
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="eager").eval()
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, attn_implementation="eager"
+    ).eval()
 
 
 @pytest.mark.parametrize("fixture", ["tiny_pair", "tiny_pair_odd_vocab"])
@@ -64,8 +74,18 @@ def test_batched_scorer_equals_per_token_loop(fixture: str, request: pytest.Fixt
         model = load(folder)
         model.vocab_for_test = vocab
         # A small token budget forces several padded batches; a small chunk forces chunking.
-        scorer = Scorer(model, vocab, K, chunk_bytes=4 * vocab * 5, max_tokens_per_batch=96, device=torch.device("cpu"))
-        support = [np.random.default_rng(i).integers(0, vocab, (len(s.answer), K)) for i, s in enumerate(seqs)]
+        scorer = Scorer(
+            model,
+            vocab,
+            K,
+            chunk_bytes=4 * vocab * 5,
+            max_tokens_per_batch=96,
+            device=torch.device("cpu"),
+        )
+        support = [
+            np.random.default_rng(i).integers(0, vocab, (len(s.answer), K))
+            for i, s in enumerate(seqs)
+        ]
         got = scorer.score(seqs, support)
         offset = 0
         for s, sup in zip(seqs, support):
@@ -74,9 +94,13 @@ def test_batched_scorer_equals_per_token_loop(fixture: str, request: pytest.Fixt
             offset += len(s.answer)
             np.testing.assert_array_equal(got["top_ids"][rows], ref["top_ids"])
             np.testing.assert_array_equal(got["rank"][rows], ref["rank"])
-            np.testing.assert_allclose(got["top_logprobs"][rows], ref["top_logprobs"], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                got["top_logprobs"][rows], ref["top_logprobs"], atol=1e-5, rtol=0
+            )
             np.testing.assert_allclose(got["logprob"][rows], ref["logprob"], atol=1e-5, rtol=0)
-            np.testing.assert_allclose(got["support_logprobs"][rows], ref["support"], atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                got["support_logprobs"][rows], ref["support"], atol=1e-5, rtol=0
+            )
         assert offset == len(got["rank"])
         assert (got["top_ids"] < vocab).all(), "a padded vocabulary row was ranked"
 
@@ -88,7 +112,10 @@ def test_float64_agrees_to_1e10(tiny_pair) -> None:
     model.vocab_for_test = len(tokenizer)
     seqs = sequences(tokenizer, n=4, seed=7)
     got = Scorer(model, len(tokenizer), K, 1 << 20, 64, torch.device("cpu")).score(seqs)
-    ref = {k: np.concatenate([naive(model, s.context, s.answer, K)[k] for s in seqs]) for k in ("logprob", "rank")}
+    ref = {
+        k: np.concatenate([naive(model, s.context, s.answer, K)[k] for s in seqs])
+        for k in ("logprob", "rank")
+    }
     np.testing.assert_array_equal(got["rank"], ref["rank"])
     # The head's normaliser is float32 by design, so agreement is at float32 resolution.
     np.testing.assert_allclose(got["logprob"], ref["logprob"], atol=1e-5, rtol=0)
@@ -102,7 +129,9 @@ def test_entropy_matches_full_distribution(tiny_pair) -> None:
     got = Scorer(model, len(tokenizer), K, 1 << 20, 4096, torch.device("cpu")).score([s])
     with torch.no_grad():
         logits = model(torch.tensor([s.context + s.answer])).logits[0].double()
-    logp = torch.log_softmax(logits[len(s.context) - 1 : len(s.context) - 1 + len(s.answer), : len(tokenizer)], -1)
+    logp = torch.log_softmax(
+        logits[len(s.context) - 1 : len(s.context) - 1 + len(s.answer), : len(tokenizer)], -1
+    )
     entropy = -(logp.exp() * logp).sum(-1).numpy()
     np.testing.assert_allclose(got["entropy"], entropy, atol=1e-5, rtol=0)
 
@@ -115,4 +144,6 @@ def test_token_budget_batches_longest_first_and_complete() -> None:
     assert batches[0] == [6]  # the longest sequence first, alone
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 100
-    assert [lengths[b[0]] for b in batches] == sorted((lengths[b[0]] for b in batches), reverse=True)
+    assert [lengths[b[0]] for b in batches] == sorted(
+        (lengths[b[0]] for b in batches), reverse=True
+    )

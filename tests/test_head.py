@@ -80,7 +80,9 @@ def test_chunked_equals_unchunked() -> None:
     support = torch.randint(0, 257, (53, 6), generator=gen)
     whole = score_positions(hidden, weight, bias, targets, 6, chunk_bytes=1 << 30, support=support)
     assert chunk_rows(257, 4 * 257 * 5) == 5
-    chunked = score_positions(hidden, weight, bias, targets, 6, chunk_bytes=4 * 257 * 5, support=support)
+    chunked = score_positions(
+        hidden, weight, bias, targets, 6, chunk_bytes=4 * 257 * 5, support=support
+    )
     # Ids and ranks are identical; floats may differ in the last bits (BLAS blocks by row count).
     assert torch.equal(whole.top_ids, chunked.top_ids)
     assert torch.equal(whole.rank, chunked.rank)

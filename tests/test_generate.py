@@ -1,0 +1,156 @@
+"""`generate`: answers, recorded distributions equal to scoring afterwards, base-only scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tdsdist.cli import main
+from tdsdist.data import load_examples
+from tdsdist.demo import demo_data_path
+from tdsdist.engine import ContextAnswer, Scorer
+from tdsdist.plan import tokenize_context
+from tdsdist.store import Store
+
+K = 5
+
+
+def generate(pair, tmp_path: Path, name: str, *extra: str) -> tuple[Path, Path]:
+    out, store = tmp_path / f"{name}.json", tmp_path / f"{name}.zarr"
+    args = ["generate", "--aligned", str(pair[0]), "--data", str(demo_data_path()), "--out", str(out),
+            "--store", str(store), "--limit", "5", "--unit-size", "2", "--batch-size", "3",
+            "--max-new-tokens", "16", "--top-k", str(K), "--device", "cpu", *extra]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, store
+
+
+def teacher_forced(folder: Path, store: Store) -> dict[str, np.ndarray]:
+    """The same token ids scored afterwards by the batched teacher-forced scorer."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    examples = {e.id: e for e in load_examples(demo_data_path(), limit=5)}
+    seqs = []
+    for e, example_id in enumerate(store.ids):
+        chat = tok.apply_chat_template(
+            [{"role": "user", "content": examples[example_id].instruction}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        ids = store.read("positions/token_id", store.rows(e)).tolist()
+        seqs.append(ContextAnswer(tokenize_context(tok, chat, False), ids))
+    return Scorer(model, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny_pair, tmp_path_factory):
+    return generate(tiny_pair, tmp_path_factory.mktemp("gen"), "greedy")
+
+
+def test_answers_file_is_just_eval_and_scoreable(greedy) -> None:
+    out, _ = greedy
+    records = json.loads(out.read_text())
+    assert len(records) == 5
+    for r in records:
+        assert {"id", "pure_input", "input", "output", "generator"} <= set(r)
+        assert isinstance(r["output"], list) and isinstance(r["output"][0], str)
+        assert r["generator"]["temperature"] == 0.0
+
+
+def test_recorded_equals_teacher_forced_scoring(tiny_pair, greedy) -> None:
+    _, store_path = greedy
+    store = Store(store_path, mode="r")
+    rows = np.concatenate(
+        [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
+    )
+    recorded = {
+        k: store.read(f"aligned/{k}")[rows]
+        for k in ("top_ids", "rank", "logprob", "top_logprobs", "entropy")
+    }
+    scored = teacher_forced(tiny_pair[0], store)
+    np.testing.assert_array_equal(recorded["top_ids"], scored["top_ids"])
+    np.testing.assert_array_equal(recorded["rank"], scored["rank"])
+    for key in ("logprob", "top_logprobs", "entropy"):
+        np.testing.assert_allclose(recorded[key], scored[key], atol=1e-5, rtol=0)
+    # Greedy: the answer token is the aligned model's own top 1 everywhere (ties aside).
+    top1 = scored["top_ids"][:, 0]
+    tokens = store.read("positions/token_id")[rows]
+    tie = np.isclose(scored["top_logprobs"][:, 0], scored["logprob"], atol=1e-6)
+    assert ((top1 == tokens) | tie).all()
+    assert (recorded["rank"] == 1).all()
+
+
+def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
+    _, store_path = generate(
+        tiny_pair, tmp_path, "sampled", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"
+    )
+    store = Store(store_path, mode="r")
+    rows = np.concatenate(
+        [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
+    )
+    scored = teacher_forced(tiny_pair[0], store)
+    np.testing.assert_array_equal(store.read("aligned/rank")[rows], scored["rank"])
+    np.testing.assert_allclose(store.read("aligned/logprob")[rows], scored["logprob"], atol=1e-5)
+    assert (store.read("aligned/rank")[rows] > 1).any(), (
+        "sampling at T=1.5 should leave the top 1 sometimes"
+    )
+
+
+def test_score_against_recorded_store_runs_only_the_base_pass(
+    tiny_pair, greedy, tmp_path: Path
+) -> None:
+    out, store_path = greedy
+    before = Store(store_path, mode="r").read("aligned/top_logprobs").copy()
+    args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(out),
+            "--store", str(store_path), "--aligned-template", "chat", "--unit-size", "2", "--top-k", str(K),
+            "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    store = Store(store_path, mode="r")
+    assert store.committed().all()
+    np.testing.assert_array_equal(store.read("aligned/top_logprobs"), before)  # untouched
+    assert store.meta["fingerprint"]["base"] == str(tiny_pair[1])
+    base = AutoModelForCausalLM.from_pretrained(tiny_pair[1]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1])
+    examples = {e.id: e for e in load_examples(out)}
+    from tdsdist.templates import PLAIN_TEMPLATE
+
+    seqs = [
+        ContextAnswer(
+            tokenize_context(tok, PLAIN_TEMPLATE.format(q=examples[i].instruction), True),
+            store.read("positions/token_id", store.rows(e)).tolist(),
+        )
+        for e, i in enumerate(store.ids)
+    ]
+    scored = Scorer(base, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
+    rows = store.valid_rows()
+    np.testing.assert_array_equal(store.read("base/rank")[rows], scored["rank"])
+    np.testing.assert_allclose(store.read("base/logprob")[rows], scored["logprob"], atol=1e-5)
+    # A different base against the now-complete store is refused.
+    again = CliRunner().invoke(main, [*args[:4], str(tiny_pair[0]), *args[5:]])
+    assert again.exit_code == 2 and "base" in again.output
+
+
+def test_existing_answers_file_is_not_overwritten(tiny_pair, greedy) -> None:
+    out, store = greedy
+    args = [
+        "generate",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(out),
+        "--limit",
+        "5",
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "already exists" in result.output

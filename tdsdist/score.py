@@ -34,7 +34,6 @@ from tdsdist.distributed import (
 )
 from tdsdist.engine import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
-from tdsdist.head import VocabShard
 from tdsdist.metrics import topk_kl
 from tdsdist.models import (
     check_same_vocabulary,
@@ -275,25 +274,24 @@ def load_scorer(
     """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group."""
     load_device = device if d.dims.tp == 1 else torch.device("cpu")  # DeepSpeed moves the shards
     model = load_model(name, config.dtype, load_device, revision, config.trust_remote_code)
-    shard, projection = VocabShard(), None
+    chunk = config.logits_chunk_mib << 20
     if d.dims.tp > 1:
-        from tdsdist.tp import shard_for_tp
+        from tdsdist.tp import TPScorer, shard_for_tp
 
         model, weight, bias, shard = shard_for_tp(
             model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
         )
-        projection = (weight, bias)
-    chunk = config.logits_chunk_mib << 20
-    return Scorer(
-        model,
-        vocab_size,
-        config.top_k,
-        chunk,
-        config.max_tokens_per_batch,
-        device,
-        shard,
-        projection,
-    )
+        return TPScorer(
+            model,
+            vocab_size,
+            config.top_k,
+            chunk,
+            config.max_tokens_per_batch,
+            device,
+            shard,
+            (weight, bias),
+        )
+    return Scorer(model, vocab_size, config.top_k, chunk, config.max_tokens_per_batch, device)
 
 
 def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:

@@ -195,3 +195,31 @@ def test_sigterm_stops_cleanly_and_resumes(tiny_pair, reference, tmp_path: Path)
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert Store(store, mode="r").committed().all()
+
+
+@pytest.fixture(scope="module")
+def three_head_pair(tmp_path_factory):
+    """A pair whose 3 attention heads tp=2 does not divide, with padded vocabulary rows."""
+    from tdsdist.testing import save_tiny_pair
+
+    root = tmp_path_factory.mktemp("three_heads")
+    return save_tiny_pair(
+        root,
+        vocab_size=301,
+        seed=4,
+        num_heads=3,
+        num_kv_heads=3,
+        hidden_size=48,
+        model_vocab_size=320,
+    )
+
+
+@pytest.mark.slow
+def test_tensor_parallel_two_ranks_three_heads(three_head_pair, tmp_path: Path) -> None:
+    single, tp = tmp_path / "single.zarr", tmp_path / "tp.zarr"
+    result = CliRunner().invoke(main, ["score", *args(three_head_pair, single)])
+    assert result.exit_code == 0, result.output
+    run = launch(args(three_head_pair, tp, "--tp", "2"), NPROC=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "world 2 = tp 2 x dp 1" in run.stderr
+    assert_same(tp, single)

@@ -106,8 +106,9 @@ class Scorer:
 
     def set_prefix(self, prefix: list[int]) -> None:
         """Tokens that open every context of the run: computed once, reused by every batch."""
-        self.prefix = list(prefix)
-        self._prefix_cache = None
+        if list(prefix) != getattr(self, "prefix", None):
+            self.prefix = list(prefix)
+            self._prefix_cache = None
 
     @torch.inference_mode()
     def _batch_cache(self, batch_size: int) -> Any:

@@ -1,0 +1,177 @@
+"""One-GPU check (the `device` machine): scoring throughput, bare-forward throughput, MFU.
+
+Builds a random-weight model with the Llama-2-7B configuration in bf16 directly on the GPU (no
+download), makes batches of just-eval-like sequences (context 64 + answer 320 tokens by default),
+and reports, side by side in one run:
+- tdsdist's scoring throughput (`Scorer.score`: body forward + chunked scoring head, k=20);
+- a bare teacher-forced forward on the same batches (the model's body, then the LM head on the
+  answer positions only, no statistics);
+- model FLOP utilisation of both against a bf16 matrix-multiply peak measured here
+  (FLOPs per token: 2 x parameters + 4 x layers x hidden x context length for attention).
+
+Needs torch and transformers only (no deepspeed). Under 8 minutes on an H100:
+
+    python tools/gpu_check.py --out docs/gpu_check.json
+    python tools/gpu_check.py --tiny --device cpu      # a smoke run of the same code on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tdsdist.engine import ContextAnswer, Scorer, token_budget_batches
+
+
+def llama2_7b_config(tiny: bool) -> LlamaConfig:
+    if tiny:
+        return LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
+    return LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)  # fmt: skip
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 20) -> float:
+    """Measured dense bf16 matmul FLOP/s (the MFU denominator)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+@torch.inference_mode()
+def bare_forward(model, seqs: list[ContextAnswer], max_tokens: int, device: torch.device) -> None:
+    """The model's own body, then the LM head on the answer positions only (no statistics)."""
+    fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
+    head = model.get_output_embeddings()
+    for batch in token_budget_batches(fed, max_tokens):
+        width = max(fed[i] for i in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        rows = []
+        for b, i in enumerate(batch):
+            tokens = (seqs[i].context + seqs[i].answer)[: fed[i]]
+            ids[b, : len(tokens)] = torch.tensor(tokens)
+            mask[b, : len(tokens)] = 1
+            start = b * width + len(seqs[i].context) - 1
+            rows.append(torch.arange(start, start + len(seqs[i].answer)))
+        hidden = model.base_model(
+            input_ids=ids.to(device), attention_mask=mask.to(device)
+        ).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.cat(rows).to(device))
+        F.linear(picked, head.weight).float()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="small model: a CPU smoke run")
+    parser.add_argument("--sequences", type=int, default=64)
+    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--answer", type=int, default=320)
+    parser.add_argument("--max-tokens-per-batch", type=int, default=16384)
+    parser.add_argument("--logits-chunk-mib", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    config = llama2_7b_config(args.tiny)
+    start = time.perf_counter()
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    build_seconds = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(0)
+    seqs = [
+        ContextAnswer(
+            torch.randint(3, config.vocab_size, (args.context,), generator=gen).tolist(),
+            torch.randint(3, config.vocab_size, (args.answer,), generator=gen).tolist(),
+        )
+        for _ in range(args.sequences)
+    ]
+    scorer = Scorer(
+        model, config.vocab_size, 20, args.logits_chunk_mib << 20, args.max_tokens_per_batch, device
+    )
+    scorer.score(seqs[:4])  # warm-up (kernels, allocator)
+    bare_forward(model, seqs[:4], args.max_tokens_per_batch, device)
+    times: dict[str, list[float]] = {"tdsdist": [], "bare": []}
+    for r in range(args.repeats):
+        for name in ("tdsdist", "bare") if r % 2 == 0 else ("bare", "tdsdist"):
+            sync(device)
+            t0 = time.perf_counter()
+            if name == "tdsdist":
+                scorer.score(seqs)
+            else:
+                bare_forward(model, seqs, args.max_tokens_per_batch, device)
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    peak = matmul_peak(device, dtype, 256 if args.tiny else 8192)
+    # Body matmul parameters: all but the embedding lookup and the LM head (counted apart, for
+    # the answer positions only, as that is all either path projects).
+    body_params = (
+        sum(p.numel() for p in model.parameters()) - 2 * config.vocab_size * config.hidden_size
+    )
+    fed_tokens = sum(len(s.context) + len(s.answer) - 1 for s in seqs)
+    positions = sum(len(s.answer) for s in seqs)
+    length = args.context + args.answer
+    attention = (
+        4 * config.num_hidden_layers * config.hidden_size * length / 2
+    )  # causal: mean context L/2
+    flops_per_token = 2 * body_params + attention
+    head_flops = 2 * config.vocab_size * config.hidden_size * positions
+    work = flops_per_token * fed_tokens + head_flops
+    report = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor(),
+        "torch": torch.__version__,
+        "model": "Llama-2-7B config, random weights, bf16" if not args.tiny else "tiny Llama, bf16",
+        "build_seconds": build_seconds,
+        "sequences": args.sequences,
+        "tokens_per_sequence": length,
+        "answer_positions": positions,
+        "matmul_peak_tflops": peak / 1e12,
+    }
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        report[name] = {
+            "median_seconds": med,
+            "positions_per_second": positions / med,
+            "tokens_per_second": fed_tokens / med,
+            "mfu": work / med / peak,
+        }
+    report["tdsdist_over_bare"] = (
+        report["tdsdist"]["positions_per_second"] / report["bare"]["positions_per_second"]
+    )
+    if device.type == "cuda":
+        report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

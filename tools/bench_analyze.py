@@ -54,7 +54,9 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--positions", type=int, default=10_000_000)
     parser.add_argument("--store", type=Path, default=Path("/tmp/tdsdist-bench-analyze.zarr"))
     parser.add_argument("--repeats", type=int, default=3)

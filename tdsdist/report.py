@@ -1,0 +1,431 @@
+"""`tdsdist report`: a static HTML site of a store that works offline, straight from `file://`.
+
+Layout of the site (`out/`):
+
+    index.html, example.html        static pages (copied from `report_assets/`, no data inside)
+    assets/report.js, report.css    the page code: vanilla JS, no library, no network
+    data/index.js                   the summary and one row per example (small: ~150 B/example)
+    data/ex-N.js                    example N (store order), loaded only when its page is opened
+    .tdsdist-report                 marker: a later run may replace this folder
+
+Browsers refuse `fetch()` of local files, so data travels as JavaScript: each data file is one call
+`tdsReport.index({...})` / `tdsReport.example(N, {...})` of a JSON literal, and `example.html?ex=N`
+inserts `<script src="data/ex-N.js">`. The JSON is made inert before it is written: every `<`, `>`,
+`&`, U+2028 and U+2029 is written as a `\\uXXXX` escape, so no token can close a script element or
+open a comment, and the page code only ever puts data into the DOM as text (`textContent`,
+never `innerHTML`). Pages carry a Content-Security-Policy that allows scripts from files only.
+
+An example's data is column-oriented, one entry per answer position: `token` (ids), `cat` (0
+unshifted, 1 marginal, 2 shifted, by the base rank and the summary's thresholds), `kl`, and per
+model `rank`, `logprob`, `entropy`, `top_ids` and `top_logprobs_milli` (the first min(10, k)
+candidates; log-probabilities in integer thousandths). `text` is the decoded answer and `ends[t]`
+where token t ends in it (UTF-16 units, as JavaScript slices strings). `strings` maps every id
+used to `tokenizer.decode([id])` (SentencePiece's word-initial space restored). Numbers are
+rounded to what the page shows. About 300 bytes per position with k >= 10.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tdsdist.errors import TdsError
+from tdsdist.store import MODELS, Store
+
+MARKER = ".tdsdist-report"
+TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store kept fewer)
+BLOCK_ROWS = 1 << 16  # rows read from the store at once (several examples per read)
+PREVIEW_WORDS, PREVIEW_CHARS = 12, 80
+PAGES = ("index.html", "example.html")
+ASSETS = ("report.js", "report.css")
+_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
+_SENTENCEPIECE_SPACE = "\u2581"
+
+
+def js_call(function: str, *args: Any) -> str:
+    """`tdsReport.<function>(<json>, ...);` with the JSON escaped for any script context.
+
+    The escaped characters can only occur inside JSON strings, where `\\uXXXX` means the same
+    character, so the value is unchanged. Non-finite floats are written as the JavaScript
+    literals `NaN`, `Infinity`, `-Infinity` (valid in a `.js` file, read back by `json.loads`).
+    """
+    text = ",".join(
+        json.dumps(a, ensure_ascii=False, separators=(",", ":"), allow_nan=True) for a in args
+    )
+    text = _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], text)
+    return f"tdsReport.{function}({text});\n"
+
+
+def read_js_call(text: str) -> list[Any]:
+    """The arguments of a data file written by `js_call` (for tests and tools)."""
+    head, _, rest = text.partition("(")
+    if not head.startswith("tdsReport.") or not rest.endswith(");\n"):
+        raise ValueError("not a tdsdist report data file")
+    return json.loads("[" + rest[: -len(");\n")] + "]")
+
+
+def write_report(store: Store, out: Path, summary: dict) -> Path:
+    """Write the site of `store` into the folder `out` and return the path of its `index.html`.
+
+    `summary` is `tdsdist.analysis.summarize(store)` (keys missing from it are shown as absent).
+    `out` must be new, empty, or an earlier report (it is then replaced). The site is built in a
+    temporary sibling folder and moved into place, so an error leaves `out` as it was.
+    """
+    out = Path(out)
+    _check_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    try:
+        _copy_assets(tmp)
+        (tmp / "data").mkdir()
+        rows = _write_examples(store, tmp / "data", summary)
+        index = {
+            "summary": _plain(summary),
+            "examples": rows,
+            "store": {
+                "name": store.path.name,
+                "examples": len(store.ids),
+                "top_k": store.top_k,
+                "shown_top": min(TOP_SHOWN, store.top_k),
+                "units": int(store.meta.get("units", 0)),
+                "pending_units": int((~store.committed()).sum()),
+                "config": _plain(store.meta.get("fingerprint", {})),
+            },
+            "thresholds": _thresholds(summary),
+        }
+        (tmp / "data" / "index.js").write_text(js_call("index", index), encoding="utf-8")
+        (tmp / MARKER).write_text(
+            "written by `tdsdist report`; the next run replaces this folder\n"
+        )
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _check_out(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TdsError(f"{out}: exists and is not a folder")
+    if any(out.iterdir()) and not (out / MARKER).exists():
+        raise TdsError(
+            f"{out}: folder is not empty and is not a tdsdist report; give a new or empty folder"
+        )
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "site")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    os.chmod(out, 0o755)  # mkdtemp made it 0700
+
+
+def _copy_assets(site: Path) -> None:
+    source = resources.files("tdsdist") / "report_assets"
+    for name in PAGES:
+        (site / name).write_bytes((source / name).read_bytes())
+    (site / "assets").mkdir()
+    for name in ASSETS:
+        (site / "assets" / name).write_bytes((source / name).read_bytes())
+
+
+def _thresholds(summary: dict) -> dict[str, int]:
+    t = summary.get("thresholds") or {}
+    return {
+        "unshifted_max": int(t.get("unshifted_max", 1)),
+        "marginal_max": int(t.get("marginal_max", 3)),
+    }
+
+
+class _TokenText:
+    """`decode([id])` per id, cached for the whole report (the vocabulary bounds the cache)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def table(self, ids: np.ndarray) -> dict[str, str]:
+        unique = [int(i) for i in np.unique(ids) if i >= 0]
+        new = [i for i in unique if i not in self.cache]
+        if new:
+            texts = self.tokenizer.batch_decode([[i] for i in new])
+            pieces = self.tokenizer.convert_ids_to_tokens(new)
+            for i, text, piece in zip(new, texts, pieces):
+                # SentencePiece decoders drop the word-initial space of a lone token: restore it.
+                if isinstance(piece, str) and piece.startswith(_SENTENCEPIECE_SPACE):
+                    if not text.startswith(" "):
+                        text = " " + text
+                self.cache[i] = text
+        return {str(i): self.cache[i] for i in unique}
+
+
+def _decoder(tokenizer, ids: list[int], text: str):
+    """`tokenizer.decode` of one id list, through the Rust tokenizer directly when that gives the
+    same text for the whole answer (transformers' wrapper costs many times the decoding itself).
+    The wrapper's only addition, the optional space clean-up, acts on local patterns, so an answer
+    it leaves unchanged has all its parts and prefixes unchanged too."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        try:
+            if backend.decode(ids, skip_special_tokens=False) == text:
+                return lambda seq: backend.decode(seq, skip_special_tokens=False)
+        except Exception:  # an unusual backend: the wrapper is always right
+            pass
+    return tokenizer.decode
+
+
+def _incremental_pieces(decode, ids: list[int]) -> list[str]:
+    """Each token's share of the answer text, decoded incrementally as streaming decoders do:
+    text is released once it no longer ends in an incomplete character (U+FFFD), decoded with a
+    few tokens of context before it so that word-initial spaces come out right. Linear time."""
+    pieces = []
+    prefix = read = 0
+    for t in range(len(ids)):
+        before = decode(ids[prefix:read])
+        after = decode(ids[prefix : t + 1])
+        if len(after) > len(before) and not after.endswith("\ufffd") and after.startswith(before):
+            pieces.append(after[len(before) :])
+            prefix, read = read, t + 1
+        else:
+            pieces.append("")
+    if read < len(ids):  # the answer ends inside a character: the rest goes to the last token
+        before = decode(ids[prefix:read])
+        pieces[-1] = decode(ids[prefix:])[len(before) :]
+    return pieces
+
+
+def _text_ends(tokenizer, ids: list[int], text: str, pieces: list[str] | None = None) -> list[int]:
+    """For each position t, the length (in UTF-16 units, as JavaScript counts) of the answer text
+    up to and including token t: `text[:ends[t]]` is the prefix the example page shows.
+
+    `pieces`, the tokens decoded one by one, are used as they are when they add up to the text
+    (or to it plus leading whitespace that the decoder strips at the start). Otherwise the text is
+    decoded incrementally (a character split over byte tokens goes to the token that completes
+    it); if that does not add up either (an unusual decoder), the prefixes themselves are decoded
+    (quadratic, but only for such answers).
+    """
+    n = len(ids)
+    if n == 0:
+        return []
+    if pieces is not None:
+        joined = "".join(pieces)
+        strip = len(joined) - len(text)
+        if joined.endswith(text) and 0 <= strip <= len(pieces[0]) and not joined[:strip].strip():
+            ends = np.maximum(np.cumsum([len(p) for p in pieces]) - strip, 0)
+            return _utf16(ends, text)
+    decode = _decoder(tokenizer, ids, text)
+    incremental = _incremental_pieces(decode, ids)
+    if "".join(incremental) == text:
+        return _utf16(np.cumsum([len(p) for p in incremental]), text)
+    ends = np.zeros(n, np.int64)
+    for t in range(n):
+        prefix = decode(ids[: t + 1])
+        if text.startswith(prefix):
+            ends[t] = len(prefix)
+        else:
+            ends[t] = len(os.path.commonprefix([prefix.rstrip("\ufffd"), text]))
+    return _utf16(np.maximum.accumulate(ends), text)
+
+
+def _utf16(ends: np.ndarray, text: str) -> list[int]:
+    """Character offsets into `text` as UTF-16 offsets (characters past U+FFFF count twice)."""
+    astral = np.concatenate([[0], np.cumsum([ord(c) > 0xFFFF for c in text])]).astype(np.int64)
+    return (np.asarray(ends, np.int64) + astral[ends]).tolist()
+
+
+def _preview(text: str) -> str:
+    words = text.split()
+    short = " ".join(words[:PREVIEW_WORDS])
+    if len(short) > PREVIEW_CHARS:
+        short = short[: PREVIEW_CHARS - 1].rstrip()
+    return short + ("\u2026" if short != " ".join(words) else "")
+
+
+def _round(x: np.ndarray, decimals: int = 3) -> list:
+    """Rounded as the page shows them (a log-probability to 0.001: probability to 0.1%)."""
+    return np.round(np.asarray(x, dtype=np.float64), decimals).tolist()
+
+
+def _milli(x: np.ndarray) -> list:
+    """Log-probabilities as integer thousandths (null for -inf, probability 0): exact to the
+    0.1% of probability the page shows, and quicker to write and read than floats."""
+    x = np.asarray(x, dtype=np.float64)
+    milli = np.rint(np.where(np.isfinite(x), x, 0.0) * 1000).astype(np.int64).tolist()
+    if np.isfinite(x).all():
+        return milli
+    finite = np.isfinite(x).tolist()
+    return [[v if ok else None for v, ok in zip(r, f)] for r, f in zip(milli, finite)]
+
+
+def _significant(x: np.ndarray) -> list:
+    """Three significant digits (KL spans orders of magnitude; the page shows three)."""
+    return [float(f"{v:.3g}") for v in np.asarray(x, dtype=np.float64).tolist()]
+
+
+def _mean(x: np.ndarray) -> float | None:
+    return float(np.mean(x)) if len(x) else None
+
+
+def _blocks(indices: list[int], offsets: np.ndarray, lengths: np.ndarray):
+    """Runs of consecutive examples whose rows fit in `BLOCK_ROWS` (one read each)."""
+    run: list[int] = []
+    for i in indices:
+        if run and (
+            i != run[-1] + 1 or int(offsets[i] + lengths[i] - offsets[run[0]]) > BLOCK_ROWS
+        ):
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str, Any]]:
+    """Write `ex-N.js` for each example of a committed unit; return the rows of the index."""
+    n_examples = len(store.ids)
+    offsets, lengths = store.offsets, store.lengths
+    unit_size = int(store.meta["unit_size"])
+    done = store.committed()
+    scored = [i for i in range(n_examples) if done[i // unit_size]]
+    neighbours = {
+        i: (scored[j - 1] if j else None, scored[j + 1] if j + 1 < len(scored) else None)
+        for j, i in enumerate(scored)
+    }
+    thresholds = _thresholds(summary)
+    shown = min(TOP_SHOWN, store.top_k)
+    flags = _example_flags(store)
+    tokenizer = store.tokenizer()
+    token_text = _TokenText(tokenizer)
+    all_tokens = store.read("positions/token_id")
+    rows: list[dict[str, Any]] = []
+    for i in range(n_examples):  # pending examples: their answers are known, their scores not
+        if done[i // unit_size]:
+            rows.append({})
+            continue
+        ids = all_tokens[int(offsets[i]) : int(offsets[i] + lengths[i])].tolist()
+        rows.append(_index_row(store, i, tokenizer.decode(ids), None))
+    for run in _blocks(scored, offsets, lengths):
+        lo = int(offsets[run[0]])
+        hi = int(offsets[run[-1]] + lengths[run[-1]])
+        block = {"positions/token_id": all_tokens[lo:hi], "positions/kl": store.read("positions/kl", slice(lo, hi))}  # fmt: skip
+        for model in MODELS:
+            for name in ("rank", "logprob", "entropy"):
+                block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))
+            for name in ("top_ids", "top_logprobs"):
+                block[f"{model}/{name}"] = store.root[f"{model}/{name}"][lo:hi, :shown]
+        for i in run:
+            a, b = int(offsets[i]) - lo, int(offsets[i] + lengths[i]) - lo
+            data = {name: values[a:b] for name, values in block.items()}
+            record, row = _example(store, i, data, tokenizer, token_text, thresholds)
+            record["flags"] = flags[i]
+            prev, nxt = neighbours[i]
+            record["prev"] = None if prev is None else {"i": prev, "id": store.ids[prev]}
+            record["next"] = None if nxt is None else {"i": nxt, "id": store.ids[nxt]}
+            record["thresholds"] = thresholds
+            (folder / f"ex-{i}.js").write_text(js_call("example", i, record), encoding="utf-8")
+            rows[i] = row
+    return rows
+
+
+def _example_flags(store: Store) -> list[dict[str, Any]]:
+    group = store.root["examples"]
+    skip = {"id", "offset", "length", "unit"}
+    columns = {name: arr[:] for name, arr in group.arrays() if name not in skip}
+    return [
+        {name: values[i].item() for name, values in sorted(columns.items())}
+        for i in range(len(store.ids))
+    ]
+
+
+def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, dict]:
+    ids = data["positions/token_id"].tolist()
+    text = tokenizer.decode(ids)
+    rank = data["base/rank"]
+    cat = (rank > thresholds["unshifted_max"]).astype(np.int8) + (rank > thresholds["marginal_max"])
+    kl = data["positions/kl"].astype(np.float64)
+    strings = token_text.table(
+        np.concatenate(
+            [np.asarray(ids, np.int64)]
+            + [data[f"{m}/top_ids"].reshape(-1).astype(np.int64) for m in MODELS]
+        )
+    )
+    stats = {
+        "shifted": _mean(cat == 2),
+        "marginal": _mean(cat == 1),
+        "unshifted": _mean(cat == 0),
+        "kl": _mean(kl),
+        "base_prob": _mean(np.exp(data["base/logprob"].astype(np.float64))),
+    }
+    record: dict[str, Any] = {
+        "i": i,
+        "id": store.ids[i],
+        "n": len(ids),
+        "stats": stats,
+        "text": text,
+        "ends": _text_ends(tokenizer, ids, text, [strings[str(t)] for t in ids]),
+        "strings": strings,
+        "token": ids,
+        "cat": cat.tolist(),
+        "kl": _significant(kl),
+    }
+    for model in MODELS:
+        record[model] = {
+            "rank": data[f"{model}/rank"].tolist(),
+            "logprob": _round(data[f"{model}/logprob"]),
+            "entropy": _round(data[f"{model}/entropy"], 2),
+            "top_ids": data[f"{model}/top_ids"].tolist(),
+            "top_logprobs_milli": _milli(data[f"{model}/top_logprobs"]),
+        }
+    return record, _index_row(store, i, text, stats)
+
+
+def _index_row(store: Store, i: int, text: str, stats: dict | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "i": i,
+        "id": store.ids[i],
+        "n": int(store.lengths[i]),
+        "text": _preview(text),
+        "pending": stats is None,
+    }
+    if stats is not None:
+        row.update(shifted=stats["shifted"], kl=stats["kl"])
+    return row
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars and arrays to Python, anything else unknown to its str."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) or not math.isnan(value) else None
+    return str(value)

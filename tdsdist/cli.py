@@ -295,14 +295,15 @@ def report_command(store_dir: str, out_dir: str) -> None:
     "--data", default=None, help="Answers file [the first 20 just-eval examples, shipped]."
 )
 @click.option("--max-output-tokens", type=int, default=None, help="Cut answers to N tokens.")
+@click.option("--report", default=None, help="Report folder [the store's name + -report].")
 @user_errors
-def demo_command(store: str, limit: int, data: str | None, max_output_tokens: int | None) -> None:
+def demo_command(
+    store: str, limit: int, data: str | None, max_output_tokens: int | None, report: str | None
+) -> None:
     """The whole path on a real small model (SmolLM2-135M-Instruct from PyPI), offline."""
     from tdsdist.demo import run_demo
 
-    run_demo(
-        store=store, limit=limit, data=data, max_output_tokens=max_output_tokens, echo=click.echo
-    )
+    run_demo(store, limit, data, max_output_tokens, click.echo, report)
 
 
 def entry(command: click.Command = main, prog_name: str | None = None) -> None:

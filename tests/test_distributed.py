@@ -20,7 +20,7 @@ from tdsdist.cli import main
 from tdsdist.demo import demo_data_path
 from tdsdist.distributed import ParallelDims, task_share
 from tdsdist.errors import TdsError
-from tdsdist.score import FAULT_ENV, FAULT_RANK_ENV
+from tdsdist.score import FAULT_ENV
 from tdsdist.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,8 +161,9 @@ def test_concurrent_array_tasks_share_one_store(tiny_pair, reference, tmp_path: 
 def test_killed_rank_fails_fast_and_resume_finishes(tiny_pair, reference, tmp_path: Path) -> None:
     store = tmp_path / "killed.zarr"
     start = time.monotonic()
-    # Rank 1 dies by SIGKILL after writing its first unit's data, before committing it.
-    first = launch(args(tiny_pair, store), env={FAULT_ENV: "0", FAULT_RANK_ENV: "1"}, NPROC=2)
+    # A rank dies by SIGKILL after writing its first unit's data, before committing it. Units are
+    # claimed dynamically, so which rank gets a unit first is up to timing: any rank that does dies.
+    first = launch(args(tiny_pair, store), env={FAULT_ENV: "0"}, NPROC=2)
     elapsed = time.monotonic() - start
     assert first.returncode != 0
     assert elapsed < 120, f"the job took {elapsed:.0f} s to notice a dead rank"

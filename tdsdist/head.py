@@ -67,6 +67,33 @@ def _gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabSha
     return best, cat_ids.gather(-1, where)
 
 
+def _project(
+    hidden: torch.Tensor,  # [N, H] model dtype
+    weight: torch.Tensor,  # [V_local, H]
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    out: torch.Tensor | None,  # [N, V_local] float32 buffer to fill, or None for a new one
+) -> torch.Tensor:
+    """Logits in float32, written into a reused buffer where one is given.
+
+    A fresh `[rows, V]` tensor per chunk is not free on CPU: above glibc's mmap threshold every
+    allocation is a new mapping whose pages fault in on first touch (about as costly as the
+    arithmetic), and below it freed chunks fragment the heap (RSS ballooned to 7.7 GB at 32 MiB
+    chunks). Two buffers per call, reused for every chunk, avoid both (tools/profile_head.py).
+    """
+    if out is None:
+        logits = F.linear(hidden, weight, bias).float()
+    elif hidden.dtype == torch.float32 and weight.dtype == torch.float32:
+        logits = torch.mm(hidden, weight.t(), out=out)
+        if bias is not None:
+            logits.add_(bias)
+    else:
+        logits = out.copy_(F.linear(hidden, weight, bias))
+    if softcap is not None:
+        logits.div_(softcap).tanh_().mul_(softcap)
+    return logits
+
+
 def score_rows(
     hidden: torch.Tensor,  # [N, H] model dtype
     weight: torch.Tensor,  # [V_local, H] (vocabulary padding already trimmed)
@@ -76,12 +103,14 @@ def score_rows(
     support: torch.Tensor | None = None,  # [N, k] global ids
     shard: VocabShard = VocabShard(),
     softcap: float | None = None,
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None,  # two [>= N, V_local] float32
 ) -> HeadOutput:
     """Statistics for one chunk of rows: project to logits, then `logit_statistics`."""
-    logits = F.linear(hidden, weight, bias).float()  # [N, V_local]
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logit_statistics(logits, targets, k, support, shard)
+    n = hidden.shape[0]
+    logits = _project(hidden, weight, bias, softcap, None if buffers is None else buffers[0][:n])
+    return logit_statistics(
+        logits, targets, k, support, shard, None if buffers is None else buffers[1][:n]
+    )
 
 
 def logit_statistics(
@@ -90,9 +119,12 @@ def logit_statistics(
     k: int,
     support: torch.Tensor | None = None,  # [N, k] global ids
     shard: VocabShard = VocabShard(),
+    scratch: torch.Tensor | None = None,  # [N, V_local] float32, overwritten
 ) -> HeadOutput:
     """See the module docstring for the definitions."""
     n, v_local = logits.shape
+    if scratch is None:
+        scratch = torch.empty_like(logits)
     local = targets - shard.start  # [N]
     owned = (local >= 0) & (local < v_local)
     local = local.clamp(0, v_local - 1).unsqueeze(-1)
@@ -101,8 +133,10 @@ def logit_statistics(
     neg_inf = torch.tensor(float("-inf"), device=logits.device)
     target_logit = torch.where(owned, logits.gather(-1, local).squeeze(-1), neg_inf)
     target_logit = _all_reduce(target_logit, dist.ReduceOp.MAX, shard)
-    greater = (logits > target_logit.unsqueeze(-1)).sum(-1)  # [N] int64
-    rank = _all_reduce(greater, dist.ReduceOp.SUM, shard) + 1
+    # Count as 0/1 floats in the scratch buffer (exact below 2^24 tokens per row): a bool
+    # tensor and an int64 sum cost ten times more.
+    greater = torch.gt(logits, target_logit.unsqueeze(-1), out=scratch).sum(-1)  # [N] float32
+    rank = _all_reduce(greater, dist.ReduceOp.SUM, shard).long() + 1
 
     top_values, top_local = logits.topk(min(k, v_local), dim=-1)
     top_values, top_ids = _gather_top(top_values, top_local + shard.start, k, shard)
@@ -115,12 +149,13 @@ def logit_statistics(
         support_logit = torch.where(s_owned, gathered, neg_inf)
         support_logit = _all_reduce(support_logit, dist.ReduceOp.MAX, shard)
 
-    # Normaliser and entropy, reusing the logits' buffer: z = logits - max, e = exp(z).
-    row_max = _all_reduce(logits.max(-1).values, dist.ReduceOp.MAX, shard)  # [N]
+    # Normaliser and entropy in place: z = logits - max, e = exp(z) (scratch), then z * e.
+    row_max = _all_reduce(logits.amax(-1), dist.ReduceOp.MAX, shard)  # [N]
     z = logits.sub_(row_max.unsqueeze(-1))
-    e = z.exp()
-    sums = torch.stack([e.sum(-1), torch.nan_to_num(e * z, nan=0.0).sum(-1)], dim=-1)  # [N, 2]
-    sums = _all_reduce(sums, dist.ReduceOp.SUM, shard)
+    e = torch.exp(z, out=scratch)
+    s0 = e.sum(-1)
+    s1 = z.mul_(e).nan_to_num_(nan=0.0).sum(-1)  # 0 * -inf -> 0
+    sums = _all_reduce(torch.stack([s0, s1], dim=-1), dist.ReduceOp.SUM, shard)  # [N, 2]
     lse = row_max + sums[:, 0].log()  # [N]
     entropy = sums[:, 0].log() - sums[:, 1] / sums[:, 0]
     return HeadOutput(
@@ -133,9 +168,12 @@ def logit_statistics(
     )
 
 
+MIN_CHUNK_ROWS = 32  # tiny chunks at huge vocabularies cost more in per-chunk overhead than memory
+
+
 def chunk_rows(vocab: int, chunk_bytes: int) -> int:
     """Rows per chunk so that one float32 `[rows, V]` buffer stays within `chunk_bytes`."""
-    return max(1, chunk_bytes // (4 * vocab))
+    return max(MIN_CHUNK_ROWS, chunk_bytes // (4 * vocab))
 
 
 def score_positions(
@@ -149,12 +187,17 @@ def score_positions(
     shard: VocabShard = VocabShard(),
     softcap: float | None = None,
 ) -> HeadOutput:
-    """`score_rows` over chunks of rows, so no more than one chunk of logits is alive at a time.
+    """`score_rows` over chunks of rows, so no more than one chunk of logits is alive at a time
+    (two float32 buffers of one chunk: the logits and a scratch, reused for every chunk).
 
     Under tensor parallelism every rank must take the same chunks (the reductions are collective),
     so the chunk size comes from the global vocabulary, not the local slice.
     """
     rows = chunk_rows(weight.shape[0] * shard.world, chunk_bytes)
+    m = min(rows, hidden.shape[0])
+    buffers = tuple(
+        torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device) for _ in range(2)
+    )
     parts = [
         score_rows(
             hidden[i : i + rows],
@@ -165,6 +208,7 @@ def score_positions(
             None if support is None else support[i : i + rows],
             shard,
             softcap,
+            buffers,
         )
         for i in range(0, hidden.shape[0], rows)
     ]

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from tdsdist.head import VocabShard, chunk_rows, logit_statistics, score_positions, score_rows
+from tdsdist.head import (
+    MIN_CHUNK_ROWS,
+    VocabShard,
+    chunk_rows,
+    logit_statistics,
+    score_positions,
+    score_rows,
+)
 
 
 def reference(logits: torch.Tensor, targets: torch.Tensor, k: int, support=None):
@@ -79,7 +86,7 @@ def test_chunked_equals_unchunked() -> None:
     targets = torch.randint(0, 257, (53,), generator=gen)
     support = torch.randint(0, 257, (53, 6), generator=gen)
     whole = score_positions(hidden, weight, bias, targets, 6, chunk_bytes=1 << 30, support=support)
-    assert chunk_rows(257, 4 * 257 * 5) == 5
+    assert chunk_rows(257, 4 * 257 * 5) == MIN_CHUNK_ROWS  # the floor: 53 rows -> chunks of 32, 21
     chunked = score_positions(
         hidden, weight, bias, targets, 6, chunk_bytes=4 * 257 * 5, support=support
     )

@@ -250,12 +250,15 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
             for n, u in enumerate(units)
             if n % d.dims.world == d.rank and not (parts / f"unit-{n:06d}.json").exists()
         ]
+        load_seconds = 0.0
         start = time.perf_counter()
         if mine:
             model = load_model(
                 cfg.aligned, cfg.dtype, device, cfg.aligned_revision, cfg.trust_remote_code
             )
             generator = Generator(model, tokenizer, cfg, device)
+            load_seconds = time.perf_counter() - start
+            start = time.perf_counter()
             bar = tqdm(
                 total=sum(len(u) for u in mine),
                 unit="ex",
@@ -271,7 +274,13 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
             torch.distributed.barrier()
         if d.is_main:
             _assemble(examples, contexts, units, parts, out, cfg, fingerprint, tokenizer, log)
-        return {"generate_seconds": time.perf_counter() - start, "examples": len(examples)}
+        # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
+        elapsed = time.perf_counter() - start
+        return {
+            "load_seconds": load_seconds,
+            "generate_seconds": elapsed,
+            "examples": len(examples),
+        }
     finally:
         destroy(d)
 

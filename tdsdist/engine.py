@@ -13,7 +13,6 @@ body" happens: a tensor-parallel engine overrides it (and passes its vocabulary 
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,23 +111,34 @@ class Scorer:
 
     @torch.inference_mode()
     def _batch_cache(self, batch_size: int) -> Any:
-        """The prefix's key/value cache, repeated for a batch (a fresh copy: forward appends)."""
+        """The prefix's key/value cache for a batch, as broadcast views of the one computed copy.
+
+        No copy is made here: the forward's cache update concatenates the suffix's keys and values
+        onto these views, which writes the one `[B, P + T]` copy it has to make anyway (copying the
+        prefix first, then concatenating, would move the prefix twice more per batch).
+        """
         if not self.prefix:
             return None
+        from transformers import DynamicCache
+
         if self._prefix_cache is None:
             ids = torch.tensor([self.prefix], device=self.device)
             out = self.model.base_model(input_ids=ids, use_cache=True)
-            self._prefix_cache = out.past_key_values
-        cache = copy.deepcopy(self._prefix_cache)
-        cache.batch_repeat_interleave(batch_size)
+            self._prefix_cache = [
+                (layer.keys, layer.values) for layer in out.past_key_values.layers
+            ]
+        cache = DynamicCache()
+        for i, (keys, values) in enumerate(self._prefix_cache):  # [1, heads, P, head_dim]
+            cache.update(
+                keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), i
+            )
         return cache
 
     def prefix_cache_bytes(self, batch_size: int = 1) -> int:
         """Memory of the prefix cache expanded for `batch_size` sequences."""
-        cache = self._batch_cache(1)
-        if cache is None:
+        if self._batch_cache(1) is None:
             return 0
-        tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        tensors = [t for kv in self._prefix_cache for t in kv]
         return batch_size * sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.inference_mode()

@@ -40,10 +40,17 @@ class VocabShard:
 
     start: int = 0
     group: dist.ProcessGroup | None = None
+    vocab_size: int = 0
+    """The whole vocabulary (all ranks' rows); 0: this rank's rows are all of it."""
 
     @property
     def world(self) -> int:
         return 1 if self.group is None else dist.get_world_size(self.group)
+
+    def chunk_rows(self, local_rows: int, chunk_bytes: int) -> int:
+        """Rows per chunk, the same on every rank: the reductions are collective, so the chunks
+        must pair up even when tp does not divide the vocabulary (151 and 150 rows of 301)."""
+        return chunk_rows(self.vocab_size or local_rows, chunk_bytes)
 
 
 def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
@@ -190,10 +197,9 @@ def score_positions(
     """`score_rows` over chunks of rows, so no more than one chunk of logits is alive at a time
     (two float32 buffers of one chunk: the logits and a scratch, reused for every chunk).
 
-    Under tensor parallelism every rank must take the same chunks (the reductions are collective),
-    so the chunk size comes from the global vocabulary, not the local slice.
+    Under tensor parallelism every rank takes the same chunks (`VocabShard.chunk_rows`).
     """
-    rows = chunk_rows(weight.shape[0] * shard.world, chunk_bytes)
+    rows = shard.chunk_rows(weight.shape[0], chunk_bytes)
     m = min(rows, hidden.shape[0])
     buffers = tuple(
         torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device) for _ in range(2)

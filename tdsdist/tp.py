@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from tdsdist.engine import Scorer
 from tdsdist.errors import TdsError
-from tdsdist.head import VocabShard, chunk_rows
+from tdsdist.head import VocabShard
 from tdsdist.models import output_projection
 
 SHM_DIR = Path("/dev/shm")
@@ -293,24 +293,12 @@ def shard_for_tp(
     )
     model = engine.module.to(device).eval()
     _check_head_left_alone(model)
-    return model, head.weight, head.bias, VocabShard(start, tp_group)
-
-
-def uniform_chunk_bytes(vocab_size: int, chunk_bytes: int, local_rows: int, tp_size: int) -> int:
-    """A `chunk_bytes` that makes `head.score_positions` take the same rows per chunk on every rank.
-
-    It derives the rows from `local_rows x tp`, which differs between ranks when `tp` does not
-    divide the vocabulary (151 and 150 rows of 301): the chunks' collectives then pair up wrongly
-    (gloo aborts on a size mismatch, or the ranks hang). Rows come from the global vocabulary
-    instead, scaled back to this rank.
-    """
-    rows = chunk_rows(vocab_size, chunk_bytes)
-    return rows * 4 * local_rows * tp_size
+    return model, head.weight, head.bias, VocabShard(start, tp_group, vocab_size)
 
 
 class TPScorer(Scorer):
-    """`Scorer` over a model from `shard_for_tp`: its vocabulary slice, identical chunking on all
-    ranks. Works whether or not `Scorer.__init__` takes a `projection` (it is set afterwards)."""
+    """`Scorer` over a model from `shard_for_tp`: its vocabulary slice, and a top-k that every
+    rank's slice can supply (the all-gather needs equal shapes)."""
 
     def __init__(
         self,
@@ -323,13 +311,11 @@ class TPScorer(Scorer):
         shard: VocabShard,
         projection: tuple[torch.Tensor, torch.Tensor | None],
     ) -> None:
-        super().__init__(model, vocab_size, top_k, chunk_bytes, max_tokens_per_batch, device, shard)
-        self.weight, self.bias = projection
+        super().__init__(
+            model, vocab_size, top_k, chunk_bytes, max_tokens_per_batch, device, shard, projection
+        )
         smallest = vocab_size // shard.world
         if top_k > smallest:  # each rank's local top-k must have the same shape for all_gather
             raise TdsError(
                 f"--top-k {top_k} exceeds the smallest vocabulary slice ({smallest} rows)"
             )
-        self.chunk_bytes = uniform_chunk_bytes(
-            vocab_size, chunk_bytes, self.weight.shape[0], shard.world
-        )

@@ -24,7 +24,9 @@ def test_topk_kl_matches_direct_and_bounds_full_kl() -> None:
     q = np.exp(logits_q) / np.exp(logits_q).sum(-1, keepdims=True)
     k = 10
     support = np.argsort(-p, axis=-1, kind="stable")[:, :k]
-    got = topk_kl(np.log(np.take_along_axis(p, support, -1)), np.log(np.take_along_axis(q, support, -1)))
+    got = topk_kl(
+        np.log(np.take_along_axis(p, support, -1)), np.log(np.take_along_axis(q, support, -1))
+    )
     np.testing.assert_allclose(got, direct_kl(p, q, k), rtol=1e-5, atol=1e-6)
     full = (p * np.log(p / q)).sum(-1)
     assert (got <= full + 1e-5).all()  # coarse-graining never increases KL

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
-from tdsdist.head import chunk_rows
+from tdsdist.head import VocabShard, chunk_rows
 from tdsdist.testing import default_corpus, make_tiny_llama, train_tiny_tokenizer
 from tdsdist.tp import (
     SHM_BUFFER_PREFIX,
@@ -31,7 +31,6 @@ from tdsdist.tp import (
     configure_shm_allreduce,
     install_vocab_slice,
     shm_buffer_names,
-    uniform_chunk_bytes,
     vocab_slice,
 )
 
@@ -67,14 +66,12 @@ def test_vocab_slice_rejects_a_bad_rank_or_a_tiny_vocabulary() -> None:
 
 
 @pytest.mark.parametrize("chunk_bytes", [1, 4 * 301 * 7, 4 * 301 * 7 + 5, 256 << 20])
-def test_uniform_chunk_bytes_gives_every_rank_the_same_rows(chunk_bytes: int) -> None:
-    """`head.score_positions` takes `chunk_rows(local_rows x tp, chunk_bytes)` rows per chunk; with
-    151 and 150 local rows that differs between ranks unless the bytes are made uniform."""
+def test_every_rank_takes_the_same_rows_per_chunk(chunk_bytes: int) -> None:
+    """With 151 and 150 local rows, rows per chunk must still agree between ranks (collectives)."""
     want = chunk_rows(VOCAB, chunk_bytes)
     for rank in range(2):
         start, end = vocab_slice(VOCAB, rank, 2)
-        local = end - start
-        assert chunk_rows(local * 2, uniform_chunk_bytes(VOCAB, chunk_bytes, local, 2)) == want
+        assert VocabShard(start, None, VOCAB).chunk_rows(end - start, chunk_bytes) == want
 
 
 @pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.metrics import categories
 from tdsdist.store import Store
 
 BLOCK_ROWS = 1 << 20
@@ -35,7 +36,7 @@ class Thresholds:
 
     def categorize(self, rank: np.ndarray) -> np.ndarray:
         """0 unshifted, 1 marginal, 2 shifted (`[P] -> [P]` int8)."""
-        return (rank > self.unshifted_max).astype(np.int8) + (rank > self.marginal_max)
+        return categories(rank, self.unshifted_max, self.marginal_max)
 
 
 class _Acc:

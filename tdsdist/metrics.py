@@ -37,6 +37,6 @@ def topk_kl(
     return np.maximum(head + tail, 0.0).astype(np.float32)
 
 
-def categories(base_rank: np.ndarray, marginal_max: int = 3) -> np.ndarray:
-    """0 unshifted (rank 1), 1 marginal (rank 2..marginal_max), 2 shifted (above): `[P] -> [P]` int8."""
-    return np.where(base_rank <= 1, 0, np.where(base_rank <= marginal_max, 1, 2)).astype(np.int8)
+def categories(base_rank: np.ndarray, unshifted_max: int = 1, marginal_max: int = 3) -> np.ndarray:
+    """0 unshifted (rank <= unshifted_max), 1 marginal (<= marginal_max), 2 shifted: `[P] -> [P]` int8."""
+    return (base_rank > unshifted_max).astype(np.int8) + (base_rank > marginal_max)

@@ -1,8 +1,8 @@
 """The batched, chunked, teacher-forced scorer against a naive per-token loop.
 
-The reference does what the published pipeline does: for every answer position t, a fresh forward
-pass over `context + answer[:t]` (no cache, no batching, no padding), then the full next-token
-distribution in float64.
+The reference (`tdsdist.testing.per_token_reference`) does what the published pipeline does: for
+every answer position t, a fresh forward pass over `context + answer[:t]` (no cache, no batching,
+no padding), then the full next-token distribution in float64.
 """
 
 from __future__ import annotations
@@ -13,34 +13,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine import ContextAnswer, Scorer, token_budget_batches
-from tdsdist.testing import default_corpus
+from tdsdist.testing import default_corpus, per_token_reference
 
 K = 7
 
 
-def naive(
-    model, context: list[int], answer: list[int], k: int, support=None
-) -> dict[str, np.ndarray]:
-    rows: dict[str, list] = {
-        "top_ids": [],
-        "top_logprobs": [],
-        "logprob": [],
-        "rank": [],
-        "support": [],
-    }
-    for t, target in enumerate(answer):
-        with torch.no_grad():
-            logits = model(torch.tensor([context + answer[:t]])).logits[0, -1].double()
-        logits = logits[: model.vocab_for_test]
-        logp = torch.log_softmax(logits, -1)
-        order = torch.sort(logits, descending=True, stable=True).indices[:k]
-        rows["top_ids"].append(order.numpy())
-        rows["top_logprobs"].append(logp[order].numpy())
-        rows["logprob"].append(logp[target].item())
-        rows["rank"].append(int((logits > logits[target]).sum()) + 1)
-        if support is not None:
-            rows["support"].append(logp[torch.as_tensor(support[t]).long()].numpy())
-    return {key: np.array(v) for key, v in rows.items()}
+def naive(model, context, answer, k, support=None) -> dict[str, np.ndarray]:
+    return per_token_reference(model, context, answer, k, model.vocab_for_test, support)
 
 
 def sequences(tokenizer, n: int, seed: int) -> list[ContextAnswer]:
@@ -134,6 +113,42 @@ def test_entropy_matches_full_distribution(tiny_pair) -> None:
     )
     entropy = -(logp.exp() * logp).sum(-1).numpy()
     np.testing.assert_allclose(got["entropy"], entropy, atol=1e-5, rtol=0)
+
+
+def test_token_budget_batches_minimise_padding_plus_forward_cost() -> None:
+    """Against brute force over every split of the sorted order, on fresh random lengths."""
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n = int(rng.integers(1, 9))
+        lengths = [int(x) for x in rng.integers(1, 60, n)]
+        budget, cost = int(rng.integers(40, 200)), int(rng.integers(0, 80))
+        batches = token_budget_batches(lengths, budget, cost)
+        assert sorted(i for b in batches for i in b) == list(range(n))
+
+        def total(split, lengths=lengths, cost=cost):
+            return sum(len(b) * max(lengths[i] for i in b) + cost for b in split)
+
+        order = sorted(range(n), key=lambda i: (-lengths[i], i))
+        best = min(
+            total(split)
+            for mask in range(2 ** (n - 1))
+            for split in [_split_at(order, mask)]
+            if all(len(b) == 1 or len(b) * lengths[b[0]] <= budget for b in split)
+        )
+        assert total(batches) == best
+        for b in batches:
+            assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+
+
+def _split_at(order: list[int], mask: int) -> list[list[int]]:
+    """`order` cut after position p wherever bit p of `mask` is set."""
+    out, current = [], []
+    for p, i in enumerate(order):
+        current.append(i)
+        if mask >> p & 1 or p == len(order) - 1:
+            out.append(current)
+            current = []
+    return out
 
 
 def test_token_budget_batches_longest_first_and_complete() -> None:

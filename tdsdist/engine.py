@@ -24,6 +24,7 @@ import torch
 from tdsdist.attention import use_causal_attention
 from tdsdist.head import HeadOutput, VocabShard, score_positions
 from tdsdist.models import logit_softcap, output_projection
+from tdsdist.prefix_cache import cache_bytes, compute_prefix_cache
 
 
 @dataclass(frozen=True)
@@ -128,36 +129,20 @@ class Scorer:
             self.prefix = list(prefix)
             self._prefix_cache = None
 
-    @torch.inference_mode()
-    def _batch_cache(self, batch_size: int) -> Any:
-        """The prefix's key/value cache for a batch, as broadcast views of the one computed copy.
+    def prefix_cache(self) -> Any:
+        """The prefix's keys and values (computed on first use), or None without a prefix.
 
-        No copy is made here: the forward's cache update concatenates the suffix's keys and values
-        onto these views, which writes the one `[B, P + T]` copy it has to make anyway (copying the
-        prefix first, then concatenating, would move the prefix twice more per batch).
+        One object for every batch: its layers broadcast the stored copy into each batch's keys
+        (see `prefix_cache.py`).
         """
-        if not self.prefix:
-            return None
-        from transformers import DynamicCache
+        if self.prefix and self._prefix_cache is None:
+            self._prefix_cache = compute_prefix_cache(self.model, self.prefix, self._cache_kwarg)
+        return self._prefix_cache if self.prefix else None
 
-        if self._prefix_cache is None:
-            ids = torch.tensor([self.prefix], device=self.device)
-            out = self.model.base_model(input_ids=ids, use_cache=True)
-            computed = getattr(out, self._cache_kwarg)  # the output field is named as the kwarg
-            self._prefix_cache = [(layer.keys, layer.values) for layer in computed.layers]
-        cache = DynamicCache()
-        for i, (keys, values) in enumerate(self._prefix_cache):  # [1, heads, P, head_dim]
-            cache.update(
-                keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), i
-            )
-        return cache
-
-    def prefix_cache_bytes(self, batch_size: int = 1) -> int:
-        """Memory of the prefix cache expanded for `batch_size` sequences."""
-        if self._batch_cache(1) is None:
-            return 0
-        tensors = [t for kv in self._prefix_cache for t in kv]
-        return batch_size * sum(t.numel() * t.element_size() for t in tensors)
+    def prefix_cache_bytes(self) -> int:
+        """Memory of the stored prefix keys and values (0 without a prefix)."""
+        cache = self.prefix_cache()
+        return 0 if cache is None else cache_bytes(cache)
 
     @torch.inference_mode()
     def score(
@@ -196,12 +181,11 @@ class Scorer:
             start = b * width + len(s.context) - 1 - skip
             rows.append(torch.arange(start, start + len(s.answer)))
             targets.extend(s.answer)
-        cache = self._batch_cache(len(seqs))
+        cache = self.prefix_cache()
         positions = None
         if cache is not None:
             positions = (skip + torch.arange(width, device=self.device)).expand(len(seqs), width)
         hidden = self.hidden_states(ids.to(self.device), cache, positions)
-        del cache
         flat_rows = torch.cat(rows).to(self.device)
         answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)  # [N, H]
         del hidden

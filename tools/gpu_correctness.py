@@ -5,6 +5,8 @@ ranks, the prefix cache) gives on a CUDA device what it gives on the CPU tests. 
 - `tiny_fp32`: tiny Llama (GQA, vocabulary padded past the tokenizer), eager attention, float32,
   small token budget and chunk (several padded batches, several chunks), with support ids;
 - `tiny_fp32_prefix`: the same model, contexts sharing a prefix, prefix cache on;
+- `tiny_fp32_sdpa_prefix`: the same with sdpa, which the engine switches to its causal-only
+  attention (lower-right causal kernels under the cached prefix);
 - `big_vocab_fp32`: a 128,256-entry vocabulary (Llama-3's size), default 64 MiB chunks;
 - `tiny_bf16_sdpa`: the tiny model in bfloat16 with sdpa, how close bf16 gets (reported, not
   required: bf16 logits have ~3 significant digits).
@@ -136,6 +138,8 @@ def main() -> None:
                               support=True),
         "tiny_fp32_prefix": run_case(tiny(), vocab, sequences(tok, 12, 2, prefix), device, fp32,
                                      4 * 320 * 5, 160, prefix=prefix),
+        "tiny_fp32_sdpa_prefix": run_case(tiny("sdpa"), vocab, sequences(tok, 12, 5, prefix),
+                                          device, fp32, 4 * 320 * 5, 160, prefix=prefix),
         "big_vocab_fp32": run_case(make_big_vocab_model(), 128256, random_sequences(128256, 6, 3),
                                    device, fp32, 64 << 20, 4096),
         "tiny_bf16_sdpa": run_case(tiny("sdpa"), vocab, sequences(tok, 12, 4), device,

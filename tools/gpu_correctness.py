@@ -9,7 +9,11 @@ ranks, the prefix cache) gives on a CUDA device what it gives on the CPU tests. 
   attention (lower-right causal kernels under the cached prefix);
 - `big_vocab_fp32`: a 128,256-entry vocabulary (Llama-3's size), default 64 MiB chunks;
 - `tiny_bf16_sdpa`: the tiny model in bfloat16 with sdpa, how close bf16 gets (reported, not
-  required: bf16 logits have ~3 significant digits).
+  required: bf16 logits have ~3 significant digits);
+- `attention_vs_masked_sdpa`: the engine's causal-only attention (bf16 on CUDA: flash, lower-right
+  under a 1,203-token prefix) against sdpa with an explicit causal + padding mask, real rows of a
+  right-padded batch at Llama-2-7B's head shape; must agree within 2e-2 (a misaligned mask
+  differs by O(1)).
 The reference (`tdsdist.testing.per_token_reference`) runs a float64 copy of each model on the
 CPU, one fresh forward per answer token. Exits 1 if a float32 case fails its tolerance.
 
@@ -104,6 +108,42 @@ def run_case(model, vocab, seqs, device, dtype, chunk_bytes, budget, prefix=None
     return compare(got, ref)
 
 
+def attention_case(device: torch.device, dtype: torch.dtype) -> tuple[dict, float]:
+    """`causal_attention` (flash, lower-right under a prefix, on CUDA in bf16) against
+    transformers' sdpa with an explicit causal + padding mask, on the real rows of a
+    right-padded batch at Llama-2-7B's head shape; a misaligned mask would differ by O(1)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from tdsdist.attention import causal_attention
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    out = {}
+    for prefix_len in (0, 1203):
+        batch, heads, t, d = 4, 32, 360, 128
+        lengths = [360, 301, 77, 1]
+        q, k, v = (
+            torch.randn(batch, heads, n, d, generator=gen, device=device, dtype=dtype)
+            for n in (t, prefix_len + t, prefix_len + t)
+        )
+        keys = torch.arange(prefix_len + t, device=device)
+        causal = keys[None, :] <= (prefix_len + torch.arange(t, device=device))[:, None]
+        real = torch.stack([keys < prefix_len + n for n in lengths])
+        mask = (causal[None] & real[:, None])[:, None]
+        module = torch.nn.Module()
+        module.num_key_value_groups = 1
+        got, _ = causal_attention(module, q, k, v, None, scaling=d**-0.5)
+        want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d**-0.5, is_causal=False)
+        diff = max(float((got[b, :n] - want[b, :n]).abs().max()) for b, n in enumerate(lengths))
+        out[f"max_abs_diff_prefix_{prefix_len}"] = diff
+    # The control: top-left alignment (what `is_causal=True` means when queries are fewer than
+    # keys) on the last case; a check that could not tell the two apart would be worthless.
+    wrong = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(
+        1, 2
+    )
+    control = max(float((wrong[b, :n] - want[b, :n]).abs().max()) for b, n in enumerate(lengths))
+    return out, control
+
+
 def passes(result: dict, tol: float) -> bool:
     ids_ok = (
         result["top_ids_identical"] == 1.0 or (result["closest_gap_where_order_differs"] or 0) < tol
@@ -119,8 +159,15 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only-attention", action="store_true", help="just the attention case")
     args = parser.parse_args()
     device = torch.device(args.device)
+    attention, control = attention_case(
+        device, torch.bfloat16 if device.type == "cuda" else torch.float32
+    )
+    print(json.dumps({"attention": attention, "misaligned_control": control}))
+    if args.only_attention:
+        sys.exit(0 if max(attention.values()) < 2e-2 else 1)
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32 here
     tok = train_tiny_tokenizer(default_corpus(), 301)
     vocab = len(tok)
@@ -147,11 +194,14 @@ def main() -> None:
     }  # fmt: skip
     tol = 1e-4
     verdict = {name: passes(r, tol) for name, r in results.items() if "fp32" in name}
+    verdict["attention_vs_masked_sdpa"] = max(attention.values()) < 2e-2
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "tolerance_fp32": tol,
         "results": results,
+        "attention_vs_masked_sdpa": attention,
+        "attention_misaligned_control": control,
         "passed": verdict,
     }
     text = json.dumps(report, indent=2)

@@ -11,7 +11,7 @@ and reports, side by side in one run:
 
 Needs torch and transformers only (no deepspeed). Under 8 minutes on an H100:
 
-    python tools/gpu_check.py --out docs/gpu_check.json
+    python tools/gpu_check.py --out docs/gpu/gpu_check.json
     python tools/gpu_check.py --tiny --device cpu      # a smoke run of the same code on CPU
 """
 

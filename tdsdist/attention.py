@@ -8,9 +8,12 @@ causal kernels: flash attention on CUDA, causal block skipping on the CPU. With 
 queries are the last T of P + T keys, so the causal mask is aligned to the lower right
 (`torch.nn.attention.bias.causal_lower_right`), which flash attention serves directly on CUDA.
 
-Anything this fast path does not cover (sliding windows that bite, soft-capping, attention sinks,
-position biases, non-causal modules) goes to transformers' own `sdpa` with the causal mask that
-transformers builds. Only models loaded with `sdpa` switch; eager stays eager.
+Only a forward that says so (`RIGHT_PADDED=True` among its keyword arguments, which transformers
+hands down to the attention function) takes the fast path, so a switched model stays correct for
+anyone else, e.g. a left-padded `generate` on the same object. Anything the fast path does not cover
+(sliding windows that bite, soft-capping, attention sinks, position biases, non-causal modules) goes
+to transformers' own `sdpa` with the mask that transformers builds. Only models loaded with `sdpa`
+switch; eager stays eager.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 NAME = "tdsdist_causal"
+#: The forward keyword that promises right-padded rows (no padding mask needed).
+RIGHT_PADDED = "tdsdist_right_padded"
 
 #: Keyword arguments that mean "this layer is not plain causal attention": use transformers' path.
 _SPECIAL = ("softcap", "s_aux", "sinks", "position_bias")
@@ -40,9 +45,11 @@ def causal_attention(
     """Causal SDPA, lower-right aligned; returns `[B, T, heads, d]` as transformers expects."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+    right_padded = kwargs.pop(RIGHT_PADDED, False)
     window = kwargs.get("sliding_window")
     special = any(kwargs.get(k) is not None for k in _SPECIAL)
-    if special or not getattr(module, "is_causal", True) or (window and key.shape[2] >= window):
+    plain_causal = getattr(module, "is_causal", True) and not (window and key.shape[2] >= window)
+    if not right_padded or special or not plain_causal:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -64,7 +71,7 @@ def causal_attention(
 def use_causal_attention(model: torch.nn.Module) -> bool:
     """Switch a model loaded with `sdpa` to `causal_attention`; True if it was switched.
 
-    The caller must feed right-padded batches without a padding mask from then on.
+    Forwards that pass `RIGHT_PADDED=True` must feed right-padded rows; others are unaffected.
     """
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tdsdist.attention import use_causal_attention
+from tdsdist.attention import RIGHT_PADDED, use_causal_attention
 from tdsdist.head import HeadOutput, VocabShard, score_positions
 from tdsdist.models import logit_softcap, output_projection
 from tdsdist.prefix_cache import cache_bytes, compute_prefix_cache
@@ -99,7 +99,8 @@ class Scorer:
             projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
         self.weight, self.bias = projection
         self.softcap = logit_softcap(model)
-        use_causal_attention(model)  # sdpa models: causal kernels, no padding mask
+        # sdpa models: causal kernels for our right-padded forwards (see `attention.py`)
+        self.forward_kwargs = {RIGHT_PADDED: True} if use_causal_attention(model) else {}
         self.set_prefix([])
         # transformers >= 5.24 calls the argument `cache` (`past_key_values` is deprecated).
         forward_params = inspect.signature(model.base_model.forward).parameters
@@ -117,7 +118,7 @@ class Scorer:
         padding mask: right padding puts every pad after its row's real tokens, where the causal
         mask already hides it (see `attention.py`).
         """
-        kwargs: dict[str, Any] = {"use_cache": cache is not None}
+        kwargs: dict[str, Any] = {"use_cache": cache is not None, **self.forward_kwargs}
         if cache is not None:
             kwargs.update({self._cache_kwarg: cache, "position_ids": position_ids})
         out = self.model.base_model(input_ids=input_ids, **kwargs)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import MistralConfig, MistralForCausalLM
 
-from tdsdist.attention import NAME, causal_attention, use_causal_attention
+from tdsdist.attention import NAME, RIGHT_PADDED, causal_attention, use_causal_attention
 from tdsdist.engine import ContextAnswer, Scorer
 from tdsdist.testing import (
     default_corpus,
@@ -85,10 +85,13 @@ def test_equals_masked_sdpa_on_real_rows(kv_heads: int, prefix_len: int) -> None
     mask = (causal[None] & real[:, None])[:, None]  # [B, 1, T, P + T]
     module = torch.nn.Module()
     module.num_key_value_groups = heads // kv_heads
-    got, _ = causal_attention(module, q, k, v, None, scaling=d**-0.5)
+    got, _ = causal_attention(module, q, k, v, None, scaling=d**-0.5, **{RIGHT_PADDED: True})
     want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d**-0.5, is_causal=False)
     for b, n in enumerate(lengths):
         torch.testing.assert_close(got[b, :n], want[b, :n], atol=1e-6, rtol=1e-5)
+    # Without the promise the mask is honoured, padded query rows included.
+    unflagged, _ = causal_attention(module, q, k, v, mask, scaling=d**-0.5)
+    torch.testing.assert_close(unflagged, want, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("window", [6, 4096])
@@ -102,3 +105,19 @@ def test_sliding_window_model_matches_reference(window: int) -> None:
     model = MistralForCausalLM(config).eval()
     seqs = fresh_sequences(6, seed=window, prefix=[5, 6, 7])
     check_against_reference(model, seqs, [5, 6, 7])
+
+
+def test_switched_model_still_serves_left_padded_batches(tok) -> None:
+    """Switching is per forward: a left-padded batch with its mask (as `generate` feeds) on a
+    model a Scorer switched gives what the unswitched model gives."""
+    model = make_tiny_llama(tok, seed=4, hidden_size=64, num_heads=4, num_kv_heads=2)
+    model.config._attn_implementation = "sdpa"
+    ids = torch.randint(3, 301, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        Scorer(model, 301, K, 1 << 20, 64, torch.device("cpu"))
+        assert model.config._attn_implementation == NAME
+        after = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(after, before, atol=0, rtol=0)

@@ -10,7 +10,7 @@ tokens, cut at L tokens. Three ways to score the same answer positions:
       float32 log-softmax, top-k, exact rank of the target;
   (b) `tdsdist.engine.Scorer` (token-budget batches, one forward per batch, chunked scoring head);
   (c) a bare teacher-forced forward on the SAME batches (`token_budget_batches`, same padding and
-      mask): the model body, then the LM head on the answer positions' hidden states only, and no
+      attention): the model body, then the LM head on the answer positions' hidden states only, and no
       statistics. time(c)/time(b) = tdsdist throughput / bare throughput: what tdsdist's
       statistics and bookkeeping leave of the model's own speed.
 
@@ -176,23 +176,22 @@ def naive_positions(model, work, k: int, full_logits: bool):
 
 
 @torch.inference_mode()
-def bare_forward(model, seqs, max_tokens: int) -> int:
-    """Body forward + LM head on answer rows only, batched exactly like `Scorer.score`."""
+def bare_forward(model, seqs, max_tokens: int, forward_kwargs: dict) -> int:
+    """Body forward + LM head on answer rows only, batched, padded and attended exactly like
+    `Scorer.score` (`forward_kwargs`: the Scorer's, which choose its causal-only attention)."""
     fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
     rows_done = 0
     for batch in token_budget_batches(fed, max_tokens):
         width = max(fed[i] for i in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
         rows = []
         for b, i in enumerate(batch):
             s = seqs[i]
             tokens = (s.context + s.answer)[: fed[i]]
             ids[b, : len(tokens)] = torch.tensor(tokens)
-            mask[b, : len(tokens)] = 1
             start = b * width + len(s.context) - 1
             rows.append(torch.arange(start, start + len(s.answer)))
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        hidden = model.base_model(input_ids=ids, use_cache=False, **forward_kwargs)
         hidden = hidden.last_hidden_state
         answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.cat(rows))
         logits = model.lm_head(answer_hidden)
@@ -301,7 +300,7 @@ def main(argv=None) -> None:
     warm = make_sequences(tok, examples[:2], 16)
     naive_positions(model, [(0, warm[0], t) for t in range(2)], args.top_k, full)
     scorer.score(warm)
-    bare_forward(model, warm, args.max_tokens_per_batch)
+    bare_forward(model, warm, args.max_tokens_per_batch, scorer.forward_kwargs)
 
     rows = []
     for L in args.lengths:
@@ -317,7 +316,7 @@ def main(argv=None) -> None:
             model, [max(work, key=lambda w: len(w[1].context) + w[2])], args.top_k, full
         )
         scorer.score(seqs)
-        bare_forward(model, seqs, args.max_tokens_per_batch)
+        bare_forward(model, seqs, args.max_tokens_per_batch, scorer.forward_kwargs)
         # Per repeat and variant: (wall seconds, CPU seconds of all threads) per scored position.
         per = {"a": [], "b": [], "c": []}
         if args.prototype_head:
@@ -330,7 +329,9 @@ def main(argv=None) -> None:
             jobs = {
                 "a": lambda part=slices[r]: naive_positions(model, part, args.top_k, full),
                 "b": lambda seqs=seqs: scorer.score(seqs),
-                "c": lambda seqs=seqs: bare_forward(model, seqs, args.max_tokens_per_batch),
+                "c": lambda seqs=seqs: bare_forward(
+                    model, seqs, args.max_tokens_per_batch, scorer.forward_kwargs
+                ),
                 "d": lambda seqs=seqs: prototype_score(scorer, seqs),
             }
             waited = wait_for_quiet(args.quiet_cores, args.quiet_wait)

@@ -59,24 +59,23 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
 
 
 @torch.inference_mode()
-def bare_forward(model, seqs: list[ContextAnswer], max_tokens: int, device: torch.device) -> None:
-    """The model's own body, then the LM head on the answer positions only (no statistics)."""
+def bare_forward(
+    model, seqs: list[ContextAnswer], max_tokens: int, device: torch.device, forward_kwargs: dict
+) -> None:
+    """The model's own body, then the LM head on the answer positions only (no statistics);
+    batched, right-padded and attended as `Scorer.score` does (`forward_kwargs`: the Scorer's)."""
     fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
     head = model.get_output_embeddings()
     for batch in token_budget_batches(fed, max_tokens):
         width = max(fed[i] for i in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
         rows = []
         for b, i in enumerate(batch):
             tokens = (seqs[i].context + seqs[i].answer)[: fed[i]]
             ids[b, : len(tokens)] = torch.tensor(tokens)
-            mask[b, : len(tokens)] = 1
             start = b * width + len(seqs[i].context) - 1
             rows.append(torch.arange(start, start + len(seqs[i].answer)))
-        hidden = model.base_model(
-            input_ids=ids.to(device), attention_mask=mask.to(device)
-        ).last_hidden_state
+        hidden = model.base_model(input_ids=ids.to(device), **forward_kwargs).last_hidden_state
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.cat(rows).to(device))
         F.linear(picked, head.weight).float()
 
@@ -115,7 +114,7 @@ def main() -> None:
         model, config.vocab_size, 20, args.logits_chunk_mib << 20, args.max_tokens_per_batch, device
     )
     scorer.score(seqs[:4])  # warm-up (kernels, allocator)
-    bare_forward(model, seqs[:4], args.max_tokens_per_batch, device)
+    bare_forward(model, seqs[:4], args.max_tokens_per_batch, device, scorer.forward_kwargs)
     times: dict[str, list[float]] = {"tdsdist": [], "bare": []}
     for r in range(args.repeats):
         for name in ("tdsdist", "bare") if r % 2 == 0 else ("bare", "tdsdist"):
@@ -124,7 +123,7 @@ def main() -> None:
             if name == "tdsdist":
                 scorer.score(seqs)
             else:
-                bare_forward(model, seqs, args.max_tokens_per_batch, device)
+                bare_forward(model, seqs, args.max_tokens_per_batch, device, scorer.forward_kwargs)
             sync(device)
             times[name].append(time.perf_counter() - t0)
     peak = matmul_peak(device, dtype, 256 if args.tiny else 8192)

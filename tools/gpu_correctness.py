@@ -114,7 +114,7 @@ def attention_case(device: torch.device, dtype: torch.dtype) -> tuple[dict, floa
     right-padded batch at Llama-2-7B's head shape; a misaligned mask would differ by O(1)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tdsdist.attention import causal_attention
+    from tdsdist.attention import RIGHT_PADDED, causal_attention
 
     gen = torch.Generator(device=device).manual_seed(0)
     out = {}
@@ -131,7 +131,7 @@ def attention_case(device: torch.device, dtype: torch.dtype) -> tuple[dict, floa
         mask = (causal[None] & real[:, None])[:, None]
         module = torch.nn.Module()
         module.num_key_value_groups = 1
-        got, _ = causal_attention(module, q, k, v, None, scaling=d**-0.5)
+        got, _ = causal_attention(module, q, k, v, None, scaling=d**-0.5, **{RIGHT_PADDED: True})
         want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=d**-0.5, is_causal=False)
         diff = max(float((got[b, :n] - want[b, :n]).abs().max()) for b, n in enumerate(lengths))
         out[f"max_abs_diff_prefix_{prefix_len}"] = diff

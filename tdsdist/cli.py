@@ -72,6 +72,12 @@ def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--overwrite/--no-overwrite", default=None, help="Start the store over."),
         click.option(
+            "--skip-empty-answers",
+            is_flag=True,
+            default=None,
+            help="Leave out examples with an empty answer instead of refusing the file.",
+        ),
+        click.option(
             "--no-prefix-cache",
             is_flag=True,
             default=None,

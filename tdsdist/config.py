@@ -34,7 +34,7 @@ STRINGS = (
     "output_field",
 )
 OPTIONAL_STRINGS = ("aligned_revision", "base_revision")
-BOOLS = ("truncate_context", "overwrite", "trust_remote_code")
+BOOLS = ("truncate_context", "overwrite", "trust_remote_code", "skip_empty_answers")
 
 
 @dataclass
@@ -69,6 +69,8 @@ class ScoreConfig:
     """Memory budget of one chunk of float32 logits in the scoring head."""
     truncate_context: bool = False
     """Cut contexts from the left when context + answer exceed the model's window (flagged)."""
+    skip_empty_answers: bool = False
+    """Leave out examples whose answer is empty (listed in the store) instead of refusing the file."""
     no_prefix_cache: bool = False
     """Recompute the contexts' shared token prefix in every batch instead of caching it once."""
     overwrite: bool = False

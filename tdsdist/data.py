@@ -111,6 +111,13 @@ def _check_unicode(where: str, name: str, value: str) -> None:
         ) from None
 
 
+SKIP_HINT = " (--skip-empty-answers leaves such examples out)"
+
+
+class EmptyAnswer(TdsError):
+    """An example whose answer is empty: refused, or left out with `--skip-empty-answers`."""
+
+
 def _example(
     path: Path, index: int, record: object, fields: Fields, require_answer: bool = True
 ) -> Example:
@@ -155,7 +162,7 @@ def _example(
     answer = record[fields.answer]
     if isinstance(answer, list):
         if not answer:
-            raise TdsError(f"{where}: field '{fields.answer}' is an empty list")
+            raise EmptyAnswer(f"{where}: field '{fields.answer}' is an empty list{SKIP_HINT}")
         answer = answer[0]
     if not isinstance(answer, str):
         raise TdsError(
@@ -163,7 +170,7 @@ def _example(
             f" a string, not {type(answer).__name__}"
         )
     if not answer.strip():
-        raise TdsError(f"{where}: field '{fields.answer}' is an empty answer")
+        raise EmptyAnswer(f"{where}: field '{fields.answer}' is an empty answer{SKIP_HINT}")
     _check_unicode(where, fields.answer, answer)
     assert instruction is not None
     return Example(
@@ -176,12 +183,16 @@ def load_examples(
     fields: Fields = Fields(),
     limit: int | None = None,
     require_answer: bool = True,
+    skipped: list[str] | None = None,
 ) -> list[Example]:
     """All examples of a JSON or JSONL file, validated; the first `limit` if given.
 
     The whole file is validated even with `limit`, so that a later full run cannot fail on a
     problem that the trial run skipped. With `require_answer=False` (prompts for generation) the
     answer field is not read and a plain JSON list of instruction strings is accepted too.
+    With a `skipped` list, examples whose answer is empty (a model that stopped at once) are left
+    out and their ids appended to it, instead of refusing the file; `limit` still counts the
+    file's first records.
     """
     path = Path(path)
     if not path.exists():
@@ -196,7 +207,15 @@ def load_examples(
         raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
     if not records:
         raise TdsError(f"{path}: no examples")
-    examples = [_example(path, i, r, fields, require_answer) for i, r in enumerate(records)]
+    examples, empty = [], []
+    for i, r in enumerate(records):
+        try:
+            examples.append(_example(path, i, r, fields, require_answer))
+        except EmptyAnswer:
+            if skipped is None:
+                raise
+            examples.append(_example(path, i, r, fields, require_answer=False))
+            empty.append(i)
     seen: dict[str, int] = {}
     for ex in examples:
         if ex.id in seen:
@@ -205,4 +224,8 @@ def load_examples(
                 f" example {seen[ex.id]}"
             )
         seen[ex.id] = ex.index
-    return examples[:limit] if limit is not None else examples
+    examples = examples[:limit] if limit is not None else examples
+    if skipped is not None:
+        skipped.extend(ex.id for ex in examples if ex.index in empty)
+        examples = [ex for ex in examples if ex.index not in empty]
+    return examples

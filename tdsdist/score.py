@@ -63,6 +63,8 @@ class Prepared:
     fingerprint: dict[str, Any]
     prefixes: dict[str, list[int]]
     """Per model, the token prefix shared by all its contexts (cached once; empty if disabled)."""
+    skipped: list[str]
+    """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,7 +80,10 @@ def prepare(config: ScoreConfig) -> Prepared:
     fields = Fields(
         config.id_field, config.instruction_field, config.input_field, config.output_field
     )
-    examples = load_examples(config.data, fields, config.limit)
+    skipped: list[str] | None = [] if config.skip_empty_answers else None
+    examples = load_examples(config.data, fields, config.limit, skipped=skipped)
+    if not examples:
+        raise TdsError(f"{config.data}: every answer is empty: nothing to score")
     base_context = base_context_fn(config.base_template)
     tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
@@ -123,13 +128,15 @@ def prepare(config: ScoreConfig) -> Prepared:
         "tokenizer_sha256": tokenizer_hash(tok),
         "tdsdist_version": __version__,
     }
+    if skipped:  # only when examples were left out: a store made without any stays resumable
+        fingerprint["skipped_empty_answers"] = skipped
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
         prefixes = {
             "aligned": shared_prefix([it.aligned_context for it in plan.items]),
             "base": shared_prefix([it.base_context for it in plan.items]),
         }
-    return Prepared(config, plan, tok, fingerprint, prefixes)
+    return Prepared(config, plan, tok, fingerprint, prefixes, skipped or [])
 
 
 def open_or_create_store(prep: Prepared) -> Store:
@@ -350,6 +357,11 @@ def _run(
     units = store.units()
     if recorded(store):
         prep.plan = adopt_recorded_answers(prep, store)
+    if prep.skipped:
+        shown = ", ".join(repr(i) for i in prep.skipped[:5]) + (
+            ", ..." if len(prep.skipped) > 5 else ""
+        )
+        log(f"tdsdist: left out {len(prep.skipped)} examples with an empty answer (ids {shown})")
     share = f", task {task_index} of {task_count}" if task_count > 1 else ""
     log(
         f"tdsdist: {len(prep.plan.items)} examples, {len(done)} units ({int(done.sum())} already"

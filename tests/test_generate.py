@@ -15,6 +15,7 @@ from tdsdist.cli import main
 from tdsdist.data import load_examples
 from tdsdist.demo import demo_data_path
 from tdsdist.engine import ContextAnswer, Scorer
+from tdsdist.generate import Generated, Generator, _stack
 from tdsdist.plan import tokenize_context
 from tdsdist.store import Store
 
@@ -154,3 +155,48 @@ def test_existing_answers_file_is_not_overwritten(tiny_pair, greedy) -> None:
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "already exists" in result.output
+
+
+def test_empty_generated_answers_score_with_skip_flag(
+    tiny_pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model that stops at once (here: the first sequence of every batch): the answers file
+    keeps the empty answer, the store leaves it out, and `score --skip-empty-answers` runs the
+    base pass on the others; without the flag `score` refuses, naming the flag."""
+    real = Generator.generate
+
+    def stops_at_once(self, contexts, seed):
+        out = real(self, contexts, seed)
+        return [
+            Generated([], _stack([], self.cfg.top_k)) if i == 0 else g for i, g in enumerate(out)
+        ]
+
+    monkeypatch.setattr(Generator, "generate", stops_at_once)
+    out, store_path = generate(tiny_pair, tmp_path, "stopped")
+    records = json.loads(out.read_text())
+    empty = [r["id"] for r in records if not r["output"][0]]
+    assert 0 < len(empty) < len(records)
+    store = Store(store_path, mode="r")
+    assert store.ids == [r["id"] for r in records if r["id"] not in empty]
+    args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(out),
+            "--store", str(store_path), "--aligned-template", "chat", "--unit-size", "2", "--top-k", str(K),
+            "--device", "cpu"]  # fmt: skip
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 2 and "--skip-empty-answers" in refused.output
+    result = CliRunner().invoke(main, [*args, "--skip-empty-answers"])
+    assert result.exit_code == 0, result.output
+    assert Store(store_path, mode="r").committed().all()
+
+
+def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(
+        Generator,
+        "generate",
+        lambda self, contexts, seed: [Generated([], _stack([], self.cfg.top_k)) for _ in contexts],
+    )
+    out, store = tmp_path / "silent.json", tmp_path / "silent.zarr"
+    args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()), "--out", str(out),
+            "--store", str(store), "--limit", "3", "--device", "cpu"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "every generated answer is empty" in result.output
+    assert out.exists() and not store.exists()

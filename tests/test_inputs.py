@@ -422,6 +422,33 @@ def test_valid_files_score(score, tmp_path: Path, name: str, content: Any) -> No
     assert store.ids == (["0", "1"] if name == "windows.jsonl" else ["ex0", "ex1"])
 
 
+def test_empty_answers_refused_with_a_hint_or_left_out(score, tmp_path: Path) -> None:
+    """A model that stopped at once leaves an empty answer (as `generate` writes it): refused by
+    default, naming the way out; left out and listed with --skip-empty-answers."""
+    records = [example(0), example(1, output=[""]), example(2), example(3, output=[" \n"])]
+    data = write(tmp_path / "generated.json", records)
+    assert_refused(score(data), "example 1", "(id 'ex1')", "empty", "--skip-empty-answers")
+    assert leftovers(tmp_path) == []
+    result = score(data, "--skip-empty-answers")
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "left out 2 examples with an empty answer (ids 'ex1', 'ex3')" in result.output
+    store = Store(tmp_path / STORE, mode="r")
+    assert store.ids == ["ex0", "ex2"] and store.committed().all()
+    assert store.meta["fingerprint"]["skipped_empty_answers"] == ["ex1", "ex3"]
+    again = score(data, "--skip-empty-answers")  # resumes: nothing to do, nothing refused
+    assert again.exit_code == 0, (again.output, again.exception)
+    # --limit counts the file's first records: of ex0 and ex1, only ex0 remains.
+    limited = score(data, "--skip-empty-answers", "--limit", "2", "--overwrite")
+    assert limited.exit_code == 0, (limited.output, limited.exception)
+    assert Store(tmp_path / STORE, mode="r").ids == ["ex0"]
+
+
+def test_all_answers_empty_is_refused(score, tmp_path: Path) -> None:
+    data = write(tmp_path / "silent.json", [example(0, output=[""]), example(1, output="")])
+    assert_refused(score(data, "--skip-empty-answers"), "silent.json", "every answer is empty")
+    assert leftovers(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # What a terminal shows: real processes.
 # ------------------------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ class ScoreConfig:
             raise ValueError(f"task_index must be a non-negative integer, got {self.task_index!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.tp > 1 and self.dtype == "float64":  # DeepSpeed's inference engine refuses it
+            raise ValueError("dtype float64 does not work with tp > 1: use float32 or bfloat16")
         if self.aligned_template not in ("input", "chat"):
             raise ValueError(
                 f"aligned_template must be 'input' or 'chat', got {self.aligned_template!r}"

@@ -36,6 +36,7 @@ from tdsdist.engine import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
 from tdsdist.metrics import topk_kl
 from tdsdist.models import (
+    DTYPE,
     check_same_vocabulary,
     load_model,
     load_model_config,
@@ -278,16 +279,29 @@ def load_scorer(
     device: torch.device,
     d: Dist,
 ) -> Scorer:
-    """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group."""
-    load_device = device if d.dims.tp == 1 else torch.device("cpu")  # DeepSpeed moves the shards
-    model = load_model(name, config.dtype, load_device, revision, config.trust_remote_code)
+    """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group.
+
+    Under `--tp`, a local safetensors checkpoint whose weights must change dtype is loaded shard
+    by shard, so no rank makes a converted copy of the whole model (`tp.load_sharded_for_tp`);
+    otherwise the model is loaded whole on the CPU (memory-mapped files: the page cache, shared by
+    the node's ranks), then split (`tp.loads_shard_by_shard` says why).
+    """
     chunk = config.logits_chunk_mib << 20
     if d.dims.tp > 1:
-        from tdsdist.tp import TPScorer, shard_for_tp
+        from tdsdist.tp import TPScorer, load_sharded_for_tp, loads_shard_by_shard, shard_for_tp
 
-        model, weight, bias, shard = shard_for_tp(
-            model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
-        )
+        if revision is None and loads_shard_by_shard(name, DTYPE[config.dtype]):
+            model, weight, bias, shard = load_sharded_for_tp(
+                name, DTYPE[config.dtype], vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device,
+                config.trust_remote_code,
+            )  # fmt: skip
+        else:  # loaded whole on the CPU; DeepSpeed moves the shards
+            model = load_model(
+                name, config.dtype, torch.device("cpu"), revision, config.trust_remote_code
+            )
+            model, weight, bias, shard = shard_for_tp(
+                model, vocab_size, d.tp_group, d.dims.tp, d.tp_rank, device
+            )
         return TPScorer(
             model,
             vocab_size,
@@ -298,6 +312,7 @@ def load_scorer(
             shard,
             (weight, bias),
         )
+    model = load_model(name, config.dtype, device, revision, config.trust_remote_code)
     return Scorer(model, vocab_size, config.top_k, chunk, config.max_tokens_per_batch, device)
 
 

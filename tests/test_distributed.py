@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from tdsdist.cli import main
@@ -223,4 +224,37 @@ def test_tensor_parallel_two_ranks_three_heads(three_head_pair, tmp_path: Path) 
     run = launch(args(three_head_pair, tp, "--tp", "2"), NPROC=2)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "world 2 = tp 2 x dp 1" in run.stderr
+    assert_same(tp, single)
+
+
+@pytest.fixture(scope="module")
+def tied_sharded_pair(tmp_path_factory):
+    """Tied embeddings, padded vocabulary, each checkpoint stored in bfloat16 and cut into several
+    safetensors files: scored in float32 the weights change dtype, so each rank loads shard by
+    shard, and must read its vocabulary rows from the embedding."""
+    from transformers import AutoModelForCausalLM
+
+    from tdsdist.testing import save_tiny_pair
+
+    root = tmp_path_factory.mktemp("tied_sharded")
+    pair = save_tiny_pair(root, vocab_size=301, seed=6, num_heads=3, num_kv_heads=3,
+                          hidden_size=48, model_vocab_size=320, tie_embeddings=True)  # fmt: skip
+    for folder in pair:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        (folder / "model.safetensors").unlink()
+        model.to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+        assert len(list(folder.glob("*.safetensors"))) > 2
+    return pair
+
+
+@pytest.mark.slow
+def test_tensor_parallel_loads_a_sharded_tied_checkpoint(tied_sharded_pair, tmp_path: Path) -> None:
+    """bf16 files scored in float32: each rank loads shard by shard (`tp.load_sharded_for_tp`);
+    the result equals one process loading the whole model."""
+    single, tp = tmp_path / "single.zarr", tmp_path / "tp.zarr"
+    result = CliRunner().invoke(main, ["score", *args(tied_sharded_pair, single)])
+    assert result.exit_code == 0, result.output
+    run = launch(args(tied_sharded_pair, tp, "--tp", "2"), NPROC=2)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Loading" in run.stderr and "checkpoint shards" in run.stderr  # DeepSpeed, per file
     assert_same(tp, single)

@@ -339,6 +339,7 @@ def test_missing_config_file(score, tmp_path: Path) -> None:
         (("--unit-size", "0"), ("unit_size",)),
         (("--limit", "-1"), ("limit",)),
         (("--device", "cuda:x"), ("device", "cuda:x")),
+        (("--tp", "2", "--dtype", "float64"), ("float64", "tp > 1")),
     ],
 )
 def test_bad_option(score, tmp_path: Path, args: tuple[str, ...], expected) -> None:

@@ -266,3 +266,18 @@ def test_tensor_parallel_scores_equal_one_process(
                 np.testing.assert_allclose(
                     tp_value, value, rtol=0, atol=1e-5, err_msg=f"m{m}/{key}"
                 )
+
+
+def test_shard_by_shard_loading_only_when_the_dtype_changes(tmp_path: Path) -> None:
+    """Memory-mapped files in the wanted dtype are cheaper to load whole (page cache shared by the
+    node's ranks); a conversion is cheaper shard by shard (tools/bench_tp_load.py)."""
+    from tdsdist.tp import checkpoint_dtype, loads_shard_by_shard
+
+    tokenizer = train_tiny_tokenizer(default_corpus(), VOCAB)
+    model = make_tiny_llama(tokenizer, seed=0, vocab_size=MODEL_VOCAB)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert checkpoint_dtype(tmp_path / "bf16") == torch.bfloat16
+    assert not loads_shard_by_shard(tmp_path / "bf16", torch.bfloat16)
+    assert loads_shard_by_shard(tmp_path / "bf16", torch.float32)
+    assert not loads_shard_by_shard("some-org/some-model", torch.float32)  # not a local folder
+    assert checkpoint_dtype(tmp_path) is None

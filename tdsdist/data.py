@@ -207,7 +207,8 @@ def load_examples(
         raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
     if not records:
         raise TdsError(f"{path}: no examples")
-    examples, empty = [], []
+    examples: list[Example] = []
+    empty: set[int] = set()
     for i, r in enumerate(records):
         try:
             examples.append(_example(path, i, r, fields, require_answer))
@@ -215,7 +216,7 @@ def load_examples(
             if skipped is None:
                 raise
             examples.append(_example(path, i, r, fields, require_answer=False))
-            empty.append(i)
+            empty.add(i)
     seen: dict[str, int] = {}
     for ex in examples:
         if ex.id in seen:

@@ -374,14 +374,14 @@ def _assemble(examples, contexts, units, parts, out, cfg, fingerprint, tokenizer
                 f"tdsdist: {len(empty)} empty answers (e.g. id {empty[0]!r}) are not recorded in the"
                 " store; score the answers with --skip-empty-answers"
             )
-        _record_store(examples, answers, stats, out, cfg, fingerprint, tokenizer)
+        _record_store(examples, answers, stats, out, cfg, fingerprint, tokenizer, empty)
         log(f"tdsdist: recorded the aligned model's distributions in {cfg.store}")
     shutil.rmtree(parts)
     if cfg.store and len(empty) == len(examples):
         raise TdsError(f"{out}: every generated answer is empty, so no store was recorded")
 
 
-def _record_store(examples, answers, stats, out, cfg, fingerprint, tokenizer) -> None:
+def _record_store(examples, answers, stats, out, cfg, fingerprint, tokenizer, empty) -> None:
     """A store whose aligned side is filled and whose units wait for the base pass (`score`)."""
     from tdsdist.store import create
 
@@ -394,9 +394,8 @@ def _record_store(examples, answers, stats, out, cfg, fingerprint, tokenizer) ->
         "truncate_context": False, "fields": dataclasses.asdict(Fields()), "data_sha256": file_sha256(out),
         "tokenizer_sha256": fingerprint["tokenizer_sha256"], "tdsdist_version": __version__,
     }  # fmt: skip
-    left_out = [ex.id for ex in examples if not answers[ex.index]["ids"]]
-    if left_out:  # as `score --skip-empty-answers` will list them, so the fingerprints agree
-        score_fingerprint["skipped_empty_answers"] = left_out
+    if empty:  # as `score --skip-empty-answers` will list them, so the fingerprints agree
+        score_fingerprint["skipped_empty_answers"] = empty
     store = create(
         Path(cfg.store),
         ids=[ex.id for ex in kept],

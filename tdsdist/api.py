@@ -96,7 +96,7 @@ class TdsStore:
         return frame
 
     def summary(self, **kwargs: Any) -> dict[str, Any]:
-        from tdsdist.analysis import summarize
+        from tdsdist.analysis.summary import summarize
 
         return summarize(self._store, **kwargs)
 

@@ -114,7 +114,7 @@ def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def score_command(config_file: str | None, **flags: Any) -> None:
     """Score the aligned answers under both models into a Zarr store (resumes if it exists)."""
     from tdsdist.config import build_config, load_yaml
-    from tdsdist.score import run_score
+    from tdsdist.jobs.score import run_score
 
     file_values = load_yaml(config_file) if config_file else {}
     config = build_config(file_values, flags)
@@ -159,7 +159,7 @@ def score_command(config_file: str | None, **flags: Any) -> None:
 @user_errors
 def generate_command(stop: tuple[str, ...], **options: Any) -> None:
     """The aligned model writes its answers (and, with --store, records its distributions)."""
-    from tdsdist.generate import GenerateConfig, run_generate
+    from tdsdist.jobs.generate import GenerateConfig, run_generate
 
     try:
         config = GenerateConfig(stop=list(stop), **options)
@@ -177,7 +177,7 @@ def generate_command(stop: tuple[str, ...], **options: Any) -> None:
 @user_errors
 def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
     """One example, position by position."""
-    from tdsdist.show import example_record, render_text
+    from tdsdist.analysis.show import example_record, render_text
     from tdsdist.store import Store
 
     record = example_record(Store(store_dir, mode="r"), example_id)
@@ -201,7 +201,7 @@ def analyze_command(
     store_dir: str, as_json: bool, unshifted_max: int, marginal_max: int, min_support: int
 ) -> None:
     """Summary statistics of a store: categories, rank histogram, KL, position curves, tokens."""
-    from tdsdist.analysis import Thresholds, render_text, summarize
+    from tdsdist.analysis.summary import Thresholds, render_text, summarize
     from tdsdist.store import Store
 
     try:
@@ -221,7 +221,7 @@ def analyze_command(
 @user_errors
 def compare_command(store_dirs: tuple[str, ...], as_json: bool, allow_different_data: bool) -> None:
     """Statistics of several stores side by side (e.g. plain vs urial: templates)."""
-    from tdsdist.compare import compare, render_text
+    from tdsdist.analysis.compare import compare, render_text
 
     result = compare(list(store_dirs), allow_different_data)
     click.echo(json.dumps(result, indent=2) if as_json else render_text(result))
@@ -280,8 +280,8 @@ def report_command(store_dir: str, out_dir: str) -> None:
     import time
     from pathlib import Path
 
-    from tdsdist.analysis import summarize
-    from tdsdist.report import write_report
+    from tdsdist.analysis.report import write_report
+    from tdsdist.analysis.summary import summarize
     from tdsdist.store import Store
 
     start = time.perf_counter()
@@ -307,7 +307,7 @@ def demo_command(
     store: str, limit: int, data: str | None, max_output_tokens: int | None, report: str | None
 ) -> None:
     """The whole path on a real small model (SmolLM2-135M-Instruct from PyPI), offline."""
-    from tdsdist.demo import run_demo
+    from tdsdist.jobs.demo import run_demo
 
     run_demo(store, limit, data, max_output_tokens, click.echo, report)
 

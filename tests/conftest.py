@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tdsdist.testing import save_tiny_pair
+from tdsdist_testkit import save_tiny_pair
 
 #: Vocabulary of the models in `tiny_pair_odd_vocab`: the 301-token tokenizer padded to a
 #: multiple of 64, as real checkpoints pad theirs.

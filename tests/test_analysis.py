@@ -9,14 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 import tdsdist
-from tdsdist import analysis
-from tdsdist.analysis import Thresholds, summarize
+from tdsdist.analysis import summary as analysis
+from tdsdist.analysis.compare import compare
+from tdsdist.analysis.summary import Thresholds, summarize
 from tdsdist.cli import main
-from tdsdist.compare import compare
 from tdsdist.config import ScoreConfig
-from tdsdist.demo import demo_data_path
 from tdsdist.errors import TdsError
-from tdsdist.score import create_store, prepare
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.score import create_store, prepare
 from tdsdist.store import Store
 
 

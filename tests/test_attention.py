@@ -8,16 +8,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from tdsdist_testkit import default_corpus, make_tiny_llama, train_tiny_tokenizer
 from transformers import MistralConfig, MistralForCausalLM
 
-from tdsdist.attention import NAME, RIGHT_PADDED, causal_attention, use_causal_attention
-from tdsdist.engine import ContextAnswer, Scorer
-from tdsdist.testing import (
-    default_corpus,
-    make_tiny_llama,
-    per_token_reference,
-    train_tiny_tokenizer,
-)
+from tdsdist.engine.attention import NAME, RIGHT_PADDED, causal_attention, use_causal_attention
+from tdsdist.engine.reference import per_token_reference
+from tdsdist.engine.scorer import ContextAnswer, Scorer
 
 K = 6
 

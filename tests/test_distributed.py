@@ -18,10 +18,10 @@ import torch
 from click.testing import CliRunner
 
 from tdsdist.cli import main
-from tdsdist.demo import demo_data_path
-from tdsdist.distributed import ParallelDims, task_share
 from tdsdist.errors import TdsError
-from tdsdist.score import FAULT_ENV
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.score import FAULT_ENV
+from tdsdist.parallel.dist import ParallelDims, task_share
 from tdsdist.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +202,7 @@ def test_sigterm_stops_cleanly_and_resumes(tiny_pair, reference, tmp_path: Path)
 @pytest.fixture(scope="module")
 def three_head_pair(tmp_path_factory):
     """A pair whose 3 attention heads tp=2 does not divide, with padded vocabulary rows."""
-    from tdsdist.testing import save_tiny_pair
+    from tdsdist_testkit import save_tiny_pair
 
     root = tmp_path_factory.mktemp("three_heads")
     return save_tiny_pair(
@@ -232,9 +232,8 @@ def tied_sharded_pair(tmp_path_factory):
     """Tied embeddings, padded vocabulary, each checkpoint stored in bfloat16 and cut into several
     safetensors files: scored in float32 the weights change dtype, so each rank loads shard by
     shard, and must read its vocabulary rows from the embedding."""
+    from tdsdist_testkit import save_tiny_pair
     from transformers import AutoModelForCausalLM
-
-    from tdsdist.testing import save_tiny_pair
 
     root = tmp_path_factory.mktemp("tied_sharded")
     pair = save_tiny_pair(root, vocab_size=301, seed=6, num_heads=3, num_kv_heads=3,

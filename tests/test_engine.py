@@ -1,6 +1,6 @@
 """The batched, chunked, teacher-forced scorer against a naive per-token loop.
 
-The reference (`tdsdist.testing.per_token_reference`) does what the published pipeline does: for
+The reference (`tdsdist.engine.reference.per_token_reference`) does what the published pipeline does: for
 every answer position t, a fresh forward pass over `context + answer[:t]` (no cache, no batching,
 no padding), then the full next-token distribution in float64.
 """
@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tdsdist_testkit import default_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tdsdist.engine import ContextAnswer, Scorer, token_budget_batches
-from tdsdist.testing import default_corpus, per_token_reference
+from tdsdist.engine.reference import per_token_reference
+from tdsdist.engine.scorer import ContextAnswer, Scorer, token_budget_batches
 
 K = 7
 

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
-from tdsdist.data import load_examples
-from tdsdist.demo import demo_data_path
-from tdsdist.engine import ContextAnswer, Scorer
-from tdsdist.generate import Generated, Generator, _stack
-from tdsdist.plan import tokenize_context
+from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.inputs.data import load_examples
+from tdsdist.inputs.plan import tokenize_context
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.generate import Generated, Generator, _stack
 from tdsdist.store import Store
 
 K = 5
@@ -120,7 +120,7 @@ def test_score_against_recorded_store_runs_only_the_base_pass(
     base = AutoModelForCausalLM.from_pretrained(tiny_pair[1]).eval()
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     examples = {e.id: e for e in load_examples(out)}
-    from tdsdist.templates import PLAIN_TEMPLATE
+    from tdsdist.inputs.templates import PLAIN_TEMPLATE
 
     seqs = [
         ContextAnswer(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdsdist.head import (
+from tdsdist.engine.head import (
     MIN_CHUNK_ROWS,
     VocabShard,
     chunk_rows,

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from tdsdist_testkit import save_tiny_pair
 
 from tdsdist.cli import main
 from tdsdist.store import Store
-from tdsdist.testing import save_tiny_pair
 
 STORE = "out.zarr"
 DROP = object()  # a field that `example` leaves out

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tdsdist_testkit import default_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
-from tdsdist.demo import demo_data_path
-from tdsdist.engine import ContextAnswer, Scorer
-from tdsdist.plan import shared_prefix
+from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.inputs.plan import shared_prefix
+from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import Store
-from tdsdist.testing import default_corpus
 
 K = 6
 

@@ -22,15 +22,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
+from tdsdist.analysis.report import (
+    MARKER,
+    TOP_SHOWN,
+    _text_ends,
+    js_call,
+    read_js_call,
+    write_report,
+)
+from tdsdist.analysis.show import example_record
 from tdsdist.cli import main
-from tdsdist.demo import demo_data_path
 from tdsdist.errors import TdsError
+from tdsdist.jobs.demo import demo_data_path
 from tdsdist.metrics import CATEGORIES, topk_kl
-from tdsdist.report import MARKER, TOP_SHOWN, _text_ends, js_call, read_js_call, write_report
-from tdsdist.show import example_record
 from tdsdist.store import MODELS, Store, create
-from tdsdist.testing import default_corpus, train_tiny_tokenizer
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(2)>"

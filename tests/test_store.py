@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from tdsdist.cli import main
-from tdsdist.demo import demo_data_path
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.score import FAULT_ENV
 from tdsdist.metrics import CATEGORIES, categories, topk_kl
-from tdsdist.score import FAULT_ENV
 from tdsdist.store import Store, layout
 
 ARRAYS = [

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
-
-from tdsdist.testing import (
+from tdsdist_testkit import (
     ASSISTANT_TOKEN,
     BOS_TOKEN,
     USER_TOKEN,
@@ -18,6 +16,7 @@ from tdsdist.testing import (
     make_tiny_llama,
     train_tiny_tokenizer,
 )
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 
 @pytest.fixture(scope="module")

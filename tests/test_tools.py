@@ -34,7 +34,7 @@ def test_gpu_correctness_passes_on_cpu(tmp_path: Path) -> None:
 
 
 def test_bench_and_profile_prefix_run_tiny(tmp_path: Path, tiny_pair) -> None:
-    from tdsdist.demo import demo_data_path
+    from tdsdist.jobs.demo import demo_data_path
 
     resources = demo_data_path().parent
     urial = next(resources.glob("urial*"))

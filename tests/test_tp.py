@@ -1,4 +1,4 @@
-"""Tensor parallelism (`tdsdist.tp`): DeepSpeed AutoTP for the body, our vocabulary-split head.
+"""Tensor parallelism (`tdsdist.parallel.tp`): DeepSpeed AutoTP for the body, our vocabulary-split head.
 
 The end-to-end tests run `tests/tp_worker.py` under the real launcher (`torchrun --standalone`,
 gloo, one thread per rank) on a tiny Llama with 3 attention heads, which tp=2 does not divide, and
@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tdsdist_testkit import default_corpus, make_tiny_llama, train_tiny_tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tdsdist.engine import ContextAnswer, Scorer
+from tdsdist.engine.head import VocabShard, chunk_rows
+from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
-from tdsdist.head import VocabShard, chunk_rows
-from tdsdist.testing import default_corpus, make_tiny_llama, train_tiny_tokenizer
-from tdsdist.tp import (
+from tdsdist.parallel.tp import (
     SHM_BUFFER_PREFIX,
     ShmBufferCleanup,
     VocabParallelHead,
@@ -271,7 +271,7 @@ def test_tensor_parallel_scores_equal_one_process(
 def test_shard_by_shard_loading_only_when_the_dtype_changes(tmp_path: Path) -> None:
     """Memory-mapped files in the wanted dtype are cheaper to load whole (page cache shared by the
     node's ranks); a conversion is cheaper shard by shard (tools/bench_tp_load.py)."""
-    from tdsdist.tp import checkpoint_dtype, loads_shard_by_shard
+    from tdsdist.parallel.tp import checkpoint_dtype, loads_shard_by_shard
 
     tokenizer = train_tiny_tokenizer(default_corpus(), VOCAB)
     model = make_tiny_llama(tokenizer, seed=0, vocab_size=MODEL_VOCAB)

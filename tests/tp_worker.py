@@ -4,7 +4,7 @@
 
 Scores the sequences of INPUT (`tokens` flat, `context_lengths`, `answer_lengths`; settings
 `vocab_size`, `top_k`, `chunk_bytes`, `max_tokens`; `prefix`: tokens that open every context, to
-cache once, or none) under each model split with `tdsdist.tp` over
+cache once, or none) under each model split with `tdsdist.parallel.tp` over
 tensor-parallel groups of TP consecutive ranks (data parallel across groups: group g scores the
 sequences `g::dp`). The second and later models also get the first model's top-k as support, as
 in TDS scoring. Rank 0 gathers every group's results and writes OUTPUT with `np.savez`; keys are
@@ -22,9 +22,9 @@ import torch
 import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
-import tdsdist.tp as tp_module
-from tdsdist.engine import ContextAnswer
-from tdsdist.tp import TPScorer, job_shm_prefix, shard_for_tp, shm_buffer_names
+import tdsdist.parallel.tp as tp_module
+from tdsdist.engine.scorer import ContextAnswer
+from tdsdist.parallel.tp import TPScorer, job_shm_prefix, shard_for_tp, shm_buffer_names
 
 
 def read_sequences(data) -> list[ContextAnswer]:

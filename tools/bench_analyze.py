@@ -2,7 +2,7 @@
 
 Builds (once, reused if present) a store of `--positions` answer positions with realistic
 distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
-analysis reads, then times `tdsdist.analysis.summarize` over it.
+analysis reads, then times `tdsdist.analysis.summary.summarize` over it.
 
     python tools/bench_analyze.py --positions 10000000 --repeats 3
 """
@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
-from tdsdist.analysis import summarize
+from tdsdist.analysis.summary import summarize
 from tdsdist.store import Store, create
-from tdsdist.testing import default_corpus, train_tiny_tokenizer
 
 
 def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:

@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tdsdist.demo import demo_data_path
-from tdsdist.smollm2 import prepare_smollm2
+from tdsdist.engine.smollm2 import prepare_smollm2
+from tdsdist.jobs.demo import demo_data_path
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from tdsdist.config import ScoreConfig
-from tdsdist.demo import demo_data_path
-from tdsdist.generate import GenerateConfig, run_generate
-from tdsdist.score import run_score
-from tdsdist.smollm2 import prepare_smollm2
+from tdsdist.engine.smollm2 import prepare_smollm2
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.generate import GenerateConfig, run_generate
+from tdsdist.jobs.score import run_score
 
 
 def once(record: bool, tmp: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:

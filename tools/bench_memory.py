@@ -1,6 +1,6 @@
 """Peak memory of tdsdist's Scorer with a 128K vocabulary, against the bare body forward.
 
-Model: `tdsdist.testing.make_big_vocab_model()` (Llama, vocabulary 128256, hidden 256, 2 layers,
+Model: `tdsdist_testkit.make_big_vocab_model()` (Llama, vocabulary 128256, hidden 256, 2 layers,
 eager attention, float32: the logits dominate memory as in real models, the body costs little).
 Batch: `--sequences` sequences of `--context` + `--answer` random token ids (default 16 x (24 +
 1000): 16 x 1023 = 16368 tokens fed, 16000 answer positions). Every variant runs in a fresh
@@ -9,7 +9,7 @@ subprocess, which reports its resident set size after the model is built and the
 
   body     the bare body forward `model.base_model(ids, attention_mask)` (hidden states only): the
            least any teacher-forced scorer must hold;
-  scorer   `tdsdist.engine.Scorer.score` on the same sequences in one batch (max_tokens_per_batch
+  scorer   `tdsdist.engine.scorer.Scorer.score` on the same sequences in one batch (max_tokens_per_batch
            16384), at each `--chunk-mib` logits-chunk budget (the CLI default is 64 MiB);
   naive    for contrast, what a straightforward batched implementation does: the full logits
            `model(ids).logits` (`[B, T, V]` float32) and a float32 `log_softmax` of them. It needs
@@ -110,9 +110,9 @@ def child(args: argparse.Namespace) -> None:
     import gc
 
     import torch
+    from tdsdist_testkit import make_big_vocab_model
 
-    from tdsdist.engine import ContextAnswer, Scorer
-    from tdsdist.testing import make_big_vocab_model
+    from tdsdist.engine.scorer import ContextAnswer, Scorer
 
     torch.set_num_threads(args.threads)
     model = make_big_vocab_model(vocab_size=args.vocab)
@@ -143,7 +143,7 @@ def child(args: argparse.Namespace) -> None:
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             from profile_head import fast_score_positions
 
-            import tdsdist.engine as engine
+            import tdsdist.engine.scorer as engine
 
             def patched(h, w, b, t, k, c, support=None, shard=None, softcap=None):
                 return fast_score_positions(h, w, b, t, k, c, support)

@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from tdsdist.attention import NAME
-from tdsdist.data import load_examples
-from tdsdist.engine import ContextAnswer, Scorer
-from tdsdist.plan import shared_prefix, tokenize_context
-from tdsdist.templates import base_context_fn
+from tdsdist.engine.attention import NAME
+from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.inputs.data import load_examples
+from tdsdist.inputs.plan import shared_prefix, tokenize_context
+from tdsdist.inputs.templates import base_context_fn
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 RANDOM_SHAPES = {
@@ -88,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.model is None:
-        from tdsdist.smollm2 import prepare_smollm2
+        from tdsdist.engine.smollm2 import prepare_smollm2
 
         args.model = str(prepare_smollm2())
     device = torch.device(args.device)

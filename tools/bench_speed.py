@@ -1,6 +1,6 @@
 """Speed of tdsdist's teacher-forced Scorer against the published per-token loop, on a real model.
 
-Model: SmolLM2-135M-Instruct (`tdsdist.smollm2.prepare_smollm2()`, float32, CPU). Data: the first N
+Model: SmolLM2-135M-Instruct (`tdsdist.engine.smollm2.prepare_smollm2()`, float32, CPU). Data: the first N
 examples of the just-eval Llama-2-7b-chat answers. Context: the published `plain` base template,
 tokenized with the tokenizer's default special tokens; answer: tokenized on its own without special
 tokens, cut at L tokens. Three ways to score the same answer positions:
@@ -8,7 +8,7 @@ tokens, cut at L tokens. Three ways to score the same answer positions:
   (a) per-token loop of the published Re-Align pipeline (src/logit_analysis.py): for every answer
       position t a full forward over context + answer[:t], no KV cache, logits of the last position,
       float32 log-softmax, top-k, exact rank of the target;
-  (b) `tdsdist.engine.Scorer` (token-budget batches, one forward per batch, chunked scoring head);
+  (b) `tdsdist.engine.scorer.Scorer` (token-budget batches, one forward per batch, chunked scoring head);
   (c) a bare teacher-forced forward on the SAME batches (`token_budget_batches`, same padding and
       attention): the model body, then the LM head on the answer positions' hidden states only, and no
       statistics. time(c)/time(b) = tdsdist throughput / bare throughput: what tdsdist's
@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tdsdist.data import Fields, load_examples
-from tdsdist.engine import ContextAnswer, Scorer, token_budget_batches
-from tdsdist.plan import tokenize_context
-from tdsdist.smollm2 import prepare_smollm2
-from tdsdist.templates import PLAIN_TEMPLATE
+from tdsdist.engine.scorer import ContextAnswer, Scorer, token_budget_batches
+from tdsdist.engine.smollm2 import prepare_smollm2
+from tdsdist.inputs.data import Fields, load_examples
+from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.templates import PLAIN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/work/shared/data/just_eval_llama2_7b_chat.json")
@@ -252,7 +252,7 @@ def prototype_score(scorer: Scorer, seqs):
     """`scorer.score` with tools/profile_head.py's prototype head patched in, then restored."""
     from profile_head import fast_score_positions
 
-    import tdsdist.engine as engine
+    import tdsdist.engine.scorer as engine
 
     def patched(
         hidden, weight, bias, targets, k, chunk_bytes, support=None, shard=None, softcap=None
@@ -438,7 +438,7 @@ def main(argv=None) -> None:
         print()
         print(
             "(d): the same Scorer with `tools/profile_head.py`'s `fast_score_positions` patched in "
-            "for `tdsdist.engine.score_positions` (a suggested fix, not tdsdist's code), same "
+            "for `tdsdist.engine.scorer.score_positions` (a suggested fix, not tdsdist's code), same "
             "rounds; agreement with (b)."
         )
         print()

@@ -1,6 +1,6 @@
 """Bytes per scored position: tdsdist's Zarr store against the published pickle format.
 
-Runs the real scoring job (`tdsdist.score.run_score` with `tdsdist.config.build_config`) with
+Runs the real scoring job (`tdsdist.jobs.score.run_score` with `tdsdist.config.build_config`) with
 SmolLM2-135M-Instruct as both models (`prepare_smollm2()`; aligned context: its chat template,
 base context: the published `plain` template), on the first `--examples` examples of the just-eval
 Llama-2-7b-chat answers cut at `--max-output-tokens`, top-k `--top-k`. Then it measures the store on
@@ -169,8 +169,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     from tdsdist.config import build_config
-    from tdsdist.score import prepare, run_score
-    from tdsdist.smollm2 import prepare_smollm2
+    from tdsdist.engine.smollm2 import prepare_smollm2
+    from tdsdist.jobs.score import prepare, run_score
     from tdsdist.store import Store
 
     data = args.data or (DATA if DATA.exists() else FALLBACK)

@@ -61,8 +61,8 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from tdsdist.models import DTYPE, load_model
-    from tdsdist.tp import load_sharded_for_tp, shard_for_tp
+    from tdsdist.engine.models import DTYPE, load_model
+    from tdsdist.parallel.tp import load_sharded_for_tp, shard_for_tp
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

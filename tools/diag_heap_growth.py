@@ -1,9 +1,9 @@
 """Diagnose resident-memory growth of `Scorer.score` on CPU: live tensors, or freed heap kept by glibc?
 
-Runs `tdsdist.engine.Scorer.score` once on the `make_big_vocab_model()` batch of
+Runs `tdsdist.engine.scorer.Scorer.score` once on the `make_big_vocab_model()` batch of
 `tools/bench_memory.py` (16 x (24 + 1000) random tokens, vocabulary 128256) with the given logits
 chunk budget, samples the process's VmRSS after every `--every`-th chunk of the scoring head (by
-wrapping `tdsdist.head.score_rows`), then reports the RSS after `score` returns and after
+wrapping `tdsdist.engine.head.score_rows`), then reports the RSS after `score` returns and after
 `malloc_trim(0)` (glibc gives freed heap memory back to the system). If the RSS grows chunk after
 chunk and `malloc_trim` returns it, the growth is freed-but-retained heap (fragmentation by the
 per-chunk allocations), not memory tdsdist holds. Whether it shows depends on glibc's dynamic mmap
@@ -50,9 +50,10 @@ def rss_mib() -> int:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    import tdsdist.head as head
-    from tdsdist.engine import ContextAnswer, Scorer
-    from tdsdist.testing import make_big_vocab_model
+    from tdsdist_testkit import make_big_vocab_model
+
+    import tdsdist.engine.head as head
+    from tdsdist.engine.scorer import ContextAnswer, Scorer
 
     model = make_big_vocab_model(vocab_size=args.vocab)
     gen = torch.Generator().manual_seed(0)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tdsdist.engine import ContextAnswer, Scorer, token_budget_batches
+from tdsdist.engine.scorer import ContextAnswer, Scorer, token_budget_batches
 
 
 def llama2_7b_config(tiny: bool) -> LlamaConfig:

@@ -14,7 +14,7 @@ ranks, the prefix cache) gives on a CUDA device what it gives on the CPU tests. 
   under a 1,203-token prefix) against sdpa with an explicit causal + padding mask, real rows of a
   right-padded batch at Llama-2-7B's head shape; must agree within 2e-2 (a misaligned mask
   differs by O(1)).
-The reference (`tdsdist.testing.per_token_reference`) runs a float64 copy of each model on the
+The reference (`tdsdist.engine.reference.per_token_reference`) runs a float64 copy of each model on the
 CPU, one fresh forward per answer token. Exits 1 if a float32 case fails its tolerance.
 
     python tools/gpu_correctness.py --out docs/gpu_correctness.json
@@ -32,15 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from tdsdist.engine import ContextAnswer, Scorer
-from tdsdist.testing import (
+from tdsdist_testkit import (
     default_corpus,
     make_big_vocab_model,
     make_tiny_llama,
-    per_token_reference,
     train_tiny_tokenizer,
 )
+
+from tdsdist.engine.reference import per_token_reference
+from tdsdist.engine.scorer import ContextAnswer, Scorer
 
 K = 10
 
@@ -114,7 +114,7 @@ def attention_case(device: torch.device, dtype: torch.dtype) -> tuple[dict, floa
     right-padded batch at Llama-2-7B's head shape; a misaligned mask would differ by O(1)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tdsdist.attention import RIGHT_PADDED, causal_attention
+    from tdsdist.engine.attention import RIGHT_PADDED, causal_attention
 
     gen = torch.Generator(device=device).manual_seed(0)
     out = {}

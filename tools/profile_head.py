@@ -1,4 +1,4 @@
-"""Profile of tdsdist's scoring head (`tdsdist.head`) on CPU, and a prototype that avoids its costs.
+"""Profile of tdsdist's scoring head (`tdsdist.engine.head`) on CPU, and a prototype that avoids its costs.
 
 Three measurements on random hidden states and a random output projection of a given shape:
 
@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tdsdist.head import HeadOutput, chunk_rows, score_positions
+from tdsdist.engine.head import HeadOutput, chunk_rows, score_positions
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @torch.inference_mode()
 def fast_score_positions(hidden, weight, bias, targets, k, chunk_bytes, support=None):
-    """Same statistics as `tdsdist.head.score_positions` (one process, no soft-cap), fewer passes.
+    """Same statistics as `tdsdist.engine.head.score_positions` (one process, no soft-cap), fewer passes.
 
     Two float32 buffers of one chunk are allocated once: `logits` and `scratch`. Per chunk:
     projection into `logits`; rank = 1 + sum of `logits > target` written as 0/1 floats into

@@ -19,7 +19,7 @@ from bench_prefix import RANDOM_SHAPES as SHAPES  # tools/ is on the path when r
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tdsdist.engine import ContextAnswer, Scorer
+from tdsdist.engine.scorer import ContextAnswer, Scorer
 
 
 def main() -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tdsdist.data import Example
 from tdsdist.errors import TdsError
-from tdsdist.templates import ContextFn
+from tdsdist.inputs.data import Example
+from tdsdist.inputs.templates import ContextFn
 
 
 @dataclass(frozen=True)

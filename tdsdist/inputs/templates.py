@@ -12,8 +12,8 @@ from pathlib import Path
 
 import jinja2
 
-from tdsdist.data import Example
 from tdsdist.errors import TdsError
+from tdsdist.inputs.data import Example
 
 # The published Re-Align base context, character for character (spaces included).
 PLAIN_TEMPLATE = "# Query: \n ```{q}``` \n\n \n# Answer: \n ```"

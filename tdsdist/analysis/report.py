@@ -83,7 +83,7 @@ def read_js_call(text: str) -> list[Any]:
 def write_report(store: Store, out: Path, summary: dict) -> Path:
     """Write the site of `store` into the folder `out` and return the path of its `index.html`.
 
-    `summary` is `tdsdist.analysis.summarize(store)` (keys missing from it are shown as absent).
+    `summary` is `tdsdist.analysis.summary.summarize(store)` (keys missing from it are shown as absent).
     `out` must be new, empty, or an earlier report (it is then replaced). The site is built in a
     temporary sibling folder and moved into place, so an error leaves `out` as it was.
     """
@@ -143,7 +143,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _copy_assets(site: Path) -> None:
-    source = resources.files("tdsdist") / "report_assets"
+    source = resources.files("tdsdist.analysis") / "report_assets"
     for name in PAGES:
         (site / name).write_bytes((source / name).read_bytes())
     (site / "assets").mkdir()

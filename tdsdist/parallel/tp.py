@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tdsdist.engine import Scorer
+from tdsdist.engine.head import VocabShard
+from tdsdist.engine.models import output_projection
+from tdsdist.engine.scorer import Scorer
 from tdsdist.errors import TdsError
-from tdsdist.head import VocabShard
-from tdsdist.models import output_projection
 
 SHM_DIR = Path("/dev/shm")
 #: Name prefix of DeepSpeed's CPU all-reduce buffers: `{prefix}_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}`.
@@ -74,7 +74,7 @@ class VocabParallelHead(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(
             "the LM head is split by vocabulary across tensor-parallel ranks: score with"
-            " tdsdist.head.score_positions on the model's base_model outputs"
+            " tdsdist.engine.head.score_positions on the model's base_model outputs"
         )
 
     def extra_repr(self) -> str:

@@ -31,18 +31,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tdsdist import __version__
-from tdsdist.data import Fields, file_sha256, load_examples
-from tdsdist.errors import TdsError
-from tdsdist.head import logit_statistics
-from tdsdist.models import (
+from tdsdist.engine.head import logit_statistics
+from tdsdist.engine.models import (
     load_model,
     load_tokenizer,
     logit_softcap,
     output_projection,
     tokenizer_hash,
 )
-from tdsdist.plan import tokenize_context
-from tdsdist.templates import aligned_context_fn, template_fingerprint
+from tdsdist.errors import TdsError
+from tdsdist.inputs.data import Fields, file_sha256, load_examples
+from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.templates import aligned_context_fn, template_fingerprint
 
 STATS = ("top_ids", "top_logprobs", "logprob", "rank", "entropy")
 
@@ -222,8 +222,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     """Generate (resuming finished units), then write the answers file and the store."""
-    from tdsdist.distributed import destroy, init_distributed
-    from tdsdist.score import resolve_device
+    from tdsdist.jobs.score import resolve_device
+    from tdsdist.parallel.dist import destroy, init_distributed
 
     examples = load_examples(cfg.data, Fields(), cfg.limit, require_answer=False)
     tokenizer = load_tokenizer(cfg.aligned, cfg.aligned_revision, cfg.trust_remote_code)

@@ -24,7 +24,7 @@ def demo_data_path() -> Path:
 def demo_config(
     store: str, limit: int, data: str | None, max_output_tokens: int | None
 ) -> ScoreConfig:
-    from tdsdist.smollm2 import prepare_smollm2
+    from tdsdist.engine.smollm2 import prepare_smollm2
 
     model = str(prepare_smollm2())
     return ScoreConfig(
@@ -49,9 +49,9 @@ def run_demo(
     echo: Callable[[str], None],
     report: str | None = None,
 ) -> dict:
-    from tdsdist.analysis import render_text, summarize
-    from tdsdist.report import write_report
-    from tdsdist.score import run_score
+    from tdsdist.analysis.report import write_report
+    from tdsdist.analysis.summary import render_text, summarize
+    from tdsdist.jobs.score import run_score
     from tdsdist.store import Store
 
     echo("tdsdist demo: SmolLM2-135M-Instruct under its chat template ('aligned') vs the same")

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from tdsdist.attention import RIGHT_PADDED, use_causal_attention
-from tdsdist.head import HeadOutput, VocabShard, score_positions
-from tdsdist.models import logit_softcap, output_projection
-from tdsdist.prefix_cache import cache_bytes, compute_prefix_cache
+from tdsdist.engine.attention import RIGHT_PADDED, use_causal_attention
+from tdsdist.engine.head import HeadOutput, VocabShard, score_positions
+from tdsdist.engine.models import logit_softcap, output_projection
+from tdsdist.engine.prefix_cache import cache_bytes, compute_prefix_cache
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tdsdist.analysis import summarize
+from tdsdist.analysis.summary import summarize
 from tdsdist.errors import TdsError
 from tdsdist.store import Store
 

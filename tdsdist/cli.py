@@ -3,6 +3,7 @@ that `tdsdist --help` and input errors answer at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 import click
 
+from tdsdist.config import GenerateConfig, ScoreConfig
 from tdsdist.errors import TdsError
 
 PREEMPTED_EXIT = 143
@@ -38,136 +40,96 @@ def main() -> None:
     """Token distribution shift (TDS) between a base and an aligned LLM."""
 
 
-def score_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The flags of `score`, one per `ScoreConfig` field; unset flags fall back to --config."""
+def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--config FILE` and one flag per field of the config dataclass `cls`.
+
+    Derived from the fields, so flags, YAML keys and the dataclass cannot drift apart: the type
+    gives the click type (`bool` a `--x/--no-x` pair, or a plain flag for a `no_*` field;
+    `list[str]` a repeatable flag), `metadata["choices"]` a choice, the field's docstring the help
+    text, followed by the default. Every flag defaults to None: unset flags fall back to the
+    file, then to the dataclass.
+    """
+    from tdsdist.config import field_docs
+
+    docs = field_docs(cls)
     options = [
         click.option(
             "--config",
             "config_file",
             type=click.Path(dir_okay=False),
             help="YAML file of options (flags override it).",
-        ),
-        click.option("--aligned", help="Aligned model: hub id or local folder."),
-        click.option("--base", help="Base model: hub id or local folder."),
-        click.option("--data", help="Aligned answers: just-eval JSON list or JSONL."),
-        click.option("--store", help="Output Zarr store (folder)."),
-        click.option("--top-k", type=int, help="Candidates kept per position [20]."),
-        click.option("--base-template", help="plain | urial:FILE | none | JINJA_FILE [plain]."),
-        click.option("--aligned-template", type=click.Choice(["input", "chat"]), help="[input]"),
-        click.option("--max-output-tokens", type=int, help="Cut answers to N tokens (flagged)."),
-        click.option("--limit", type=int, help="Score only the first N examples."),
-        click.option("--unit-size", type=int, help="Examples per work unit [32]."),
-        click.option(
-            "--dtype",
-            type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
-            help="[float32]",
-        ),
-        click.option("--device", help="auto | cpu | cuda | cuda:N [auto]."),
-        click.option("--max-tokens-per-batch", type=int, help="Token budget per forward [8192]."),
-        click.option("--logits-chunk-mib", type=int, help="Memory for one chunk of logits [64]."),
-        click.option(
-            "--truncate-context/--no-truncate-context",
-            default=None,
-            help="Cut long contexts from the left.",
-        ),
-        click.option("--overwrite/--no-overwrite", default=None, help="Start the store over."),
-        click.option(
-            "--skip-empty-answers",
-            is_flag=True,
-            default=None,
-            help="Leave out examples with an empty answer instead of refusing the file.",
-        ),
-        click.option(
-            "--no-prefix-cache",
-            is_flag=True,
-            default=None,
-            help="Do not cache the contexts' shared prefix.",
-        ),
-        click.option(
-            "--trust-remote-code/--no-trust-remote-code",
-            default=None,
-            help="Run model code from the hub.",
-        ),
-        click.option("--aligned-revision", help="Hub revision of the aligned model."),
-        click.option("--base-revision", help="Hub revision of the base model."),
-        click.option("--tp", type=int, help="Tensor-parallel size under torchrun [1]."),
-        click.option("--task-index", type=int, help="Array task index [SLURM_ARRAY_TASK_ID]."),
-        click.option(
-            "--task-count", type=int, help="Array tasks sharing the store [SLURM_ARRAY_TASK_COUNT]."
-        ),
-        click.option(
-            "--dist-timeout", type=int, help="Seconds a collective waits for a peer [600]."
-        ),
-        click.option("--id-field", help="[id]"),
-        click.option("--instruction-field", help="[pure_input]"),
-        click.option("--input-field", help="[input]"),
-        click.option("--output-field", help="[output]"),
+        )
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = docs.get(f.name, "")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if default not in (None, False, ""):
+            help_text += f" [{default}]"
+        kind = str(f.type).removesuffix(" | None")
+        kwargs: dict[str, Any] = {"help": help_text, "default": None}
+        if kind == "bool":
+            decl = flag if f.name.startswith("no_") else f"{flag}/--no-{flag[2:]}"
+            options.append(click.option(decl, f.name, is_flag=True, default=None, help=help_text))
+            continue
+        if "choices" in f.metadata:
+            kwargs["type"] = click.Choice(f.metadata["choices"])
+        elif kind in ("int", "float"):
+            kwargs["type"] = {"int": int, "float": float}[kind]
+        elif kind == "list[str]":
+            kwargs["multiple"] = True
+            kwargs["default"] = ()
+        options.append(click.option(flag, f.name, **kwargs))
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def _config(cls: type, config_file: str | None, flags: dict[str, Any]) -> Any:
+    from tdsdist.config import build_config, load_yaml
+
+    flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
+    flags = {k: v for k, v in flags.items() if v != []}  # a repeatable flag not given
+    return build_config(load_yaml(config_file, cls) if config_file else {}, flags, cls)
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(json.dumps(result))
 
 
 @main.command("score")
-@score_options
+@config_options(ScoreConfig)
 @user_errors
 def score_command(config_file: str | None, **flags: Any) -> None:
     """Score the aligned answers under both models into a Zarr store (resumes if it exists)."""
-    from tdsdist.config import build_config, load_yaml
     from tdsdist.jobs.score import run_score
 
-    file_values = load_yaml(config_file) if config_file else {}
-    config = build_config(file_values, flags)
-    timing = run_score(config, log=lambda m: click.echo(m, err=True))
-    if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(json.dumps({"timing": timing}))
+    timing = run_score(_config(ScoreConfig, config_file, flags), log=_log)
+    _print_result({"timing": timing})
     if timing.get("stopped"):
         sys.exit(PREEMPTED_EXIT)
 
 
 @main.command("generate")
-@click.option("--aligned", required=True, help="Aligned model: hub id or local folder.")
-@click.option(
-    "--data", required=True, help="Prompts: just-eval JSON/JSONL or a JSON list of instructions."
-)
-@click.option(
-    "--out", required=True, help="Answers file to write (just-eval JSON, read by `score`)."
-)
-@click.option("--store", default=None, help="Also record the aligned model's distributions here.")
-@click.option(
-    "--aligned-template", type=click.Choice(["chat", "input"]), default="chat", show_default=True
-)
-@click.option("--max-new-tokens", default=512, show_default=True)
-@click.option("--temperature", default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", default=1.0, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--top-k", default=20, show_default=True, help="Candidates recorded per position.")
-@click.option("--limit", type=int, default=None)
-@click.option("--unit-size", default=32, show_default=True)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16", "float64"]),
-    default="float32",
-    show_default=True,
-)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True)
-@click.option("--trust-remote-code", is_flag=True)
-@click.option("--aligned-revision", default=None)
+@config_options(GenerateConfig)
 @user_errors
-def generate_command(stop: tuple[str, ...], **options: Any) -> None:
+def generate_command(config_file: str | None, **flags: Any) -> None:
     """The aligned model writes its answers (and, with --store, records its distributions)."""
-    from tdsdist.jobs.generate import GenerateConfig, run_generate
+    from tdsdist.jobs.generate import run_generate
 
-    try:
-        config = GenerateConfig(stop=list(stop), **options)
-    except ValueError as e:
-        raise TdsError(f"invalid configuration: {e}") from None
-    result = run_generate(config, log=lambda m: click.echo(m, err=True))
-    if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(json.dumps(result))
+    result = run_generate(_config(GenerateConfig, config_file, flags), log=_log)
+    _print_result(result)
+    if result.get("stopped"):
+        sys.exit(PREEMPTED_EXIT)
 
 
 @main.command("show")
@@ -236,6 +198,8 @@ def compare_command(store_dirs: tuple[str, ...], as_json: bool, allow_different_
 @user_errors
 def status_command(store_dir: str, task_count: int | None, as_json: bool) -> None:
     """Units done and pending (per array task with --task-count)."""
+    import numpy as np
+
     from tdsdist.store import Store
 
     store = Store(store_dir, mode="r")
@@ -246,14 +210,14 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
         "pending": int((~done).sum()),
     }
     if task_count:
-        report["tasks"] = [
-            {
-                "task": t,
-                "done": int(done[t::task_count].sum()),
-                "pending": int((~done[t::task_count]).sum()),
-            }
-            for t in range(task_count)
-        ]
+        from tdsdist.units import in_task_share
+
+        report["tasks"] = []
+        for t in range(task_count):
+            share = np.array([in_task_share(u, t, task_count) for u in range(len(done))], bool)
+            report["tasks"].append(
+                {"task": t, "done": int(done[share].sum()), "pending": int((~done[share]).sum())}
+            )
     if as_json:
         click.echo(json.dumps(report))
         return

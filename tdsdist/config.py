@@ -1,15 +1,20 @@
-"""The scoring job's configuration: one typed dataclass, filled from a YAML file and CLI flags.
+"""The jobs' configurations: typed dataclasses, filled from a YAML file and CLI flags.
 
-Each field maps one to one onto a CLI flag (`top_k` <-> `--top-k`); a YAML file under `configs/`
-uses the field names. A flag given on the command line overrides the file.
+Each field maps one to one onto a CLI flag (`top_k` <-> `--top-k`); the CLI derives its options
+from the fields here (type, choices, and the docstring under each field as the help text), so a
+new field is a new flag. A YAML file under `configs/` uses the field names; a flag given on the
+command line overrides the file. Validation is in `__post_init__` and names the field.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +23,55 @@ import yaml
 from tdsdist.errors import TdsError
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-# Fields whose YAML value must be a string (an unquoted `revision: 1234567` is an int) or a bool
-# (a quoted `overwrite: "no"` is a true string, which would delete the store).
-STRINGS = (
-    "aligned",
-    "base",
-    "data",
-    "store",
-    "base_template",
-    "aligned_template",
-    "device",
-    "id_field",
-    "instruction_field",
-    "input_field",
-    "output_field",
-)
-OPTIONAL_STRINGS = ("aligned_revision", "base_revision")
-BOOLS = ("truncate_context", "overwrite", "trust_remote_code", "skip_empty_answers")
+ALIGNED_TEMPLATES = ("input", "chat")
 
 
-@dataclass
+def _check_types(config: Any) -> None:
+    """Each value has its field's type: a YAML `revision: 1234567` is an int, not the string it
+    names, and a quoted `overwrite: "no"` is a true string that would delete the store."""
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), f.type
+        if value is None and kind.endswith("| None"):
+            continue
+        kind = kind.removesuffix(" | None")
+        if kind == "str" and not isinstance(value, str):
+            raise ValueError(f"{f.name} must be a string, got {value!r} (quote it in YAML)")
+        if kind == "bool" and not isinstance(value, bool):
+            raise ValueError(f"{f.name} must be true or false, got {value!r}")
+        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{f.name} must be an integer, got {value!r}")
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{f.name} must be a number, got {value!r}")
+        if kind == "list[str]" and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise ValueError(f"{f.name} must be a list of strings, got {value!r}")
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive(config: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_common(config: Any) -> None:
+    """What every job checks: types, `~` in paths, the device, tp with float64."""
+    for name in ("aligned", "base", "data", "store", "out"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(config, name, os.path.expanduser(value))
+    _check_types(config)
+    if not (config.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", config.device)):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+    if config.tp > 1 and config.dtype == "float64":  # DeepSpeed's inference engine refuses it
+        raise ValueError("dtype float64 does not work with tp > 1: use float32 or bfloat16")
+
+
+@dataclass(kw_only=True)
 class ScoreConfig:
     aligned: str
     """The aligned (chat) model: a hub id or a local folder. Its answers are being scored."""
@@ -51,7 +85,7 @@ class ScoreConfig:
     """Candidates kept per position and model (the published pipeline kept 30)."""
     base_template: str = "plain"
     """Base context: `plain`, `urial:FILE`, `none`, or a Jinja template file (variable `query`)."""
-    aligned_template: str = "input"
+    aligned_template: str = field(default="input", metadata={"choices": ALIGNED_TEMPLATES})
     """Aligned context: `input` (the data's prompt field verbatim) or `chat` (tokenizer template)."""
     max_output_tokens: int | None = None
     """Cut answers to this many tokens (the cut is flagged per example)."""
@@ -59,7 +93,7 @@ class ScoreConfig:
     """Score only the first N examples of the data file."""
     unit_size: int = 32
     """Examples per work unit: the unit of resumption, of writing and (when distributed) of work."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})
     """Model weights' dtype; the normaliser and all statistics are float32 whatever this is."""
     device: str = "auto"
     """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
@@ -99,58 +133,94 @@ class ScoreConfig:
     """Input field with the answer (a string, or a list whose first element is the answer)."""
 
     def __post_init__(self) -> None:
-        for name in ("aligned", "base", "data", "store"):
-            if isinstance(getattr(self, name), str) and getattr(self, name).startswith("~"):
-                setattr(self, name, os.path.expanduser(getattr(self, name)))
-        for name in STRINGS + OPTIONAL_STRINGS:
-            value = getattr(self, name)
-            if not isinstance(value, str) and not (name in OPTIONAL_STRINGS and value is None):
-                raise ValueError(f"{name} must be a string, got {value!r} (quote it in YAML)")
-        for name in BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-
-        def positive(name: str, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        for name in (
-            "top_k",
-            "unit_size",
-            "max_tokens_per_batch",
-            "logits_chunk_mib",
-            "tp",
-            "dist_timeout",
-        ):
-            positive(name)
-        for name in ("max_output_tokens", "limit", "task_count"):
-            positive(name, optional=True)
-        if self.task_index is not None and (
-            isinstance(self.task_index, bool)
-            or not isinstance(self.task_index, int)
-            or self.task_index < 0
-        ):
+        _check_common(self)
+        _check_positive(self, "top_k", "unit_size", "max_tokens_per_batch", "logits_chunk_mib", "tp", "dist_timeout", "max_output_tokens", "limit", "task_count")  # fmt: skip
+        if self.task_index is not None and self.task_index < 0:
             raise ValueError(f"task_index must be a non-negative integer, got {self.task_index!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.tp > 1 and self.dtype == "float64":  # DeepSpeed's inference engine refuses it
-            raise ValueError("dtype float64 does not work with tp > 1: use float32 or bfloat16")
-        if self.aligned_template not in ("input", "chat"):
-            raise ValueError(
-                f"aligned_template must be 'input' or 'chat', got {self.aligned_template!r}"
-            )
-        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(ScoreConfig)]
+@dataclass(kw_only=True)
+class GenerateConfig:
+    aligned: str
+    """The aligned model: a hub id or a local folder."""
+    data: str
+    """Prompts: a just-eval JSON/JSONL file, or a JSON list of instruction strings."""
+    out: str
+    """Answers file to write (a just-eval JSON list, which `score` reads)."""
+    store: str | None = None
+    """Also record the aligned model's statistics into this store (then `score` runs base only)."""
+    aligned_template: str = field(default="chat", metadata={"choices": ("chat", "input")})
+    """`chat` (the tokenizer's chat template on the instruction) or `input` (the prompt verbatim)."""
+    max_new_tokens: int = 512
+    """Longest answer, in tokens."""
+    temperature: float = 0.0
+    """0: greedy (lowest id among equal maxima); otherwise sample at this temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int = 0
+    """Sampling seed (per unit, so a resumed run samples what an uninterrupted one would)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop string (repeatable): the answer ends before the token that completes one."""
+    batch_size: int = 16
+    """Sequences decoded together."""
+    top_k: int = 20
+    """Candidates recorded per position (with --store)."""
+    limit: int | None = None
+    """Generate for the first N prompts only."""
+    unit_size: int = 32
+    """Prompts per work unit: the unit of resumption and (when distributed) of work."""
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    """Model weights' dtype; the recorded statistics are float32 whatever this is."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
+    overwrite: bool = False
+    """Generate again over an existing answers file (and an unfinished run's parts)."""
+    trust_remote_code: bool = False
+    """Let transformers run code shipped with the model (off: never run remote code unless asked)."""
+    aligned_revision: str | None = None
+    """Hub revision (branch, tag or commit) of the aligned model."""
+    tp: int = 1
+    """Tensor-parallel size: ranks that hold one model replica (divides the processes per node)."""
+    dist_timeout: int = 600
+    """Seconds any collective may wait for a peer before the job fails (no hang on a dead rank)."""
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        _check_positive(self, "max_new_tokens", "batch_size", "top_k", "unit_size", "limit", "tp", "dist_timeout")  # fmt: skip
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
 
-def load_yaml(path: Path | str) -> dict[str, Any]:
+#: The fields each job cannot run without (on the command line or in --config).
+REQUIRED = {
+    ScoreConfig: ("aligned", "base", "data", "store"),
+    GenerateConfig: ("aligned", "data", "out"),
+}
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field (Python keeps none at run time: read from the source)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for stmt, after in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_names(cls: type = ScoreConfig) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def load_yaml(path: Path | str, cls: type = ScoreConfig) -> dict[str, Any]:
     """A config file's keys, checked against the dataclass (a typo must not be silently ignored)."""
     path = Path(path)
     try:
@@ -169,27 +239,29 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise TdsError(f"{path}: a config file must be a mapping of option names to values")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - set(field_names()))
+    unknown = sorted(set(values) - set(field_names(cls)))
     if unknown:
         raise TdsError(f"{path}: unknown option(s): {', '.join(unknown)}")
     # Check the file's values on their own, so that a bad one is reported with the file's name.
-    required = {name: "-" for name in ("aligned", "base", "data", "store")}
+    required = {name: "-" for name in REQUIRED[cls]}
     given = {k: v for k, v in values.items() if not (k in required and v in (None, ""))}
     try:
-        ScoreConfig(**{**required, **given})
+        cls(**{**required, **given})
     except (TypeError, ValueError) as e:
         raise TdsError(f"{path}: invalid configuration: {e}") from None
     return values
 
 
-def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> ScoreConfig:
+def build_config(
+    file_values: dict[str, Any], flag_values: dict[str, Any], cls: type = ScoreConfig
+) -> Any:
     """Merge file and flags (flags win) and validate; a bad value is one `TdsError` line."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    missing = [n for n in ("aligned", "base", "data", "store") if merged.get(n) in (None, "")]
+    missing = [n for n in REQUIRED[cls] if merged.get(n) in (None, "")]
     if missing:
-        flags = ", ".join("--" + n for n in missing)
+        flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise TdsError(f"missing required option(s): {flags} (on the command line or in --config)")
     try:
-        return ScoreConfig(**merged)
+        return cls(**merged)
     except (TypeError, ValueError) as e:
         raise TdsError(f"invalid configuration: {e}") from None

@@ -8,3 +8,9 @@ traceback.
 
 class TdsError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits 2."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to pages)."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

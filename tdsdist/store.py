@@ -24,7 +24,6 @@ set only after its data is written, so a crash leaves it pending and a re-run re
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -37,10 +36,38 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from tdsdist.errors import TdsError
+from tdsdist.files import publish, staged_folder
+from tdsdist.units import unit_ranges
 
 FORMAT_VERSION = 1
 CHUNK_POSITIONS = 4096
 MODELS = ("aligned", "base")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One per-position array: `[P]`, or `[P, k]` when `per_candidate`."""
+
+    name: str
+    dtype: str
+    fill: float | int
+    per_candidate: bool = False
+
+
+#: The schema of the per-position arrays: the one list every reader and writer uses.
+#: Per model (`aligned/...`, `base/...`): what the scoring head returns for each position.
+MODEL_ARRAYS = (
+    Column("top_ids", "int32", -1, per_candidate=True),
+    Column("top_logprobs", "float32", float("nan"), per_candidate=True),
+    Column("logprob", "float32", float("nan")),
+    Column("rank", "int32", 0),
+    Column("entropy", "float32", float("nan")),
+)
+MODEL_STATS = tuple(c.name for c in MODEL_ARRAYS)
+#: The base model only: its log-probabilities at the aligned model's top-k ids.
+BASE_ARRAYS = (Column("logprobs_at_aligned_top", "float32", float("nan"), per_candidate=True),)
+#: Both models together (`positions/...`); `token_id` is written at creation.
+POSITION_ARRAYS = (Column("token_id", "int32", -1), Column("kl", "float32", float("nan")))
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
@@ -114,9 +141,7 @@ def create(
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
-    try:
+    with staged_folder(path) as tmp:
         root = zarr.open_group(tmp, mode="w")
         offsets, unit_starts = layout(lengths, unit_size, chunk)
         total = int(unit_starts[-1])
@@ -133,25 +158,17 @@ def create(
             _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
         n_units = len(unit_starts) - 1
         _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
-        pos = root.create_group("positions")
-        tokens = _array(pos, "token_id", (total,), "int32", chunk, fill=-1)
-        tokens[:] = _scatter(token_ids, offsets, lengths, total, fill=-1, dtype=np.int32)
-        _array(pos, "kl", (total,), "float32", chunk, fill=float("nan"))
-        for model in MODELS:
-            g = root.create_group(model)
-            _array(g, "top_ids", (total, top_k), "int32", chunk, fill=-1)
-            _array(g, "top_logprobs", (total, top_k), "float32", chunk, fill=float("nan"))
-            _array(g, "logprob", (total,), "float32", chunk, fill=float("nan"))
-            _array(g, "rank", (total,), "int32", chunk, fill=0)
-            _array(g, "entropy", (total,), "float32", chunk, fill=float("nan"))
-        _array(
-            root["base"],
-            "logprobs_at_aligned_top",
-            (total, top_k),
-            "float32",
-            chunk,
-            fill=float("nan"),
-        )
+        groups = {
+            "positions": POSITION_ARRAYS,
+            "aligned": MODEL_ARRAYS,
+            "base": MODEL_ARRAYS + BASE_ARRAYS,
+        }
+        for group_name, columns in groups.items():
+            group = root.create_group(group_name)
+            for c in columns:
+                shape = (total, top_k) if c.per_candidate else (total,)
+                _array(group, c.name, shape, c.dtype, chunk, fill=c.fill)
+        root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
         _save_tokenizer(root.create_group("tokenizer"), tokenizer)
         root.attrs["tdsdist"] = {
             **meta,
@@ -164,19 +181,8 @@ def create(
             "positions": int(lengths.sum()),
             "unit_starts": unit_starts.tolist(),
         }
-        if path.exists():
-            if not overwrite:
-                raise StoreExists(path)
-            shutil.rmtree(path)
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if path.exists():  # another array task created it first: resume theirs
-                raise StoreExists(path) from None
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if not publish(tmp, path, replace=overwrite):  # another array task made it: resume it
+            raise StoreExists(path)
     return Store(path)
 
 
@@ -235,17 +241,11 @@ class Store:
 
     def units(self) -> list[UnitRows]:
         starts = self.meta["unit_starts"]
-        size = self.meta["unit_size"]
-        n = self.meta["examples"]
-        out = []
-        for u in range(self.meta["units"]):
-            examples = range(u * size, min((u + 1) * size, n))
-            out.append(
-                UnitRows(
-                    u, examples, starts[u], int(self.lengths[examples.start : examples.stop].sum())
-                )
-            )
-        return out
+        ranges = unit_ranges(self.meta["examples"], self.meta["unit_size"])
+        return [
+            UnitRows(u, r, starts[u], int(self.lengths[r.start : r.stop].sum()))
+            for u, r in enumerate(ranges)
+        ]
 
     def committed(self) -> np.ndarray:
         return self.root["units/committed"][:].astype(bool)

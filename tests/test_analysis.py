@@ -16,7 +16,8 @@ from tdsdist.cli import main
 from tdsdist.config import ScoreConfig
 from tdsdist.errors import TdsError
 from tdsdist.jobs.demo import demo_data_path
-from tdsdist.jobs.score import create_store, prepare
+from tdsdist.jobs.prepare import prepare
+from tdsdist.jobs.resume import create_store
 from tdsdist.store import Store
 
 

@@ -8,7 +8,12 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tdsdist_testkit import default_corpus, make_tiny_llama, train_tiny_tokenizer
+from tdsdist_testkit import (
+    assert_float32_close,
+    default_corpus,
+    make_tiny_llama,
+    train_tiny_tokenizer,
+)
 from transformers import MistralConfig, MistralForCausalLM
 
 from tdsdist.engine.attention import NAME, RIGHT_PADDED, causal_attention, use_causal_attention
@@ -38,13 +43,13 @@ def check_against_reference(model, seqs, prefix, vocab=301) -> None:
     ref64 = copy.deepcopy(model).to(torch.float64)
     refs = [per_token_reference(ref64, s.context, s.answer, K, vocab) for s in seqs]
     ref = {k: np.concatenate([r[k] for r in refs]) for k in refs[0]}
-    scorer = Scorer(model, vocab, K, 4 * vocab * 7, 120, torch.device("cpu"))
-    scorer.set_prefix(prefix)
+    scorer = Scorer.for_model(model, vocab, K, 4 * vocab * 7, 120, torch.device("cpu"))
+    scorer.runner.set_prefix(prefix)
     got = scorer.score(seqs)
     np.testing.assert_array_equal(got["top_ids"], ref["top_ids"])
     np.testing.assert_array_equal(got["rank"], ref["rank"])
-    np.testing.assert_allclose(got["logprob"], ref["logprob"], atol=2e-5, rtol=0)
-    np.testing.assert_allclose(got["top_logprobs"], ref["top_logprobs"], atol=2e-5, rtol=0)
+    assert_float32_close(got["logprob"], ref["logprob"])
+    assert_float32_close(got["top_logprobs"], ref["top_logprobs"])
 
 
 @pytest.mark.parametrize("prefix_len", [0, 17])
@@ -113,7 +118,7 @@ def test_switched_model_still_serves_left_padded_batches(tok) -> None:
     mask[1, :4] = 0  # left padding
     with torch.no_grad():
         before = model(input_ids=ids, attention_mask=mask).logits
-        Scorer(model, 301, K, 1 << 20, 64, torch.device("cpu"))
+        Scorer.for_model(model, 301, K, 1 << 20, 64, torch.device("cpu"))
         assert model.config._attn_implementation == NAME
         after = model(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(after, before, atol=0, rtol=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tdsdist_testkit import default_corpus
+from tdsdist_testkit import assert_float32_close, default_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine.reference import per_token_reference
@@ -54,7 +54,7 @@ def test_batched_scorer_equals_per_token_loop(fixture: str, request: pytest.Fixt
         model = load(folder)
         model.vocab_for_test = vocab
         # A small token budget forces several padded batches; a small chunk forces chunking.
-        scorer = Scorer(
+        scorer = Scorer.for_model(
             model,
             vocab,
             K,
@@ -74,13 +74,9 @@ def test_batched_scorer_equals_per_token_loop(fixture: str, request: pytest.Fixt
             offset += len(s.answer)
             np.testing.assert_array_equal(got["top_ids"][rows], ref["top_ids"])
             np.testing.assert_array_equal(got["rank"][rows], ref["rank"])
-            np.testing.assert_allclose(
-                got["top_logprobs"][rows], ref["top_logprobs"], atol=1e-5, rtol=0
-            )
-            np.testing.assert_allclose(got["logprob"][rows], ref["logprob"], atol=1e-5, rtol=0)
-            np.testing.assert_allclose(
-                got["support_logprobs"][rows], ref["support"], atol=1e-5, rtol=0
-            )
+            assert_float32_close(got["top_logprobs"][rows], ref["top_logprobs"])
+            assert_float32_close(got["logprob"][rows], ref["logprob"])
+            assert_float32_close(got["support_logprobs"][rows], ref["support"])
         assert offset == len(got["rank"])
         assert (got["top_ids"] < vocab).all(), "a padded vocabulary row was ranked"
 
@@ -91,14 +87,14 @@ def test_float64_agrees_to_1e10(tiny_pair) -> None:
     model = load(aligned_dir, torch.float64)
     model.vocab_for_test = len(tokenizer)
     seqs = sequences(tokenizer, n=4, seed=7)
-    got = Scorer(model, len(tokenizer), K, 1 << 20, 64, torch.device("cpu")).score(seqs)
+    got = Scorer.for_model(model, len(tokenizer), K, 1 << 20, 64, torch.device("cpu")).score(seqs)
     ref = {
         k: np.concatenate([naive(model, s.context, s.answer, K)[k] for s in seqs])
         for k in ("logprob", "rank")
     }
     np.testing.assert_array_equal(got["rank"], ref["rank"])
     # The head's normaliser is float32 by design, so agreement is at float32 resolution.
-    np.testing.assert_allclose(got["logprob"], ref["logprob"], atol=1e-5, rtol=0)
+    assert_float32_close(got["logprob"], ref["logprob"])
 
 
 def test_entropy_matches_full_distribution(tiny_pair) -> None:
@@ -106,14 +102,14 @@ def test_entropy_matches_full_distribution(tiny_pair) -> None:
     tokenizer = AutoTokenizer.from_pretrained(aligned_dir)
     model = load(aligned_dir)
     s = sequences(tokenizer, n=1, seed=3)[0]
-    got = Scorer(model, len(tokenizer), K, 1 << 20, 4096, torch.device("cpu")).score([s])
+    got = Scorer.for_model(model, len(tokenizer), K, 1 << 20, 4096, torch.device("cpu")).score([s])
     with torch.no_grad():
         logits = model(torch.tensor([s.context + s.answer])).logits[0].double()
     logp = torch.log_softmax(
         logits[len(s.context) - 1 : len(s.context) - 1 + len(s.answer), : len(tokenizer)], -1
     )
     entropy = -(logp.exp() * logp).sum(-1).numpy()
-    np.testing.assert_allclose(got["entropy"], entropy, atol=1e-5, rtol=0)
+    assert_float32_close(got["entropy"], entropy)
 
 
 def test_token_budget_batches_minimise_padding_plus_forward_cost() -> None:

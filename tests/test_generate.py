@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tdsdist_testkit import assert_float32_close
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
+from tdsdist.engine.decoder import Decoder, Generated, _stack
 from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.inputs.data import load_examples
 from tdsdist.inputs.plan import tokenize_context
 from tdsdist.jobs.demo import demo_data_path
-from tdsdist.jobs.generate import Generated, Generator, _stack
 from tdsdist.store import Store
 
 K = 5
@@ -46,7 +47,7 @@ def teacher_forced(folder: Path, store: Store) -> dict[str, np.ndarray]:
         )
         ids = store.read("positions/token_id", store.rows(e)).tolist()
         seqs.append(ContextAnswer(tokenize_context(tok, chat, False), ids))
-    return Scorer(model, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
+    return Scorer.for_model(model, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_recorded_equals_teacher_forced_scoring(tiny_pair, greedy) -> None:
     np.testing.assert_array_equal(recorded["top_ids"], scored["top_ids"])
     np.testing.assert_array_equal(recorded["rank"], scored["rank"])
     for key in ("logprob", "top_logprobs", "entropy"):
-        np.testing.assert_allclose(recorded[key], scored[key], atol=1e-5, rtol=0)
+        assert_float32_close(recorded[key], scored[key], err_msg=key)
     # Greedy: the answer token is the aligned model's own top 1 everywhere (ties aside).
     top1 = scored["top_ids"][:, 0]
     tokens = store.read("positions/token_id")[rows]
@@ -97,7 +98,7 @@ def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
     )
     scored = teacher_forced(tiny_pair[0], store)
     np.testing.assert_array_equal(store.read("aligned/rank")[rows], scored["rank"])
-    np.testing.assert_allclose(store.read("aligned/logprob")[rows], scored["logprob"], atol=1e-5)
+    assert_float32_close(store.read("aligned/logprob")[rows], scored["logprob"])
     assert (store.read("aligned/rank")[rows] > 1).any(), (
         "sampling at T=1.5 should leave the top 1 sometimes"
     )
@@ -129,10 +130,10 @@ def test_score_against_recorded_store_runs_only_the_base_pass(
         )
         for e, i in enumerate(store.ids)
     ]
-    scored = Scorer(base, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
+    scored = Scorer.for_model(base, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
     rows = store.valid_rows()
     np.testing.assert_array_equal(store.read("base/rank")[rows], scored["rank"])
-    np.testing.assert_allclose(store.read("base/logprob")[rows], scored["logprob"], atol=1e-5)
+    assert_float32_close(store.read("base/logprob")[rows], scored["logprob"])
     # A different base against the now-complete store is refused.
     again = CliRunner().invoke(main, [*args[:4], str(tiny_pair[0]), *args[5:]])
     assert again.exit_code == 2 and "base" in again.output
@@ -163,15 +164,15 @@ def test_empty_generated_answers_score_with_skip_flag(
     """A model that stops at once (here: the first sequence of every batch): the answers file
     keeps the empty answer, the store leaves it out, and `score --skip-empty-answers` runs the
     base pass on the others; without the flag `score` refuses, naming the flag."""
-    real = Generator.generate
+    real = Decoder.generate
 
     def stops_at_once(self, contexts, seed):
         out = real(self, contexts, seed)
         return [
-            Generated([], _stack([], self.cfg.top_k)) if i == 0 else g for i, g in enumerate(out)
+            Generated([], _stack([], self.sampling.top_k)) if i == 0 else g for i, g in enumerate(out)
         ]
 
-    monkeypatch.setattr(Generator, "generate", stops_at_once)
+    monkeypatch.setattr(Decoder, "generate", stops_at_once)
     out, store_path = generate(tiny_pair, tmp_path, "stopped")
     records = json.loads(out.read_text())
     empty = [r["id"] for r in records if not r["output"][0]]
@@ -190,9 +191,9 @@ def test_empty_generated_answers_score_with_skip_flag(
 
 def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(
-        Generator,
+        Decoder,
         "generate",
-        lambda self, contexts, seed: [Generated([], _stack([], self.cfg.top_k)) for _ in contexts],
+        lambda self, contexts, seed: [Generated([], _stack([], self.sampling.top_k)) for _ in contexts],
     )
     out, store = tmp_path / "silent.json", tmp_path / "silent.zarr"
     args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()), "--out", str(out),

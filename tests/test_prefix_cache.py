@@ -29,10 +29,10 @@ def test_shared_prefix_is_token_level_and_leaves_one_token() -> None:
 
 
 def compare(scorer: Scorer, seqs: list[ContextAnswer]) -> int:
-    scorer.set_prefix([])
+    scorer.runner.set_prefix([])
     full = scorer.score(seqs)
     prefix = shared_prefix([s.context for s in seqs])
-    scorer.set_prefix(prefix)
+    scorer.runner.set_prefix(prefix)
     cached = scorer.score(seqs)
     np.testing.assert_array_equal(cached["top_ids"], full["top_ids"])
     np.testing.assert_array_equal(cached["rank"], full["rank"])
@@ -46,7 +46,7 @@ def setup(tiny_pair):
     aligned, _ = tiny_pair
     tok = AutoTokenizer.from_pretrained(aligned)
     model = AutoModelForCausalLM.from_pretrained(aligned).eval()  # sdpa, as in production
-    scorer = Scorer(
+    scorer = Scorer.for_model(
         model, len(tok), K, 1 << 20, max_tokens_per_batch=160, device=torch.device("cpu")
     )
     return tok, scorer

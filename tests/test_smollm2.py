@@ -53,6 +53,7 @@ def test_real_model_scorer_equals_per_token_loop() -> None:
     chunked scorer against a fresh float64 log-softmax per token (eager attention, float32)."""
     import numpy as np
     import torch
+    from tdsdist_testkit import assert_float32_close
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tdsdist.engine.scorer import ContextAnswer, Scorer
@@ -72,7 +73,7 @@ def test_real_model_scorer_equals_per_token_loop() -> None:
             seqs.append(
                 ContextAnswer(ctx, tok(ex.answer, add_special_tokens=False)["input_ids"][:10])
             )
-        got = Scorer(model, len(tok), 10, 8 << 20, 4096, torch.device("cpu")).score(seqs)
+        got = Scorer.for_model(model, len(tok), 10, 8 << 20, 4096, torch.device("cpu")).score(seqs)
         row = 0
         for s in seqs:
             for t, target in enumerate(s.answer):
@@ -84,7 +85,8 @@ def test_real_model_scorer_equals_per_token_loop() -> None:
                     got["top_ids"][row],
                     torch.sort(logits, descending=True, stable=True).indices[:10].numpy(),
                 )
-                assert abs(got["logprob"][row] - logp[target].item()) < 1e-5
+                # SmolLM2's logits reach about 30 in magnitude: that is the floor of the error.
+                assert_float32_close(got["logprob"][row], logp[target].item(), scale=32.0)
                 row += 1
     finally:
         torch.use_deterministic_algorithms(False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tdsdist_testkit import (
@@ -203,3 +204,21 @@ def test_big_vocab_model() -> None:
     assert logits.shape == (1, 3, 1000)
     again = make_big_vocab_model(vocab_size=1000, hidden_size=128, seed=3)
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+
+
+def test_float32_tolerance_follows_the_magnitude_and_can_fail() -> None:
+    from tdsdist_testkit import EPS32, FORWARD_ULPS, assert_float32_close
+
+    desired = np.array([-20.0, -0.01, 0.0, 7.06])
+    inside = desired + 0.5 * FORWARD_ULPS * EPS32 * (np.abs(desired) + 8.0)
+    assert_float32_close(inside, desired)
+    assert_float32_close(np.array([7.06 + 1.3e-5]), np.array([7.06]))  # the Intel Xeon case
+    for i in range(len(desired)):
+        outside = desired.copy()
+        outside[i] += 2 * FORWARD_ULPS * EPS32 * (abs(desired[i]) + 8.0)
+        with pytest.raises(AssertionError, match="differ by more than"):
+            assert_float32_close(outside, desired)
+    with pytest.raises(AssertionError):
+        assert_float32_close(np.array([np.inf]), np.array([1.0]))
+    with pytest.raises(AssertionError):
+        assert_float32_close(np.array([np.nan]), np.array([1.0]))

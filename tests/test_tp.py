@@ -18,10 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tdsdist_testkit import default_corpus, make_tiny_llama, train_tiny_tokenizer
+from tdsdist_testkit import (
+    assert_float32_close,
+    default_corpus,
+    make_tiny_llama,
+    train_tiny_tokenizer,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tdsdist.engine.head import VocabShard, chunk_rows
+from tdsdist.engine.head import VocabShard, chunk_rows, vocab_slice
 from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.errors import TdsError
 from tdsdist.parallel.tp import (
@@ -31,7 +36,6 @@ from tdsdist.parallel.tp import (
     configure_shm_allreduce,
     install_vocab_slice,
     shm_buffer_names,
-    vocab_slice,
 )
 
 WORKER = str(Path(__file__).resolve().parent / "tp_worker.py")
@@ -182,7 +186,7 @@ def reference(folders: list[Path], sequences: list[ContextAnswer]) -> list[dict[
     results, support = [], None
     for folder in folders:
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-        scorer = Scorer(model, VOCAB, TOP_K, CHUNK_BYTES, MAX_TOKENS, torch.device("cpu"))
+        scorer = Scorer.for_model(model, VOCAB, TOP_K, CHUNK_BYTES, MAX_TOKENS, torch.device("cpu"))
         results.append(scorer.score(sequences, support))
         if support is None:
             bounds = np.cumsum([0] + [len(s.answer) for s in sequences])
@@ -263,15 +267,13 @@ def test_tensor_parallel_scores_equal_one_process(
             if key in ("top_ids", "rank"):
                 np.testing.assert_array_equal(tp_value, value, err_msg=f"m{m}/{key}")
             else:
-                np.testing.assert_allclose(
-                    tp_value, value, rtol=0, atol=1e-5, err_msg=f"m{m}/{key}"
-                )
+                assert_float32_close(tp_value, value, err_msg=f"m{m}/{key}")
 
 
 def test_shard_by_shard_loading_only_when_the_dtype_changes(tmp_path: Path) -> None:
     """Memory-mapped files in the wanted dtype are cheaper to load whole (page cache shared by the
     node's ranks); a conversion is cheaper shard by shard (tools/bench_tp_load.py)."""
-    from tdsdist.parallel.tp import checkpoint_dtype, loads_shard_by_shard
+    from tdsdist.parallel.tp_load import checkpoint_dtype, loads_shard_by_shard
 
     tokenizer = train_tiny_tokenizer(default_corpus(), VOCAB)
     model = make_tiny_llama(tokenizer, seed=0, vocab_size=MODEL_VOCAB)

@@ -23,8 +23,9 @@ import torch.distributed as dist
 from transformers import AutoModelForCausalLM
 
 import tdsdist.parallel.tp as tp_module
-from tdsdist.engine.scorer import ContextAnswer
-from tdsdist.parallel.tp import TPScorer, job_shm_prefix, shard_for_tp, shm_buffer_names
+from tdsdist.engine.runner import ModelRunner
+from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.parallel.tp import job_shm_prefix, shard_for_tp, shm_buffer_names
 
 
 def read_sequences(data) -> list[ContextAnswer]:
@@ -86,18 +87,10 @@ def main() -> None:
         facts[f"m{m}/head_type"] = type(model.get_output_embeddings()).__name__
         facts[f"m{m}/q_proj_rows"] = model.model.layers[0].self_attn.q_proj.weight.shape[0]
         facts[f"m{m}/o_proj_type"] = type(model.model.layers[0].self_attn.o_proj).__name__
-        scorer = TPScorer(
-            model,
-            settings["vocab_size"],
-            settings["top_k"],
-            settings["chunk_bytes"],
-            settings["max_tokens"],
-            device,
-            shard,
-            (weight, bias),
-        )
+        runner = ModelRunner(model, settings["vocab_size"], device, shard, (weight, bias))
+        scorer = Scorer(runner, settings["top_k"], settings["chunk_bytes"], settings["max_tokens"])
         if data["prefix"].size:  # the shared-prefix key/value cache, as in production
-            scorer.set_prefix(data["prefix"].tolist())
+            scorer.runner.set_prefix(data["prefix"].tolist())
         start = time.perf_counter()
         result = scorer.score([sequences[i] for i in mine], support)
         facts[f"m{m}/score_seconds"] = time.perf_counter() - start

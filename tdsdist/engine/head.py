@@ -17,8 +17,9 @@ all-reduces and all-gathers over `group`, with traffic O(k x tp) per position, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -26,12 +27,53 @@ import torch.nn.functional as F
 
 @dataclass
 class HeadOutput:
+    """Per-position statistics of N rows; split, joined and converted here and nowhere else.
+
+    The field names are the store's per-model array names (`tdsdist.store.MODEL_ARRAYS`), except
+    `support_logprobs`, which the scoring job stores as `base/logprobs_at_aligned_top`.
+    """
+
     top_ids: torch.Tensor  # [N, k] int64, best first
     top_logprobs: torch.Tensor  # [N, k] float32
     logprob: torch.Tensor  # [N] float32, of the target token
     rank: torch.Tensor  # [N] int64, 1-based
     entropy: torch.Tensor  # [N] float32
-    support_logprobs: torch.Tensor | None  # [N, k] float32, at the given support ids
+    support_logprobs: torch.Tensor | None = None  # [N, k] float32, at the given support ids
+
+    def _items(self) -> dict[str, torch.Tensor | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_cpu(self) -> HeadOutput:
+        return HeadOutput(**{k: None if v is None else v.cpu() for k, v in self._items().items()})
+
+    def split(self, sizes: list[int]) -> list[HeadOutput]:
+        """Consecutive pieces of `sizes` rows (one per sequence of a batch)."""
+        parts = {k: None if v is None else v.split(sizes) for k, v in self._items().items()}
+        return [
+            HeadOutput(**{k: None if v is None else v[j] for k, v in parts.items()})
+            for j in range(len(sizes))
+        ]
+
+    @staticmethod
+    def cat(parts: list[HeadOutput]) -> HeadOutput:
+        if len(parts) == 1:
+            return parts[0]
+        items = [p._items() for p in parts]
+        return HeadOutput(
+            **{
+                k: None if items[0][k] is None else torch.cat([i[k] for i in items])
+                for k in items[0]
+            }
+        )
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """The arrays in the store's dtypes: ids and ranks int32, the rest float32."""
+        out = {}
+        for name, value in self._items().items():
+            if value is not None:
+                integer = name in ("top_ids", "rank")
+                out[name] = value.to(torch.int32 if integer else torch.float32).cpu().numpy()
+        return out
 
 
 @dataclass(frozen=True)
@@ -47,10 +89,30 @@ class VocabShard:
     def world(self) -> int:
         return 1 if self.group is None else dist.get_world_size(self.group)
 
+    def slices(self) -> list[tuple[int, int]]:
+        """`[start, end)` of every rank's rows, in rank order."""
+        return [vocab_slice(self.vocab_size, r, self.world) for r in range(self.world)]
+
     def chunk_rows(self, local_rows: int, chunk_bytes: int) -> int:
         """Rows per chunk, the same on every rank: the reductions are collective, so the chunks
         must pair up even when tp does not divide the vocabulary (151 and 150 rows of 301)."""
         return chunk_rows(self.vocab_size or local_rows, chunk_bytes)
+
+
+def vocab_slice(vocab_size: int, tp_rank: int, tp_size: int) -> tuple[int, int]:
+    """`[start, end)` of this rank's rows: contiguous, sizes differing by at most one, covering
+    exactly `[0, vocab_size)` (the tokenizer's vocabulary: padding rows belong to no rank).
+
+    Balanced rather than `ceil(V / tp)` blocks so that no rank is left with a sliver (or nothing)
+    and the per-rank head cost is as even as the vocabulary allows.
+    """
+    if tp_size < 1 or not 0 <= tp_rank < tp_size:
+        raise ValueError(f"tensor-parallel rank {tp_rank} is not in [0, {tp_size})")
+    if vocab_size < tp_size:
+        raise ValueError(f"cannot split a vocabulary of {vocab_size} across {tp_size} ranks")
+    base, extra = divmod(vocab_size, tp_size)
+    start = tp_rank * base + min(tp_rank, extra)
+    return start, start + base + (1 if tp_rank < extra else 0)
 
 
 def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
@@ -74,7 +136,7 @@ def _gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabSha
     return best, cat_ids.gather(-1, where)
 
 
-def _project(
+def project(
     hidden: torch.Tensor,  # [N, H] model dtype
     weight: torch.Tensor,  # [V_local, H]
     bias: torch.Tensor | None,
@@ -114,7 +176,7 @@ def score_rows(
 ) -> HeadOutput:
     """Statistics for one chunk of rows: project to logits, then `logit_statistics`."""
     n = hidden.shape[0]
-    logits = _project(hidden, weight, bias, softcap, None if buffers is None else buffers[0][:n])
+    logits = project(hidden, weight, bias, softcap, None if buffers is None else buffers[0][:n])
     return logit_statistics(
         logits, targets, k, support, shard, None if buffers is None else buffers[1][:n]
     )
@@ -204,29 +266,48 @@ def score_positions(
     buffers = tuple(
         torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device) for _ in range(2)
     )
-    parts = [
-        score_rows(
-            hidden[i : i + rows],
-            weight,
-            bias,
-            targets[i : i + rows],
-            k,
-            None if support is None else support[i : i + rows],
-            shard,
-            softcap,
-            buffers,
-        )
-        for i in range(0, hidden.shape[0], rows)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    return HeadOutput(
-        top_ids=torch.cat([p.top_ids for p in parts]),
-        top_logprobs=torch.cat([p.top_logprobs for p in parts]),
-        logprob=torch.cat([p.logprob for p in parts]),
-        rank=torch.cat([p.rank for p in parts]),
-        entropy=torch.cat([p.entropy for p in parts]),
-        support_logprobs=None
-        if support is None
-        else torch.cat([p.support_logprobs for p in parts]),
+    return HeadOutput.cat(
+        [
+            score_rows(
+                hidden[i : i + rows],
+                weight,
+                bias,
+                targets[i : i + rows],
+                k,
+                None if support is None else support[i : i + rows],
+                shard,
+                softcap,
+                buffers,
+            )
+            for i in range(0, hidden.shape[0], rows)
+        ]
     )
+
+
+def global_argmax(logits: torch.Tensor, shard: VocabShard = VocabShard()) -> torch.Tensor:
+    """`[N, V_local] -> [N]` global ids of the largest logit, the lowest id among equal maxima
+    (what `argmax` over the whole vocabulary gives), with O(tp) traffic per row."""
+    values, ids = logits.max(-1)  # the first (lowest) local id among equal maxima
+    if shard.group is None:
+        return ids
+    ids = ids + shard.start
+    all_values = [torch.empty_like(values) for _ in range(shard.world)]
+    all_ids = [torch.empty_like(ids) for _ in range(shard.world)]
+    dist.all_gather(all_values, values.contiguous(), group=shard.group)
+    dist.all_gather(all_ids, ids.contiguous(), group=shard.group)
+    # Ranks hold ascending slices, so the first rank with the maximum holds the lowest id.
+    best = torch.stack(all_values).argmax(0)  # [N]
+    return torch.stack(all_ids).gather(0, best.unsqueeze(0)).squeeze(0)
+
+
+def gather_vocabulary(logits: torch.Tensor, shard: VocabShard = VocabShard()) -> torch.Tensor:
+    """`[N, V_local] -> [N, V]`: every rank's slice, in vocabulary order. O(V) per row: only
+    sampling needs it (one row per sequence and decoding step), never scoring."""
+    if shard.group is None:
+        return logits
+    sizes = [end - start for start, end in shard.slices()]
+    padded = logits.new_full((logits.shape[0], max(sizes)), float("-inf"))  # equal shapes
+    padded[:, : logits.shape[1]] = logits
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=shard.group)
+    return torch.cat([part[:, :n] for part, n in zip(parts, sizes)], dim=-1)

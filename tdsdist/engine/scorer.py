@@ -7,24 +7,20 @@ Alignment of logits and targets for a sequence with context `c` (length C) and a
     predicts: c_1 ... a_0      a_1  a_2 ... a_{N-1}
 
 so answer token `a_j` is scored from the hidden state at position `C - 1 + j`. Only those rows go
-through the output projection (see `head.py`). `hidden_states` is the one place where "run the model
-body" happens: a tensor-parallel engine overrides it (and passes its vocabulary shard).
+through the output projection (see `head.py`). The model itself is behind a `ModelRunner`
+(`runner.py`), the seam that `generate`'s decoder shares and tensor parallelism plugs into.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-from tdsdist.engine.attention import RIGHT_PADDED, use_causal_attention
-from tdsdist.engine.head import HeadOutput, VocabShard, score_positions
-from tdsdist.engine.models import logit_softcap, output_projection
-from tdsdist.engine.prefix_cache import cache_bytes, compute_prefix_cache
+from tdsdist.engine.head import HeadOutput, score_positions
+from tdsdist.engine.runner import ModelRunner
 
 
 @dataclass(frozen=True)
@@ -72,78 +68,34 @@ def token_budget_batches(
 
 
 class Scorer:
-    """Scores answer positions under one model. Results come back on the CPU as numpy arrays."""
+    """Scores answer positions under one model (a `ModelRunner`). Results come back on the CPU
+    as numpy arrays."""
 
     def __init__(
-        self,
+        self, runner: ModelRunner, top_k: int, chunk_bytes: int, max_tokens_per_batch: int
+    ) -> None:
+        runner.check_top_k(top_k)
+        self.runner = runner
+        self.top_k = top_k
+        self.chunk_bytes = chunk_bytes
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+    @classmethod
+    def for_model(
+        cls,
         model: torch.nn.Module,
         vocab_size: int,
         top_k: int,
         chunk_bytes: int,
         max_tokens_per_batch: int,
         device: torch.device,
-        shard: VocabShard = VocabShard(),
-        projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-    ) -> None:
-        """`projection`: this rank's (weight, bias) rows of the output projection when the
-        vocabulary is split across ranks; by default the model's own, padding rows trimmed."""
-        self.model = model
-        self.top_k = top_k
-        self.chunk_bytes = chunk_bytes
-        self.max_tokens_per_batch = max_tokens_per_batch
-        self.device = device
-        self.shard = shard
-        if projection is None:
-            weight, bias = output_projection(model)
-            # Rows past the tokenizer's vocabulary are padding, no tokens at all.
-            projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
-        self.weight, self.bias = projection
-        self.softcap = logit_softcap(model)
-        # sdpa models: causal kernels for our right-padded forwards (see `attention.py`)
-        self.forward_kwargs = {RIGHT_PADDED: True} if use_causal_attention(model) else {}
-        self.set_prefix([])
-        # transformers >= 5.24 calls the argument `cache` (`past_key_values` is deprecated).
-        forward_params = inspect.signature(model.base_model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+    ) -> Scorer:
+        """A scorer over a whole model on this process (what scripts and tests want)."""
+        return cls(ModelRunner(model, vocab_size, device), top_k, chunk_bytes, max_tokens_per_batch)
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,  # [B, T] right-padded
-        cache: Any = None,  # the prefix's P keys and values per layer
-        position_ids: torch.Tensor | None = None,  # [B, T]
-    ) -> torch.Tensor:
-        """Final hidden states `[B, T, H]` (after the final norm): the model minus its LM head.
-
-        The one place where the model body runs; a tensor-parallel engine overrides it. No
-        padding mask: right padding puts every pad after its row's real tokens, where the causal
-        mask already hides it (see `attention.py`).
-        """
-        kwargs: dict[str, Any] = {"use_cache": cache is not None, **self.forward_kwargs}
-        if cache is not None:
-            kwargs.update({self._cache_kwarg: cache, "position_ids": position_ids})
-        out = self.model.base_model(input_ids=input_ids, **kwargs)
-        return out.last_hidden_state
-
-    def set_prefix(self, prefix: list[int]) -> None:
-        """Tokens that open every context of the run: computed once, reused by every batch."""
-        if list(prefix) != getattr(self, "prefix", None):
-            self.prefix = list(prefix)
-            self._prefix_cache = None
-
-    def prefix_cache(self) -> Any:
-        """The prefix's keys and values (computed on first use), or None without a prefix.
-
-        One object for every batch: its layers broadcast the stored copy into each batch's keys
-        (see `prefix_cache.py`).
-        """
-        if self.prefix and self._prefix_cache is None:
-            self._prefix_cache = compute_prefix_cache(self.model, self.prefix, self._cache_kwarg)
-        return self._prefix_cache if self.prefix else None
-
-    def prefix_cache_bytes(self) -> int:
-        """Memory of the stored prefix keys and values (0 without a prefix)."""
-        cache = self.prefix_cache()
-        return 0 if cache is None else cache_bytes(cache)
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
 
     @torch.inference_mode()
     def score(
@@ -158,9 +110,10 @@ class Scorer:
         and support_logprobs [P, k] when `support` is given.
         """
         fed = [len(s.context) + len(s.answer) - 1 for s in sequences]
-        if self.prefix:  # every context must start with the cached prefix and extend past it
-            assert all(s.context[: len(self.prefix)] == self.prefix for s in sequences)
-            assert all(len(s.context) > len(self.prefix) for s in sequences)
+        prefix = self.runner.prefix
+        if prefix:  # every context must start with the cached prefix and extend past it
+            assert all(s.context[: len(prefix)] == prefix for s in sequences)
+            assert all(len(s.context) > len(prefix) for s in sequences)
         results: list[HeadOutput | None] = [None] * len(sequences)
         for batch in token_budget_batches(fed, self.max_tokens_per_batch):
             outs = self._score_batch([sequences[i] for i in batch], batch, fed, support)
@@ -169,10 +122,11 @@ class Scorer:
             if progress is not None:
                 progress(sum(len(sequences[i].answer) for i in batch))
         assert all(r is not None for r in results), "a sequence was not scored"
-        return _concat(results, support is not None)
+        return HeadOutput.cat(results).numpy()
 
     def _score_batch(self, seqs, batch, fed, support) -> list[HeadOutput]:
-        skip = len(self.prefix)  # tokens already in the cache
+        runner, device = self.runner, self.runner.device
+        skip = len(runner.prefix)  # tokens already in the cache
         width = max(fed[i] for i in batch) - skip
         ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded suffixes
         rows, targets = [], []
@@ -182,50 +136,28 @@ class Scorer:
             start = b * width + len(s.context) - 1 - skip
             rows.append(torch.arange(start, start + len(s.answer)))
             targets.extend(s.answer)
-        cache = self.prefix_cache()
+        cache = runner.prefix_cache()
         positions = None
         if cache is not None:
-            positions = (skip + torch.arange(width, device=self.device)).expand(len(seqs), width)
-        hidden = self.hidden_states(ids.to(self.device), cache, positions)
-        flat_rows = torch.cat(rows).to(self.device)
+            positions = (skip + torch.arange(width, device=device)).expand(len(seqs), width)
+        hidden = runner.hidden_states(
+            ids.to(device), cache=cache, position_ids=positions, right_padded=True
+        )  # [B, T, H]
+        flat_rows = torch.cat(rows).to(device)
         answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)  # [N, H]
         del hidden
         sup = None
         if support is not None:
-            sup = (
-                torch.from_numpy(np.concatenate([support[i] for i in batch])).long().to(self.device)
-            )
+            sup = torch.from_numpy(np.concatenate([support[i] for i in batch])).long().to(device)
         out = score_positions(
             answer_hidden,
-            self.weight,
-            self.bias,
-            torch.tensor(targets, device=self.device),
+            runner.weight,
+            runner.bias,
+            torch.tensor(targets, device=device),
             self.top_k,
             self.chunk_bytes,
             sup,
-            self.shard,
-            self.softcap,
+            runner.shard,
+            runner.softcap,
         )
-        cpu = HeadOutput(**{k: None if v is None else v.cpu() for k, v in vars(out).items()})
-        return _split(cpu, [len(s.answer) for s in seqs])
-
-
-def _split(out: HeadOutput, sizes: list[int]) -> list[HeadOutput]:
-    parts = {k: (None if v is None else v.split(sizes)) for k, v in vars(out).items()}
-    return [
-        HeadOutput(**{k: None if v is None else v[j] for k, v in parts.items()})
-        for j in range(len(sizes))
-    ]
-
-
-def _concat(results: list[HeadOutput], with_support: bool) -> dict[str, np.ndarray]:
-    out = {
-        "top_ids": torch.cat([r.top_ids for r in results]).to(torch.int32).numpy(),
-        "top_logprobs": torch.cat([r.top_logprobs for r in results]).float().numpy(),
-        "logprob": torch.cat([r.logprob for r in results]).float().numpy(),
-        "rank": torch.cat([r.rank for r in results]).to(torch.int32).numpy(),
-        "entropy": torch.cat([r.entropy for r in results]).float().numpy(),
-    }
-    if with_support:
-        out["support_logprobs"] = torch.cat([r.support_logprobs for r in results]).float().numpy()
-    return out
+        return out.to_cpu().split([len(s.answer) for s in seqs])

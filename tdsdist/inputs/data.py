@@ -7,12 +7,11 @@ it takes to load two 70B models. Each problem is one `TdsError` naming the file,
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdsdist.errors import TdsError
+from tdsdist.errors import TdsError, first_line
 
 
 @dataclass(frozen=True)
@@ -36,15 +35,6 @@ class Example:
     answer: str
 
 
-def file_sha256(path: Path) -> str:
-    """Fingerprint of the data file: a store scored on other data must not be resumed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _parse(path: Path, text: str) -> list[object]:
     """JSON list, or JSONL objects (one per non-empty line)."""
     stripped = text.lstrip()
@@ -58,7 +48,7 @@ def _parse(path: Path, text: str) -> list[object]:
                 f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
             ) from None
         except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting too deep
-            raise TdsError(f"{path}: invalid JSON ({_first_line(e)})") from None
+            raise TdsError(f"{path}: invalid JSON ({first_line(e)})") from None
         return records
     if stripped[0] != "{":
         raise TdsError(
@@ -83,7 +73,7 @@ def _parse(path: Path, text: str) -> list[object]:
             ) from None
         except (ValueError, RecursionError) as e:
             raise TdsError(
-                f"{path}: JSONL line {lineno} does not parse ({_first_line(e)})"
+                f"{path}: JSONL line {lineno} does not parse ({first_line(e)})"
             ) from None
     return records
 
@@ -94,10 +84,6 @@ def _is_one_object(text: str) -> bool:
     except (ValueError, RecursionError):
         return False
 
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _check_unicode(where: str, name: str, value: str) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
 from tdsdist.inputs.templates import ContextFn
+from tdsdist.units import unit_ranges
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,7 @@ def make_plan(
             b_ctx, len(answer), base_window, truncate_context, bos, "base", ex
         )
         items.append(Item(ex, a_ctx, b_ctx, answer, cut, a_cut, b_cut))
-    units = [range(i, min(i + unit_size, len(items))) for i in range(0, len(items), unit_size)]
-    return Plan(items=items, units=units)
+    return Plan(items=items, units=unit_ranges(len(items), unit_size))
 
 
 def shared_prefix(contexts: Sequence[list[int]]) -> list[int]:

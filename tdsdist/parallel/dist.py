@@ -14,13 +14,16 @@ from __future__ import annotations
 import datetime
 import os
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 from tdsdist.errors import TdsError
 
+T = TypeVar("T")
 CLAIM_KEY = "tdsdist/next_unit"
 DONE_KEY = "tdsdist/done_positions"
 
@@ -131,6 +134,27 @@ def broadcast_ints(
     return data.tolist()
 
 
+def checked_on_main(d: Dist, run: Callable[[], T]) -> T | None:
+    """`run()` on rank 0 (the checks that can fail on bad input); every rank learns whether it
+    failed before doing anything else, so a bad file never leaves peers waiting on a collective.
+    Returns what `run` returned on rank 0, None elsewhere."""
+    result, error = None, ""
+    if d.is_main:
+        try:
+            result = run()
+        except TdsError as e:
+            error = str(e)
+    if d.distributed:
+        failed = broadcast_ints([1 if error else 0] if d.is_main else None, 0, None, d)[0]
+        if failed:
+            if d.is_main:
+                raise TdsError(error)
+            raise SystemExit(2)
+    elif error:
+        raise TdsError(error)
+    return result
+
+
 class WorkClaims:
     """Hands out indices into the list of pending units, one at a time, to group leaders."""
 
@@ -155,6 +179,20 @@ class WorkClaims:
             self.done_local += positions
             return self.done_local
         return self.store.add(DONE_KEY, positions)
+
+
+def claimed_indices(d: Dist, claims: WorkClaims, stop: StopFlag) -> Iterator[int]:
+    """The indices this process's group works on, as its leader claims them, until none is left
+    or SIGTERM asked the job to stop. The other ranks of a tensor-parallel group follow the
+    leader's broadcast, so the whole group runs the same unit together. Both jobs loop on this."""
+    while True:
+        claimed = None
+        if d.is_leader:
+            claimed = [-1 if stop.requested else claims.claim()]
+        index = broadcast_ints(claimed, d.leader, d.tp_group, d)[0] if d.dims.tp > 1 else claimed[0]
+        if index < 0:
+            return
+        yield index
 
 
 class StopFlag:

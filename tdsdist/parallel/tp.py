@@ -30,30 +30,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from tdsdist.engine.head import VocabShard
+from tdsdist.engine.head import VocabShard, vocab_slice
 from tdsdist.engine.models import output_projection
-from tdsdist.engine.scorer import Scorer
 from tdsdist.errors import TdsError
 
 SHM_DIR = Path("/dev/shm")
 #: Name prefix of DeepSpeed's CPU all-reduce buffers: `{prefix}_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}`.
 SHM_BUFFER_PREFIX = "deepspeed_allreduce_buffer"
-
-
-def vocab_slice(vocab_size: int, tp_rank: int, tp_size: int) -> tuple[int, int]:
-    """`[start, end)` of this rank's rows: contiguous, sizes differing by at most one, covering
-    exactly `[0, vocab_size)` (the tokenizer's vocabulary: padding rows belong to no rank).
-
-    Balanced rather than `ceil(V / tp)` blocks so that no rank is left with a sliver (or nothing)
-    and the per-rank head cost is as even as the vocabulary allows.
-    """
-    if tp_size < 1 or not 0 <= tp_rank < tp_size:
-        raise ValueError(f"tensor-parallel rank {tp_rank} is not in [0, {tp_size})")
-    if vocab_size < tp_size:
-        raise ValueError(f"cannot split a vocabulary of {vocab_size} across {tp_size} ranks")
-    base, extra = divmod(vocab_size, tp_size)
-    start = tp_rank * base + min(tp_rank, extra)
-    return start, start + base + (1 if tp_rank < extra else 0)
 
 
 class VocabParallelHead(torch.nn.Module):
@@ -98,10 +81,10 @@ def install_vocab_slice(model: torch.nn.Module, start: int, end: int) -> VocabPa
         None if bias is None else bias.detach()[start:end].clone(),
         start,
     )
-    return _install_head(model, head)
+    return install_head(model, head)
 
 
-def _install_head(model: torch.nn.Module, head: VocabParallelHead) -> VocabParallelHead:
+def install_head(model: torch.nn.Module, head: VocabParallelHead) -> VocabParallelHead:
     model.set_output_embeddings(head)
     if model.get_output_embeddings() is not head:
         raise TdsError(f"cannot replace the output layer of {type(model).__name__}")
@@ -275,14 +258,14 @@ def shard_for_tp(
     final hidden states on every rank, and this rank's `(weight, bias)` rows of the output
     projection with the `VocabShard` that `head.score_positions` reduces over.
     """
-    _check_group(tp_group, tp_size, tp_rank)
+    check_group(tp_group, tp_size, tp_rank)
     start, end = vocab_slice(vocab_size, tp_rank, tp_size)
     head = install_vocab_slice(model, start, end)  # before AutoTP touches the model
-    model = _autotp(model, tp_group, tp_size, device)
+    model = autotp(model, tp_group, tp_size, device)
     return model, head.weight, head.bias, VocabShard(start, tp_group, vocab_size)
 
 
-def _check_group(tp_group: dist.ProcessGroup, tp_size: int, tp_rank: int) -> None:
+def check_group(tp_group: dist.ProcessGroup, tp_size: int, tp_rank: int) -> None:
     if dist.get_world_size(tp_group) != tp_size or dist.get_rank(tp_group) != tp_rank:
         raise TdsError(
             f"tensor-parallel rank {tp_rank} of {tp_size} disagrees with the group"
@@ -290,7 +273,7 @@ def _check_group(tp_group: dist.ProcessGroup, tp_size: int, tp_rank: int) -> Non
         )
 
 
-def _autotp(
+def autotp(
     model: torch.nn.Module,
     tp_group: dist.ProcessGroup,
     tp_size: int,
@@ -322,153 +305,3 @@ def _autotp(
     model = model.to(device).eval()
     _check_head_left_alone(model)
     return model
-
-
-def safetensors_files(folder: str | Path) -> list[str]:
-    """The checkpoint's safetensors files (names inside `folder`), or [] if it has none."""
-    folder = Path(folder)
-    return sorted(p.name for p in folder.glob("*.safetensors")) if folder.is_dir() else []
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-}
-
-
-def checkpoint_dtype(folder: str | Path) -> torch.dtype | None:
-    """The dtype of the first floating-point tensor in the checkpoint's safetensors files."""
-    from safetensors import safe_open
-
-    for name in safetensors_files(folder):
-        with safe_open(Path(folder) / name, framework="pt") as f:
-            for key in f.keys():
-                dtype = _SAFETENSORS_DTYPES.get(f.get_slice(key).get_dtype())
-                if dtype is not None:
-                    return dtype
-    return None
-
-
-def loads_shard_by_shard(folder: str | Path, dtype: torch.dtype) -> bool:
-    """Whether `load_sharded_for_tp` is the lighter way to load `folder` in `dtype`.
-
-    Measured (`tools/bench_tp_load.py`, docs/benchmarks.md): when the files already hold `dtype`,
-    transformers maps them into memory and the whole-model path copies only each rank's slices,
-    the rest staying page cache that all ranks of a node share, which is lighter than DeepSpeed's
-    shard loader. When the weights must be converted (a bf16 checkpoint scored in float32, the
-    default), the whole path makes a private converted copy of the whole model on every rank;
-    shard by shard, only this rank's share and one file are converted.
-    """
-    stored = checkpoint_dtype(folder)
-    return stored is not None and stored != dtype
-
-
-def load_sharded_for_tp(
-    folder: str | Path,
-    dtype: torch.dtype,
-    vocab_size: int,
-    tp_group: dist.ProcessGroup,
-    tp_size: int,
-    tp_rank: int,
-    device: torch.device,
-    trust_remote_code: bool = False,
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None, VocabShard]:
-    """What `shard_for_tp` returns, without ever holding the whole model on this rank.
-
-    Why: loading whole, each rank makes a private copy of every weight that changes dtype (140 GB
-    per rank for Llama-2-70b's float16 files scored in bfloat16; see `loads_shard_by_shard` for
-    when the whole path is the lighter one). Here the model is built with its weights on
-    the meta device (buffers such as RoPE's frequencies real), this rank's rows of the output
-    projection are read straight from the checkpoint, and DeepSpeed loads the body one
-    safetensors file at a time, keeping this rank's slice of each split layer. Peak host memory
-    is one checkpoint file plus this rank's share. Safetensors only: DeepSpeed would unpickle
-    `.bin` files.
-    """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    _check_group(tp_group, tp_size, tp_rank)
-    files = safetensors_files(folder)
-    if not files:
-        raise TdsError(f"{folder}: no .safetensors files to load shard by shard")
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=dtype, trust_remote_code=trust_remote_code
-        )
-    start, end = vocab_slice(vocab_size, tp_rank, tp_size)
-    weight, bias = _checkpoint_rows(model, Path(folder), files, start, end, dtype)
-    head = _install_head(model, VocabParallelHead(weight, bias, start))
-    checkpoint = {"checkpoints": files, "type": "ds_model", "version": 1.0}
-    model = _autotp(model, tp_group, tp_size, device, checkpoint=checkpoint, base_dir=str(folder))
-    return model, head.weight, head.bias, VocabShard(start, tp_group, vocab_size)
-
-
-def _ties_embeddings(model: torch.nn.Module) -> bool:
-    config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return bool(getattr(text, "tie_word_embeddings", False))
-
-
-def _checkpoint_rows(
-    model: torch.nn.Module, folder: Path, files: list[str], start: int, end: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows `[start, end)` of the output projection (and its bias), read from the checkpoint.
-
-    The projection may be stored under the LM head's name or, with tied embeddings, only under
-    the input embedding's (a model built on the meta device is not tied yet): both are tried.
-    """
-    from safetensors import safe_open
-
-    head = model.get_output_embeddings()
-    where = {}
-    for name in files:
-        with safe_open(folder / name, framework="pt") as f:
-            where.update({key: name for key in f.keys()})
-
-    def rows(candidates: tuple[torch.Tensor, ...], what: str) -> torch.Tensor:
-        params = model.named_parameters(remove_duplicate=False)
-        names = [n for n, p in params if any(p is t for t in candidates)]
-        found = [n for n in names if n in where]
-        if not found:
-            raise TdsError(f"{folder}: the checkpoint has no {what} (looked for {names})")
-        with safe_open(folder / where[found[0]], framework="pt") as f:
-            part = f.get_slice(found[0])[start:end]
-        if part.shape[0] != end - start:
-            raise TdsError(f"{folder}: {found[0]} has fewer than {end} rows")
-        return part.to(dtype).contiguous()
-
-    weight = (
-        (head.weight, model.get_input_embeddings().weight)
-        if _ties_embeddings(model)
-        else (head.weight,)
-    )
-    bias = getattr(head, "bias", None)
-    return rows(weight, "output projection"), None if bias is None else rows((bias,), "head bias")
-
-
-class TPScorer(Scorer):
-    """`Scorer` over a model from `shard_for_tp`: its vocabulary slice, and a top-k that every
-    rank's slice can supply (the all-gather needs equal shapes)."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        vocab_size: int,
-        top_k: int,
-        chunk_bytes: int,
-        max_tokens_per_batch: int,
-        device: torch.device,
-        shard: VocabShard,
-        projection: tuple[torch.Tensor, torch.Tensor | None],
-    ) -> None:
-        super().__init__(
-            model, vocab_size, top_k, chunk_bytes, max_tokens_per_batch, device, shard, projection
-        )
-        smallest = vocab_size // shard.world
-        if top_k > smallest:  # each rank's local top-k must have the same shape for all_gather
-            raise TdsError(
-                f"--top-k {top_k} exceeds the smallest vocabulary slice ({smallest} rows)"
-            )

@@ -34,6 +34,10 @@ __all__ = [
     "make_tiny_llama",
     "save_tiny_pair",
     "make_big_vocab_model",
+    "EPS32",
+    "FORWARD_ULPS",
+    "float32_tolerance",
+    "assert_float32_close",
 ]
 
 UNK_TOKEN = "<unk>"
@@ -455,3 +459,49 @@ def make_big_vocab_model(
         attn_implementation="eager",
     )
     return _build_llama(config, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Tolerances
+# ----------------------------------------------------------------------------------------------
+
+#: Machine epsilon of float32.
+EPS32 = float(np.finfo(np.float32).eps)
+#: How many float32 ulps of its magnitude a quantity computed through a float32 forward may move
+#: between runs that are equally right: CPU kernels (Intel and AMD, `ATEN_CPU_CAPABILITY=default`,
+#: `avx2`, `avx512` sum in other orders and contract to FMA differently), batch shapes (GEMM
+#: blocking), process layouts (a tensor-parallel all-reduce sums the slices in another order).
+#: The largest seen: 15 ulps (KL 7.06 off by 1.3e-5, tp=2 on an Intel Xeon); twice that.
+FORWARD_ULPS = 32
+#: The magnitude below which that error stops shrinking. A log-probability is `logit - lse`
+#: and `lse` is of the order of the largest logits whatever the token's probability, so even a
+#: log-probability near 0 carries the rounding of numbers of that size (the tiny models' logits
+#: stay within about +-8); KL, JS and entropy are sums of such terms.
+LOGIT_SCALE_BOUND = 8.0
+
+
+def float32_tolerance(desired: np.ndarray, scale: float = LOGIT_SCALE_BOUND) -> np.ndarray:
+    """`FORWARD_ULPS` ulps of `|desired| + scale`, elementwise."""
+    return FORWARD_ULPS * EPS32 * (np.abs(np.asarray(desired, dtype=np.float64)) + scale)
+
+
+def assert_float32_close(
+    actual: np.ndarray, desired: np.ndarray, scale: float = LOGIT_SCALE_BOUND, err_msg: str = ""
+) -> None:
+    """`actual` equals `desired` to the float32 rounding of a forward pass (`float32_tolerance`):
+    relative to the quantity's own magnitude, with `scale` as its floor. Infinities and NaNs
+    (a store's unwritten rows) must sit in the same places."""
+    actual = np.asarray(actual, dtype=np.float64)
+    desired = np.asarray(desired, dtype=np.float64)
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(desired), err_msg=err_msg)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(desired), err_msg=err_msg)
+    finite = np.isfinite(desired)
+    err = np.abs(actual[finite] - desired[finite])
+    tol = float32_tolerance(desired[finite], scale)
+    if err.size and not (err <= tol).all():
+        worst = int(np.argmax(err - tol))
+        raise AssertionError(
+            f"{err_msg}: {int((err > tol).sum())} of {err.size} values differ by more than"
+            f" {FORWARD_ULPS} float32 ulps of |value| + {scale}; worst: {actual[finite][worst]!r}"
+            f" vs {desired[finite][worst]!r} (off by {err[worst]:.3g}, allowed {tol[worst]:.3g})"
+        )

@@ -1,0 +1,119 @@
+"""The one seam where a model runs: its body, the output projection of chosen rows, a prefix cache.
+
+Both jobs call the same object: `Scorer` (teacher-forced answers, `score`) and `Decoder`
+(`generate`) never touch the model directly (lm-evaluation-harness does the same with
+`HFLM._model_call` and `_model_generate`). Tensor parallelism plugs in here and nowhere else:
+`tdsdist.parallel.loading` builds a runner over a DeepSpeed AutoTP body whose `hidden_states` are
+the full final hidden states on every rank, with this rank's rows of the output projection and
+the `VocabShard` that the scoring head reduces over.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+
+from tdsdist.engine.attention import RIGHT_PADDED, use_causal_attention
+from tdsdist.engine.head import VocabShard, project
+from tdsdist.engine.models import logit_softcap, output_projection
+from tdsdist.engine.prefix_cache import cache_bytes, compute_prefix_cache
+from tdsdist.errors import TdsError
+
+
+class ModelRunner:
+    """One model (whole, or this rank's part of it) and its projection onto the vocabulary."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        vocab_size: int,
+        device: torch.device,
+        shard: VocabShard = VocabShard(),
+        projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> None:
+        """`projection`: this rank's (weight, bias) rows when the vocabulary is split across
+        ranks (with its `shard`); by default the model's own, padding rows past the tokenizer's
+        `vocab_size` trimmed (they are no tokens at all)."""
+        self.model = model
+        self.vocab_size = vocab_size
+        self.device = device
+        self.shard = shard
+        if projection is None:
+            weight, bias = output_projection(model)
+            projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
+        self.weight, self.bias = projection  # [V_local, H], [V_local]
+        self.softcap = logit_softcap(model)
+        # sdpa models: causal kernels for right-padded forwards (see `attention.py`)
+        self._right_padded_kwargs = {RIGHT_PADDED: True} if use_causal_attention(model) else {}
+        # transformers >= 5.24 calls the argument `cache` (`past_key_values` is deprecated).
+        forward_params = inspect.signature(model.base_model.forward).parameters
+        self.cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
+        self.prefix: list[int] = []
+        self._prefix_cache: Any = None
+
+    def smallest_slice(self) -> int:
+        """Rows of the smallest vocabulary slice of any rank (all of it on one process)."""
+        return self.vocab_size // self.shard.world
+
+    def check_top_k(self, top_k: int) -> None:
+        """Every rank's local top-k must have the same shape for the all-gather."""
+        if top_k > self.smallest_slice():
+            where = "vocabulary" if self.shard.world == 1 else "smallest vocabulary slice"
+            raise TdsError(f"--top-k {top_k} exceeds the {where} ({self.smallest_slice()} rows)")
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,  # [B, T]
+        *,
+        cache: Any = None,  # keys and values of earlier positions, per layer
+        position_ids: torch.Tensor | None = None,  # [B, T]
+        attention_mask: torch.Tensor | None = None,  # [B, S] 1 = real token (left padding)
+        right_padded: bool = False,
+    ) -> torch.Tensor:
+        """Final hidden states `[B, T, H]` (after the final norm): the model minus its LM head.
+
+        `right_padded=True` promises that every pad follows its row's real tokens, so the
+        causal mask already hides it and no padding mask is needed (`attention.py`).
+        """
+        kwargs: dict[str, Any] = {"use_cache": cache is not None}
+        if right_padded:
+            kwargs.update(self._right_padded_kwargs)
+        if cache is not None:
+            kwargs[self.cache_kwarg] = cache
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+
+    def logits(
+        self,
+        hidden: torch.Tensor,  # [N, H] model dtype
+        out: torch.Tensor | None = None,  # [N, V_local] float32 buffer to reuse
+    ) -> torch.Tensor:
+        """Float32 logits `[N, V_local]` of this rank's vocabulary rows, soft-capped if the
+        model caps them."""
+        return project(hidden, self.weight, self.bias, self.softcap, out)
+
+    def set_prefix(self, prefix: list[int]) -> None:
+        """Tokens that open every context of the run: computed once, reused by every batch."""
+        if list(prefix) != self.prefix:
+            self.prefix = list(prefix)
+            self._prefix_cache = None
+
+    def prefix_cache(self) -> Any:
+        """The prefix's keys and values (computed on first use), or None without a prefix.
+
+        One object for every batch: its layers broadcast the stored copy into each batch's keys
+        (see `prefix_cache.py`).
+        """
+        if self.prefix and self._prefix_cache is None:
+            self._prefix_cache = compute_prefix_cache(self.model, self.prefix, self.cache_kwarg)
+        return self._prefix_cache if self.prefix else None
+
+    def prefix_cache_bytes(self) -> int:
+        """Memory of the stored prefix keys and values (0 without a prefix)."""
+        cache = self.prefix_cache()
+        return 0 if cache is None else cache_bytes(cache)

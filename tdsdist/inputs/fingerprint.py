@@ -1,0 +1,97 @@
+"""What a store's numbers depend on, recorded in it, and compared when a run resumes.
+
+A store is resumed only by a run that would compute the same numbers: same models and revisions,
+templates (their files' contents too), k, dtype, answer cut, examples, units, fields, data and
+tokenizer. Both jobs build the scoring fingerprint with `score_fingerprint`, so a store recorded by
+`generate --store` and then completed by `score` agree key for key. The keys are those of
+tdsdist 0.1.0 (stores of months of runs must keep resuming); a new key may only be added where
+its absence means the old behaviour (as `skipped_empty_answers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from tdsdist import __version__
+from tdsdist.files import file_sha256
+from tdsdist.inputs.data import Fields
+from tdsdist.inputs.templates import template_fingerprint
+from tdsdist.inputs.tokenizer import tokenizer_hash
+
+#: The keys a store recorded by `generate` leaves open, filled in once by the `score` that
+#: completes it with a base model.
+BASE_KEYS = ("base", "base_revision", "base_template")
+
+
+def score_fingerprint(
+    *,
+    aligned: str,
+    aligned_revision: str | None,
+    base: str | None,
+    base_revision: str | None,
+    aligned_template: str,
+    base_template: str | None,
+    top_k: int,
+    dtype: str,
+    max_output_tokens: int | None,
+    limit: int | None,
+    unit_size: int,
+    truncate_context: bool,
+    fields: Fields,
+    data_sha256: str,
+    tokenizer: Any,
+    skipped_empty_answers: list[str] | None = None,
+) -> dict[str, Any]:
+    """The fingerprint of a scoring store (the base keys None while only the aligned side is
+    recorded)."""
+    fingerprint = {
+        "aligned": aligned,
+        "aligned_revision": aligned_revision,
+        "base": base,
+        "base_revision": base_revision,
+        "aligned_template": template_fingerprint(aligned_template),
+        "base_template": None if base_template is None else template_fingerprint(base_template),
+        "top_k": top_k,
+        "dtype": dtype,
+        "max_output_tokens": max_output_tokens,
+        "limit": limit,
+        "unit_size": unit_size,
+        "truncate_context": truncate_context,
+        "fields": dataclasses.asdict(fields),
+        "data_sha256": data_sha256,
+        "tokenizer_sha256": tokenizer_hash(tokenizer),
+        "tdsdist_version": __version__,
+    }
+    if skipped_empty_answers:  # only when some were left out: stores made without stay resumable
+        fingerprint["skipped_empty_answers"] = list(skipped_empty_answers)
+    return fingerprint
+
+
+def generation_fingerprint(config: Any, tokenizer: Any) -> dict[str, Any]:
+    """What generated answers depend on (`GenerateConfig`): an unfinished `generate` resumes
+    only with the same."""
+    keys = ("aligned", "aligned_revision", "max_new_tokens", "temperature", "top_p", "seed", "stop", "top_k", "limit", "unit_size", "dtype")  # fmt: skip
+    fingerprint = {k: getattr(config, k) for k in keys}
+    fingerprint.update(
+        aligned_template=template_fingerprint(config.aligned_template),
+        data_sha256=file_sha256(Path(config.data)),
+        tokenizer_sha256=tokenizer_hash(tokenizer),
+        tdsdist_version=__version__,
+    )
+    return fingerprint
+
+
+def differences(
+    stored: dict[str, Any],
+    now: dict[str, Any],
+    open_keys: tuple[str, ...] = (),
+    where: str = "in the store",
+) -> list[str]:
+    """One phrase per key that differs (`key: X in the store, Y now`), `open_keys` ignored."""
+    return [
+        f"{key}: {stored.get(key)!r} {where}, {value!r} now"
+        for key, value in now.items()
+        if stored.get(key) != value and key not in open_keys
+    ]

@@ -1,0 +1,89 @@
+"""Everything the scoring job knows before any model loads: inputs validated, tokenized, planned.
+
+Order matters for the user: every check that can fail on bad input runs here, before any model
+loads and before the store is created or touched (a bad file costs a second, not the minutes it
+takes to load two 70B models).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tdsdist.config import ScoreConfig
+from tdsdist.engine.models import load_model_config, model_window
+from tdsdist.errors import TdsError
+from tdsdist.files import file_sha256
+from tdsdist.inputs.data import Fields, load_examples
+from tdsdist.inputs.fingerprint import score_fingerprint
+from tdsdist.inputs.plan import Plan, make_plan, shared_prefix
+from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
+from tdsdist.inputs.tokenizer import check_same_vocabulary, load_tokenizer
+
+#: The configuration fields that go into the fingerprint as they are.
+FINGERPRINTED = ("aligned", "aligned_revision", "base", "base_revision", "aligned_template", "base_template", "top_k", "dtype", "max_output_tokens", "limit", "unit_size", "truncate_context")  # fmt: skip
+
+
+@dataclass
+class Prepared:
+    """Everything known before any model loads."""
+
+    config: ScoreConfig
+    plan: Plan
+    tokenizer: Any
+    fingerprint: dict[str, Any]
+    prefixes: dict[str, list[int]]
+    """Per model, the token prefix shared by all its contexts (cached once; empty if disabled)."""
+    skipped: list[str]
+    """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
+
+
+def prepare(config: ScoreConfig) -> Prepared:
+    """Validate the data, the templates and the tokenizers; tokenize; plan the units."""
+    fields = Fields(
+        config.id_field, config.instruction_field, config.input_field, config.output_field
+    )
+    skipped: list[str] | None = [] if config.skip_empty_answers else None
+    examples = load_examples(config.data, fields, config.limit, skipped=skipped)
+    if not examples:
+        raise TdsError(f"{config.data}: every answer is empty: nothing to score")
+    base_context = base_context_fn(config.base_template)
+    tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
+    base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
+    check_same_vocabulary(tok, base_tok, config.aligned, config.base)
+    if config.top_k > len(tok):
+        raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {len(tok)}")
+    aligned_context = aligned_context_fn(config.aligned_template, tok, config.input_field)
+    aligned_cfg = load_model_config(
+        config.aligned, config.aligned_revision, config.trust_remote_code
+    )
+    base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
+    try:
+        plan = make_plan(
+            examples,
+            tok,
+            aligned_context,
+            base_context,
+            aligned_special_tokens=config.aligned_template == "input",
+            aligned_window=model_window(aligned_cfg, tok),
+            base_window=model_window(base_cfg, base_tok),
+            max_output_tokens=config.max_output_tokens,
+            truncate_context=config.truncate_context,
+            unit_size=config.unit_size,
+        )
+    except TdsError as e:  # per-example problems found while tokenizing: name the data file too
+        raise TdsError(f"{config.data}: {e}") from None
+    fingerprint = score_fingerprint(
+        **{k: getattr(config, k) for k in FINGERPRINTED},
+        fields=fields,
+        data_sha256=file_sha256(config.data),
+        tokenizer=tok,
+        skipped_empty_answers=skipped,
+    )
+    prefixes = {"aligned": [], "base": []}
+    if not config.no_prefix_cache:
+        prefixes = {
+            "aligned": shared_prefix([it.aligned_context for it in plan.items]),
+            "base": shared_prefix([it.base_context for it in plan.items]),
+        }
+    return Prepared(config, plan, tok, fingerprint, prefixes, skipped or [])

@@ -1,0 +1,108 @@
+"""The scoring job's store: resume one made by the same configuration, or create it.
+
+A store recorded by `generate --store` holds the aligned side already and waits for its base
+model: its open fingerprint keys are filled in once, and the plan takes the generated token ids
+as the answers (re-tokenizing the answer text need not give back the ids the model generated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from tdsdist.errors import TdsError
+from tdsdist.inputs.fingerprint import BASE_KEYS, differences
+from tdsdist.inputs.plan import Plan
+from tdsdist.jobs.prepare import Prepared
+from tdsdist.store import Store, StoreExists, create
+from tdsdist.units import unit_ranges
+
+
+def open_or_create_store(prep: Prepared) -> Store:
+    """Resume a store made by the same configuration, or create it; refuse any other store."""
+    path = Path(prep.config.store)
+    if path.exists() and not prep.config.overwrite:
+        return resume_store(path, prep)
+    try:
+        return create_store(prep)
+    except StoreExists:
+        return resume_store(path, prep)
+
+
+def resume_store(path: Path, prep: Prepared) -> Store:
+    if not path.is_dir() or not (path / "zarr.json").exists():
+        raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
+    store = Store(path)
+    stored = dict(store.meta.get("fingerprint", {}))
+    # A store recorded by `generate` waits for its base model: the base keys are filled in once.
+    open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
+    diffs = differences(stored, prep.fingerprint, open_keys)
+    if diffs:
+        raise TdsError(
+            f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
+            " use --overwrite to start over"
+        )
+    if open_keys:
+        stored.update({k: prep.fingerprint[k] for k in open_keys})
+        store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored}
+        store = Store(path)
+    return store
+
+
+def recorded(store: Store) -> bool:
+    """Whether the aligned side was recorded during generation (`tdsdist generate --store`)."""
+    return bool(store.meta.get("recorded_aligned"))
+
+
+def adopt_recorded_answers(prep: Prepared, store: Store) -> Plan:
+    """The plan with the generated token ids as answers: re-tokenizing the answer text need not
+    give back the ids the model generated, and the base must score exactly those."""
+    by_id = {it.example.id: it for it in prep.plan.items}
+    missing = [i for i in store.ids if i not in by_id]
+    if missing:
+        raise TdsError(
+            f"{prep.config.data}: example id {missing[0]!r} of the store is not in the data"
+        )
+    tokens = store.read("positions/token_id")
+    items = [
+        dataclasses.replace(by_id[i], answer=tokens[store.rows(e)].tolist())
+        for e, i in enumerate(store.ids)
+    ]
+    return Plan(items, unit_ranges(len(items), store.meta["unit_size"]))
+
+
+def create_store(prep: Prepared) -> Store:
+    """The store's skeleton: ids, offsets, answer tokens, flags, tokenizer, fingerprint."""
+    path = Path(prep.config.store)
+    items = prep.plan.items
+    lengths = np.array([it.positions for it in items], dtype=np.int32)
+    flags = {
+        "answer_truncated": np.array([it.answer_truncated for it in items], dtype=bool),
+        "aligned_context_truncated": np.array(
+            [it.aligned_context_truncated for it in items], dtype=bool
+        ),
+        "base_context_truncated": np.array([it.base_context_truncated for it in items], dtype=bool),
+        "aligned_context_length": np.array(
+            [len(it.aligned_context) for it in items], dtype=np.int32
+        ),
+        "base_context_length": np.array([len(it.base_context) for it in items], dtype=np.int32),
+    }
+    return create(
+        path,
+        ids=[it.example.id for it in items],
+        lengths=lengths,
+        token_ids=np.concatenate([np.asarray(it.answer, dtype=np.int32) for it in items]),
+        flags=flags,
+        unit_size=prep.config.unit_size,
+        top_k=prep.config.top_k,
+        meta={
+            "fingerprint": prep.fingerprint,
+            "config": dataclasses.asdict(prep.config),
+            "vocab_size": len(prep.tokenizer),
+            "shared_prefix_tokens": {k: len(v) for k, v in prep.prefixes.items()},
+        },
+        tokenizer=prep.tokenizer,
+        overwrite=prep.config.overwrite,
+    )

@@ -1,0 +1,50 @@
+"""One loader for every job: a model as this rank runs it, behind the `ModelRunner` seam.
+
+`score` and `generate` both call `load_runner`; what differs with `--tp` is decided here and
+nowhere else (gpt-fast's `_load_model` does the same: load, `if use_tp: apply_tp(model)`, move).
+DeepSpeed is imported only on the tensor-parallel paths, so a one-process run never pays for it
+(nor prints its accelerator warning).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tdsdist.engine.models import DTYPE, load_model
+from tdsdist.engine.runner import ModelRunner
+from tdsdist.parallel.dist import Dist
+
+
+def load_runner(
+    name: str,
+    revision: str | None,
+    *,
+    dtype: str,
+    vocab_size: int,
+    device: torch.device,
+    d: Dist,
+    trust_remote_code: bool = False,
+) -> ModelRunner:
+    """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group.
+
+    Every rank of the world calls this for each model, in the same order (DeepSpeed broadcasts
+    over the world inside). Under `--tp`, a local safetensors checkpoint whose weights must
+    change dtype is loaded shard by shard, so no rank makes a converted copy of the whole model
+    (`tp_load.loads_shard_by_shard` says when); otherwise the model is loaded whole on the CPU
+    (memory-mapped files: the page cache, shared by the node's ranks), then split.
+    """
+    if d.dims.tp == 1:
+        model = load_model(name, dtype, device, revision, trust_remote_code)
+        return ModelRunner(model, vocab_size, device)
+    from tdsdist.parallel.tp import shard_for_tp
+    from tdsdist.parallel.tp_load import load_sharded_for_tp, loads_shard_by_shard
+
+    group, tp, rank = d.tp_group, d.dims.tp, d.tp_rank
+    if revision is None and loads_shard_by_shard(name, DTYPE[dtype]):
+        model, weight, bias, shard = load_sharded_for_tp(
+            name, DTYPE[dtype], vocab_size, group, tp, rank, device, trust_remote_code
+        )
+    else:  # loaded whole on the CPU; DeepSpeed moves the shards
+        model = load_model(name, dtype, torch.device("cpu"), revision, trust_remote_code)
+        model, weight, bias, shard = shard_for_tp(model, vocab_size, group, tp, rank, device)
+    return ModelRunner(model, vocab_size, device, shard, (weight, bias))

@@ -1,0 +1,121 @@
+"""Stores written by tdsdist 0.1.0 keep working: they open, show, analyse, resume and complete.
+
+The stores under `tests/fixtures/store-0.1.0/` were written by 0.1.0 itself (see its README) with
+the tiny pair that `save_tiny_pair(Path("models"), vocab_size=301, seed=0)` builds; the models
+are rebuilt here beside a copy (the stores name them by relative path, as a user's would).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from tdsdist_testkit import assert_float32_close, save_tiny_pair
+
+from tdsdist.cli import main
+from tdsdist.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
+EXACT = ["aligned/top_ids", "base/top_ids", "aligned/rank", "base/rank", "positions/token_id"]
+CLOSE = ["aligned/top_logprobs", "base/top_logprobs", "aligned/logprob", "base/logprob", "aligned/entropy", "base/entropy", "base/logprobs_at_aligned_top", "positions/kl"]  # fmt: skip
+SCORE = ["--aligned", "models/aligned", "--base", "models/base", "--data", "data.json", "--unit-size", "2", "--max-output-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+COMPLETE_RECORDED = ["--aligned", "models/aligned", "--base", "models/base", "--data", "answers.json", "--aligned-template", "chat", "--unit-size", "2", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory) -> Path:
+    """A copy of the 0.1.0 fixtures with the tiny pair rebuilt under `models/`."""
+    root = tmp_path_factory.mktemp("compat") / "v010"
+    shutil.copytree(FIXTURES, root)
+    save_tiny_pair(root / "models", vocab_size=301, seed=0)
+    return root
+
+
+def run(root: Path, monkeypatch, *args: str):
+    monkeypatch.chdir(root)
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_json_close(got, want, where: str = "") -> None:
+    """Equal JSON, floats to 1e-12 relative: numpy's float64 sums may take other SIMD paths on
+    another CPU, and nothing else may differ."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            assert_json_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_json_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-300), where
+    else:
+        assert got == want, where
+
+
+def assert_same_store(got: Path, want: Path, rows: np.ndarray | None = None) -> None:
+    a, b = Store(got, mode="r"), Store(want, mode="r")
+    assert a.committed().all() and b.committed().all()
+    assert a.ids == b.ids
+    mask = b.valid_rows() if rows is None else rows
+    for name in EXACT:
+        np.testing.assert_array_equal(a.read(name)[mask], b.read(name)[mask], err_msg=name)
+    for name in CLOSE:
+        assert_float32_close(a.read(name)[mask], b.read(name)[mask], err_msg=name)
+
+
+def test_show_and_analyze_print_what_010_printed(old: Path, monkeypatch) -> None:
+    for example in ("0", "5"):
+        result = run(old, monkeypatch, "show", "complete.zarr", "--example", example, "--json")
+        assert result.exit_code == 0, result.output
+        want = json.loads((old / f"show_{example}.json").read_text())
+        got = json.loads(result.output)
+        assert got == want | {k: v for k, v in got.items() if k not in want}
+    result = run(old, monkeypatch, "analyze", "complete.zarr", "--json")
+    assert result.exit_code == 0, result.output
+    got, want = json.loads(result.output), json.loads((old / "analyze.json").read_text())
+    assert_json_close({k: got[k] for k in want}, want)  # new keys may be added, none may change
+
+
+def test_status_and_the_python_api_read_010_stores(old: Path, monkeypatch) -> None:
+    import tdsdist
+
+    for name in ("partial", "recorded"):
+        result = run(old, monkeypatch, "status", f"{name}.zarr", "--json")
+        assert json.loads(result.output) == json.loads((old / f"status_{name}.json").read_text())
+    store = tdsdist.open_store(old / "complete.zarr")
+    example = store.example("3")
+    assert (example["base_rank"] >= 1).all() and len(example["token_id"]) == 12
+    assert store.summary()["positions"] == json.loads((old / "analyze.json").read_text())["positions"]
+
+
+def test_a_store_killed_under_010_resumes_to_the_complete_one(old: Path, monkeypatch) -> None:
+    partial = old / "partial.zarr"
+    before = Store(partial, mode="r")
+    first = slice(0, before.units()[0].positions)
+    kept = {name: before.read(name)[first].copy() for name in EXACT + CLOSE}
+    result = run(old, monkeypatch, "score", *SCORE, "--store", "partial.zarr")
+    assert result.exit_code == 0, result.output
+    assert "1 already committed, 2 to do" in result.output
+    assert_same_store(partial, old / "complete.zarr")
+    after = Store(partial, mode="r")
+    for name, values in kept.items():  # the unit 0.1.0 committed is not scored again
+        np.testing.assert_array_equal(after.read(name)[first], values, err_msg=name)
+
+
+def test_a_store_recorded_by_010_generate_is_completed(old: Path, monkeypatch) -> None:
+    result = run(old, monkeypatch, "score", *COMPLETE_RECORDED, "--store", "recorded.zarr")
+    assert result.exit_code == 0, result.output
+    assert "base pass only" in result.output
+    assert_same_store(old / "recorded.zarr", old / "recorded-completed.zarr")
+    result = run(old, monkeypatch, "show", "recorded.zarr", "--example", "1", "--json")
+    want = json.loads((old / "show_recorded_1.json").read_text())
+    got = json.loads(result.output)
+    assert [p["token_id"] for p in got["positions"]] == [p["token_id"] for p in want["positions"]]
+    assert [p["base"]["rank"] for p in got["positions"]] == [
+        p["base"]["rank"] for p in want["positions"]
+    ]

@@ -48,7 +48,7 @@ class Progress:
     ) -> None:
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
         self.stream = stream if stream is not None else sys.stderr
-        self.done = 0
+        self.done = self.printed = 0
         self.clock = clock
         self.start = self.last = clock()
         if interval is None:
@@ -73,8 +73,8 @@ class Progress:
             self.bar.refresh()
             return
         now = self.clock()
-        if now - self.last >= self.interval:
-            self.last = now
+        if now - self.last >= self.interval and self.done != self.printed:
+            self.last, self.printed = now, self.done
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 

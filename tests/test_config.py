@@ -57,3 +57,30 @@ def test_invalid_values_name_the_field(values: dict, message: str) -> None:
 def test_missing_required_options_are_named() -> None:
     with pytest.raises(TdsError, match="--aligned, --store"):
         build_config({"base": "b", "data": "d"}, {})
+
+
+def test_generate_flags_come_from_its_dataclass_with_help_and_defaults() -> None:
+    from tdsdist.cli import generate_command
+    from tdsdist.config import GenerateConfig, field_docs
+
+    params = {p.name: p for p in generate_command.params}
+    assert set(field_names(GenerateConfig)) <= set(params)
+    assert list(params["dtype"].type.choices) == ["float32", "bfloat16", "float16", "float64"]
+    assert params["stop"].multiple
+    assert params["max_new_tokens"].help == field_docs(GenerateConfig)["max_new_tokens"] + " [512]"
+    # 0.1.0's flags, which cluster scripts use, are all still there
+    for flag in ("--overwrite", "--trust-remote-code", "--aligned-template", "--top-p", "--seed"):
+        assert any(flag in p.opts for p in generate_command.params), flag
+
+
+def test_generate_takes_a_config_file_and_flags_win(tmp_path: Path) -> None:
+    from tdsdist.config import GenerateConfig
+
+    f = tmp_path / "g.yaml"
+    f.write_text("aligned: m\ndata: p.json\nout: a.json\nstop: ['###']\ntemperature: 0.7\n")
+    config = build_config(load_yaml(f, GenerateConfig), {"temperature": 0.0}, GenerateConfig)
+    assert config.stop == ["###"] and config.temperature == 0.0
+    with pytest.raises(TdsError, match="stop must be a list of strings"):
+        build_config({}, {"aligned": "m", "data": "p", "out": "o", "stop": [1]}, GenerateConfig)
+    with pytest.raises(TdsError, match="--out"):
+        build_config({}, {"aligned": "m", "data": "p"}, GenerateConfig)

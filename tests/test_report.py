@@ -27,12 +27,12 @@ from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 from tdsdist.analysis.report import (
     MARKER,
     TOP_SHOWN,
-    _text_ends,
     js_call,
     read_js_call,
     write_report,
 )
 from tdsdist.analysis.show import example_record
+from tdsdist.analysis.token_text import text_ends
 from tdsdist.cli import main
 from tdsdist.errors import TdsError
 from tdsdist.jobs.demo import demo_data_path
@@ -379,7 +379,7 @@ def test_text_ends_split_characters() -> None:
     tokenizer = train_tiny_tokenizer(default_corpus(), 301)
     text = "a\u2028b \U0001f600 c"
     ids = tokenizer.encode(text, add_special_tokens=False)
-    ends = _text_ends(tokenizer, ids, tokenizer.decode(ids))
+    ends = text_ends(tokenizer, ids, tokenizer.decode(ids))
     assert ends == sorted(ends) and ends[-1] == len(text.encode("utf-16-le")) // 2
     for t, end in enumerate(ends):
         prefix = tokenizer.decode(ids[: t + 1])
@@ -390,7 +390,7 @@ def test_text_ends_split_characters() -> None:
         ids = tokenizer.encode(answer, add_special_tokens=False)
         pieces = [tokenizer.decode([i]) for i in ids]
         full = tokenizer.decode(ids)
-        assert _text_ends(tokenizer, ids, full, pieces) == _text_ends(tokenizer, ids, full)
+        assert text_ends(tokenizer, ids, full, pieces) == text_ends(tokenizer, ids, full)
 
 
 def test_pending_examples_have_no_page(crafted_site: Path, synthetic_site: Path) -> None:

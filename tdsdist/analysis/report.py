@@ -28,17 +28,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.errors import TdsError
+from tdsdist.files import publish, staged_folder
+from tdsdist.metrics import categories
 from tdsdist.store import MODELS, Store
 
 MARKER = ".tdsdist-report"
@@ -55,7 +55,6 @@ _ESCAPES = {
     "\u2029": "\\u2029",
 }
 _ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
-_SENTENCEPIECE_SPACE = "\u2581"
 
 
 def js_call(function: str, *args: Any) -> str:
@@ -89,9 +88,7 @@ def write_report(store: Store, out: Path, summary: dict) -> Path:
     """
     out = Path(out)
     _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         _copy_assets(tmp)
         (tmp / "data").mkdir()
         rows = _write_examples(store, tmp / "data", summary)
@@ -113,10 +110,7 @@ def write_report(store: Store, out: Path, summary: dict) -> Path:
         (tmp / MARKER).write_text(
             "written by `tdsdist report`; the next run replaces this folder\n"
         )
-        _replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, out, replace=True)
     return out / "index.html"
 
 
@@ -129,17 +123,6 @@ def _check_out(out: Path) -> None:
         raise TdsError(
             f"{out}: folder is not empty and is not a tdsdist report; give a new or empty folder"
         )
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "site")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    os.chmod(out, 0o755)  # mkdtemp made it 0700
 
 
 def _copy_assets(site: Path) -> None:
@@ -157,102 +140,6 @@ def _thresholds(summary: dict) -> dict[str, int]:
         "unshifted_max": int(t.get("unshifted_max", 1)),
         "marginal_max": int(t.get("marginal_max", 3)),
     }
-
-
-class _TokenText:
-    """`decode([id])` per id, cached for the whole report (the vocabulary bounds the cache)."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.cache: dict[int, str] = {}
-
-    def table(self, ids: np.ndarray) -> dict[str, str]:
-        unique = [int(i) for i in np.unique(ids) if i >= 0]
-        new = [i for i in unique if i not in self.cache]
-        if new:
-            texts = self.tokenizer.batch_decode([[i] for i in new])
-            pieces = self.tokenizer.convert_ids_to_tokens(new)
-            for i, text, piece in zip(new, texts, pieces):
-                # SentencePiece decoders drop the word-initial space of a lone token: restore it.
-                if isinstance(piece, str) and piece.startswith(_SENTENCEPIECE_SPACE):
-                    if not text.startswith(" "):
-                        text = " " + text
-                self.cache[i] = text
-        return {str(i): self.cache[i] for i in unique}
-
-
-def _decoder(tokenizer, ids: list[int], text: str):
-    """`tokenizer.decode` of one id list, through the Rust tokenizer directly when that gives the
-    same text for the whole answer (transformers' wrapper costs many times the decoding itself).
-    The wrapper's only addition, the optional space clean-up, acts on local patterns, so an answer
-    it leaves unchanged has all its parts and prefixes unchanged too."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        try:
-            if backend.decode(ids, skip_special_tokens=False) == text:
-                return lambda seq: backend.decode(seq, skip_special_tokens=False)
-        except Exception:  # an unusual backend: the wrapper is always right
-            pass
-    return tokenizer.decode
-
-
-def _incremental_pieces(decode, ids: list[int]) -> list[str]:
-    """Each token's share of the answer text, decoded incrementally as streaming decoders do:
-    text is released once it no longer ends in an incomplete character (U+FFFD), decoded with a
-    few tokens of context before it so that word-initial spaces come out right. Linear time."""
-    pieces = []
-    prefix = read = 0
-    for t in range(len(ids)):
-        before = decode(ids[prefix:read])
-        after = decode(ids[prefix : t + 1])
-        if len(after) > len(before) and not after.endswith("\ufffd") and after.startswith(before):
-            pieces.append(after[len(before) :])
-            prefix, read = read, t + 1
-        else:
-            pieces.append("")
-    if read < len(ids):  # the answer ends inside a character: the rest goes to the last token
-        before = decode(ids[prefix:read])
-        pieces[-1] = decode(ids[prefix:])[len(before) :]
-    return pieces
-
-
-def _text_ends(tokenizer, ids: list[int], text: str, pieces: list[str] | None = None) -> list[int]:
-    """For each position t, the length (in UTF-16 units, as JavaScript counts) of the answer text
-    up to and including token t: `text[:ends[t]]` is the prefix the example page shows.
-
-    `pieces`, the tokens decoded one by one, are used as they are when they add up to the text
-    (or to it plus leading whitespace that the decoder strips at the start). Otherwise the text is
-    decoded incrementally (a character split over byte tokens goes to the token that completes
-    it); if that does not add up either (an unusual decoder), the prefixes themselves are decoded
-    (quadratic, but only for such answers).
-    """
-    n = len(ids)
-    if n == 0:
-        return []
-    if pieces is not None:
-        joined = "".join(pieces)
-        strip = len(joined) - len(text)
-        if joined.endswith(text) and 0 <= strip <= len(pieces[0]) and not joined[:strip].strip():
-            ends = np.maximum(np.cumsum([len(p) for p in pieces]) - strip, 0)
-            return _utf16(ends, text)
-    decode = _decoder(tokenizer, ids, text)
-    incremental = _incremental_pieces(decode, ids)
-    if "".join(incremental) == text:
-        return _utf16(np.cumsum([len(p) for p in incremental]), text)
-    ends = np.zeros(n, np.int64)
-    for t in range(n):
-        prefix = decode(ids[: t + 1])
-        if text.startswith(prefix):
-            ends[t] = len(prefix)
-        else:
-            ends[t] = len(os.path.commonprefix([prefix.rstrip("\ufffd"), text]))
-    return _utf16(np.maximum.accumulate(ends), text)
-
-
-def _utf16(ends: np.ndarray, text: str) -> list[int]:
-    """Character offsets into `text` as UTF-16 offsets (characters past U+FFFF count twice)."""
-    astral = np.concatenate([[0], np.cumsum([ord(c) > 0xFFFF for c in text])]).astype(np.int64)
-    return (np.asarray(ends, np.int64) + astral[ends]).tolist()
 
 
 def _preview(text: str) -> str:
@@ -317,7 +204,7 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
     shown = min(TOP_SHOWN, store.top_k)
     flags = _example_flags(store)
     tokenizer = store.tokenizer()
-    token_text = _TokenText(tokenizer)
+    token_text = TokenText(tokenizer)
     all_tokens = store.read("positions/token_id")
     rows: list[dict[str, Any]] = []
     for i in range(n_examples):  # pending examples: their answers are known, their scores not
@@ -363,7 +250,7 @@ def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, d
     ids = data["positions/token_id"].tolist()
     text = tokenizer.decode(ids)
     rank = data["base/rank"]
-    cat = (rank > thresholds["unshifted_max"]).astype(np.int8) + (rank > thresholds["marginal_max"])
+    cat = categories(rank, thresholds["unshifted_max"], thresholds["marginal_max"])
     kl = data["positions/kl"].astype(np.float64)
     strings = token_text.table(
         np.concatenate(
@@ -384,7 +271,7 @@ def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, d
         "n": len(ids),
         "stats": stats,
         "text": text,
-        "ends": _text_ends(tokenizer, ids, text, [strings[str(t)] for t in ids]),
+        "ends": text_ends(tokenizer, ids, text, [strings[str(t)] for t in ids]),
         "strings": strings,
         "token": ids,
         "cat": cat.tolist(),

@@ -10,14 +10,11 @@ import os
 
 import torch
 
+from tdsdist.config import DTYPES
 from tdsdist.errors import TdsError, first_line
 
-DTYPE = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
+#: The torch dtype of each `--dtype` name (`config.DTYPES`).
+DTYPE = {name: getattr(torch, name) for name in DTYPES}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def prepare_smollm2(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def _quiet_accelerator_notice(record: logging.LogRecord) -> bool:
+    return "Setting accelerator to CPU" not in record.getMessage()
+
+
 def _build(gguf: Path, out: Path) -> None:
     """Dequantize `gguf` into `out` as float32 safetensors plus config and tokenizer."""
     import torch
@@ -109,6 +114,10 @@ def _build(gguf: Path, out: Path) -> None:
     # quantization_config and every later from_pretrained would look for the GGUF file.
     if model.hf_quantizer is not None:
         model.hf_quantizer.remove_quantization_config(model)
+    # save_pretrained unwraps the model through accelerate, which imports DeepSpeed when it is
+    # installed; DeepSpeed then announces "Setting accelerator to CPU" on a machine without a
+    # GPU, a warning about tensor parallelism that a one-process demo does not use.
+    logging.getLogger("DeepSpeed").addFilter(_quiet_accelerator_notice)
     model.save_pretrained(out)
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

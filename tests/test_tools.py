@@ -1,20 +1,48 @@
-"""The device-machine script must work when a GPU is lent: run its code path on CPU here."""
+"""The tools must work when they are needed (a GPU lent for minutes): run their code on CPU here.
+
+Tools are modules of the `tools` package, run from the repository root: `python -m tools.gpu.check`.
+"""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
+TOOLS = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in (ROOT / "tools").glob("*/*.py")
+    if path.name != "__init__.py"
+)
+
+
+def run_tool(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS...` from the repository root, as the docstrings say to run them."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(
+        cmd, cwd=ROOT, check=True, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("module", TOOLS)
+def test_every_tool_starts(module: str) -> None:
+    """Each tool imports as a module (no sys.path tricks) and its docstring says how to run it."""
+    path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert f"python -m {module}" in docstring
+    text = run_tool(module, "--help", timeout=120).stdout
+    assert text.startswith(f"usage: python -m {module} ")
 
 
 def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--tiny", "--device", "cpu",
-           "--sequences", "3", "--context", "8", "--answer", "16", "--repeats", "1", "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    run_tool("tools.gpu.check", "--tiny", "--device", "cpu", "--sequences", "3", "--context", "8",
+             "--answer", "16", "--repeats", "1", "--out", str(out))  # fmt: skip
     report = json.loads(out.read_text())
     assert report["answer_positions"] == 48
     for name in ("tdsdist", "bare"):
@@ -25,9 +53,7 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
 def test_gpu_correctness_passes_on_cpu(tmp_path: Path) -> None:
     """The same checks the GPU run makes, here on the CPU: the engine equals the reference."""
     out = tmp_path / "correct.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "gpu_correctness.py"), "--device", "cpu",
-           "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    run_tool("tools.gpu.correctness", "--device", "cpu", "--out", str(out), timeout=600)
     report = json.loads(out.read_text())
     assert report["passed"] and all(report["passed"].values())
     assert report["attention_misaligned_control"] > 0.1  # the check can tell a wrong mask apart
@@ -39,18 +65,25 @@ def test_bench_and_profile_prefix_run_tiny(tmp_path: Path, tiny_pair) -> None:
     resources = demo_data_path().parent
     urial = next(resources.glob("urial*"))
     out = tmp_path / "prefix.json"
-    cmd = [sys.executable, str(ROOT / "tools" / "bench_prefix.py"), "--random-shape", "tiny",
-           "--model", str(tiny_pair[0]), "--data", str(demo_data_path()), "--urial", str(urial),
-           "--examples", "3", "--max-answer", "24", "--repeats", "1", "--compare-masked",
-           "--threads", "1", "--out", str(out)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    run_tool("tools.bench.prefix", "--random-shape", "tiny", "--model", str(tiny_pair[0]),
+             "--data", str(demo_data_path()), "--urial", str(urial), "--examples", "3",
+             "--max-answer", "24", "--repeats", "1", "--compare-masked", "--threads", "1",
+             "--out", str(out))  # fmt: skip
     report = json.loads(out.read_text())
     assert report["shared_prefix_tokens"] > 100 and report["prefix_cache_mib"] > 0
     assert set(report["variants"]) == {
         "plain", "urial (cached)", "urial (recomputed)", "urial (cached), masked sdpa"
     }  # fmt: skip
     assert report["agreement"]["max_abs_logprob_diff"] < 1e-4
-    cmd = [sys.executable, str(ROOT / "tools" / "profile_prefix.py"), "--shape", "tiny",
-           "--batch", "2", "--prefix", "40", "--suffix", "40", "--rows", "3"]  # fmt: skip
-    text = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    text = run_tool("tools.profile.prefix", "--shape", "tiny", "--batch", "2", "--prefix", "40",
+                    "--suffix", "40", "--rows", "3").stdout  # fmt: skip
     assert "=== plain" in text and "=== cached prefix" in text
+
+
+def test_bench_memory_runs_its_variants_in_fresh_processes() -> None:
+    """The parent starts each variant as `python -m tools.bench.memory --child ...`."""
+    text = run_tool("tools.bench.memory", "--sequences", "2", "--context", "4", "--answer", "12",
+                    "--vocab", "2000", "--chunk-mib", "1", "--naive", "run", "--threads", "1").stdout  # fmt: skip
+    for variant in ("bare body forward", "tdsdist Scorer.score, chunk 1 MiB", "naive:"):
+        assert variant in text
+    assert "prototype" not in text

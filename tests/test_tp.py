@@ -272,7 +272,7 @@ def test_tensor_parallel_scores_equal_one_process(
 
 def test_shard_by_shard_loading_only_when_the_dtype_changes(tmp_path: Path) -> None:
     """Memory-mapped files in the wanted dtype are cheaper to load whole (page cache shared by the
-    node's ranks); a conversion is cheaper shard by shard (tools/bench_tp_load.py)."""
+    node's ranks); a conversion is cheaper shard by shard (python -m tools.bench.tp_load)."""
     from tdsdist.parallel.tp_load import checkpoint_dtype, loads_shard_by_shard
 
     tokenizer = train_tiny_tokenizer(default_corpus(), VOCAB)

@@ -115,13 +115,13 @@ def vocab_slice(vocab_size: int, tp_rank: int, tp_size: int) -> tuple[int, int]:
     return start, start + base + (1 if tp_rank < extra else 0)
 
 
-def _all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
     if shard.group is not None:
         dist.all_reduce(t, op=op, group=shard.group)
     return t
 
 
-def _gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabShard):
+def gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabShard):
     """Global top-k from each rank's local top-k: gather (value, global id) pairs, select again."""
     if shard.group is None:
         return values, ids
@@ -148,7 +148,7 @@ def project(
     A fresh `[rows, V]` tensor per chunk is not free on CPU: above glibc's mmap threshold every
     allocation is a new mapping whose pages fault in on first touch (about as costly as the
     arithmetic), and below it freed chunks fragment the heap (RSS ballooned to 7.7 GB at 32 MiB
-    chunks). Two buffers per call, reused for every chunk, avoid both (tools/profile_head.py).
+    chunks). Two buffers per call, reused for every chunk, avoid both (`python -m tools.profile.head`).
     """
     if out is None:
         logits = F.linear(hidden, weight, bias).float()
@@ -182,6 +182,20 @@ def score_rows(
     )
 
 
+def logits_at(
+    logits: torch.Tensor,  # [N, V_local]
+    ids: torch.Tensor,  # [N, m] global token ids
+    shard: VocabShard = VocabShard(),
+) -> torch.Tensor:
+    """`[N, m]` logits at global ids: each id is owned by exactly one rank, the others
+    contribute -inf to a max-reduce (m floats per row on the wire)."""
+    local = ids - shard.start
+    owned = (local >= 0) & (local < logits.shape[1])
+    gathered = logits.gather(-1, local.clamp(0, logits.shape[1] - 1))
+    values = torch.where(owned, gathered, torch.tensor(float("-inf"), device=logits.device))
+    return all_reduce(values, dist.ReduceOp.MAX, shard)
+
+
 def logit_statistics(
     logits: torch.Tensor,  # [N, V_local] float32; overwritten (used as scratch)
     targets: torch.Tensor,  # [N] global token ids
@@ -191,40 +205,27 @@ def logit_statistics(
     scratch: torch.Tensor | None = None,  # [N, V_local] float32, overwritten
 ) -> HeadOutput:
     """See the module docstring for the definitions."""
-    n, v_local = logits.shape
+    v_local = logits.shape[1]
     if scratch is None:
         scratch = torch.empty_like(logits)
-    local = targets - shard.start  # [N]
-    owned = (local >= 0) & (local < v_local)
-    local = local.clamp(0, v_local - 1).unsqueeze(-1)
-
-    # Target logit: owned by exactly one rank; the others contribute -inf to a max-reduce.
-    neg_inf = torch.tensor(float("-inf"), device=logits.device)
-    target_logit = torch.where(owned, logits.gather(-1, local).squeeze(-1), neg_inf)
-    target_logit = _all_reduce(target_logit, dist.ReduceOp.MAX, shard)
+    target_logit = logits_at(logits, targets.unsqueeze(-1), shard).squeeze(-1)  # [N]
     # Count as 0/1 floats in the scratch buffer (exact below 2^24 tokens per row): a bool
     # tensor and an int64 sum cost ten times more.
     greater = torch.gt(logits, target_logit.unsqueeze(-1), out=scratch).sum(-1)  # [N] float32
-    rank = _all_reduce(greater, dist.ReduceOp.SUM, shard).long() + 1
+    rank = all_reduce(greater, dist.ReduceOp.SUM, shard).long() + 1
 
     top_values, top_local = logits.topk(min(k, v_local), dim=-1)
-    top_values, top_ids = _gather_top(top_values, top_local + shard.start, k, shard)
+    top_values, top_ids = gather_top(top_values, top_local + shard.start, k, shard)
 
-    support_logit = None
-    if support is not None:
-        s_local = support - shard.start
-        s_owned = (s_local >= 0) & (s_local < v_local)
-        gathered = logits.gather(-1, s_local.clamp(0, v_local - 1))
-        support_logit = torch.where(s_owned, gathered, neg_inf)
-        support_logit = _all_reduce(support_logit, dist.ReduceOp.MAX, shard)
+    support_logit = None if support is None else logits_at(logits, support, shard)
 
     # Normaliser and entropy in place: z = logits - max, e = exp(z) (scratch), then z * e.
-    row_max = _all_reduce(logits.amax(-1), dist.ReduceOp.MAX, shard)  # [N]
+    row_max = all_reduce(logits.amax(-1), dist.ReduceOp.MAX, shard)  # [N]
     z = logits.sub_(row_max.unsqueeze(-1))
     e = torch.exp(z, out=scratch)
     s0 = e.sum(-1)
     s1 = z.mul_(e).nan_to_num_(nan=0.0).sum(-1)  # 0 * -inf -> 0
-    sums = _all_reduce(torch.stack([s0, s1], dim=-1), dist.ReduceOp.SUM, shard)  # [N, 2]
+    sums = all_reduce(torch.stack([s0, s1], dim=-1), dist.ReduceOp.SUM, shard)  # [N, 2]
     lse = row_max + sums[:, 0].log()  # [N]
     entropy = sums[:, 0].log() - sums[:, 1] / sums[:, 0]
     return HeadOutput(

@@ -3,7 +3,7 @@
 Why a cache layer of our own: transformers' `DynamicLayer` concatenates each batch's keys onto
 what it holds and keeps the result until the forward ends. With the prefix held as one broadcast
 copy, that concatenation takes CUDA's strided `cat` path, which was 29% of a Llama-2-7B batch's
-GPU time on an H200 under a 1.2K-token prefix (`docs/gpu/profile_prefix.txt`), and it keeps every
+GPU time on an H200 under a 1.2K-token prefix (`docs/gpu/profile_prefix_before.txt and profile_prefix_after.txt`), and it keeps every
 layer's `[B, P + T]` keys alive at once. `PrefixLayer` instead writes the prefix and the batch's
 own keys into one fresh `[B, P + T]` buffer with plain copies, hands it to attention and keeps
 nothing: one layer's buffer is alive at a time, and one cache object serves every batch as is.

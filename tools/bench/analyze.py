@@ -4,13 +4,11 @@ Builds (once, reused if present) a store of `--positions` answer positions with 
 distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
 analysis reads, then times `tdsdist.analysis.summary.summarize` over it.
 
-    python tools/bench_analyze.py --positions 10000000 --repeats 3
+    python -m tools.bench.analyze --positions 10000000 --repeats 3
 """
 
 from __future__ import annotations
 
-import argparse
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
 from tdsdist.analysis.summary import summarize
 from tdsdist.store import Store, create
+from tools.common import arg_parser, peak_rss_kib
 
 
 def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:
@@ -54,9 +53,7 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--positions", type=int, default=10_000_000)
     parser.add_argument("--store", type=Path, default=Path("/tmp/tdsdist-bench-analyze.zarr"))
     parser.add_argument("--repeats", type=int, default=3)
@@ -75,7 +72,7 @@ def main() -> None:
     n = summary["positions"]
     assert n == store.meta["positions"]
     median = statistics.median(times)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_kib() / 1024
     print("| positions | repeats | median seconds | positions / s | peak RSS (MiB) |")
     print("|---:|---:|---:|---:|---:|")
     print(f"| {n:,} | {args.repeats} | {median:.2f} | {n / median:,.0f} | {peak:.0f} |")

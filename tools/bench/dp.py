@@ -4,7 +4,7 @@ Each run scores the same examples into a fresh store (SmolLM2-135M-Instruct as b
 vs plain contexts, like the demo) and reports the job's own `score_seconds` (model loading
 excluded) and positions per second. Runs alternate dp=1 / dp=2 so machine noise hits both.
 
-    python tools/bench_dp.py --examples 16 --max-output-tokens 64 --repeats 3
+    python -m tools.bench.dp --examples 16 --max-output-tokens 64 --repeats 3
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 
 from tdsdist.engine.smollm2 import prepare_smollm2
 from tdsdist.jobs.demo import demo_data_path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tools.common import ROOT, arg_parser
 
 
 def run(nproc: int, store: Path, args: argparse.Namespace, model: str) -> dict:
@@ -35,9 +34,7 @@ def run(nproc: int, store: Path, args: argparse.Namespace, model: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--examples", type=int, default=16)
     parser.add_argument("--max-output-tokens", type=int, default=64)
     parser.add_argument("--unit-size", type=int, default=2)

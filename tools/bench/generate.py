@@ -4,7 +4,7 @@
 (b) `generate` without a store; `score` then runs both passes over the answers.
 Seconds of generation and of scoring (model loading excluded), medians over interleaved repeats.
 
-    python tools/bench_generate.py --examples 4 --max-new-tokens 48 --repeats 2
+    python -m tools.bench.generate --examples 4 --max-new-tokens 48 --repeats 2
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from tdsdist.config import ScoreConfig
+from tdsdist.config import GenerateConfig, ScoreConfig
 from tdsdist.engine.smollm2 import prepare_smollm2
 from tdsdist.jobs.demo import demo_data_path
-from tdsdist.jobs.generate import GenerateConfig, run_generate
+from tdsdist.jobs.generate import run_generate
 from tdsdist.jobs.score import run_score
+from tools.common import arg_parser
 
 
 def once(record: bool, tmp: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:
@@ -36,9 +37,7 @@ def once(record: bool, tmp: Path, args: argparse.Namespace, model: str) -> tuple
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=2)

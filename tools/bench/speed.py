@@ -9,10 +9,11 @@ tokens, cut at L tokens. Three ways to score the same answer positions:
       position t a full forward over context + answer[:t], no KV cache, logits of the last position,
       float32 log-softmax, top-k, exact rank of the target;
   (b) `tdsdist.engine.scorer.Scorer` (token-budget batches, one forward per batch, chunked scoring head);
-  (c) a bare teacher-forced forward on the SAME batches (`token_budget_batches`, same padding and
-      attention): the model body, then the LM head on the answer positions' hidden states only, and no
-      statistics. time(c)/time(b) = tdsdist throughput / bare throughput: what tdsdist's
-      statistics and bookkeeping leave of the model's own speed.
+  (c) a bare teacher-forced forward on the SAME batches (`tools.common.bare_forward`:
+      `token_budget_batches`, same padding and attention): the model body, then the output
+      projection of the answer positions' hidden states only, and no statistics.
+      time(c)/time(b) = tdsdist throughput / bare throughput: what tdsdist's statistics and
+      bookkeeping leave of the model's own speed.
 
 For each L the repeats of (a), (b) and (c) are interleaved (order rotated per repeat) so that the
 noise of a shared machine hits all three alike. (a) is too slow to repeat in full: its forwards are
@@ -28,8 +29,8 @@ more, as long as 3 clean rounds remain. CPU time (all threads) is reported besid
 not immune to contention either (OpenMP threads spin while a sibling is descheduled). Prints
 markdown tables.
 
-    python tools/bench_speed.py                  # defaults: L in 32 64 128 256, 4/4/2/1 examples
-    python tools/bench_speed.py --lengths 64 --examples 8 --repeats 5
+    python -m tools.bench.speed                  # defaults: L in 32 64 128 256, 4/4/2/1 examples
+    python -m tools.bench.speed --lengths 64 --examples 8 --repeats 5
 """
 
 from __future__ import annotations
@@ -40,27 +41,23 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from tdsdist.engine.scorer import ContextAnswer, Scorer, token_budget_batches
+from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.engine.smollm2 import prepare_smollm2
 from tdsdist.inputs.data import Fields, load_examples
 from tdsdist.inputs.plan import tokenize_context
 from tdsdist.inputs.templates import PLAIN_TEMPLATE
+from tools.common import add_data_argument, arg_parser, bare_forward, just_eval_data
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/just_eval_llama2_7b_chat.json")
-FALLBACK = ROOT / "tdsdist" / "resources" / "just_eval_llama2_7b_chat_first20.json"
 DEFAULT_EXAMPLES = {32: 4, 64: 4, 128: 2, 256: 1}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = arg_parser(
+        __doc__.split("\n\n")[0],
         epilog="Prints a markdown table of seconds per scored position and the ratios.",
     )
     p.add_argument(
@@ -93,11 +90,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument(
-        "--prototype-head",
-        action="store_true",
-        help="also time (d): the Scorer with tools/profile_head.py's prototype head patched in",
-    )
-    p.add_argument(
         "--quiet-cores",
         type=float,
         default=0.3,
@@ -119,12 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "stronger baseline, default) or every position as the published code "
         "does (`full`: model(ids).logits[:, -1])",
     )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"just-eval file (default {DATA}, else {FALLBACK.relative_to(ROOT)})",
-    )
+    add_data_argument(p)
     args = p.parse_args(argv)
     if args.repeats < 3:
         p.error("--repeats must be at least 3")
@@ -169,34 +156,6 @@ def naive_positions(model, work, k: int, full_logits: bool):
         rank = int((logprobs > logprobs[target]).sum()) + 1
         out[(seq_index, t)] = (rank, float(logprobs[target]), top.indices)
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# (c) the bare teacher-forced forward on the Scorer's batches
-
-
-@torch.inference_mode()
-def bare_forward(model, seqs, max_tokens: int, forward_kwargs: dict) -> int:
-    """Body forward + LM head on answer rows only, batched, padded and attended exactly like
-    `Scorer.score` (`forward_kwargs`: the Scorer's, which choose its causal-only attention)."""
-    fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
-    rows_done = 0
-    for batch in token_budget_batches(fed, max_tokens):
-        width = max(fed[i] for i in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        rows = []
-        for b, i in enumerate(batch):
-            s = seqs[i]
-            tokens = (s.context + s.answer)[: fed[i]]
-            ids[b, : len(tokens)] = torch.tensor(tokens)
-            start = b * width + len(s.context) - 1
-            rows.append(torch.arange(start, start + len(s.answer)))
-        hidden = model.base_model(input_ids=ids, use_cache=False, **forward_kwargs)
-        hidden = hidden.last_hidden_state
-        answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.cat(rows))
-        logits = model.lm_head(answer_hidden)
-        rows_done += logits.shape[0]
-    return rows_done
 
 
 def timed(fn):
@@ -248,26 +207,6 @@ def wait_for_quiet(threshold: float, budget: float) -> float:
     return time.perf_counter() - start
 
 
-def prototype_score(scorer: Scorer, seqs):
-    """`scorer.score` with tools/profile_head.py's prototype head patched in, then restored."""
-    from profile_head import fast_score_positions
-
-    import tdsdist.engine.scorer as engine
-
-    def patched(
-        hidden, weight, bias, targets, k, chunk_bytes, support=None, shard=None, softcap=None
-    ):
-        assert (shard is None or shard.group is None) and softcap is None
-        return fast_score_positions(hidden, weight, bias, targets, k, chunk_bytes, support)
-
-    original = engine.score_positions
-    engine.score_positions = patched
-    try:
-        return scorer.score(seqs)
-    finally:
-        engine.score_positions = original
-
-
 def machine_line(threads: int) -> str:
     return (
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
@@ -280,11 +219,11 @@ def machine_line(threads: int) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = args.data or (DATA if DATA.exists() else FALLBACK)
+    data = just_eval_data(args.data)
     n_max = max(args.examples or DEFAULT_EXAMPLES.get(L, 4) for L in args.lengths)
     examples = load_examples(data, Fields(), n_max)
     folder, tok, model = load_model_and_tokenizer()
-    scorer = Scorer(
+    scorer = Scorer.for_model(
         model,
         len(tok),
         args.top_k,
@@ -293,14 +232,14 @@ def main(argv=None) -> None:
         torch.device("cpu"),
     )
     full = args.naive_logits == "full"
-    print(f"# bench_speed: {folder.name}, data {data}", file=sys.stderr)
+    print(f"# tools.bench.speed: {folder.name}, data {data}", file=sys.stderr)
     print(f"# {machine_line(args.threads)}", file=sys.stderr)
 
     # Warm-up: the first forward of each shape family pays one-off costs (~3 s here).
     warm = make_sequences(tok, examples[:2], 16)
     naive_positions(model, [(0, warm[0], t) for t in range(2)], args.top_k, full)
     scorer.score(warm)
-    bare_forward(model, warm, args.max_tokens_per_batch, scorer.forward_kwargs)
+    bare_forward(scorer.runner, warm, args.max_tokens_per_batch)
 
     rows = []
     for L in args.lengths:
@@ -316,12 +255,9 @@ def main(argv=None) -> None:
             model, [max(work, key=lambda w: len(w[1].context) + w[2])], args.top_k, full
         )
         scorer.score(seqs)
-        bare_forward(model, seqs, args.max_tokens_per_batch, scorer.forward_kwargs)
+        bare_forward(scorer.runner, seqs, args.max_tokens_per_batch)
         # Per repeat and variant: (wall seconds, CPU seconds of all threads) per scored position.
         per = {"a": [], "b": [], "c": []}
-        if args.prototype_head:
-            per["d"] = []
-        proto = None
         others = []
         naive = {}
         scored = None
@@ -329,10 +265,7 @@ def main(argv=None) -> None:
             jobs = {
                 "a": lambda part=slices[r]: naive_positions(model, part, args.top_k, full),
                 "b": lambda seqs=seqs: scorer.score(seqs),
-                "c": lambda seqs=seqs: bare_forward(
-                    model, seqs, args.max_tokens_per_batch, scorer.forward_kwargs
-                ),
-                "d": lambda seqs=seqs: prototype_score(scorer, seqs),
+                "c": lambda seqs=seqs: bare_forward(scorer.runner, seqs, args.max_tokens_per_batch),
             }
             waited = wait_for_quiet(args.quiet_cores, args.quiet_wait)
             load = OtherLoad().start()
@@ -344,8 +277,6 @@ def main(argv=None) -> None:
                 per[name].append((wall / count, cpu / count))
                 if name == "a":
                     naive.update(result)
-                elif name == "d":
-                    proto = result
                 elif name == "b":
                     scored = result
                 else:
@@ -392,11 +323,6 @@ def main(argv=None) -> None:
         # Paired ratios: (a), (b) and (c) of one repeat ran back to back.
         row["ab_paired"] = statistics.median(a[0] / b[0] for a, b in zip(per["a"], per["b"]))
         row["cb_paired"] = statistics.median(c[0] / b[0] for c, b in zip(per["c"], per["b"]))
-        if proto is not None:
-            row["cd_paired"] = statistics.median(c[0] / d[0] for c, d in zip(per["c"], per["d"]))
-            row["d_same_rank"] = int((proto["rank"] == scored["rank"]).sum())
-            row["d_same_top"] = int((proto["top_ids"] == scored["top_ids"]).all(-1).sum())
-            row["d_max_dlp"] = float(abs(proto["logprob"] - scored["logprob"]).max())
         rows.append(row)
 
     print(f"Machine: {machine_line(args.threads)}")
@@ -434,27 +360,6 @@ def main(argv=None) -> None:
             f"({r['c_min'] / r['b_min']:.3f}; {r['cb_paired']:.3f}) "
             f"| {r['kept']} ({r['clean']}) | {r['others']:.2f} |"
         )
-    if args.prototype_head:
-        print()
-        print(
-            "(d): the same Scorer with `tools/profile_head.py`'s `fast_score_positions` patched in "
-            "for `tdsdist.engine.scorer.score_positions` (a suggested fix, not tdsdist's code), same "
-            "rounds; agreement with (b)."
-        )
-        print()
-        print(
-            "| L | (b) tdsdist ms/pos | (d) prototype head ms/pos | (c) bare ms/pos "
-            "| (c)/(b) | (c)/(d) (paired) | speed-up (a)/(d) | same rank d vs b | same top-k "
-            "| max abs d logprob |"
-        )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(
-                f"| {r['L']} | {1e3 * r['b']:.2f} | {1e3 * r['d']:.2f} | {1e3 * r['c']:.2f} "
-                f"| {r['c'] / r['b']:.3f} | **{r['c'] / r['d']:.3f}** ({r['cd_paired']:.3f}) "
-                f"| {r['a'] / r['d']:.1f}x | {r['d_same_rank']}/{r['positions']} "
-                f"| {r['d_same_top']}/{r['positions']} | {r['d_max_dlp']:.1e} |"
-            )
     print()
     print(
         "CPU time of all threads (time.process_time), ms per scored position, median; and the "

@@ -26,8 +26,8 @@ pickle is used ONLY here, to measure the published format; tdsdist itself never 
 pickles are also gzip-compressed (level 6) for a fairer comparison with the compressed store.
 Prints a markdown table.
 
-    python tools/bench_store_size.py
-    python tools/bench_store_size.py --examples 20 --max-output-tokens 64 --keep /tmp/store.zarr
+    python -m tools.bench.store_size
+    python -m tools.bench.store_size --examples 20 --max-output-tokens 64 --keep /tmp/store.zarr
 """
 
 from __future__ import annotations
@@ -45,26 +45,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path("/work/shared/data/just_eval_llama2_7b_chat.json")
-FALLBACK = ROOT / "tdsdist" / "resources" / "just_eval_llama2_7b_chat_first20.json"
+from tools.common import add_data_argument, arg_parser, just_eval_data
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = arg_parser(
+        __doc__.split("\n\n")[0],
         epilog="Prints a markdown table of bytes per scored position and the ratios.",
     )
     p.add_argument("--examples", type=int, default=20)
     p.add_argument("--max-output-tokens", type=int, default=64)
     p.add_argument("--top-k", type=int, default=20)
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"just-eval file (default {DATA}, else {FALLBACK.relative_to(ROOT)})",
-    )
+    add_data_argument(p)
     p.add_argument(
         "--keep",
         type=Path,
@@ -170,10 +162,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     from tdsdist.config import build_config
     from tdsdist.engine.smollm2 import prepare_smollm2
-    from tdsdist.jobs.score import prepare, run_score
+    from tdsdist.jobs.prepare import prepare
+    from tdsdist.jobs.score import run_score
     from tdsdist.store import Store
 
-    data = args.data or (DATA if DATA.exists() else FALLBACK)
+    data = just_eval_data(args.data)
     folder = prepare_smollm2()
     tmp = None
     if args.keep is None:

@@ -1,12 +1,13 @@
 """Peak host memory per rank when loading a model for tensor parallelism: whole, then split
-(`tp.shard_for_tp`), against shard by shard (`tp.load_sharded_for_tp`).
+(`tdsdist.parallel.tp.shard_for_tp`), against shard by shard
+(`tdsdist.parallel.tp_load.load_sharded_for_tp`).
 
 Saves a random Llama (about 0.5 GB in float32 by default) as safetensors files of
 `--shard-mib`, then for each mode starts `--tp` fresh ranks on this machine (torchrun, gloo) that
 load it and report the private memory (anonymous RSS, sampled) that loading added at its peak and
 after, and their peak RSS. Also checks that both modes give the same final hidden states.
 
-    python tools/bench_tp_load.py --tp 2
+    python -m tools.bench.tp_load --tp 2
 """
 
 from __future__ import annotations
@@ -14,20 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+from tools.common import ROOT, arg_parser, peak_rss_kib, proc_status_kib
 
 
 class AnonSampler:
@@ -41,7 +34,7 @@ class AnonSampler:
     def __init__(self) -> None:
         import threading
 
-        self.start_kib = status_kib("RssAnon")
+        self.start_kib = proc_status_kib("RssAnon")
         self.peak_kib = self.start_kib
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -49,12 +42,12 @@ class AnonSampler:
 
     def _run(self) -> None:
         while not self.done.wait(0.005):
-            self.peak_kib = max(self.peak_kib, status_kib("RssAnon"))
+            self.peak_kib = max(self.peak_kib, proc_status_kib("RssAnon"))
 
     def stop(self) -> tuple[int, int]:
         self.done.set()
         self.thread.join()
-        return max(self.peak_kib, status_kib("RssAnon")), self.start_kib
+        return max(self.peak_kib, proc_status_kib("RssAnon")), self.start_kib
 
 
 def worker(folder: str, mode: str, out: str, dtype: str) -> None:
@@ -62,7 +55,8 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
     import torch.distributed as dist
 
     from tdsdist.engine.models import DTYPE, load_model
-    from tdsdist.parallel.tp import load_sharded_for_tp, shard_for_tp
+    from tdsdist.parallel.tp import shard_for_tp
+    from tdsdist.parallel.tp_load import load_sharded_for_tp
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
@@ -71,7 +65,7 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
     import deepspeed  # noqa: F401  (its import cost is not the model's)
 
     sampler = AnonSampler()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     cpu = torch.device("cpu")
     vocab = 32000
     if mode == "whole":
@@ -79,7 +73,7 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
         model, *_ = shard_for_tp(model, vocab, group, tp, rank, cpu)
     else:
         model, *_ = load_sharded_for_tp(folder, DTYPE[dtype], vocab, group, tp, rank, cpu)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kib()
     anon_peak, anon_start = sampler.stop()
     with torch.no_grad():
         ids = torch.arange(3, 40).unsqueeze(0)
@@ -87,15 +81,13 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
     if rank == 0:
         torch.save(hidden, out + ".pt")
         facts = {"before_kib": before, "peak_kib": peak, "anon_start_kib": anon_start,
-                 "anon_peak_kib": anon_peak, "anon_end_kib": status_kib("RssAnon")}  # fmt: skip
+                 "anon_peak_kib": anon_peak, "anon_end_kib": proc_status_kib("RssAnon")}  # fmt: skip
         Path(out).write_text(json.dumps(facts))
     dist.destroy_process_group()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--tp", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--layers", type=int, default=8)
@@ -125,10 +117,10 @@ def main() -> None:
         for mode in ("whole", "sharded"):
             out = str(Path(tmp) / f"{mode}.json")
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={args.tp}", str(Path(__file__).resolve()), "--worker",
+                   f"--nproc_per_node={args.tp}", "--module", "tools.bench.tp_load", "--worker",
                    str(folder), mode, out, args.dtype]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-            subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=1200)
+            subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=1200, cwd=ROOT)
             results[mode] = json.loads(Path(out).read_text())
             hidden[mode] = torch.load(out + ".pt", weights_only=True)
         same = bool(torch.equal(hidden["whole"], hidden["sharded"]))

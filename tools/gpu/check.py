@@ -4,44 +4,29 @@ Builds a random-weight model with the Llama-2-7B configuration in bf16 directly 
 download), makes batches of just-eval-like sequences (context 64 + answer 320 tokens by default),
 and reports, side by side in one run:
 - tdsdist's scoring throughput (`Scorer.score`: body forward + chunked scoring head, k=20);
-- a bare teacher-forced forward on the same batches (the model's body, then the LM head on the
-  answer positions only, no statistics);
+- a bare teacher-forced forward on the same batches (`tools.common.bare_forward`: the model's
+  body, then the output projection of the answer positions only, no statistics);
 - model FLOP utilisation of both against a bf16 matrix-multiply peak measured here
   (FLOPs per token: 2 x parameters + 4 x layers x hidden x context length for attention).
 
-Needs torch and transformers only (no deepspeed). Under 8 minutes on an H100:
+Needs torch and transformers only (no deepspeed). Under 8 minutes on an H100; from the repository
+root:
 
-    python tools/gpu_check.py --out docs/gpu/gpu_check.json
-    python tools/gpu_check.py --tiny --device cpu      # a smoke run of the same code on CPU
+    python -m tools.gpu.check --out docs/gpu/gpu_check.json
+    python -m tools.gpu.check --tiny --device cpu      # a smoke run of the same code on CPU
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from tdsdist.engine.scorer import ContextAnswer, Scorer, token_budget_batches
-
-
-def llama2_7b_config(tiny: bool) -> LlamaConfig:
-    if tiny:
-        return LlamaConfig(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
-    return LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)  # fmt: skip
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tools.common import arg_parser, bare_forward, print_report, random_llama, sync
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int = 20) -> float:
@@ -58,32 +43,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int =
     return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
-@torch.inference_mode()
-def bare_forward(
-    model, seqs: list[ContextAnswer], max_tokens: int, device: torch.device, forward_kwargs: dict
-) -> None:
-    """The model's own body, then the LM head on the answer positions only (no statistics);
-    batched, right-padded and attended as `Scorer.score` does (`forward_kwargs`: the Scorer's)."""
-    fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
-    head = model.get_output_embeddings()
-    for batch in token_budget_batches(fed, max_tokens):
-        width = max(fed[i] for i in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        rows = []
-        for b, i in enumerate(batch):
-            tokens = (seqs[i].context + seqs[i].answer)[: fed[i]]
-            ids[b, : len(tokens)] = torch.tensor(tokens)
-            start = b * width + len(seqs[i].context) - 1
-            rows.append(torch.arange(start, start + len(seqs[i].answer)))
-        hidden = model.base_model(input_ids=ids.to(device), **forward_kwargs).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, torch.cat(rows).to(device))
-        F.linear(picked, head.weight).float()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="small model: a CPU smoke run")
     parser.add_argument("--sequences", type=int, default=64)
@@ -96,11 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16
-    torch.manual_seed(0)
-    config = llama2_7b_config(args.tiny)
     start = time.perf_counter()
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+    model = random_llama("tiny" if args.tiny else "llama2-7b", 32000, dtype, device)
+    config = model.config
     build_seconds = time.perf_counter() - start
     gen = torch.Generator().manual_seed(0)
     seqs = [
@@ -110,11 +69,11 @@ def main() -> None:
         )
         for _ in range(args.sequences)
     ]
-    scorer = Scorer(
+    scorer = Scorer.for_model(
         model, config.vocab_size, 20, args.logits_chunk_mib << 20, args.max_tokens_per_batch, device
     )
     scorer.score(seqs[:4])  # warm-up (kernels, allocator)
-    bare_forward(model, seqs[:4], args.max_tokens_per_batch, device, scorer.forward_kwargs)
+    bare_forward(scorer.runner, seqs[:4], args.max_tokens_per_batch)
     times: dict[str, list[float]] = {"tdsdist": [], "bare": []}
     for r in range(args.repeats):
         for name in ("tdsdist", "bare") if r % 2 == 0 else ("bare", "tdsdist"):
@@ -123,7 +82,7 @@ def main() -> None:
             if name == "tdsdist":
                 scorer.score(seqs)
             else:
-                bare_forward(model, seqs, args.max_tokens_per_batch, device, scorer.forward_kwargs)
+                bare_forward(scorer.runner, seqs, args.max_tokens_per_batch)
             sync(device)
             times[name].append(time.perf_counter() - t0)
     peak = matmul_peak(device, dtype, 256 if args.tiny else 8192)
@@ -166,10 +125,7 @@ def main() -> None:
     )
     if device.type == "cuda":
         report["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
 
 
 if __name__ == "__main__":

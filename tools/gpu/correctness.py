@@ -17,13 +17,12 @@ ranks, the prefix cache) gives on a CUDA device what it gives on the CPU tests. 
 The reference (`tdsdist.engine.reference.per_token_reference`) runs a float64 copy of each model on the
 CPU, one fresh forward per answer token. Exits 1 if a float32 case fails its tolerance.
 
-    python tools/gpu_correctness.py --out docs/gpu_correctness.json
-    python tools/gpu_correctness.py --device cpu          # the same checks on the CPU
+    python -m tools.gpu.correctness --out docs/gpu/gpu_correctness.json
+    python -m tools.gpu.correctness --device cpu          # the same checks on the CPU
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -41,6 +40,7 @@ from tdsdist_testkit import (
 
 from tdsdist.engine.reference import per_token_reference
 from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tools.common import agreement, arg_parser, print_report
 
 K = 10
 
@@ -70,20 +70,14 @@ def random_sequences(vocab: int, n: int, seed: int) -> list[ContextAnswer]:
 
 def compare(got: dict, ref: dict) -> dict:
     """Agreement figures between the engine's output and the reference (concatenated)."""
-    same_ids = (got["top_ids"] == ref["top_ids"]).all(-1)
-    gaps = [float(np.abs(np.diff(ref["top_logprobs"][i])).min()) for i in np.flatnonzero(~same_ids)]
     out = {
         "positions": int(len(ref["rank"])),
-        "top_ids_identical": float(same_ids.mean()),
-        "closest_gap_where_order_differs": max(gaps) if gaps else None,
-        "ranks_identical": float((got["rank"] == ref["rank"]).mean()),
+        **agreement(got, ref),
         # A random target among 128K logits often has a neighbour within float32's resolution.
         "ranks_identical_where_target_gap_over_1e-4": float(
             (got["rank"] == ref["rank"])[ref["target_gap"] > 1e-4].mean()
         ),
         "max_rank_diff": int(np.abs(got["rank"].astype(np.int64) - ref["rank"]).max()),
-        "max_abs_logprob_diff": float(np.abs(got["logprob"] - ref["logprob"]).max()),
-        "max_abs_top_logprob_diff": float(np.abs(got["top_logprobs"] - ref["top_logprobs"]).max()),
     }
     if "support" in ref:
         out["max_abs_support_diff"] = float(np.abs(got["support_logprobs"] - ref["support"]).max())
@@ -96,9 +90,11 @@ def run_case(model, vocab, seqs, device, dtype, chunk_bytes, budget, prefix=None
     if support:
         rng = np.random.default_rng(0)
         sup = [rng.integers(0, vocab, (len(s.answer), K)) for s in seqs]
-    scorer = Scorer(model.to(device=device, dtype=dtype), vocab, K, chunk_bytes, budget, device)
+    scorer = Scorer.for_model(
+        model.to(device=device, dtype=dtype), vocab, K, chunk_bytes, budget, device
+    )
     if prefix:
-        scorer.set_prefix(prefix)
+        scorer.runner.set_prefix(prefix)
     got = scorer.score(seqs, sup)
     refs = [
         per_token_reference(reference_model, s.context, s.answer, K, vocab, None if sup is None else sup[i])
@@ -154,9 +150,7 @@ def passes(result: dict, tol: float) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = arg_parser(__doc__)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only-attention", action="store_true", help="just the attention case")
@@ -204,10 +198,7 @@ def main() -> None:
         "attention_misaligned_control": control,
         "passed": verdict,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    print_report(report, args.out)
     sys.exit(0 if all(verdict.values()) else 1)
 
 

@@ -18,8 +18,8 @@ Why it matters on CPU: each chunk allocates several fresh `[rows, V]` float32 te
 default budget). Above glibc's mmap threshold (at most 32 MiB) every such allocation is a fresh
 mmap whose pages fault in on first touch; on this VM that costs about as much as the arithmetic.
 
-    python tools/profile_head.py                         # SmolLM2 head (V 49152, H 576) and 128K x 256
-    python tools/profile_head.py --shape 128256x4096 --rows 512
+    python -m tools.profile.head                         # SmolLM2 head (V 49152, H 576) and 128K x 256
+    python -m tools.profile.head --shape 128256x4096 --rows 512
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 
 from tdsdist.engine.head import HeadOutput, chunk_rows, score_positions
+from tools.common import arg_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = arg_parser(
+        __doc__.split("\n\n")[0],
         epilog="Prints markdown tables: per-operation costs, end-to-end head times, agreement.",
     )
     p.add_argument(

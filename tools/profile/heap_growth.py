@@ -1,7 +1,7 @@
 """Diagnose resident-memory growth of `Scorer.score` on CPU: live tensors, or freed heap kept by glibc?
 
 Runs `tdsdist.engine.scorer.Scorer.score` once on the `make_big_vocab_model()` batch of
-`tools/bench_memory.py` (16 x (24 + 1000) random tokens, vocabulary 128256) with the given logits
+`tools.bench.memory` (16 x (24 + 1000) random tokens, vocabulary 128256) with the given logits
 chunk budget, samples the process's VmRSS after every `--every`-th chunk of the scoring head (by
 wrapping `tdsdist.engine.head.score_rows`), then reports the RSS after `score` returns and after
 `malloc_trim(0)` (glibc gives freed heap memory back to the system). If the RSS grows chunk after
@@ -9,24 +9,24 @@ chunk and `malloc_trim` returns it, the growth is freed-but-retained heap (fragm
 per-chunk allocations), not memory tdsdist holds. Whether it shows depends on glibc's dynamic mmap
 threshold and arena state, so it varies between runs: try a few. Prints a markdown table.
 
-    python tools/diag_heap_growth.py --chunk-mib 16
-    python tools/diag_heap_growth.py --chunk-mib 32 --sequences 8
+    python -m tools.profile.heap_growth --chunk-mib 16
+    python -m tools.profile.heap_growth --chunk-mib 32 --sequences 8
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
-import resource
 import time
 
 import torch
 
+from tools.common import arg_parser, peak_rss_kib, proc_status_kib
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = arg_parser(
+        __doc__.split("\n\n")[0],
         epilog="Prints a markdown table of RSS along the scoring head's chunks.",
     )
     p.add_argument("--chunk-mib", type=int, default=16, help="logits chunk budget (default 16)")
@@ -40,11 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) // 1024
-    return -1
+    return proc_status_kib("VmRSS") // 1024
 
 
 def main(argv=None) -> None:
@@ -74,12 +70,13 @@ def main(argv=None) -> None:
     after_load = rss_mib()
     start = time.perf_counter()
     with torch.inference_mode():
-        Scorer(model, args.vocab, 20, args.chunk_mib << 20, 1 << 30, torch.device("cpu")).score(
-            seqs
+        scorer = Scorer.for_model(
+            model, args.vocab, 20, args.chunk_mib << 20, 1 << 30, torch.device("cpu")
         )
+        scorer.score(seqs)
     seconds = time.perf_counter() - start
     after_score = rss_mib()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    peak = peak_rss_kib() // 1024
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     after_trim = rss_mib()
 

@@ -50,7 +50,7 @@ def checkpoint_dtype(folder: str | Path) -> torch.dtype | None:
 def loads_shard_by_shard(folder: str | Path, dtype: torch.dtype) -> bool:
     """Whether `load_sharded_for_tp` is the lighter way to load `folder` in `dtype`.
 
-    Measured (`tools/bench_tp_load.py`, docs/benchmarks.md): when the files already hold `dtype`,
+    Measured (`python -m tools.bench.tp_load`, docs/benchmarks.md): when the files already hold `dtype`,
     transformers maps them into memory and the whole-model path copies only each rank's slices,
     the rest staying page cache that all ranks of a node share, which is lighter than DeepSpeed's
     shard loader. When the weights must be converted (a bf16 checkpoint scored in float32, the

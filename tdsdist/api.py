@@ -5,6 +5,7 @@ ex = store.example("3")              # dict of numpy arrays, one row per answer 
 df = store.dataframe("3")            # the same as a pandas DataFrame (tokens decoded)
 ranks = store.array("base/rank")     # the whole zarr array, lazy: slice what you need
 store.summary()                      # what `tdsdist analyze --json` prints
+store.example("3")["js"]             # exact divergences per position (stores of format 2)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import zarr
 
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
-from tdsdist.store import MODELS, Store
+from tdsdist.store import DIVERGENCES, MODELS, PAIR_ARRAYS, Store
 
 PER_POSITION = ("logprob", "rank", "entropy", "top_ids", "top_logprobs")
 
@@ -56,10 +57,17 @@ class TdsStore:
         """Boolean mask over the position axis: rows that hold a scored answer position."""
         return self._store.valid_rows()
 
+    @property
+    def has_divergences(self) -> bool:
+        """Whether the store has the exact divergences (format 2; a 0.1.0 store has only `kl`)."""
+        return self._store.has_pair
+
     def example(self, example_id: str | int) -> dict[str, np.ndarray]:
         """Per-position arrays of one example: `token_id`, `kl`, `category` (0/1/2) and
         `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}`, plus
-        `base_logprobs_at_aligned_top`."""
+        `base_logprobs_at_aligned_top`; with `has_divergences` also `kl_aligned_base`,
+        `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
+        `aligned_rank_of_base_top1`."""
         index = self._store.example_index(str(example_id))
         if not self._store.example_unit_committed(index):
             raise TdsError(f"{self.path}: example {example_id!r} is not scored yet")
@@ -72,6 +80,11 @@ class TdsStore:
             for name in PER_POSITION:
                 out[f"{model}_{name}"] = self._store.read(f"{model}/{name}", rows)
         out["base_logprobs_at_aligned_top"] = self._store.read("base/logprobs_at_aligned_top", rows)
+        if self.has_divergences:
+            for group, columns in PAIR_ARRAYS.items():
+                for c in columns:
+                    key = c.name if group == "positions" else f"{group}_{c.name}"
+                    out[key] = self._store.read(f"{group}/{c.name}", rows)
         out["category"] = categories(out["base_rank"])
         return out
 
@@ -90,9 +103,14 @@ class TdsStore:
             }
         )
         for model in MODELS:
-            for name in ("logprob", "rank", "entropy"):
+            for name in ("logprob", "rank", "entropy") + (
+                ("ties",) if self.has_divergences else ()
+            ):
                 frame[f"{model}_{name}"] = ex[f"{model}_{name}"]
             frame[f"{model}_top_ids"] = list(ex[f"{model}_top_ids"])
+        if self.has_divergences:
+            for name in DIVERGENCES:
+                frame[name] = ex[name]
         return frame
 
     def summary(self, **kwargs: Any) -> dict[str, Any]:

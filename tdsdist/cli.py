@@ -228,6 +228,35 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
         click.echo(f"  task {t['task']}: {t['done']} done, {t['pending']} pending")
 
 
+@main.command("verify")
+@click.argument("store_dir", type=click.Path())
+@click.option(
+    "--repair", is_flag=True, help="Mark damaged units pending: the same `score` re-scores them."
+)
+@user_errors
+def verify_command(store_dir: str, repair: bool) -> None:
+    """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
+    from tdsdist.store import Store
+
+    store = Store(store_dir, mode="r+" if repair else "r")
+    if store.format_version < 2:
+        raise TdsError(f"{store.path}: a store of format 1 (tdsdist 0.1.0) has no checksums")
+    damaged = store.damaged_units()
+    done = int(store.committed().sum())
+    for unit, names in sorted(damaged.items()):
+        click.echo(f"unit {unit}: damaged {', '.join(names)}")
+    if repair:
+        for unit in damaged:
+            store.mark_pending(unit)
+    if not damaged:
+        click.echo(f"{store.path}: {done} committed units read, none damaged")
+        return
+    what = "marked pending: re-run the same `score` command" if repair else "use --repair"
+    click.echo(f"{store.path}: {len(damaged)} of {done} committed units damaged ({what})")
+    if not repair:
+        sys.exit(1)
+
+
 @main.command("report")
 @click.argument("store_dir", type=click.Path())
 @click.option(

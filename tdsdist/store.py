@@ -10,13 +10,16 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     examples/aligned_context_length, base_context_length   [E] int32
     units/committed                [U] uint8, chunk 1: each unit owns its flag
     positions/token_id             [P] int32  the answer tokens (written at creation)
-    positions/kl                   [P] float32
+    positions/kl                   [P] float32  top-k KL (a lower bound of kl_aligned_base)
+    positions/{kl_aligned_base, kl_base_aligned, js, tv}   [P] float32  (format 2)
     aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
-    base/{the same, plus logprobs_at_aligned_top [P,k] f32}
+    aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
+    base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
     tokenizer/<file name>          [bytes] uint8: the tokenizer files, so analysis needs no model
 
 Each unit's rows start on a chunk boundary and span whole chunks, so two writers never touch the
-same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). Everything
+same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). In
+format 2 every chunk of a per-position array ends in a crc32c checksum. Everything
 that is known before scoring (ids, offsets, tokens) is written once, by the creator. A unit's flag is
 set only after its data is written, so a crash leaves it pending and a re-run rewrites it.
 """
@@ -24,6 +27,7 @@ set only after its data is written, so a crash leaves it pending and a re-run re
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -33,13 +37,16 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.units import unit_ranges
 
-FORMAT_VERSION = 1
+#: 1: tdsdist 0.1.0 (one head per model, top-k KL only). 2: the pair head's arrays (exact
+#: divergences, ties, both top-k cross log-probabilities) and a crc32c checksum on every chunk of
+#: the per-position arrays. Stores of format 1 keep opening; their missing arrays read as absent.
+FORMAT_VERSION = 2
 CHUNK_POSITIONS = 4096
 MODELS = ("aligned", "base")
 
@@ -68,7 +75,22 @@ MODEL_STATS = tuple(c.name for c in MODEL_ARRAYS)
 BASE_ARRAYS = (Column("logprobs_at_aligned_top", "float32", float("nan"), per_candidate=True),)
 #: Both models together (`positions/...`); `token_id` is written at creation.
 POSITION_ARRAYS = (Column("token_id", "int32", -1), Column("kl", "float32", float("nan")))
+#: Exact divergences between the two next-token distributions at each position (format 2).
+DIVERGENCES = ("kl_aligned_base", "kl_base_aligned", "js", "tv")
+#: The pair head's arrays (format 2), by group: exact divergences over the full vocabulary, tie
+#: counts, the aligned log-probabilities at the base top-k and the aligned rank of the base top 1.
+PAIR_ARRAYS = {
+    "positions": tuple(Column(name, "float32", float("nan")) for name in DIVERGENCES),
+    "aligned": (
+        Column("ties", "int32", -1),
+        Column("logprobs_at_base_top", "float32", float("nan"), per_candidate=True),
+        Column("rank_of_base_top1", "int32", 0),
+    ),
+    "base": (Column("ties", "int32", -1),),
+}
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+#: After compression: a damaged chunk fails its checksum on read instead of decoding to numbers.
+CHECKSUM = Crc32cCodec()
 
 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype.*")
@@ -105,10 +127,18 @@ def layout(lengths: np.ndarray, unit_size: int, chunk: int) -> tuple[np.ndarray,
 
 
 def _array(
-    group: zarr.Group, name: str, shape: tuple[int, ...], dtype: Any, chunk: int, fill=0, dims=None
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunk: int,
+    fill=0,
+    dims=None,
+    checksum: bool = False,
 ):
     """A compressed array chunked along its first axis; `dims` names the axes (for xarray)."""
     chunks = (chunk,) + shape[1:]
+    compressors = [COMPRESSOR, CHECKSUM] if checksum else COMPRESSOR
     if dims is None:
         dims = ("position", "k")[: len(shape)]
     return group.create_array(
@@ -117,9 +147,25 @@ def _array(
         chunks=chunks,
         dtype=dtype,
         fill_value=fill,
-        compressors=COMPRESSOR,
+        compressors=compressors,
         dimension_names=dims,
     )
+
+
+def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
+    """Every per-position array of a store of this format, by group."""
+    groups = {
+        "positions": POSITION_ARRAYS,
+        "aligned": MODEL_ARRAYS,
+        "base": MODEL_ARRAYS + BASE_ARRAYS,
+    }
+    if format_version >= 2:
+        groups = {g: columns + PAIR_ARRAYS[g] for g, columns in groups.items()}
+    return groups
+
+
+class DamagedChunk(TdsError):
+    """A chunk of a per-position array failed its checksum (a damaged disk, a truncated copy)."""
 
 
 def create(
@@ -158,16 +204,11 @@ def create(
             _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
         n_units = len(unit_starts) - 1
         _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
-        groups = {
-            "positions": POSITION_ARRAYS,
-            "aligned": MODEL_ARRAYS,
-            "base": MODEL_ARRAYS + BASE_ARRAYS,
-        }
-        for group_name, columns in groups.items():
+        for group_name, columns in per_position_arrays(FORMAT_VERSION).items():
             group = root.create_group(group_name)
             for c in columns:
                 shape = (total, top_k) if c.per_candidate else (total,)
-                _array(group, c.name, shape, c.dtype, chunk, fill=c.fill)
+                _array(group, c.name, shape, c.dtype, chunk, fill=c.fill, checksum=True)
         root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
         _save_tokenizer(root.create_group("tokenizer"), tokenizer)
         root.attrs["tdsdist"] = {
@@ -216,6 +257,7 @@ class Store:
         if not (self.path / "zarr.json").exists():
             raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
         self.root = zarr.open_group(self.path, mode=mode)
+        self._arrays: dict[str, zarr.Array] = {}
         if "tdsdist" not in self.root.attrs:
             raise TdsError(f"{self.path}: not a tdsdist store (no tdsdist attributes)")
 
@@ -251,12 +293,27 @@ class Store:
         return self.root["units/committed"][:].astype(bool)
 
     def write_rows(self, unit: UnitRows, arrays: dict[str, np.ndarray]) -> None:
-        """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed."""
+        """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed.
+
+        The unit's old chunks of each array are removed first: a write that covers part of a
+        chunk makes zarr read the chunk back, and a chunk torn by a crash (or damaged on disk)
+        would fail its checksum there instead of being replaced."""
         lo, hi = unit.start, unit.start + unit.positions
         for name, values in arrays.items():
             if values.shape[0] != unit.positions:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
+            self._remove_chunks(name, unit)
             self.root[name][lo:hi] = values
+
+    def _remove_chunks(self, name: str, unit: UnitRows) -> None:
+        chunk = self.meta["chunk_positions"]
+        first, stop = unit.start // chunk, self.meta["unit_starts"][unit.index + 1] // chunk
+        for c in range(first, stop):  # a unit's chunks are its own (see the module docstring)
+            folder = self.path / name / "c" / str(c)
+            if folder.is_dir():  # [P, k] arrays: one chunk along k, under c/<c>/0
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                folder.unlink(missing_ok=True)
 
     def mark_committed(self, unit: UnitRows) -> None:
         """Only after `write_rows` returned: a flag set means the unit's data is all on disk."""
@@ -272,9 +329,68 @@ class Store:
         off = int(self.offsets[index])
         return slice(off, off + int(self.lengths[index]))
 
+    @property
+    def format_version(self) -> int:
+        return int(self.meta.get("format_version", 1))
+
+    @property
+    def has_pair(self) -> bool:
+        """Whether the store holds the pair head's arrays (format 2): exact divergences, ties."""
+        return self.format_version >= 2
+
+    def array_names(self) -> list[str]:
+        """`group/name` of every per-position array this store's format has."""
+        return [
+            f"{g}/{c.name}"
+            for g, cs in per_position_arrays(self.format_version).items()
+            for c in cs
+        ]
+
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
-        arr = self.root[name]
-        return arr[:] if rows is None else arr[rows]
+        """Rows of a per-position (or example) array; a damaged chunk is a `DamagedChunk` error
+        naming the array and the unit, never silent numbers."""
+        if name not in self._arrays:
+            self._arrays[name] = self.root[name]
+        arr = self._arrays[name]
+        try:
+            return arr[:] if rows is None else arr[rows]
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            raise DamagedChunk(
+                f"{self.path}: {name}: damaged data in unit(s) {self._units_of(rows)} (checksum"
+                f" mismatch); run `tdsdist verify {self.path} --repair`, then the same `score`"
+                " command again to re-score them"
+            ) from None
+
+    def _units_of(self, rows: slice | None) -> str:
+        starts = np.asarray(self.meta["unit_starts"])
+        lo = 0 if rows is None or rows.start is None else rows.start
+        hi = int(starts[-1]) if rows is None or rows.stop is None else rows.stop
+        first = int(np.searchsorted(starts, lo, side="right")) - 1
+        last = int(np.searchsorted(starts, max(hi - 1, lo), side="right")) - 1
+        return str(first) if first == last else f"{first}-{last}"
+
+    def damaged_units(self) -> dict[int, list[str]]:
+        """Committed units with a chunk that fails its checksum -> the arrays affected. Reads
+        every committed unit's rows of every per-position array (a unit's rows are whole chunks
+        of its own, so a unit is read exactly)."""
+        damaged: dict[int, list[str]] = {}
+        done = self.committed()
+        for unit in self.units():
+            if not done[unit.index] or unit.positions == 0:
+                continue
+            rows = slice(unit.start, unit.start + unit.positions)
+            for name in self.array_names():
+                try:
+                    self.read(name, rows)
+                except DamagedChunk:
+                    damaged.setdefault(unit.index, []).append(name)
+        return damaged
+
+    def mark_pending(self, unit_index: int) -> None:
+        """Clear a unit's committed flag, so that the same `score` command scores it again."""
+        self.root["units/committed"][unit_index] = 0
 
     def example_unit_committed(self, index: int) -> bool:
         return bool(self.root["units/committed"][index // self.meta["unit_size"]])

@@ -104,19 +104,27 @@ def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
     )
 
 
-def test_score_against_recorded_store_runs_only_the_base_pass(
+def test_score_completes_a_recorded_store_with_the_pair_head(
     tiny_pair, greedy, tmp_path: Path
 ) -> None:
+    """The aligned model runs again, teacher-forced, over the generated ids (exact divergences
+    need both distributions at once): what was recorded while decoding agrees with it."""
     out, store_path = greedy
-    before = Store(store_path, mode="r").read("aligned/top_logprobs").copy()
+    recorded = Store(store_path, mode="r")
+    before = {k: recorded.read(f"aligned/{k}").copy() for k in ("top_ids", "rank", "top_logprobs")}
     args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(out),
             "--store", str(store_path), "--aligned-template", "chat", "--unit-size", "2", "--top-k", str(K),
             "--device", "cpu"]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "runs the aligned model again, teacher-forced" in result.output
     store = Store(store_path, mode="r")
-    assert store.committed().all()
-    np.testing.assert_array_equal(store.read("aligned/top_logprobs"), before)  # untouched
+    assert store.committed().all() and store.has_pair
+    rows = store.valid_rows()
+    for key in ("top_ids", "rank"):
+        np.testing.assert_array_equal(store.read(f"aligned/{key}")[rows], before[key][rows])
+    assert_float32_close(store.read("aligned/top_logprobs")[rows], before["top_logprobs"][rows])
+    assert np.isfinite(store.read("positions/js")[rows]).all()
     assert store.meta["fingerprint"]["base"] == str(tiny_pair[1])
     base = AutoModelForCausalLM.from_pretrained(tiny_pair[1]).eval()
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
@@ -131,7 +139,6 @@ def test_score_against_recorded_store_runs_only_the_base_pass(
         for e, i in enumerate(store.ids)
     ]
     scored = Scorer.for_model(base, len(tok), K, 1 << 20, 4096, torch.device("cpu")).score(seqs)
-    rows = store.valid_rows()
     np.testing.assert_array_equal(store.read("base/rank")[rows], scored["rank"])
     assert_float32_close(store.read("base/logprob")[rows], scored["logprob"])
     # A different base against the now-complete store is refused.

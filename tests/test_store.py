@@ -141,12 +141,20 @@ def test_show_json_schema(scored: Path) -> None:
     assert len(record["positions"]) == s.lengths[3]
     base_rank = s.read("base/rank", s.rows(3))
     for t, p in enumerate(record["positions"]):
-        assert set(p) == {"t", "token_id", "token", "aligned", "base", "category", "kl"}
+        assert set(p) == {"t", "token_id", "token", "aligned", "base", "category", "kl", "divergence", "base_top1"}  # fmt: skip
         assert p["t"] == t and isinstance(p["token_id"], int) and isinstance(p["token"], str)
+        # The contract tests and tools rely on (issue 11): exact divergences, tie counts.
+        assert set(p["divergence"]) == {"kl_aligned_base", "kl_base_aligned", "js", "tv"}
+        assert all(isinstance(v, float) and v >= 0 for v in p["divergence"].values())
+        assert p["divergence"]["js"] <= np.log(2) + 1e-6 and p["divergence"]["tv"] <= 1
+        assert p["divergence"]["kl_aligned_base"] >= p["kl"] - 1e-5  # top-k KL: a lower bound
+        assert set(p["base_top1"]) == {"token_id", "aligned_rank", "aligned_logprob", "differs_from_aligned_top1"}  # fmt: skip
+        assert p["base_top1"]["token_id"] == p["base"]["top_ids"][0]
         for model in ("aligned", "base"):
             m = p[model]
-            assert set(m) == {"logprob", "rank", "top_ids", "top_logprobs"}
+            assert {"logprob", "rank", "top_ids", "top_logprobs", "ties"} <= set(m)
             assert isinstance(m["rank"], int) and isinstance(m["logprob"], float)
+            assert isinstance(m["ties"], int) and m["ties"] >= 0
             assert len(m["top_ids"]) == len(m["top_logprobs"]) == 5
             assert all(isinstance(i, int) for i in m["top_ids"])
         assert p["category"] == CATEGORIES[categories(base_rank[t : t + 1])[0]]

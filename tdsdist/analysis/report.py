@@ -221,7 +221,7 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
             for name in ("rank", "logprob", "entropy"):
                 block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))
             for name in ("top_ids", "top_logprobs"):
-                block[f"{model}/{name}"] = store.root[f"{model}/{name}"][lo:hi, :shown]
+                block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))[:, :shown]
         for i in run:
             a, b = int(offsets[i]) - lo, int(offsets[i] + lengths[i]) - lo
             data = {name: values[a:b] for name, values in block.items()}

@@ -6,11 +6,13 @@ from typing import Any
 
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
-from tdsdist.store import MODELS, Store
+from tdsdist.store import DIVERGENCES, MODELS, Store
 
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
-    """The `show --json` record: per position, both models' statistics, the category and KL."""
+    """The `show --json` record: per position, both models' statistics, the category, the top-k
+    KL and (stores of format 2) the exact divergences and tie counts; for a format-1 store
+    (tdsdist 0.1.0) those are null: not measured."""
     index = store.example_index(example_id)
     if not store.example_unit_committed(index):
         raise TdsError(
@@ -20,13 +22,13 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     tokenizer = store.tokenizer()
     token_ids = store.read("positions/token_id", rows)
     kl = store.read("positions/kl", rows)
-    stats = {
-        model: {
-            name: store.read(f"{model}/{name}", rows)
-            for name in ("logprob", "rank", "top_ids", "top_logprobs")
-        }
-        for model in MODELS
-    }
+    names = ["logprob", "rank", "top_ids", "top_logprobs"] + (["ties"] if store.has_pair else [])
+    stats = {model: {n: store.read(f"{model}/{n}", rows) for n in names} for model in MODELS}
+    pair = {}
+    if store.has_pair:
+        pair = {n: store.read(f"positions/{n}", rows) for n in DIVERGENCES}
+        pair["at_base_top"] = store.read("aligned/logprobs_at_base_top", rows)
+        pair["rank_of_base_top1"] = store.read("aligned/rank_of_base_top1", rows)
     cats = categories(stats["base"]["rank"])
     positions = []
     for t, token_id in enumerate(token_ids.tolist()):
@@ -42,22 +44,43 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
                 "rank": int(s["rank"][t]),
                 "top_ids": s["top_ids"][t].tolist(),
                 "top_logprobs": [float(x) for x in s["top_logprobs"][t]],
+                "ties": int(s["ties"][t]) if store.has_pair else None,
             }
         entry["category"] = CATEGORIES[cats[t]]
         entry["kl"] = float(kl[t])
+        entry["divergence"] = (
+            {n: float(pair[n][t]) for n in DIVERGENCES} if store.has_pair else None
+        )
+        if store.has_pair:
+            base_top1 = int(stats["base"]["top_ids"][t][0])
+            entry["aligned"]["logprobs_at_base_top"] = [float(x) for x in pair["at_base_top"][t]]
+            entry["base_top1"] = {
+                "token_id": base_top1,
+                "aligned_rank": int(pair["rank_of_base_top1"][t]),
+                "aligned_logprob": float(pair["at_base_top"][t][0]),
+                "differs_from_aligned_top1": base_top1 != int(stats["aligned"]["top_ids"][t][0]),
+            }
         positions.append(entry)
-    return {"id": store.ids[index], "positions": positions}
+    return {"id": store.ids[index], "format_version": store.format_version, "positions": positions}
 
 
 def render_text(record: dict[str, Any]) -> str:
     lines = [f"example {record['id']}: {len(record['positions'])} positions", ""]
+    exact = bool(record["positions"]) and record["positions"][0]["divergence"] is not None
     lines.append(
-        f"{'t':>4}  {'token':<16} {'base rank':>9} {'base lp':>8} {'aligned lp':>10} {'kl':>7}  category"
+        f"{'t':>4}  {'token':<16} {'base rank':>9} {'base lp':>8} {'aligned lp':>10}"
+        + (f" {'KL(a||b)':>8} {'JS':>7}" if exact else f" {'kl top-k':>8}")
+        + "  category"
     )
     for p in record["positions"]:
         token = repr(p["token"])[1:-1][:16]
+        divergence = (
+            f" {p['divergence']['kl_aligned_base']:>8.3f} {p['divergence']['js']:>7.4f}"
+            if exact
+            else f" {p['kl']:>8.3f}"
+        )
         lines.append(
             f"{p['t']:>4}  {token:<16} {p['base']['rank']:>9} {p['base']['logprob']:>8.3f}"
-            f" {p['aligned']['logprob']:>10.3f} {p['kl']:>7.3f}  {p['category']}"
+            f" {p['aligned']['logprob']:>10.3f}{divergence}  {p['category']}"
         )
     return "\n".join(lines)

@@ -116,22 +116,12 @@ def summarize(
     tok_unshifted = np.zeros(vocab, np.int64)
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
-    arrays = {
-        name: store.root[name]
-        for name in (
-            "base/rank",
-            "aligned/rank",
-            "base/logprob",
-            "positions/kl",
-            "positions/token_id",
-        )
-    }
     for rows, valid, t, length in _blocks(store):
-        base_rank = arrays["base/rank"][rows][valid]
-        aligned_rank = arrays["aligned/rank"][rows][valid]
-        prob = np.exp(arrays["base/logprob"][rows][valid].astype(np.float64))
-        kl = arrays["positions/kl"][rows][valid].astype(np.float64)
-        tokens = np.clip(arrays["positions/token_id"][rows][valid], 0, vocab - 1)
+        base_rank = store.read("base/rank", rows)[valid]
+        aligned_rank = store.read("aligned/rank", rows)[valid]
+        prob = np.exp(store.read("base/logprob", rows)[valid].astype(np.float64))
+        kl = store.read("positions/kl", rows)[valid].astype(np.float64)
+        tokens = np.clip(store.read("positions/token_id", rows)[valid], 0, vocab - 1)
         cat = thresholds.categorize(base_rank)
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(

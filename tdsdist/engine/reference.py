@@ -53,3 +53,70 @@ def per_token_reference(
     if support is None:
         del rows["support"]
     return {key: np.array(v) for key, v in rows.items()}
+
+
+def divergences64(logits_p: torch.Tensor, logits_q: torch.Tensor) -> dict[str, float]:
+    """KL(p || q), KL(q || p), JS (natural log) and TV of two distributions given by `[V]`
+    logits, in float64, with `0 log 0 = 0` and `+inf` where p > 0 = q."""
+    lp, lq = torch.log_softmax(logits_p.double(), -1), torch.log_softmax(logits_q.double(), -1)
+    p, q = lp.exp(), lq.exp()
+    m = (p + q) / 2
+
+    def kl(a: torch.Tensor, la: torch.Tensor, lb: torch.Tensor) -> float:
+        support = a > 0
+        if torch.isneginf(lb[support]).any():
+            return float("inf")
+        return float((a[support] * (la[support] - lb[support])).sum())
+
+    lm = m.log()
+    return {
+        "kl_aligned_base": kl(p, lp, lq),
+        "kl_base_aligned": kl(q, lq, lp),
+        "js": 0.5 * kl(p, lp, lm) + 0.5 * kl(q, lq, lm),
+        "tv": float((p - q).abs().sum() / 2),
+    }
+
+
+@torch.no_grad()
+def per_token_pair_reference(
+    aligned: torch.nn.Module,
+    base: torch.nn.Module,
+    aligned_context: list[int],
+    base_context: list[int],
+    answer: list[int],
+    k: int,
+    vocab: int,
+) -> dict[str, np.ndarray]:
+    """The pair head's quantities, from a fresh forward per answer token of each model (float64
+    statistics over the first `vocab` logits). Keys are the store's array names."""
+    rows: dict[str, list] = {}
+
+    def add(name: str, value) -> None:
+        rows.setdefault(name, []).append(value)
+
+    for t, target in enumerate(answer):
+        logits = {}
+        for name, model, context in (
+            ("aligned", aligned, aligned_context),
+            ("base", base, base_context),
+        ):
+            device = next(model.parameters()).device
+            ids = torch.tensor([context + answer[:t]], device=device)
+            logits[name] = model(ids).logits[0, -1, :vocab].double().cpu()
+        for name, other in (("aligned", "base"), ("base", "aligned")):
+            x = logits[name]
+            logp = torch.log_softmax(x, -1)
+            top = torch.sort(x, descending=True, stable=True).indices[:k]
+            other_top = torch.sort(logits[other], descending=True, stable=True).indices[:k]
+            add(f"{name}/top_ids", top.numpy())
+            add(f"{name}/top_logprobs", logp[top].numpy())
+            add(f"{name}/logprob", logp[target].item())
+            add(f"{name}/rank", int((x > x[target]).sum()) + 1)
+            add(f"{name}/ties", int((x == x[target]).sum()) - 1)
+            add(f"{name}/entropy", float(-(logp.exp() * logp).nan_to_num(nan=0.0).sum()))
+            add(f"{name}/logprobs_at_{other}_top", logp[other_top].numpy())
+            if name == "aligned":
+                add("aligned/rank_of_base_top1", int((x > x[other_top[0]]).sum()) + 1)
+        for key, value in divergences64(logits["aligned"], logits["base"]).items():
+            add(f"positions/{key}", value)
+    return {key: np.array(v) for key, v in rows.items()}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from tdsdist.engine.head import HeadOutput, score_positions
+from tdsdist.engine.pair_head import PairOutput, pair_positions
 from tdsdist.engine.runner import ModelRunner
 
 
@@ -126,26 +127,8 @@ class Scorer:
 
     def _score_batch(self, seqs, batch, fed, support) -> list[HeadOutput]:
         runner, device = self.runner, self.runner.device
-        skip = len(runner.prefix)  # tokens already in the cache
-        width = max(fed[i] for i in batch) - skip
-        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded suffixes
-        rows, targets = [], []
-        for b, (s, i) in enumerate(zip(seqs, batch)):
-            tokens = (s.context + s.answer)[skip : fed[i]]
-            ids[b, : len(tokens)] = torch.tensor(tokens)
-            start = b * width + len(s.context) - 1 - skip
-            rows.append(torch.arange(start, start + len(s.answer)))
-            targets.extend(s.answer)
-        cache = runner.prefix_cache()
-        positions = None
-        if cache is not None:
-            positions = (skip + torch.arange(width, device=device)).expand(len(seqs), width)
-        hidden = runner.hidden_states(
-            ids.to(device), cache=cache, position_ids=positions, right_padded=True
-        )  # [B, T, H]
-        flat_rows = torch.cat(rows).to(device)
-        answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)  # [N, H]
-        del hidden
+        answer_hidden = answer_hidden_states(runner, seqs)  # [N, H]
+        targets = torch.tensor([t for s in seqs for t in s.answer], device=device)
         sup = None
         if support is not None:
             sup = torch.from_numpy(np.concatenate([support[i] for i in batch])).long().to(device)
@@ -153,7 +136,7 @@ class Scorer:
             answer_hidden,
             runner.weight,
             runner.bias,
-            torch.tensor(targets, device=device),
+            targets,
             self.top_k,
             self.chunk_bytes,
             sup,
@@ -161,3 +144,108 @@ class Scorer:
             runner.softcap,
         )
         return out.to_cpu().split([len(s.answer) for s in seqs])
+
+
+def answer_hidden_states(runner: ModelRunner, seqs: Sequence[ContextAnswer]) -> torch.Tensor:
+    """`[N, H]` final hidden states of the answer rows of one batch (N = its answer tokens, in
+    order): one right-padded forward after the runner's cached prefix (see the diagram above)."""
+    device = runner.device
+    skip = len(runner.prefix)  # tokens already in the cache
+    fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
+    width = max(fed) - skip
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, T] right-padded suffixes
+    rows = []
+    for b, (s, n) in enumerate(zip(seqs, fed)):
+        tokens = (s.context + s.answer)[skip:n]
+        ids[b, : len(tokens)] = torch.tensor(tokens)
+        start = b * width + len(s.context) - 1 - skip
+        rows.append(torch.arange(start, start + len(s.answer)))
+    cache = runner.prefix_cache()
+    positions = None
+    if cache is not None:
+        positions = (skip + torch.arange(width, device=device)).expand(len(seqs), width)
+    hidden = runner.hidden_states(
+        ids.to(device), cache=cache, position_ids=positions, right_padded=True
+    )  # [B, T, H]
+    flat_rows = torch.cat(rows).to(device)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)
+
+
+@dataclass(frozen=True)
+class AnswerPair:
+    """One answer under both models' contexts (the same answer ids follow each context)."""
+
+    aligned_context: list[int]
+    base_context: list[int]
+    answer: list[int]
+
+    def under(self, model: str) -> ContextAnswer:
+        context = self.aligned_context if model == "aligned" else self.base_context
+        return ContextAnswer(context, self.answer)
+
+
+class PairScorer:
+    """Scores answers under both models at once: per batch, each model's body runs over the same
+    answers (each under its own context), then the pair head (`pair_head.py`) takes both sets of
+    hidden states of the same rows and gives both models' statistics and the exact divergences.
+
+    Batches are cut on the longer of the two fed lengths, so one batch is one set of answers for
+    both bodies; both runners hold the same vocabulary slice (the same tensor-parallel layout).
+    """
+
+    def __init__(
+        self,
+        aligned: ModelRunner,
+        base: ModelRunner,
+        top_k: int,
+        chunk_bytes: int,
+        max_tokens_per_batch: int,
+    ) -> None:
+        for runner in (aligned, base):
+            runner.check_top_k(top_k)
+        if (
+            aligned.weight.shape[0] != base.weight.shape[0]
+            or aligned.shard.start != base.shard.start
+        ):
+            raise ValueError("the two models must hold the same vocabulary slice")
+        self.aligned, self.base = aligned, base
+        self.top_k, self.chunk_bytes = top_k, chunk_bytes
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    @torch.inference_mode()
+    def score(
+        self, answers: Sequence[AnswerPair], progress: Callable[[int], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Store array name (`aligned/rank`, `positions/js`, ...) -> per-position values of all
+        answers, concatenated in the given order. `progress` counts positions of both passes."""
+        fed = [
+            len(a.answer) - 1 + max(len(a.aligned_context), len(a.base_context)) for a in answers
+        ]
+        results: list[PairOutput | None] = [None] * len(answers)
+        for batch in token_budget_batches(fed, self.max_tokens_per_batch):
+            pairs = [answers[i] for i in batch]
+            hidden = {
+                name: answer_hidden_states(runner, [p.under(name) for p in pairs])
+                for name, runner in (("aligned", self.aligned), ("base", self.base))
+            }  # each [N, H]
+            targets = torch.tensor([t for p in pairs for t in p.answer], device=self.device)
+            out = pair_positions(
+                hidden["aligned"],
+                hidden["base"],
+                (self.aligned.weight, self.aligned.bias, self.aligned.softcap),
+                (self.base.weight, self.base.bias, self.base.softcap),
+                targets,
+                self.top_k,
+                self.chunk_bytes,
+                self.base.shard,
+            )
+            for i, part in zip(batch, out.to_cpu().split([len(p.answer) for p in pairs])):
+                results[i] = part
+            if progress is not None:
+                progress(2 * sum(len(p.answer) for p in pairs))
+        assert all(r is not None for r in results), "an answer was not scored"
+        return PairOutput.cat(results).arrays()

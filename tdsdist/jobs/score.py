@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
-from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.engine.scorer import AnswerPair, ContextAnswer, PairScorer, Scorer
 from tdsdist.errors import TdsError
 from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared, prepare
@@ -80,12 +80,24 @@ def score_unit(
     return arrays
 
 
-def load_scorer(
-    config: ScoreConfig, name: str, revision: str | None, vocab_size: int, device, d: Dist
-) -> Scorer:
+def score_pair_unit(plan: Plan, unit: UnitRows, pair: PairScorer, progress=None):
+    """All arrays of one unit from the pair head: both models on the same rows at once, the
+    exact divergences, and the top-k KL of format 1 beside them (for continuity)."""
+    items = [plan.items[i] for i in unit.examples]
+    answers = [AnswerPair(it.aligned_context, it.base_context, it.answer) for it in items]
+    arrays = pair.score(answers, progress)
+    arrays["positions/token_id"] = np.concatenate([np.asarray(a.answer, np.int32) for a in answers])
+    arrays["positions/kl"] = topk_kl(
+        arrays["aligned/top_logprobs"], arrays["base/logprobs_at_aligned_top"]
+    )
+    return arrays
+
+
+def load_model_runner(config: ScoreConfig, model: str, vocab_size: int, device, d: Dist):
     """One model of the pair, as this rank runs it (`parallel.loading.load_runner`)."""
-    runner = load_runner(
-        name,
+    revision = config.aligned_revision if model == "aligned" else config.base_revision
+    return load_runner(
+        getattr(config, model),
         revision,
         dtype=config.dtype,
         vocab_size=vocab_size,
@@ -93,8 +105,32 @@ def load_scorer(
         d=d,
         trust_remote_code=config.trust_remote_code,
     )
-    chunk = config.logits_chunk_mib << 20
-    return Scorer(runner, config.top_k, chunk, config.max_tokens_per_batch)
+
+
+def load_scoring(config: ScoreConfig, prep: Prepared, store: Store, device, d: Dist):
+    """The models this store needs, loaded, with their prefixes set; returns `(score_fn,
+    passes)`: `score_fn(unit, progress)` gives a unit's arrays.
+
+    A store of format 2 is scored by the pair head (both models, even when `generate` recorded
+    the aligned side: exact divergences need both distributions at once, so the aligned model
+    runs again, teacher-forced). A store of format 1 (tdsdist 0.1.0) is finished as it was
+    begun: one head per model, the base pass at the aligned top-k (base only if recorded)."""
+    vocab, chunk = len(prep.tokenizer), config.logits_chunk_mib << 20
+    runners = {}
+    for model in ("aligned", "base"):
+        if model == "aligned" and recorded(store) and not store.has_pair:
+            continue  # format 1: the recorded aligned side is read back from the store
+        runners[model] = load_model_runner(config, model, vocab, device, d)
+        runners[model].set_prefix(prep.prefixes[model])
+    if store.has_pair:
+        pair = PairScorer(runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch)  # fmt: skip
+        return (lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress)), 2
+    scorers = {m: Scorer(r, config.top_k, chunk, config.max_tokens_per_batch) for m, r in runners.items()}  # fmt: skip
+
+    def score_fn(unit, progress):
+        return score_unit(prep.plan, unit, scorers.get("aligned"), scorers["base"], progress, store)
+
+    return score_fn, len(scorers)
 
 
 def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
@@ -137,7 +173,13 @@ def _run(
     units = store.units()
     if recorded(store):
         prep.plan = adopt_recorded_answers(prep, store)
-        log("tdsdist: the aligned side was recorded by `generate`: running the base pass only")
+        if store.has_pair:
+            log(
+                "tdsdist: the answers were recorded by `generate`; the pair head runs the aligned"
+                " model again, teacher-forced (exact divergences need both distributions at once)"
+            )
+        else:
+            log("tdsdist: the aligned side was recorded by `generate`: running the base pass only")
     if prep.skipped:
         shown = ", ".join(repr(i) for i in prep.skipped[:5]) + (
             ", ..." if len(prep.skipped) > 5 else ""
@@ -152,18 +194,9 @@ def _run(
     timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
     if pending:
         start = time.perf_counter()
-        vocab = len(prep.tokenizer)
-        aligned = None  # a store recorded during generation needs only the base pass
-        if not recorded(store):
-            aligned = load_scorer(config, config.aligned, config.aligned_revision, vocab, device, d)
-            aligned.runner.set_prefix(prep.prefixes["aligned"])
-        base = load_scorer(config, config.base, config.base_revision, vocab, device, d)
-        base.runner.set_prefix(prep.prefixes["base"])
+        score_fn, passes = load_scoring(config, prep, store, device, d)
         timing["load_seconds"] = time.perf_counter() - start
-        passes = 1 if aligned is None else 2
-        timing.update(
-            _score_units(prep.plan, store, [units[i] for i in pending], aligned, base, d, passes)
-        )
+        timing.update(_score_units(score_fn, store, [units[i] for i in pending], d, passes, device))
     stopped = timing.pop("stopped", False)
     if d.is_main:
         if task_count == 1:
@@ -180,7 +213,7 @@ def _run(
     return timing
 
 
-def _score_units(plan, store, pending, aligned, base, d: Dist, passes: int) -> dict[str, Any]:
+def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict[str, Any]:
     """The claim loop: leaders claim and write units, their groups follow; rank 0 shows progress.
 
     Progress counts scored positions of every pass (`passes` per answer position)."""
@@ -193,9 +226,9 @@ def _score_units(plan, store, pending, aligned, base, d: Dist, passes: int) -> d
     start = time.perf_counter()
     for n_done, index in enumerate(claimed_indices(d, claims, stop)):
         unit = pending[index]
-        arrays = score_unit(plan, unit, aligned, base, progress=progress.update, store=store)
-        if base.device.type == "cuda":
-            torch.cuda.synchronize(base.device)
+        arrays = score_fn(unit, progress.update)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if d.is_leader:
             store.write_rows(unit, arrays)
             if n_done == fault_at:

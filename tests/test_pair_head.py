@@ -1,0 +1,209 @@
+"""The pair head against float64 references: exact divergences over the full vocabulary.
+
+Head level: random hidden states and projections (odd vocabularies, soft-capping, a masked -inf
+logit, identical inputs, chunked against unchunked, two ranks on a vocabulary that 2 does not
+divide). Model level: `PairScorer` on the tiny pair with a padded vocabulary against
+`per_token_pair_reference`, one fresh forward per token of each model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from tdsdist_testkit import assert_float32_close, default_corpus
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tdsdist.engine.head import VocabShard, vocab_slice
+from tdsdist.engine.pair_head import pair_positions
+from tdsdist.engine.reference import divergences64, per_token_pair_reference
+from tdsdist.engine.runner import ModelRunner
+from tdsdist.engine.scorer import AnswerPair, PairScorer
+
+DIVERGENCES = ("kl_aligned_base", "kl_base_aligned", "js", "tv")
+EXACT = ("top_ids", "rank", "ties")
+
+
+def random_pair(vocab: int, n: int = 9, hidden: int = 16, seed: int = 0, scale: float = 2.0):
+    gen = torch.Generator().manual_seed(seed)
+    h_a, h_b = (torch.randn(n, hidden, generator=gen) for _ in range(2))
+    w_a, w_b = (scale * torch.randn(vocab, hidden, generator=gen) / hidden**0.5 for _ in range(2))
+    targets = torch.randint(0, vocab, (n,), generator=gen)
+    return h_a, h_b, w_a, w_b, targets
+
+
+def head_reference(logits_a, logits_b, targets, k) -> dict[str, np.ndarray]:
+    """Float64, the obvious way, from `[n, V]` logits of both models."""
+    rows: dict[str, list] = {}
+    for i, t in enumerate(targets.tolist()):
+        la, lb = logits_a[i].double(), logits_b[i].double()
+        for name, x, other in (("aligned", la, lb), ("base", lb, la)):
+            logp = torch.log_softmax(x, -1)
+            top = torch.sort(x, descending=True, stable=True).indices[:k]
+            other_top = torch.sort(other, descending=True, stable=True).indices[:k]
+            key = "base" if name == "aligned" else "aligned"
+            values = {
+                "top_ids": top.numpy(), "top_logprobs": logp[top].numpy(), "logprob": logp[t].item(),
+                "rank": int((x > x[t]).sum()) + 1, "ties": int((x == x[t]).sum()) - 1,
+                "entropy": float(-(logp.exp() * logp).nan_to_num(nan=0.0).sum()),
+                f"logprobs_at_{key}_top": logp[other_top].numpy(),
+            }  # fmt: skip
+            if name == "aligned":
+                values["rank_of_base_top1"] = int((x > x[other_top[0]]).sum()) + 1
+            for stat, v in values.items():
+                rows.setdefault(f"{name}/{stat}", []).append(v)
+        for key, v in divergences64(la, lb).items():
+            rows.setdefault(f"positions/{key}", []).append(v)
+    return {k: np.array(v) for k, v in rows.items()}
+
+
+def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray], scale=8.0) -> None:
+    assert set(got) == set(want)
+    for name, value in want.items():
+        if name.rsplit("/", 1)[1] in EXACT or name.endswith("rank_of_base_top1"):
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        else:
+            assert_float32_close(got[name], value, scale=scale, err_msg=name)
+
+
+@pytest.mark.parametrize("vocab", [1, 100, 301, 8193])
+def test_pair_head_equals_float64_over_the_full_vocabulary(vocab: int) -> None:
+    h_a, h_b, w_a, w_b, targets = random_pair(vocab, seed=vocab)
+    k = min(5, vocab)
+    got = pair_positions(h_a, h_b, (w_a, None, None), (w_b, None, None), targets, k, 1 << 20)
+    want = head_reference(h_a.double() @ w_a.double().T, h_b.double() @ w_b.double().T, targets, k)
+    assert_matches(got.arrays(), want)
+    assert (got.js <= np.log(2) + 1e-6).all() and (got.tv <= 1).all()
+
+
+def test_soft_capping_and_a_bias_are_applied_to_both_models() -> None:
+    h_a, h_b, w_a, w_b, targets = random_pair(301, seed=3, scale=8.0)  # capped, not saturated
+    bias = torch.linspace(-1, 1, 301)
+    cap = 5.0
+    got = pair_positions(h_a, h_b, (w_a, bias, cap), (w_b, None, cap), targets, 5, 1 << 20)
+    logits_a = cap * torch.tanh((h_a.double() @ w_a.double().T + bias.double()) / cap)
+    logits_b = cap * torch.tanh((h_b.double() @ w_b.double().T) / cap)
+    assert_matches(got.arrays(), head_reference(logits_a, logits_b, targets, 5))
+
+
+def test_a_masked_logit_gives_infinite_kl_never_nan() -> None:
+    """Token 7 is masked (-inf) under the base model only: KL(aligned || base) = +inf where the
+    aligned model gives it mass; KL(base || aligned), JS and TV stay finite. Token 9 is masked
+    under both: it contributes nothing (0 log 0 = 0)."""
+    h_a, h_b, w_a, w_b, targets = random_pair(50, n=4, seed=5)
+    bias_b = torch.zeros(50)
+    bias_b[[7, 9]] = float("-inf")
+    bias_a = torch.zeros(50)
+    bias_a[9] = float("-inf")
+    targets[0] = 7  # the answer token itself masked under the base
+    got = pair_positions(h_a, h_b, (w_a, bias_a, None), (w_b, bias_b, None), targets, 3, 1 << 20)
+    arrays = got.arrays()
+    assert np.isinf(arrays["positions/kl_aligned_base"]).all()
+    for name in ("positions/kl_base_aligned", "positions/js", "positions/tv"):
+        assert np.isfinite(arrays[name]).all(), name
+    assert not any(np.isnan(v).any() for v in arrays.values() if v.dtype.kind == "f")
+    assert arrays["base/logprob"][0] == -np.inf and arrays["base/rank"][0] == 49  # 48 above it
+    want = head_reference(
+        h_a.double() @ w_a.double().T + bias_a, h_b.double() @ w_b.double().T + bias_b, targets, 3
+    )
+    assert_matches(arrays, want)
+
+
+def test_identical_models_and_contexts_diverge_by_nothing() -> None:
+    h_a, _, w_a, _, targets = random_pair(8193, seed=11)
+    got = pair_positions(h_a, h_a, (w_a, None, None), (w_a, None, None), targets, 5, 1 << 20)
+    for name in DIVERGENCES:
+        assert (getattr(got, name).abs() <= 1e-6).all(), name
+    assert torch.equal(got.aligned_rank, got.base_rank)
+    assert (got.aligned_rank_of_base_top1 == 1).all()
+
+
+def test_chunked_equals_unchunked() -> None:
+    h_a, h_b, w_a, w_b, targets = random_pair(301, n=70, seed=2)
+    args = (h_a, h_b, (w_a, None, None), (w_b, None, None), targets, 5)
+    whole = pair_positions(*args, chunk_bytes=1 << 26).arrays()
+    chunked = pair_positions(*args, chunk_bytes=4 * 301 * 4).arrays()  # the 32-row floor / 3
+    for name, value in whole.items():
+        np.testing.assert_array_equal(chunked[name], value, err_msg=name)
+
+
+def test_ties_are_counted_per_model() -> None:
+    h = torch.zeros(1, 4)
+    w_a = torch.zeros(6, 4)  # all six logits tie: 5 others
+    w_b = torch.eye(6, 4)  # logits 0, 0, 0, 0, 0, 0 except rows 0-3 get h's entries
+    h_b = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    got = pair_positions(
+        h, h_b, (w_a, None, None), (w_b, None, None), torch.tensor([1]), 2, 1 << 20
+    )
+    assert int(got.aligned_ties) == 5 and int(got.aligned_rank) == 1
+    assert int(got.base_ties) == 1 and int(got.base_rank) == 1  # token 2 ties token 1
+
+
+def _two_ranks(rank: int, init: str, inputs, results) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    h_a, h_b, w_a, w_b, targets = inputs
+    start, end = vocab_slice(w_a.shape[0], rank, 2)
+    shard = VocabShard(start, dist.group.WORLD, w_a.shape[0])
+    got = pair_positions(
+        h_a, h_b, (w_a[start:end], None, None), (w_b[start:end], None, None), targets, 5,
+        4 * 301 * 40, shard,
+    )  # fmt: skip
+    if rank == 0:
+        results.update({k: torch.from_numpy(v) for k, v in got.arrays().items()})
+    dist.destroy_process_group()
+
+
+def test_two_ranks_on_a_vocabulary_two_does_not_divide(tmp_path) -> None:
+    """301 = 151 + 150 rows: every quantity from the slices plus all-reduces equals one process."""
+    inputs = random_pair(301, n=45, seed=8)
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_two_ranks, args=(f"file://{tmp_path}/rdzv", inputs, results), nprocs=2)
+        got = {k: v.numpy() for k, v in results.items()}
+    h_a, h_b, w_a, w_b, targets = inputs
+    want = pair_positions(h_a, h_b, (w_a, None, None), (w_b, None, None), targets, 5, 1 << 20)
+    for name, value in want.arrays().items():
+        if value.dtype.kind == "i":
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        else:
+            assert_float32_close(got[name], value, err_msg=name)
+
+
+def test_pair_scorer_equals_per_token_reference(tiny_pair_odd_vocab) -> None:
+    """Both tiny models (padded vocabulary: 301 tokens, 320 rows), different contexts, a small
+    budget (several padded batches) and chunk (several chunks), against one fresh float64-scored
+    forward per token of each model."""
+    aligned_dir, base_dir = tiny_pair_odd_vocab
+    tokenizer = AutoTokenizer.from_pretrained(aligned_dir)
+    vocab = len(tokenizer)
+    models = [
+        AutoModelForCausalLM.from_pretrained(f, attn_implementation="eager").eval()
+        for f in (aligned_dir, base_dir)
+    ]
+    rng = np.random.default_rng(17)
+    corpus = default_corpus()
+    answers = []
+    for _ in range(6):
+        a_ctx, b_ctx, ans = (
+            tokenizer(" ".join(rng.choice(corpus, 2)), add_special_tokens=special)["input_ids"]
+            for special in (True, True, False)
+        )
+        answers.append(
+            AnswerPair(a_ctx[: rng.integers(1, 25)], b_ctx[: rng.integers(1, 25)], ans[: rng.integers(1, 30)])
+        )  # fmt: skip
+    runners = [ModelRunner(m, vocab, torch.device("cpu")) for m in models]
+    scorer = PairScorer(*runners, top_k=6, chunk_bytes=4 * vocab * 30, max_tokens_per_batch=80)
+    got = scorer.score(answers)
+    offset = 0
+    for a in answers:
+        want = per_token_pair_reference(
+            *models, a.aligned_context, a.base_context, a.answer, 6, vocab
+        )
+        rows = slice(offset, offset + len(a.answer))
+        offset += len(a.answer)
+        assert_matches({k: v[rows] for k, v in got.items()}, want)
+    assert offset == len(got["base/rank"])
+    assert (got["aligned/top_ids"] < vocab).all() and (got["base/top_ids"] < vocab).all()

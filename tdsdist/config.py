@@ -24,6 +24,7 @@ from tdsdist.errors import TdsError
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ALIGNED_TEMPLATES = ("input", "chat")
+HEAD_DTYPES = ("float32", "model")
 
 
 def _check_types(config: Any) -> None:
@@ -97,6 +98,10 @@ class ScoreConfig:
     """Model weights' dtype; the normaliser and all statistics are float32 whatever this is."""
     device: str = "auto"
     """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
+    head_dtype: str | None = field(default=None, metadata={"choices": HEAD_DTYPES})
+    """Precision of the output projection of the answer rows: `float32` (from the model's hidden
+    states; the default for a new store) or `model` (the weights' dtype, as tdsdist 0.1.0 did;
+    the default when resuming a store made so). Matters only for bfloat16 / float16 weights."""
     max_tokens_per_batch: int = 8192
     """Token budget of one forward batch (padded length times batch size)."""
     logits_chunk_mib: int = 64
@@ -148,7 +153,13 @@ class GenerateConfig:
     out: str
     """Answers file to write (a just-eval JSON list, which `score` reads)."""
     store: str | None = None
-    """Also record the aligned model's statistics into this store (then `score` runs base only)."""
+    """Also record the answers into this store, ready for `score` (or scored here with --base)."""
+    base: str | None = None
+    """Then score both models into --store in the same job (each model loaded once)."""
+    base_template: str = "plain"
+    """Base context for the scoring with --base (as `score --base-template`)."""
+    base_revision: str | None = None
+    """Hub revision of the base model."""
     aligned_template: str = field(default="chat", metadata={"choices": ("chat", "input")})
     """`chat` (the tokenizer's chat template on the instruction) or `input` (the prompt verbatim)."""
     max_new_tokens: int = 512
@@ -183,10 +194,18 @@ class GenerateConfig:
     """Tensor-parallel size: ranks that hold one model replica (divides the processes per node)."""
     dist_timeout: int = 600
     """Seconds any collective may wait for a peer before the job fails (no hang on a dead rank)."""
+    head_dtype: str | None = field(default=None, metadata={"choices": HEAD_DTYPES})
+    """With --base: precision of the scoring head's projection (as `score --head-dtype`)."""
+    max_tokens_per_batch: int = 8192
+    """With --base: token budget of one scoring forward (as `score`)."""
+    logits_chunk_mib: int = 64
+    """With --base: memory budget of one chunk of float32 logits in the scoring head."""
 
     def __post_init__(self) -> None:
         _check_common(self)
-        _check_positive(self, "max_new_tokens", "batch_size", "top_k", "unit_size", "limit", "tp", "dist_timeout")  # fmt: skip
+        if self.base is not None and self.store is None:
+            raise ValueError("base needs store: the scores of both models go into --store")
+        _check_positive(self, "max_tokens_per_batch", "logits_chunk_mib", "max_new_tokens", "batch_size", "top_k", "unit_size", "limit", "tp", "dist_timeout")  # fmt: skip
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 

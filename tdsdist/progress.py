@@ -56,9 +56,7 @@ class Progress:
         self.interval = interval
         self.bar = None
         if enabled and self.stream.isatty():
-            self.bar = tqdm(
-                total=total, unit=unit, desc=desc, file=self.stream, dynamic_ncols=True
-            )
+            self.bar = tqdm(total=total, unit=unit, desc=desc, file=self.stream, dynamic_ncols=True)
 
     def update(self, n: int) -> None:
         self.reach(self.done + n)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,32 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "every generated answer is empty" in result.output
     assert out.exists() and not store.exists()
+
+
+def test_one_job_from_prompts_to_a_complete_store(tiny_pair, greedy, tmp_path: Path) -> None:
+    """`generate --base`: decode, record, then both models scored into the store by the pair
+    head in the same job, each model loaded once; equal to `generate` followed by `score`."""
+    out, store = generate(tiny_pair, tmp_path, "one-job", "--base", str(tiny_pair[1]))
+    one = Store(store, mode="r")
+    assert one.committed().all() and one.has_pair
+    # The two-step way, on a copy of the recorded store of the `greedy` fixture.
+    two_step = tmp_path / "two-step.zarr"
+    shutil.copytree(greedy[1], two_step)
+    args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+            str(greedy[0]), "--store", str(two_step), "--aligned-template", "chat", "--unit-size",
+            "2", "--top-k", str(K), "--device", "cpu", "--skip-empty-answers"]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    two = Store(two_step, mode="r")
+    assert one.ids == two.ids
+    for name in one.array_names():
+        a, b = one.read(name)[one.valid_rows()], two.read(name)[two.valid_rows()]
+        if a.dtype.kind == "i":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert_float32_close(a, b, err_msg=name)
+    # Re-running the same command finds the answers written and the store complete.
+    again = CliRunner().invoke(main, ["generate", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(demo_data_path()), "--out", str(out), "--store", str(store), "--limit", "5", "--unit-size", "2", "--batch-size", "3", "--max-new-tokens", "16", "--top-k", str(K), "--device", "cpu"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert "is complete: scoring it" in again.output and "0 to do" in again.output
+    refused = CliRunner().invoke(main, ["generate", "--aligned", "a", "--base", "b", "--data", "d", "--out", "o"])  # fmt: skip
+    assert refused.exit_code == 2 and "base needs store" in refused.output

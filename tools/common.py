@@ -88,33 +88,20 @@ def sync(device: torch.device) -> None:
 def bare_forward(runner: ModelRunner, seqs: Sequence[ContextAnswer], max_tokens: int) -> int:
     """The model's own teacher-forced forward on the Scorer's batches, without its statistics.
 
-    Each body forward (`runner.hidden_states(..., right_padded=True)`: right-padded and attended
-    as `Scorer.score` does, causal-only attention included), then the output projection
-    (`runner.logits`) of the answer rows only. Batched by `token_budget_batches` exactly as the
-    Scorer batches; no prefix cache. Returns the rows projected (the answer positions).
+    Each body forward (`answer_hidden_states`: right-padded and attended as `Scorer.score` does,
+    causal-only attention included), then the output projection (`runner.logits`) of the answer
+    rows only. Batched by `token_budget_batches` exactly as the Scorer batches; no prefix cache.
+    Returns the rows projected (the answer positions).
     """
     import torch
 
-    from tdsdist.engine.scorer import token_budget_batches
+    from tdsdist.engine.scorer import answer_hidden_states, token_budget_batches
 
     fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
-    device = runner.device
     projected = 0
     with torch.inference_mode():
         for batch in token_budget_batches(fed, max_tokens):
-            width = max(fed[i] for i in batch)
-            ids = torch.zeros(len(batch), width, dtype=torch.long)  # [B, T] right-padded
-            rows = []
-            for b, i in enumerate(batch):
-                s = seqs[i]
-                tokens = (s.context + s.answer)[: fed[i]]
-                ids[b, : len(tokens)] = torch.tensor(tokens)
-                start = b * width + len(s.context) - 1
-                rows.append(torch.arange(start, start + len(s.answer)))
-            hidden = runner.hidden_states(ids.to(device), right_padded=True)  # [B, T, H]
-            flat_rows = torch.cat(rows).to(device)
-            answer_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)
-            del hidden
+            answer_hidden = answer_hidden_states(runner, [seqs[i] for i in batch])  # [N, H]
             projected += runner.logits(answer_hidden).shape[0]
     return projected
 

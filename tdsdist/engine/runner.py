@@ -32,10 +32,12 @@ class ModelRunner:
         device: torch.device,
         shard: VocabShard = VocabShard(),
         projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        head_dtype: str = "model",
     ) -> None:
         """`projection`: this rank's (weight, bias) rows when the vocabulary is split across
         ranks (with its `shard`); by default the model's own, padding rows past the tokenizer's
-        `vocab_size` trimmed (they are no tokens at all)."""
+        `vocab_size` trimmed (they are no tokens at all). `head_dtype="float32"`: the projection
+        runs in float32 from the model's hidden states (a float32 copy of this rank's rows)."""
         self.model = model
         self.vocab_size = vocab_size
         self.device = device
@@ -43,7 +45,11 @@ class ModelRunner:
         if projection is None:
             weight, bias = output_projection(model)
             projection = (weight[:vocab_size], None if bias is None else bias[:vocab_size])
-        self.weight, self.bias = projection  # [V_local, H], [V_local]
+        weight, bias = projection  # [V_local, H], [V_local]
+        if head_dtype == "float32" and weight.dtype in (torch.bfloat16, torch.float16):
+            weight = weight.detach().float()
+            bias = None if bias is None else bias.detach().float()
+        self.weight, self.bias = weight, bias
         self.softcap = logit_softcap(model)
         # sdpa models: causal kernels for right-padded forwards (see `attention.py`)
         self._right_padded_kwargs = {RIGHT_PADDED: True} if use_causal_attention(model) else {}
@@ -95,7 +101,11 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Float32 logits `[N, V_local]` of this rank's vocabulary rows, soft-capped if the
         model caps them."""
-        return project(hidden, self.weight, self.bias, self.softcap, out)
+        return project(self.head_input(hidden), self.weight, self.bias, self.softcap, out)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden rows in the projection's dtype (float32 under `head_dtype="float32"`)."""
+        return hidden.to(self.weight.dtype)
 
     def set_prefix(self, prefix: list[int]) -> None:
         """Tokens that open every context of the run: computed once, reused by every batch."""

@@ -148,7 +148,8 @@ class Scorer:
 
 def answer_hidden_states(runner: ModelRunner, seqs: Sequence[ContextAnswer]) -> torch.Tensor:
     """`[N, H]` final hidden states of the answer rows of one batch (N = its answer tokens, in
-    order): one right-padded forward after the runner's cached prefix (see the diagram above)."""
+    order), in the projection's dtype: one right-padded forward after the runner's cached
+    prefix (see the diagram above)."""
     device = runner.device
     skip = len(runner.prefix)  # tokens already in the cache
     fed = [len(s.context) + len(s.answer) - 1 for s in seqs]
@@ -168,7 +169,7 @@ def answer_hidden_states(runner: ModelRunner, seqs: Sequence[ContextAnswer]) -> 
         ids.to(device), cache=cache, position_ids=positions, right_padded=True
     )  # [B, T, H]
     flat_rows = torch.cat(rows).to(device)
-    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows)
+    return runner.head_input(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_rows))
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,6 @@ def _is_one_object(text: str) -> bool:
         return False
 
 
-
 def _check_unicode(where: str, name: str, value: str) -> None:
     """JSON's `\\ud800` escapes can make strings no tokenizer (nor UTF-8) can take."""
     try:

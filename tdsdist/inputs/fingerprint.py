@@ -43,9 +43,11 @@ def score_fingerprint(
     data_sha256: str,
     tokenizer: Any,
     skipped_empty_answers: list[str] | None = None,
+    head_dtype: str | None = None,
 ) -> dict[str, Any]:
     """The fingerprint of a scoring store (the base keys None while only the aligned side is
-    recorded)."""
+    recorded). `head_dtype`: given only where it changes the numbers (a float32 projection of a
+    half-precision model); absent means the projection in the model's dtype, as in 0.1.0."""
     fingerprint = {
         "aligned": aligned,
         "aligned_revision": aligned_revision,
@@ -66,7 +68,15 @@ def score_fingerprint(
     }
     if skipped_empty_answers:  # only when some were left out: stores made without stay resumable
         fingerprint["skipped_empty_answers"] = list(skipped_empty_answers)
+    if head_dtype is not None:
+        fingerprint["head_dtype"] = head_dtype
     return fingerprint
+
+
+def fingerprinted_head_dtype(dtype: str, head_dtype: str) -> str | None:
+    """The `head_dtype` key's value, or None where the head's precision changes nothing (float32
+    and float64 weights project in their own dtype either way)."""
+    return head_dtype if dtype in ("bfloat16", "float16") and head_dtype != "model" else None
 
 
 def generation_fingerprint(config: Any, tokenizer: Any) -> dict[str, Any]:

@@ -21,22 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from tdsdist.config import GenerateConfig
+from tdsdist.config import GenerateConfig, ScoreConfig
 from tdsdist.engine.decoder import Decoder, Generated, Sampling
 from tdsdist.engine.models import resolve_device
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
 from tdsdist.inputs.data import Fields, load_examples
-from tdsdist.inputs.fingerprint import differences, generation_fingerprint, score_fingerprint
+from tdsdist.inputs.fingerprint import (
+    differences,
+    fingerprinted_head_dtype,
+    generation_fingerprint,
+    score_fingerprint,
+)
 from tdsdist.inputs.plan import tokenize_context
 from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
+from tdsdist.jobs.score import score_on
 from tdsdist.parallel.dist import (
     Dist,
     StopFlag,
     WorkClaims,
+    any_rank,
     broadcast_ints,
     checked_on_main,
     claimed_indices,
@@ -70,52 +76,80 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)
+    # `generate --base` re-run after its answers were written: go straight to the scoring.
+    answered = bool(cfg.base) and out.exists() and not parts.exists() and not cfg.overwrite
+    answered = answered and Path(str(cfg.store)).exists()
     try:
-        checked_on_main(d, lambda: _prepare_parts(parts, out, cfg, fingerprint))
-        units = unit_ranges(len(examples), cfg.unit_size)
-        pending = None
-        if d.is_main:
-            pending = [n for n in range(len(units)) if not _part(parts, n, "json").exists()]
-        pending = broadcast_ints(pending, 0, None, d)
-        log(
-            f"tdsdist: {len(examples)} prompts, {len(units)} units ({len(units) - len(pending)}"
-            f" already done, {len(pending)} to do); world {d.dims.world} = tp {d.dims.tp} x dp"
-            f" {d.dims.dp}"
-        )
-        load_seconds, start, stopped = 0.0, time.perf_counter(), False
-        if pending:
-            runner = load_runner(
-                cfg.aligned,
-                cfg.aligned_revision,
-                dtype=cfg.dtype,
-                vocab_size=len(tokenizer),
-                device=device,
-                d=d,
-                trust_remote_code=cfg.trust_remote_code,
-            )
-            sampling = Sampling(
-                cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k
-            )
-            decoder = Decoder(runner, tokenizer, sampling)
-            load_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            todo = [units[n] for n in pending]
-            stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d)
-        if d.distributed:
-            torch.distributed.barrier()
-        if d.is_main and not stopped:
-            _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log)
-        if stopped:
+        result, runner = {"load_seconds": 0.0, "generate_seconds": 0.0}, None
+        if answered:
+            log(f"tdsdist: {out} is complete: scoring it into {cfg.store}")
+        else:
+            result, runner = _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d, log)  # fmt: skip
+        result["examples"] = len(examples)
+        if result.get("stopped"):
             log("tdsdist: stopped on SIGTERM; re-run the same command to finish the pending units")
-        # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
-        result = {
-            "load_seconds": load_seconds,
-            "generate_seconds": time.perf_counter() - start,
-            "examples": len(examples),
-        }
-        return {**result, "stopped": True} if stopped else result
+            return result
+        if cfg.base:
+            log(f"tdsdist: scoring the answers under {cfg.aligned} and {cfg.base} (pair head)")
+            scored = score_on(scoring_config(cfg), device, d, log, preloaded={"aligned": runner} if runner else None)  # fmt: skip
+            result["score"] = scored
+            if scored.get("stopped"):
+                result["stopped"] = True
+        return result
     finally:
         destroy(d)
+
+
+def scoring_config(cfg: GenerateConfig) -> ScoreConfig:
+    """The `score` configuration that completes the store `generate --base` recorded: its
+    fingerprint is the one the recorded store was made with (`_record_store`)."""
+    same = ("aligned", "base", "store", "top_k", "base_template", "aligned_template", "unit_size", "dtype", "device", "max_tokens_per_batch", "logits_chunk_mib", "trust_remote_code", "aligned_revision", "base_revision", "tp", "dist_timeout", "head_dtype")  # fmt: skip
+    return ScoreConfig(data=cfg.out, skip_empty_answers=True, **{k: getattr(cfg, k) for k in same})
+
+
+def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d: Dist, log):
+    """Decode every pending unit and assemble; returns (timing, the aligned runner or None)."""
+    checked_on_main(d, lambda: _prepare_parts(parts, out, cfg, fingerprint))
+    units = unit_ranges(len(examples), cfg.unit_size)
+    pending = None
+    if d.is_main:
+        pending = [n for n in range(len(units)) if not _part(parts, n, "json").exists()]
+    pending = broadcast_ints(pending, 0, None, d)
+    log(
+        f"tdsdist: {len(examples)} prompts, {len(units)} units ({len(units) - len(pending)}"
+        f" already done, {len(pending)} to do); world {d.dims.world} = tp {d.dims.tp} x dp"
+        f" {d.dims.dp}"
+    )
+    load_seconds, start, stopped, runner = 0.0, time.perf_counter(), False, None
+    if pending or cfg.base:  # with --base the aligned model is needed for the scoring anyway
+        runner = load_runner(
+            cfg.aligned,
+            cfg.aligned_revision,
+            dtype=cfg.dtype,
+            vocab_size=len(tokenizer),
+            device=device,
+            d=d,
+            trust_remote_code=cfg.trust_remote_code,
+            head_dtype=cfg.head_dtype or "float32",
+        )
+        load_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+    if pending:
+        sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k)  # fmt: skip
+        decoder = Decoder(runner, tokenizer, sampling)
+        todo = [units[n] for n in pending]
+        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d)
+    stopped = any_rank(d, stopped)  # also waits for every rank's last unit
+    if not stopped:  # rank 0 assembles; a failure there reaches every rank, no one waits
+        checked_on_main(
+            d,
+            lambda: _assemble(
+                examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log
+            ),
+        )
+    # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
+    result = {"load_seconds": load_seconds, "generate_seconds": time.perf_counter() - start}
+    return ({**result, "stopped": True} if stopped else result), runner
 
 
 def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist) -> bool:
@@ -237,6 +271,7 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
         data_sha256=answers_sha256,
         tokenizer=tokenizer,
         skipped_empty_answers=empty,
+        head_dtype=fingerprinted_head_dtype(cfg.dtype, cfg.head_dtype or "float32"),
     )
     store = create(
         Path(cfg.store),

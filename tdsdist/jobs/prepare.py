@@ -15,7 +15,7 @@ from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256
 from tdsdist.inputs.data import Fields, load_examples
-from tdsdist.inputs.fingerprint import score_fingerprint
+from tdsdist.inputs.fingerprint import fingerprinted_head_dtype, score_fingerprint
 from tdsdist.inputs.plan import Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import check_same_vocabulary, load_tokenizer
@@ -36,6 +36,8 @@ class Prepared:
     """Per model, the token prefix shared by all its contexts (cached once; empty if disabled)."""
     skipped: list[str]
     """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
+    head_dtype: str = "float32"
+    """Precision of the output projection (`--head-dtype`, resolved; see `resume.py`)."""
 
 
 def prepare(config: ScoreConfig) -> Prepared:
@@ -79,6 +81,7 @@ def prepare(config: ScoreConfig) -> Prepared:
         data_sha256=file_sha256(config.data),
         tokenizer=tok,
         skipped_empty_answers=skipped,
+        head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
     )
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
@@ -86,4 +89,6 @@ def prepare(config: ScoreConfig) -> Prepared:
             "aligned": shared_prefix([it.aligned_context for it in plan.items]),
             "base": shared_prefix([it.base_context for it in plan.items]),
         }
-    return Prepared(config, plan, tok, fingerprint, prefixes, skipped or [])
+    return Prepared(
+        config, plan, tok, fingerprint, prefixes, skipped or [], config.head_dtype or "float32"
+    )

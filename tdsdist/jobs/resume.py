@@ -36,6 +36,7 @@ def resume_store(path: Path, prep: Prepared) -> Store:
         raise TdsError(f"{path}: exists and is not a tdsdist store (use another --store)")
     store = Store(path)
     stored = dict(store.meta.get("fingerprint", {}))
+    adopt_head_dtype(prep, stored)
     # A store recorded by `generate` waits for its base model: the base keys are filled in once.
     open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
     diffs = differences(stored, prep.fingerprint, open_keys)
@@ -49,6 +50,14 @@ def resume_store(path: Path, prep: Prepared) -> Store:
         store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored}
         store = Store(path)
     return store
+
+
+def adopt_head_dtype(prep: Prepared, stored: dict) -> None:
+    """Without `--head-dtype`, an existing store keeps the head it was made with: one without the
+    key (tdsdist 0.1.0, or a float32 model) projected in the model's dtype."""
+    if prep.config.head_dtype is None and "head_dtype" not in stored:
+        prep.fingerprint.pop("head_dtype", None)
+        prep.head_dtype = "model"
 
 
 def recorded(store: Store) -> bool:

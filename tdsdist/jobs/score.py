@@ -20,11 +20,17 @@ import torch.distributed as dist
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
+from tdsdist.engine.runner import ModelRunner
 from tdsdist.engine.scorer import AnswerPair, ContextAnswer, PairScorer, Scorer
 from tdsdist.errors import TdsError
 from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared, prepare
-from tdsdist.jobs.resume import adopt_recorded_answers, open_or_create_store, recorded
+from tdsdist.jobs.resume import (
+    adopt_head_dtype,
+    adopt_recorded_answers,
+    open_or_create_store,
+    recorded,
+)
 from tdsdist.metrics import topk_kl
 from tdsdist.parallel.dist import (
     Dist,
@@ -93,7 +99,9 @@ def score_pair_unit(plan: Plan, unit: UnitRows, pair: PairScorer, progress=None)
     return arrays
 
 
-def load_model_runner(config: ScoreConfig, model: str, vocab_size: int, device, d: Dist):
+def load_model_runner(
+    config: ScoreConfig, model: str, vocab_size: int, device, d: Dist, head_dtype: str
+):
     """One model of the pair, as this rank runs it (`parallel.loading.load_runner`)."""
     revision = config.aligned_revision if model == "aligned" else config.base_revision
     return load_runner(
@@ -104,10 +112,13 @@ def load_model_runner(config: ScoreConfig, model: str, vocab_size: int, device, 
         device=device,
         d=d,
         trust_remote_code=config.trust_remote_code,
+        head_dtype=head_dtype,
     )
 
 
-def load_scoring(config: ScoreConfig, prep: Prepared, store: Store, device, d: Dist):
+def load_scoring(
+    config: ScoreConfig, prep: Prepared, store: Store, device, d: Dist, preloaded=None
+):
     """The models this store needs, loaded, with their prefixes set; returns `(score_fn,
     passes)`: `score_fn(unit, progress)` gives a unit's arrays.
 
@@ -120,7 +131,9 @@ def load_scoring(config: ScoreConfig, prep: Prepared, store: Store, device, d: D
     for model in ("aligned", "base"):
         if model == "aligned" and recorded(store) and not store.has_pair:
             continue  # format 1: the recorded aligned side is read back from the store
-        runners[model] = load_model_runner(config, model, vocab, device, d)
+        runners[model] = (preloaded or {}).get(model) or load_model_runner(
+            config, model, vocab, device, d, prep.head_dtype
+        )
         runners[model].set_prefix(prep.prefixes[model])
     if store.has_pair:
         pair = PairScorer(runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch)  # fmt: skip
@@ -143,15 +156,33 @@ def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
         )
     d = init_distributed(config.tp, config.dist_timeout, device)
     try:
-        return _run(
-            config, device, d, task_index, task_count, log if d.is_main else (lambda m: None)
-        )
+        return score_on(config, device, d, log, (task_index, task_count))
     finally:
         destroy(d)
 
 
+def score_on(
+    config: ScoreConfig,
+    device: torch.device,
+    d: Dist,
+    log=print,
+    task: tuple[int, int] = (0, 1),
+    preloaded: dict[str, ModelRunner] | None = None,
+) -> dict[str, Any]:
+    """The scoring job inside a process layout that is already set up: what `run_score` runs,
+    and what `generate --base` runs after decoding, handing over its aligned model loaded
+    (`preloaded`), so that each model is loaded once."""
+    return _run(config, device, d, *task, log if d.is_main else (lambda m: None), preloaded or {})
+
+
 def _run(
-    config: ScoreConfig, device: torch.device, d: Dist, task_index: int, task_count: int, log
+    config: ScoreConfig,
+    device: torch.device,
+    d: Dist,
+    task_index: int,
+    task_count: int,
+    log,
+    preloaded: dict[str, ModelRunner],
 ) -> dict[str, Any]:
     def create() -> tuple[Prepared, Store]:
         prep = prepare(config)
@@ -160,6 +191,7 @@ def _run(
     made = checked_on_main(d, create)
     if made is None:  # same data, same plan: deterministic on every rank
         made = prepare(config), Store(config.store)
+        adopt_head_dtype(made[0], made[1].meta.get("fingerprint", {}))  # as rank 0 resolved it
     prep, store = made
     done = store.committed()
     pending = None
@@ -194,7 +226,7 @@ def _run(
     timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
     if pending:
         start = time.perf_counter()
-        score_fn, passes = load_scoring(config, prep, store, device, d)
+        score_fn, passes = load_scoring(config, prep, store, device, d, preloaded)
         timing["load_seconds"] = time.perf_counter() - start
         timing.update(_score_units(score_fn, store, [units[i] for i in pending], d, passes, device))
     stopped = timing.pop("stopped", False)

@@ -155,6 +155,15 @@ def checked_on_main(d: Dist, run: Callable[[], T]) -> T | None:
     return result
 
 
+def any_rank(d: Dist, flag: bool) -> bool:
+    """Whether `flag` is true on any rank (every rank learns the same answer)."""
+    if not d.distributed:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.long)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 class WorkClaims:
     """Hands out indices into the list of pending units, one at a time, to group leaders."""
 

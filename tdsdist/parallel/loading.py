@@ -24,6 +24,7 @@ def load_runner(
     device: torch.device,
     d: Dist,
     trust_remote_code: bool = False,
+    head_dtype: str = "model",
 ) -> ModelRunner:
     """One model, whole on this rank or, under `--tp`, split across its tensor-parallel group.
 
@@ -35,7 +36,7 @@ def load_runner(
     """
     if d.dims.tp == 1:
         model = load_model(name, dtype, device, revision, trust_remote_code)
-        return ModelRunner(model, vocab_size, device)
+        return ModelRunner(model, vocab_size, device, head_dtype=head_dtype)
     from tdsdist.parallel.tp import shard_for_tp
     from tdsdist.parallel.tp_load import load_sharded_for_tp, loads_shard_by_shard
 
@@ -47,4 +48,4 @@ def load_runner(
     else:  # loaded whole on the CPU; DeepSpeed moves the shards
         model = load_model(name, dtype, torch.device("cpu"), revision, trust_remote_code)
         model, weight, bias, shard = shard_for_tp(model, vocab_size, group, tp, rank, device)
-    return ModelRunner(model, vocab_size, device, shard, (weight, bias))
+    return ModelRunner(model, vocab_size, device, shard, (weight, bias), head_dtype)

@@ -236,12 +236,13 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
 @user_errors
 def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
+    from tdsdist.integrity import damaged_units
     from tdsdist.store import Store
 
     store = Store(store_dir, mode="r+" if repair else "r")
     if store.format_version < 2:
         raise TdsError(f"{store.path}: a store of format 1 (tdsdist 0.1.0) has no checksums")
-    damaged = store.damaged_units()
+    damaged = damaged_units(store)
     done = int(store.committed().sum())
     for unit, names in sorted(damaged.items()):
         click.echo(f"unit {unit}: damaged {', '.join(names)}")

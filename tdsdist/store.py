@@ -371,23 +371,6 @@ class Store:
         last = int(np.searchsorted(starts, max(hi - 1, lo), side="right")) - 1
         return str(first) if first == last else f"{first}-{last}"
 
-    def damaged_units(self) -> dict[int, list[str]]:
-        """Committed units with a chunk that fails its checksum -> the arrays affected. Reads
-        every committed unit's rows of every per-position array (a unit's rows are whole chunks
-        of its own, so a unit is read exactly)."""
-        damaged: dict[int, list[str]] = {}
-        done = self.committed()
-        for unit in self.units():
-            if not done[unit.index] or unit.positions == 0:
-                continue
-            rows = slice(unit.start, unit.start + unit.positions)
-            for name in self.array_names():
-                try:
-                    self.read(name, rows)
-                except DamagedChunk:
-                    damaged.setdefault(unit.index, []).append(name)
-        return damaged
-
     def mark_pending(self, unit_index: int) -> None:
         """Clear a unit's committed flag, so that the same `score` command scores it again."""
         self.root["units/committed"][unit_index] = 0

@@ -539,6 +539,18 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     assert f"Token {t + 1} of {store.lengths[1]}" in page.locator("#panel h2").inner_text()
     assert metric(page, "base rank") == str(store.read("base/rank", rows)[t])
     assert metric(page, "aligned rank") == str(store.read("aligned/rank", rows)[t])
+    # The pair head's exact divergences and ties (stores of format 2), as the page rounds them.
+    js, tv = (float(store.read(f"positions/{n}", rows)[t]) for n in ("js", "tv"))
+    shown_js, shown_tv = (
+        float(x) for x in metric(page, "Jensen-Shannon / total variation").split(" / ")
+    )
+    assert shown_js == pytest.approx(js, rel=5e-3) and shown_tv == pytest.approx(tv, rel=5e-3)
+    kl = float(store.read("positions/kl_aligned_base", rows)[t])
+    assert float(metric(page, "KL(aligned \u2016 base), exact")) == pytest.approx(kl, rel=5e-3)
+    ties = f"{store.read('base/ties', rows)[t]} / {store.read('aligned/ties', rows)[t]}"
+    assert metric(page, "ties base / aligned") == ties
+    differs = store.read("base/top_ids", rows)[t][0] != store.read("aligned/top_ids", rows)[t][0]
+    assert metric(page, "base top 1 vs aligned top 1") == ("differ" if differs else "same")
     assert page.locator("#panel .prefix").inner_text() == tokenizer.decode(token_ids[: t + 1])
     page.screenshot(path=str(tmp_path / "example.png"))
 

@@ -16,9 +16,11 @@ open a comment, and the page code only ever puts data into the DOM as text (`tex
 never `innerHTML`). Pages carry a Content-Security-Policy that allows scripts from files only.
 
 An example's data is column-oriented, one entry per answer position: `token` (ids), `cat` (0
-unshifted, 1 marginal, 2 shifted, by the base rank and the summary's thresholds), `kl`, and per
-model `rank`, `logprob`, `entropy`, `top_ids` and `top_logprobs_milli` (the first min(10, k)
-candidates; log-probabilities in integer thousandths). `text` is the decoded answer and `ends[t]`
+unshifted, 1 marginal, 2 shifted, by the base rank and the summary's thresholds), `kl`,
+`top1_differs` (the base top 1 is not the aligned top 1), and per model `rank`, `logprob`,
+`entropy`, `top_ids` and `top_logprobs_milli` (the first min(10, k) candidates; log-probabilities
+in integer thousandths); stores of format 2 add `divergence` (`kl_aligned_base`,
+`kl_base_aligned`, `js`, `tv`) and per model `ties`. `text` is the decoded answer and `ends[t]`
 where token t ends in it (UTF-16 units, as JavaScript slices strings). `strings` maps every id
 used to `tokenizer.decode([id])` (SentencePiece's word-initial space restored). Numbers are
 rounded to what the page shows. About 300 bytes per position with k >= 10.
@@ -39,7 +41,7 @@ from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.metrics import categories
-from tdsdist.store import MODELS, Store
+from tdsdist.store import DIVERGENCES, MODELS, Store
 
 MARKER = ".tdsdist-report"
 TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store kept fewer)
@@ -217,6 +219,11 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
         lo = int(offsets[run[0]])
         hi = int(offsets[run[-1]] + lengths[run[-1]])
         block = {"positions/token_id": all_tokens[lo:hi], "positions/kl": store.read("positions/kl", slice(lo, hi))}  # fmt: skip
+        if store.has_pair:  # the exact divergences and tie counts (format 2)
+            for name in DIVERGENCES:
+                block[f"positions/{name}"] = store.read(f"positions/{name}", slice(lo, hi))
+            for model in MODELS:
+                block[f"{model}/ties"] = store.read(f"{model}/ties", slice(lo, hi))
         for model in MODELS:
             for name in ("rank", "logprob", "entropy"):
                 block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))
@@ -285,6 +292,13 @@ def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, d
             "top_ids": data[f"{model}/top_ids"].tolist(),
             "top_logprobs_milli": _milli(data[f"{model}/top_logprobs"]),
         }
+        if f"{model}/ties" in data:
+            record[model]["ties"] = data[f"{model}/ties"].tolist()
+    if "positions/js" in data:
+        record["divergence"] = {n: _significant(data[f"positions/{n}"].astype(np.float64)) for n in DIVERGENCES}  # fmt: skip
+        stats["js"] = _mean(data["positions/js"].astype(np.float64))
+    # Where the base model's top 1 is not the aligned model's (AlignTDS marks these positions).
+    record["top1_differs"] = (data["base/top_ids"][:, 0] != data["aligned/top_ids"][:, 0]).tolist()
     return record, _index_row(store, i, text, stats)
 
 

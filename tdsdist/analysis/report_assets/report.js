@@ -599,9 +599,21 @@
       ["aligned rank", String(d.aligned.rank[t])],
       ["base p (logprob)", prob(d.base.logprob[t]) + " (" + fixed(d.base.logprob[t], 3) + ")"],
       ["aligned p (logprob)", prob(d.aligned.logprob[t]) + " (" + fixed(d.aligned.logprob[t], 3) + ")"],
-      ["KL(aligned \u2016 base)", sig(d.kl[t])],
+      ["KL(aligned \u2016 base), top-k", sig(d.kl[t])],
       ["entropy base / aligned", fixed(d.base.entropy[t], 2) + " / " + fixed(d.aligned.entropy[t], 2) + " nats"]
     ];
+    if (d.divergence) {
+      var dv = d.divergence;
+      metrics.push(
+        ["KL(aligned \u2016 base), exact", sig(dv.kl_aligned_base[t])],
+        ["KL(base \u2016 aligned), exact", sig(dv.kl_base_aligned[t])],
+        ["Jensen-Shannon / total variation", sig(dv.js[t]) + " / " + sig(dv.tv[t])],
+        ["ties base / aligned", String(d.base.ties[t]) + " / " + String(d.aligned.ties[t])]
+      );
+    }
+    if (d.top1_differs) {
+      metrics.push(["base top 1 vs aligned top 1", d.top1_differs[t] ? "differ" : "same"]);
+    }
     append(panel, [
       el("h2", { id: "panel-title" }, [
         "Token " + (t + 1) + " of " + d.n + ": ",

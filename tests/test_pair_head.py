@@ -207,3 +207,17 @@ def test_pair_scorer_equals_per_token_reference(tiny_pair_odd_vocab) -> None:
         assert_matches({k: v[rows] for k, v in got.items()}, want)
     assert offset == len(got["base/rank"])
     assert (got["aligned/top_ids"] < vocab).all() and (got["base/top_ids"] < vocab).all()
+
+
+def test_the_fused_sums_equal_the_masked_path_where_nothing_is_masked() -> None:
+    """Chunks without a -inf logit take one fused dot product per sum; the path that guards every
+    0 x inf term must give the same numbers on them."""
+    from tdsdist.engine.pair_head import _finite_sums, _masked_sums
+
+    gen = torch.Generator().manual_seed(4)
+    la, lb = (torch.log_softmax(3 * torch.randn(6, 1000, generator=gen), -1) for _ in range(2))
+    p, q = la.exp(), lb.exp()
+    scratch = [torch.empty_like(la) for _ in range(2)]
+    fused = torch.stack(_finite_sums(la, lb, p, q, *scratch))
+    guarded = torch.stack(_masked_sums(la, lb, p, q, *scratch))
+    assert_float32_close(fused.numpy(), guarded.numpy(), scale=1.0)

@@ -157,17 +157,8 @@ def pair_rows(
 
     lse_a, _ = _normalise(la, p, shard)  # la: lp, p: exp(lp)
     lse_b, _ = _normalise(lb, q, shard)  # lb: lq, q: exp(lq)
-    torch.sub(la, lb, out=t1)  # lp - lq
-    sums = [
-        _sum(torch.mul(p, t1, out=t2)),  # KL(aligned || base)
-        -_sum(torch.mul(q, t1, out=t2)),  # KL(base || aligned)
-        _sum(torch.sub(p, q, out=t2).abs_()),  # 2 TV
-        -_sum(torch.mul(p, la, out=t2)),  # aligned entropy
-        -_sum(torch.mul(q, lb, out=t2)),  # base entropy
-    ]
-    torch.add(p, q, out=t1).mul_(0.5).log_()  # log m
-    sums.append(_sum(torch.sub(la, t1, out=t2).mul_(p)))  # sum p (lp - log m)
-    sums.append(_sum(torch.sub(lb, t1, out=t2).mul_(q)))  # sum q (lq - log m)
+    finite = not (torch.isinf(la).any() or torch.isinf(lb).any())  # no masked logit here
+    sums = (_finite_sums if finite else _masked_sums)(la, lb, p, q, t1, t2)
     total = all_reduce(torch.stack(sums, dim=-1), dist.ReduceOp.SUM, shard)  # [n, 7]
     kl_ab, kl_ba, tv2, h_a, h_b, js_a, js_b = total.unbind(-1)
     zero = torch.zeros((), device=total.device)
@@ -194,6 +185,42 @@ def pair_rows(
         js=(0.5 * (js_a + js_b)).clamp(0.0, float(np.log(2))),
         tv=(0.5 * tv2).clamp(0.0, 1.0),
     )
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products `[n, V] x [n, V] -> [n]` in one fused pass (a batched BLAS dot)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+def _finite_sums(la, lb, p, q, t1, t2) -> list[torch.Tensor]:
+    """The seven per-row sums when every log-probability is finite (no masked logit in the
+    chunk, the usual case): no 0 x inf can arise, so each sum is one fused dot product.
+    `la`, `lb`: log-softmax; `p`, `q`: their exp; `t1`, `t2`: scratch."""
+    torch.sub(la, lb, out=t1)  # lp - lq
+    sums = [_dot(p, t1), -_dot(q, t1)]  # KL(aligned || base), KL(base || aligned)
+    sums.append(torch.sub(p, q, out=t2).abs_().sum(-1))  # 2 TV
+    sums += [-_dot(p, la), -_dot(q, lb)]  # both entropies
+    torch.add(p, q, out=t1).mul_(0.5).log_()  # log m
+    sums.append(_dot(p, torch.sub(la, t1, out=t2)))  # sum p (lp - log m)
+    sums.append(_dot(q, torch.sub(lb, t1, out=t2)))  # sum q (lq - log m)
+    return sums
+
+
+def _masked_sums(la, lb, p, q, t1, t2) -> list[torch.Tensor]:
+    """The same sums where some logit is -inf: each term's 0 x inf (a zero probability times an
+    infinite log ratio) is set to 0, an infinite ratio under a positive probability kept."""
+    torch.sub(la, lb, out=t1)  # lp - lq
+    sums = [
+        _sum(torch.mul(p, t1, out=t2)),  # KL(aligned || base)
+        -_sum(torch.mul(q, t1, out=t2)),  # KL(base || aligned)
+        _sum(torch.sub(p, q, out=t2).abs_()),  # 2 TV
+        -_sum(torch.mul(p, la, out=t2)),  # aligned entropy
+        -_sum(torch.mul(q, lb, out=t2)),  # base entropy
+    ]
+    torch.add(p, q, out=t1).mul_(0.5).log_()  # log m
+    sums.append(_sum(torch.sub(la, t1, out=t2).mul_(p)))  # sum p (lp - log m)
+    sums.append(_sum(torch.sub(lb, t1, out=t2).mul_(q)))  # sum q (lq - log m)
+    return sums
 
 
 def _local_top(

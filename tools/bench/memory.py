@@ -11,6 +11,10 @@ subprocess, which reports its resident set size after the model is built and the
            least any teacher-forced scorer must hold;
   scorer   `tdsdist.engine.scorer.Scorer.score` on the same sequences in one batch (max_tokens_per_batch
            16384), at each `--chunk-mib` logits-chunk budget (the CLI default is 64 MiB);
+  body2    two models (the pair's case): both bare body forwards on the batch, both hidden
+           states kept, as any scorer of the pair must;
+  pair     `PairScorer.score` on the same batch (both bodies, the pair head, exact divergences);
+           its ratio is to body2;
   naive    for contrast, what a straightforward batched implementation does: the full logits
            `model(ids).logits` (`[B, T, V]` float32) and a float32 `log_softmax` of them. It needs
            about 2 x B x T x V x 4 bytes (16.8 GB at the default size), so it is skipped, with a
@@ -39,6 +43,7 @@ import time
 from tools.common import ROOT, arg_parser, peak_rss_kib, proc_status_kib
 
 MIB = 1 << 20
+PAIRED = ("body2", "pair")  # variants that hold two models (the pair head's case)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -91,10 +96,12 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from tdsdist_testkit import make_big_vocab_model
 
-    from tdsdist.engine.scorer import ContextAnswer, Scorer
+    from tdsdist.engine.runner import ModelRunner
+    from tdsdist.engine.scorer import AnswerPair, ContextAnswer, PairScorer, Scorer
 
     torch.set_num_threads(args.threads)
     model = make_big_vocab_model(vocab_size=args.vocab)
+    other = make_big_vocab_model(vocab_size=args.vocab, seed=1) if args.child in PAIRED else None
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.sequences, args.context + args.answer), generator=gen)
     seqs = [
@@ -118,6 +125,21 @@ def child(args: argparse.Namespace) -> None:
             )
             res = scorer.score(seqs)
             checksum = float(res["logprob"].sum())
+        elif args.child == "body2":  # both bodies, both hidden states kept: what a pair needs
+            outs = [
+                m.base_model(input_ids=fed, attention_mask=mask, use_cache=False).last_hidden_state
+                for m in (model, other)
+            ]
+            checksum = float(sum(o[:, -1].sum() for o in outs))
+        elif args.child == "pair":
+            tokens = args.sequences * (args.context + args.answer - 1)
+            cpu = torch.device("cpu")
+            pair = PairScorer(
+                ModelRunner(model, args.vocab, cpu), ModelRunner(other, args.vocab, cpu),
+                args.top_k, args.chunk * MIB, max(tokens, 1),
+            )  # fmt: skip
+            res = pair.score([AnswerPair(s.context, s.context, s.answer) for s in seqs])
+            checksum = float(res["positions/js"].sum())
         elif args.child == "naive":
             logits = model(input_ids=fed, attention_mask=mask, use_cache=False).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
@@ -176,6 +198,7 @@ def main(argv=None) -> None:
     fed_tokens = args.sequences * (args.context + args.answer - 1)
     naive_need = 2 * fed_tokens * args.vocab * 4
     variants = [("body", 64)] + [("scorer", c) for c in args.chunk_mib]
+    variants += [("body2", 64), ("pair", 64)]
     naive_note = ""
     if args.naive == "run" or (args.naive == "auto" and mem_available() > naive_need + 3 * 1024**3):
         variants.append(("naive", 64))
@@ -200,7 +223,6 @@ def main(argv=None) -> None:
         return statistics.median(x[key] for x in results[v])
 
     body = ("body", 64)
-    body_peak, body_delta = med(body, "peak"), med(body, "peak") - med(body, "after_load")
     print(
         f"Machine: {platform.machine()}, os.cpu_count {os.cpu_count()}, torch {torch.__version__}"
         f", {args.threads} torch threads, MemTotal-ish {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.1f} GiB"
@@ -226,12 +248,16 @@ def main(argv=None) -> None:
             "scorer": f"tdsdist Scorer.score, chunk {v[1]} MiB"
             + (" (default)" if v[1] == 64 else ""),
             "naive": "naive: model(ids).logits + float32 log_softmax",
+            "body2": "two models: both bare body forwards, both hidden states kept",
+            "pair": "two models: tdsdist PairScorer.score (pair head), chunk 64 MiB",
         }[v[0]]
         peak, after = med(v, "peak"), med(v, "after_load")
+        ref = ("body2", 64) if v[0] in PAIRED else body  # a pair is compared with two bodies
+        ref_peak, ref_delta = med(ref, "peak"), med(ref, "peak") - med(ref, "after_load")
         print(
             f"| {name} | {peak / MIB:.0f} | {after / MIB:.0f} | {med(v, 'load_peak') / MIB:.0f} "
-            f"| {(peak - after) / MIB:.0f} | {peak / body_peak:.2f}x "
-            f"| {(peak - after) / body_delta:.2f}x | {med(v, 'seconds'):.2f} "
+            f"| {(peak - after) / MIB:.0f} | {peak / ref_peak:.2f}x "
+            f"| {(peak - after) / ref_delta:.2f}x | {med(v, 'seconds'):.2f} "
             f"| {', '.join(str(round(x['peak'] / MIB)) for x in results[v])} |"
         )
 

@@ -146,6 +146,51 @@ def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
     click.echo(json.dumps(record, ensure_ascii=False) if as_json else render_text(record))
 
 
+def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters and the per-position intervals, shared by `analyze` and `compare`."""
+    options = [
+        click.option(
+            "--exclude-first",
+            default=0,
+            show_default=True,
+            help="Leave out each answer's first N positions.",
+        ),  # fmt: skip
+        click.option(
+            "--exclude-special-tokens",
+            is_flag=True,
+            help="Leave out EOS and every special token of the stored tokenizer.",
+        ),  # fmt: skip
+        click.option(
+            "--max-t",
+            default=100,
+            show_default=True,
+            help="Per-position curve up to this t, then one tail bin.",
+        ),  # fmt: skip
+        click.option(
+            "--resamples",
+            default=1000,
+            show_default=True,
+            help="Bootstrap resamples of examples for the 95% intervals.",
+        ),  # fmt: skip
+        click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed) -> dict:
+    from tdsdist.analysis.summary import Filters
+
+    if max_t < 0 or resamples < 1:
+        raise TdsError("--max-t must be >= 0 and --resamples >= 1")
+    try:
+        filters = Filters(exclude_first, exclude_special_tokens)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
+    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed}
+
+
 @main.command("analyze")
 @click.argument("store_dir", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -158,11 +203,18 @@ def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
 @click.option(
     "--min-support", default=5, show_default=True, help="Occurrences a token needs to be listed."
 )
+@analysis_options
 @user_errors
 def analyze_command(
-    store_dir: str, as_json: bool, unshifted_max: int, marginal_max: int, min_support: int
+    store_dir: str,
+    as_json: bool,
+    unshifted_max: int,
+    marginal_max: int,
+    min_support: int,
+    **analysis: Any,
 ) -> None:
-    """Summary statistics of a store: categories, rank histogram, KL, position curves, tokens."""
+    """Summary statistics of a store: categories with 95% intervals, per-position curves, rank
+    histogram, divergences, tokens."""
     from tdsdist.analysis.summary import Thresholds, render_text, summarize
     from tdsdist.store import Store
 
@@ -170,7 +222,8 @@ def analyze_command(
         thresholds = Thresholds(unshifted_max, marginal_max)
     except ValueError as e:
         raise TdsError(str(e)) from None
-    summary = summarize(Store(store_dir, mode="r"), thresholds, min_support=min_support)
+    kwargs = _analysis_kwargs(**analysis)
+    summary = summarize(Store(store_dir, mode="r"), thresholds, min_support=min_support, **kwargs)
     click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
 
 

@@ -97,7 +97,7 @@ def test_statistics_match_direct_computation(stores) -> None:
     )
     # Curves: absolute buckets and deciles of relative position.
     edges = analysis.POSITION_EDGES + [10**9]
-    for b, row in enumerate(got["by_position"]):
+    for b, row in enumerate(got["by_position_bucket"]):
         sel = [x for x, c in zip(ref["rows"], ref["cat"]) if edges[b] <= x["t"] < edges[b + 1]]
         assert row["positions"] == len(sel)
         if sel:

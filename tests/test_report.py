@@ -210,7 +210,7 @@ def build_synthetic(path: Path) -> tuple[Path, dict]:
         "base_prob": {"mean": 0.41, "median": 0.38},
         "kl": {"mean": 0.7, "median": 0.2, "p90": 1.5, "max": float("inf")},
         "aligned_top1_fraction": 0.6,
-        "by_position": [
+        "by_position_bucket": [
             {
                 "bucket": "0-4",
                 "positions": 10,

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.curves import PositionCurves
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
@@ -74,7 +75,8 @@ class _Acc:
 
 
 def _blocks(store: Store):
-    """(row slice, valid mask, position-in-answer, answer length) per block of committed rows."""
+    """(row slice, valid mask, position-in-answer, answer length, example index) per block of
+    committed rows."""
     done = store.committed()
     starts = np.asarray(store.meta["unit_starts"])
     offsets, lengths = store.offsets, store.lengths
@@ -85,6 +87,7 @@ def _blocks(store: Store):
         last = int(np.searchsorted(offsets, hi, side="left"))
         t = np.full(hi - lo, -1, np.int64)
         length = np.zeros(hi - lo, np.int64)
+        example = np.zeros(hi - lo, np.int64)
         for_examples = range(max(first - 1, 0), last)
         for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
             if not done[e // store.meta["unit_size"]]:
@@ -93,16 +96,47 @@ def _blocks(store: Store):
             if a < b:
                 t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
                 length[a - lo : b - lo] = lengths[e]
+                example[a - lo : b - lo] = e
         valid = t >= 0
         if valid.any():
-            yield slice(lo, hi), valid, t[valid], length[valid]
+            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Positions left out of every statistic: the first `exclude_first` of each answer, and
+    (`exclude_special_tokens`) every special token of the stored tokenizer (EOS among them)."""
+
+    exclude_first: int = 0
+    exclude_special_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if self.exclude_first < 0:
+            raise ValueError("exclude_first must be >= 0")
 
 
 def summarize(
-    store: Store, thresholds: Thresholds = Thresholds(), min_support: int = 5, top_tokens: int = 20
+    store: Store,
+    thresholds: Thresholds = Thresholds(),
+    min_support: int = 5,
+    top_tokens: int = 20,
+    filters: Filters = Filters(),
+    max_t: int = 100,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """All statistics of the committed units (pending units are counted, not included)."""
+    """All statistics of the committed units (pending units are counted, not included).
+
+    `by_position`: per position t = 0 .. `max_t` and one tail bin, with 95% bootstrap intervals
+    over examples (`curves.py`: `resamples`, `seed`); the category fractions gain intervals too.
+    """
     vocab = int(store.meta.get("vocab_size", 0)) or 1
+    special = np.array(sorted(store.tokenizer().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    # The curves carry the two headline divergences (Qi et al.'s KL(aligned || base), and the
+    # bounded, symmetric JS); all four are per position in show, the API and the store.
+    divergences = ("kl_aligned_base", "js") if store.has_pair else ("kl",)
+    curves = PositionCurves(len(store.ids), max_t, ("base_rank", "base_prob") + divergences)
+    excluded = 0
     counts = np.zeros(3, np.int64)
     rank_hist = np.zeros(len(RANK_BINS), np.int64)
     rank_edges = [lo for lo, _, _ in RANK_BINS]
@@ -116,7 +150,16 @@ def summarize(
     tok_unshifted = np.zeros(vocab, np.int64)
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
-    for rows, valid, t, length in _blocks(store):
+    for rows, valid, t, length, example in _blocks(store):
+        if filters.exclude_first or special.size:
+            token = store.read("positions/token_id", rows)[valid]
+            keep = (t >= filters.exclude_first) & ~np.isin(token, special)
+            excluded += int((~keep).sum())
+            valid = valid.copy()
+            valid[valid] = keep
+            t, length, example = t[keep], length[keep], example[keep]
+            if not keep.any():
+                continue
         base_rank = store.read("base/rank", rows)[valid]
         aligned_rank = store.read("aligned/rank", rows)[valid]
         prob = np.exp(store.read("base/logprob", rows)[valid].astype(np.float64))
@@ -144,7 +187,13 @@ def summarize(
         tok_unshifted += np.bincount(tokens[cat == 0], minlength=vocab)
         by_pos.add(np.searchsorted(POSITION_EDGES, t, side="right") - 1, shifted, finite_kl, prob)
         by_rel.add(np.minimum((t * DECILES) // length, DECILES - 1), shifted, finite_kl, prob)
+        values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob}
+        for name in divergences:  # the exact KLs may be +inf (a masked token): kept as such
+            v = kl if name == "kl" else store.read(f"positions/{name}", rows)[valid]
+            values[name] = v.astype(np.float64)
+        curves.add(example, t, cat, base_rank, values)
     n = int(counts.sum())
+    curve = curves.result(resamples, seed)
     done = store.committed()
     names = ("unshifted", "marginal", "shifted")
     tokenizer = store.tokenizer() if n else None
@@ -158,7 +207,11 @@ def summarize(
             "marginal_max": thresholds.marginal_max,
         },
         "categories": {
-            k: {"count": int(c), "fraction": float(c / n) if n else 0.0}
+            k: {
+                "count": int(c),
+                "fraction": float(c / n) if n else 0.0,
+                "ci": curve["overall"][k]["ci"],
+            }
             for k, c in zip(names, counts)
         },
         "rank_histogram": [
@@ -177,7 +230,20 @@ def summarize(
             "definition": "KL(aligned || base) over the aligned top-k ids plus one tail bin (a lower bound of the full KL)",
         },
         "aligned_top1_fraction": float(top1 / n) if n else None,
-        "by_position": by_pos.rows(_position_labels()),
+        "by_position": curve["by_position"],
+        "by_position_bucket": by_pos.rows(_position_labels()),
+        "intervals": {
+            "method": "95% percentile bootstrap over examples (positions pooled per resample)",
+            "resamples": resamples,
+            "seed": seed,
+            "max_t": max_t,
+            "divergences": "exact (pair head)" if store.has_pair else "top-k KL (format 1)",
+        },
+        "excluded": {
+            "first": filters.exclude_first,
+            "special_token_ids": special.tolist(),
+            "positions": excluded,
+        },
         "by_relative_position": by_rel.rows([f"{10 * i}-{10 * (i + 1)}%" for i in range(DECILES)]),
         "top_shifted_tokens": _token_table(
             tok_count, tok_shifted, min_support, top_tokens, tokenizer, "shifted"
@@ -247,8 +313,22 @@ def render_text(summary: dict[str, Any]) -> str:
     )
     lines.append(
         "shifted fraction by position: "
-        + "  ".join(f"{r['bucket']}: {_pct(r['shifted_fraction'])}" for r in summary["by_position"])
+        + "  ".join(
+            f"{r['bucket']}: {_pct(r['shifted_fraction'])}" for r in summary["by_position_bucket"]
+        )
     )
+    first = [r for r in summary["by_position"][:5] if r["positions"]]
+    if first:
+        lines.append(
+            "shifted at t = 0..4 (95% CI over examples): "
+            + "  ".join(
+                f"{r['t']}: {_pct(r['shifted']['fraction'])} [{_pct(r['shifted']['ci'][0])},"
+                f" {_pct(r['shifted']['ci'][1])}]"
+                for r in first
+            )
+        )
+    if summary["excluded"]["positions"]:
+        lines.append(f"left out: {summary['excluded']['positions']} positions (filters)")
     shifted = summary["top_shifted_tokens"][:10]
     if shifted:
         lines.append(

@@ -503,7 +503,7 @@
         el("div", { class: "card" }, [el("h2", { text: "Key numbers" }), keyNumbers(s)])
       ]),
       el("section", { class: "cards", "aria-label": "Shift along the answer" }, [
-        el("div", { class: "card" }, [el("h2", { text: "Shift by position in the answer" }), positionChart(s.by_position, "Shifted fraction by token position", "position (tokens from the answer's start)")]),
+        el("div", { class: "card" }, [el("h2", { text: "Shift by position in the answer" }), positionChart(s.by_position_bucket, "Shifted fraction by token position", "position (tokens from the answer's start)")]),
         el("div", { class: "card" }, [el("h2", { text: "Shift by relative position" }), positionChart(s.by_relative_position, "Shifted fraction by relative position", "position (% of the answer's length)", "%")])
       ]),
       el("section", { class: "cards", "aria-label": "Ranks and tokens" }, [

@@ -233,12 +233,15 @@ def analyze_command(
 @click.option(
     "--allow-different-data", is_flag=True, help="Compare stores scored on different data."
 )
+@analysis_options
 @user_errors
-def compare_command(store_dirs: tuple[str, ...], as_json: bool, allow_different_data: bool) -> None:
+def compare_command(
+    store_dirs: tuple[str, ...], as_json: bool, allow_different_data: bool, **analysis: Any
+) -> None:
     """Statistics of several stores side by side (e.g. plain vs urial: templates)."""
     from tdsdist.analysis.compare import compare, render_text
 
-    result = compare(list(store_dirs), allow_different_data)
+    result = compare(list(store_dirs), allow_different_data, **_analysis_kwargs(**analysis))
     click.echo(json.dumps(result, indent=2) if as_json else render_text(result))
 
 

@@ -141,3 +141,14 @@ def test_a_store_recorded_by_010_generate_is_completed(old: Path, monkeypatch) -
     assert [p["base"]["rank"] for p in got["positions"]] == [
         p["base"]["rank"] for p in want["positions"]
     ]
+
+
+def test_report_and_compare_read_010_stores(old: Path, monkeypatch) -> None:
+    result = run(old, monkeypatch, "report", "complete.zarr", "-o", "site")
+    assert result.exit_code == 0, result.output
+    assert (old / "site" / "index.html").exists()
+    result = run(old, monkeypatch, "compare", "complete.zarr", "complete.zarr", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)["summaries"][0]
+    assert summary["intervals"]["divergences"] == "top-k KL (format 1)"
+    assert "mean_kl" in summary["by_position"][0]

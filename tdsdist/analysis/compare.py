@@ -23,6 +23,9 @@ ROWS: list[tuple[str, Any]] = [
     ("unshifted", lambda s: s["categories"]["unshifted"]["fraction"]),
     ("marginal", lambda s: s["categories"]["marginal"]["fraction"]),
     ("shifted", lambda s: s["categories"]["shifted"]["fraction"]),
+    ("shifted, 95% CI low", lambda s: s["categories"]["shifted"]["ci"][0]),
+    ("shifted, 95% CI high", lambda s: s["categories"]["shifted"]["ci"][1]),
+    ("shifted at t=0", lambda s: s["by_position"][0]["shifted"]["fraction"]),
     ("aligned top-1", lambda s: s["aligned_top1_fraction"]),
     ("base prob mean", lambda s: s["base_prob"]["mean"]),
     ("base prob median", lambda s: s["base_prob"]["median"]),
@@ -37,11 +40,15 @@ FRACTIONS = {
     "shifted",
     "aligned top-1",
     "shifted, first 10%",
+    "shifted, 95% CI low",
+    "shifted, 95% CI high",
+    "shifted at t=0",
     "shifted, last 10%",
 }
 
 
-def compare(paths: list[str], allow_different_data: bool = False) -> dict[str, Any]:
+def compare(paths: list[str], allow_different_data: bool = False, **summary: Any) -> dict[str, Any]:
+    """`summary`: what `summarize` takes besides the store (filters, intervals)."""
     stores = [Store(p, mode="r") for p in paths]
     data = {p: _data_identity(s) for p, s in zip(paths, stores)}
     if len(set(data.values())) > 1 and not allow_different_data:
@@ -54,7 +61,7 @@ def compare(paths: list[str], allow_different_data: bool = False) -> dict[str, A
             f"{other} was scored on different data than {first} ({what});"
             " use --allow-different-data to compare anyway"
         )
-    summaries = [summarize(s) for s in stores]
+    summaries = [summarize(s, **summary) for s in stores]
     table = [{"statistic": name, "values": [get(s) for s in summaries]} for name, get in ROWS]
     return {"stores": paths, "table": table, "summaries": summaries}
 

@@ -107,6 +107,9 @@ def test_summary_by_position_and_filters_on_a_scored_store(scored) -> None:
         assert row["shifted"]["fraction"] == pytest.approx(np.mean(rank[sel] > 3))
         assert row["mean_js"]["mean"] == pytest.approx(js[sel].mean(), rel=1e-5)
     assert full["intervals"]["divergences"] == "exact (pair head)"
+    assert full["divergence"]["js"]["mean"] == pytest.approx(js.mean(), rel=1e-5)
+    lo, hi = full["divergence"]["js"]["ci"]
+    assert lo <= js.mean() <= hi
     special = set(s.tokenizer().all_special_ids)
     cut = summarize(s, filters=Filters(exclude_first=3, exclude_special_tokens=True), max_t=5, resamples=100)  # fmt: skip
     keep = (t >= 3) & ~np.isin(tokens, list(special))

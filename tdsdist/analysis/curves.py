@@ -90,6 +90,12 @@ class PositionCurves:
             name: _ratio(total[1 + c], total[0], boot_total[:, 1 + c], boot_total[:, 0])
             for c, name in enumerate(CATEGORY_NAMES)
         }
+        k = len(self.means)
+        for j, name in enumerate(self.means):
+            infinite = (total[4 + k + j], boot_total[:, 4 + k + j])
+            overall[f"mean_{name}"] = _ratio(
+                total[4 + j], total[0], boot_total[:, 4 + j], boot_total[:, 0], "mean", infinite
+            )
         return {"by_position": rows, "overall": overall, "resamples": resamples, "seed": seed}
 
 

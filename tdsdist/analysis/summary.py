@@ -230,6 +230,9 @@ def summarize(
             "definition": "KL(aligned || base) over the aligned top-k ids plus one tail bin (a lower bound of the full KL)",
         },
         "aligned_top1_fraction": float(top1 / n) if n else None,
+        "divergence": {
+            name: curve["overall"][f"mean_{name}"] for name in divergences if name != "kl"
+        },
         "by_position": curve["by_position"],
         "by_position_bucket": by_pos.rows(_position_labels()),
         "intervals": {
@@ -311,6 +314,12 @@ def render_text(summary: dict[str, Any]) -> str:
     lines.append(
         f"KL (top-k + tail): mean {kl['mean']:.3f}, median {kl['median']:.3g}, p90 {kl['p90']:.3g}, max {kl['max']:.3g}"
     )
+    for name, d in summary.get("divergence", {}).items():
+        if d["mean"] is not None:
+            lines.append(
+                f"exact {name} (mean over positions, 95% CI over examples): {d['mean']:.4g}"
+                f" [{d['ci'][0]:.4g}, {d['ci'][1]:.4g}]"
+            )
     lines.append(
         "shifted fraction by position: "
         + "  ".join(

@@ -39,7 +39,8 @@ def resume_store(path: Path, prep: Prepared) -> Store:
     adopt_head_dtype(prep, stored)
     # A store recorded by `generate` waits for its base model: the base keys are filled in once.
     open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
-    diffs = differences(stored, prep.fingerprint, open_keys)
+    # The version that made a store is recorded, not required: a later tdsdist resumes it.
+    diffs = differences(stored, prep.fingerprint, (*open_keys, "tdsdist_version"))
     if diffs:
         raise TdsError(
             f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"

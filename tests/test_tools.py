@@ -39,12 +39,13 @@ def test_every_tool_starts(module: str) -> None:
     assert text.startswith(f"usage: python -m {module} ")
 
 
-def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair", [False, True], ids=["one model", "pair head"])
+def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path, pair: bool) -> None:
     out = tmp_path / "gpu.json"
     run_tool("tools.gpu.check", "--tiny", "--device", "cpu", "--sequences", "3", "--context", "8",
-             "--answer", "16", "--repeats", "1", "--out", str(out))  # fmt: skip
+             "--answer", "16", "--repeats", "1", "--out", str(out), *(["--pair"] if pair else []))  # fmt: skip
     report = json.loads(out.read_text())
-    assert report["answer_positions"] == 48
+    assert report["answer_positions"] == 48 and report["pair"] == pair
     for name in ("tdsdist", "bare"):
         assert report[name]["positions_per_second"] > 0 and report[name]["mfu"] > 0
     assert report["tdsdist_over_bare"] > 0

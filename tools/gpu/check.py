@@ -13,7 +13,12 @@ Needs torch and transformers only (no deepspeed). Under 8 minutes on an H100; fr
 root:
 
     python -m tools.gpu.check --out docs/gpu/gpu_check.json
+    python -m tools.gpu.check --pair --out docs/gpu/gpu_check_pair.json   # the pair head
     python -m tools.gpu.check --tiny --device cpu      # a smoke run of the same code on CPU
+
+With `--pair`, tdsdist's side is `PairScorer.score` (both bodies and the pair head: both models'
+statistics and the exact divergences; the one random model serves as both) and the bare side is
+two bare forwards on the same batches; MFU counts both models' work.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from tdsdist.engine.scorer import ContextAnswer, Scorer
+from tdsdist.engine.scorer import AnswerPair, ContextAnswer, PairScorer, Scorer
 from tools.common import arg_parser, bare_forward, print_report, random_llama, sync
 
 
@@ -53,6 +58,7 @@ def main() -> None:
     parser.add_argument("--max-tokens-per-batch", type=int, default=16384)
     parser.add_argument("--logits-chunk-mib", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pair", action="store_true", help="the pair head vs two bare forwards")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -72,17 +78,23 @@ def main() -> None:
     scorer = Scorer.for_model(
         model, config.vocab_size, 20, args.logits_chunk_mib << 20, args.max_tokens_per_batch, device
     )
-    scorer.score(seqs[:4])  # warm-up (kernels, allocator)
-    bare_forward(scorer.runner, seqs[:4], args.max_tokens_per_batch)
+    runner, budget = scorer.runner, args.max_tokens_per_batch
+    models = 2 if args.pair else 1
+    if args.pair:
+        pair = PairScorer(runner, runner, 20, args.logits_chunk_mib << 20, budget)
+        answers = [AnswerPair(s.context, s.context, s.answer) for s in seqs]
+        variants = {"tdsdist": lambda n: pair.score(answers[:n])}
+    else:
+        variants = {"tdsdist": lambda n: scorer.score(seqs[:n])}
+    variants["bare"] = lambda n: [bare_forward(runner, seqs[:n], budget) for _ in range(models)]
+    for run in variants.values():  # warm-up (kernels, allocator)
+        run(4)
     times: dict[str, list[float]] = {"tdsdist": [], "bare": []}
     for r in range(args.repeats):
         for name in ("tdsdist", "bare") if r % 2 == 0 else ("bare", "tdsdist"):
             sync(device)
             t0 = time.perf_counter()
-            if name == "tdsdist":
-                scorer.score(seqs)
-            else:
-                bare_forward(scorer.runner, seqs, args.max_tokens_per_batch)
+            variants[name](len(seqs))
             sync(device)
             times[name].append(time.perf_counter() - t0)
     peak = matmul_peak(device, dtype, 256 if args.tiny else 8192)
@@ -99,13 +111,14 @@ def main() -> None:
     )  # causal: mean context L/2
     flops_per_token = 2 * body_params + attention
     head_flops = 2 * config.vocab_size * config.hidden_size * positions
-    work = flops_per_token * fed_tokens + head_flops
+    work = models * (flops_per_token * fed_tokens + head_flops)
     report = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor(),
         "torch": torch.__version__,
         "model": "Llama-2-7B config, random weights, bf16" if not args.tiny else "tiny Llama, bf16",
+        "pair": args.pair,
         "build_seconds": build_seconds,
         "sequences": args.sequences,
         "tokens_per_sequence": length,

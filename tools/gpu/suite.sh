@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # All GPU checks in one call (the device machine is lent for minutes, so they run together):
 #   1. correctness on CUDA against the float64 per-token reference (python -m tools.gpu.correctness);
-#   2. scoring vs bare-forward throughput and MFU, Llama-2-7B shape in bf16 (python -m tools.gpu.check);
+#   2. scoring vs bare-forward throughput and MFU, Llama-2-7B shape in bf16 (python -m tools.gpu.check),
+#      and the pair head against two bare forwards (--pair);
 #   3. the shared-prefix cache with URIAL on a Llama-2-7B-shaped model (python -m tools.bench.prefix).
 # Needs torch and transformers (and jinja2, numpy, tokenizers); not deepspeed or zarr.
 #
@@ -24,6 +25,7 @@ $py -c "import torch, transformers; print('torch', torch.__version__, 'transform
 $py -m tools.gpu.correctness --out "$out/gpu_correctness.json" > "$out/gpu_correctness.log" 2>&1 || status=1
 tail -n 12 "$out/gpu_correctness.log"
 $py -m tools.gpu.check --out "$out/gpu_check.json" 2>&1 | tail -n 30 || status=1
+$py -m tools.gpu.check --pair --sequences 32 --out "$out/gpu_check_pair.json" 2>&1 | tail -n 30 || status=1
 budget=16384
 $py -m tools.bench.prefix --device cuda --dtype bfloat16 --random-shape llama2-7b \
   --model "$data/tokenizer" --data "$data/just_eval_llama2_7b_chat.json" \

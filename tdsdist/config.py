@@ -92,6 +92,11 @@ class ScoreConfig:
     """Cut answers to this many tokens (the cut is flagged per example)."""
     limit: int | None = None
     """Score only the first N examples of the data file."""
+    answer_eos_text: str | None = None
+    """Literal EOS text that ends the answers in the data (e.g. `</s>`, Llama-2's, in the
+    shipped just-eval file): the answer ends before it, as `generate` writes answers."""
+    answer_eos: str = field(default="drop", metadata={"choices": ("drop", "map")})
+    """With --answer-eos-text: `drop` it, or `map` it to the scoring tokenizer's EOS token."""
     unit_size: int = 32
     """Examples per work unit: the unit of resumption, of writing and (when distributed) of work."""
     dtype: str = field(default="float32", metadata={"choices": DTYPES})

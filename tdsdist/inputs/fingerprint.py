@@ -99,9 +99,11 @@ def differences(
     open_keys: tuple[str, ...] = (),
     where: str = "in the store",
 ) -> list[str]:
-    """One phrase per key that differs (`key: X in the store, Y now`), `open_keys` ignored."""
+    """One phrase per key that differs (`key: X in the store, Y now`), `open_keys` ignored. Keys
+    on either side count: an option recorded in the store and not given now differs too."""
+    keys = list(now) + [k for k in stored if k not in now]
     return [
-        f"{key}: {stored.get(key)!r} {where}, {value!r} now"
-        for key, value in now.items()
-        if stored.get(key) != value and key not in open_keys
+        f"{key}: {stored.get(key)!r} {where}, {now.get(key)!r} now"
+        for key in keys
+        if stored.get(key) != now.get(key) and key not in open_keys
     ]

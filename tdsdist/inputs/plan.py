@@ -34,6 +34,29 @@ class Item:
 
 
 @dataclass(frozen=True)
+class AnswerEnd:
+    """The end-of-answer policy: an answer ends before its EOS, which is not scored (as
+    `generate` writes answers). `text` is the literal EOS text that ends answers in a data file
+    written with another tokenizer (the shipped just-eval file's Llama-2 `</s>`, which other
+    tokenizers split into fragments such as `</` and `s`). `drop` removes it (with any whitespace
+    after it); `map` puts this tokenizer's own EOS token in its place, so that it is scored as one
+    token (and `--exclude-special-tokens` can leave it out)."""
+
+    text: str
+    mode: str = "drop"  # drop | map
+
+    def apply(self, answer: str, tokenizer) -> tuple[str, list[int]]:
+        """The answer text to tokenize, and the ids to append after its tokens."""
+        stripped = answer.rstrip()
+        if not stripped.endswith(self.text):
+            return answer, []
+        text = stripped[: -len(self.text)]
+        if self.mode == "map" and tokenizer.eos_token_id is not None:
+            return text, [tokenizer.eos_token_id]
+        return text, []
+
+
+@dataclass(frozen=True)
 class Plan:
     items: list[Item]
     units: list[range]
@@ -94,6 +117,7 @@ def make_plan(
     max_output_tokens: int | None,
     truncate_context: bool,
     unit_size: int,
+    answer_end: AnswerEnd | None = None,
 ) -> Plan:
     """Items for every example and units of `unit_size` consecutive examples.
 
@@ -103,7 +127,8 @@ def make_plan(
     items: list[Item] = []
     bos = tokenizer.bos_token_id
     for ex in examples:
-        answer = list(tokenizer(ex.answer, add_special_tokens=False)["input_ids"])
+        text, eos = answer_end.apply(ex.answer, tokenizer) if answer_end else (ex.answer, [])
+        answer = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos
         if not answer:
             raise TdsError(f"example {ex.index} (id {ex.id!r}): the answer tokenizes to no tokens")
         cut = max_output_tokens is not None and len(answer) > max_output_tokens

@@ -38,6 +38,7 @@ def demo_config(
         max_output_tokens=max_output_tokens,
         unit_size=4,
         dtype="float32",
+        answer_eos_text="</s>",  # Llama-2's EOS, written out in the file: not part of the answer
     )
 
 

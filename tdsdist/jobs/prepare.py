@@ -16,7 +16,7 @@ from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256
 from tdsdist.inputs.data import Fields, load_examples
 from tdsdist.inputs.fingerprint import fingerprinted_head_dtype, score_fingerprint
-from tdsdist.inputs.plan import Plan, make_plan, shared_prefix
+from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import check_same_vocabulary, load_tokenizer
 
@@ -60,6 +60,9 @@ def prepare(config: ScoreConfig) -> Prepared:
         config.aligned, config.aligned_revision, config.trust_remote_code
     )
     base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
+    answer_end = None
+    if config.answer_eos_text:
+        answer_end = AnswerEnd(config.answer_eos_text, config.answer_eos)
     try:
         plan = make_plan(
             examples,
@@ -72,6 +75,7 @@ def prepare(config: ScoreConfig) -> Prepared:
             max_output_tokens=config.max_output_tokens,
             truncate_context=config.truncate_context,
             unit_size=config.unit_size,
+            answer_end=answer_end,
         )
     except TdsError as e:  # per-example problems found while tokenizing: name the data file too
         raise TdsError(f"{config.data}: {e}") from None
@@ -83,6 +87,8 @@ def prepare(config: ScoreConfig) -> Prepared:
         skipped_empty_answers=skipped,
         head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
     )
+    if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
+        fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
         prefixes = {

@@ -151,8 +151,9 @@ def summarize(
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
     for rows, valid, t, length, example in _blocks(store):
+        block_tokens = store.read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:
-            token = store.read("positions/token_id", rows)[valid]
+            token = block_tokens[valid]
             keep = (t >= filters.exclude_first) & ~np.isin(token, special)
             excluded += int((~keep).sum())
             valid = valid.copy()
@@ -164,7 +165,7 @@ def summarize(
         aligned_rank = store.read("aligned/rank", rows)[valid]
         prob = np.exp(store.read("base/logprob", rows)[valid].astype(np.float64))
         kl = store.read("positions/kl", rows)[valid].astype(np.float64)
-        tokens = np.clip(store.read("positions/token_id", rows)[valid], 0, vocab - 1)
+        tokens = np.clip(block_tokens[valid], 0, vocab - 1)
         cat = thresholds.categorize(base_rank)
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(

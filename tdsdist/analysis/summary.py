@@ -135,6 +135,9 @@ def summarize(
     # The curves carry the two headline divergences (Qi et al.'s KL(aligned || base), and the
     # bounded, symmetric JS); all four are per position in show, the API and the store.
     divergences = ("kl_aligned_base", "js") if store.has_pair else ("kl",)
+    union = store.meta.get("vocab_union")  # vocabulary union: KL(aligned || base) is +inf
+    if union:  # (README "Vocabularies that differ by appended tokens"): headline JS and TV
+        divergences = ("js", "tv")
     curves = PositionCurves(len(store.ids), max_t, ("base_rank", "base_prob") + divergences)
     excluded = 0
     counts = np.zeros(3, np.int64)
@@ -234,6 +237,7 @@ def summarize(
         "divergence": {
             name: curve["overall"][f"mean_{name}"] for name in divergences if name != "kl"
         },
+        **({"vocab_union": union} if union else {}),
         "by_position": curve["by_position"],
         "by_position_bucket": by_pos.rows(_position_labels()),
         "intervals": {
@@ -315,6 +319,12 @@ def render_text(summary: dict[str, Any]) -> str:
     lines.append(
         f"KL (top-k + tail): mean {kl['mean']:.3f}, median {kl['median']:.3g}, p90 {kl['p90']:.3g}, max {kl['max']:.3g}"
     )
+    if summary.get("vocab_union"):  # appended aligned tokens: why the headline is JS, not KL
+        u = summary["vocab_union"]
+        lines.append(
+            f"vocabulary union: the aligned model appends {u['aligned'] - u['base']} token(s) to"
+            f" the base's {u['base']}; KL(aligned || base) is +inf, so the headline is JS and TV"
+        )
     for name, d in summary.get("divergence", {}).items():
         if d["mean"] is not None:
             lines.append(

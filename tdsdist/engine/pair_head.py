@@ -20,6 +20,13 @@ rows come in together, chunk by chunk; both chunks of logits are projected, and 
   then logged), `0 log 0 = 0`. A token with probability under one model and a -inf logit under
   the other makes the KL that divides by it `+inf`, never NaN; JS and TV stay finite.
 
+Vocabularies that differ by appended tokens (`inputs.tokenizer.VocabularyUnion`): the aligned
+projection has V_a rows, the base one V_b < V_a; the base logits are padded with -inf to the
+union's width, so the base gives the appended ids probability 0. Ranks, top-k and divergences are
+then over the union; the base top-k never holds an appended id (k <= V_b), JS, TV and
+KL(base || aligned) stay finite, and KL(aligned || base) is +inf wherever an appended id has a
+finite aligned logit (a positive probability, even one that float32 rounds to 0).
+
 Under tensor parallelism each rank holds the same vocabulary slice of both models: each sum is
 over the rank's slice, and one all-reduce of a few floats per position finishes them (the pattern
 of the normaliser), so traffic stays O(k x tp) per position, never O(V). Memory: the chunk's
@@ -128,12 +135,17 @@ def pair_rows(
 ) -> PairOutput:
     """Everything in the module docstring, for one chunk of rows."""
     n = hidden_a.shape[0]
-    v_local = projection_a[0].shape[0]
+    v_local, v_base = projection_a[0].shape[0], projection_b[0].shape[0]
     if buffers is None:
         buffers = [hidden_a.new_empty(n, v_local, dtype=torch.float32) for _ in range(BUFFERS)]
     la, lb, p, q, t1, t2 = (b[:n] for b in buffers)
     project(hidden_a, *projection_a[:2], projection_a[2], la)
-    project(hidden_b, *projection_b[:2], projection_b[2], lb)
+    # The base's rows fill the first V_b columns (a strided view: BLAS writes it in place).
+    project(hidden_b, *projection_b[:2], projection_b[2], lb[:, :v_base])
+    if v_base < v_local:  # appended aligned tokens: probability 0 under the base
+        lb[:, v_base:].fill_(float("-inf"))
+        # exp(lp) > 0 for a finite lp, however float32 rounds it: KL(aligned || base) is +inf.
+        appended_finite = la[:, v_base:].amax(-1) > float("-inf")  # [n]
 
     # On raw logits: the answer token, the counts, the top-k lists and the logits at them.
     target_a = logits_at(la, targets.unsqueeze(-1), shard)  # [n, 1]
@@ -163,6 +175,8 @@ def pair_rows(
     sums = (_finite_sums if finite else _masked_sums)(la, lb, p, q, t1, t2)
     total = all_reduce(torch.stack(sums, dim=-1), dist.ReduceOp.SUM, shard)  # [n, 7]
     kl_ab, kl_ba, tv2, h_a, h_b, js_a, js_b = total.unbind(-1)
+    if v_base < v_local:
+        kl_ab = kl_ab.masked_fill(appended_finite, float("inf"))
     zero = torch.zeros((), device=total.device)
     lse_a1, lse_b1 = lse_a.unsqueeze(-1), lse_b.unsqueeze(-1)
     return PairOutput(

@@ -86,9 +86,15 @@ def per_token_pair_reference(
     answer: list[int],
     k: int,
     vocab: int,
+    base_vocab: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The pair head's quantities, from a fresh forward per answer token of each model (float64
-    statistics over the first `vocab` logits). Keys are the store's array names."""
+    statistics over the first `vocab` logits). Keys are the store's array names.
+
+    `base_vocab` < `vocab`: the aligned vocabulary appends tokens to the base one; the base's
+    first `base_vocab` logits are padded with -inf to `vocab` (the union: the base gives the
+    appended ids probability 0)."""
+    base_vocab = vocab if base_vocab is None else base_vocab
     rows: dict[str, list] = {}
 
     def add(name: str, value) -> None:
@@ -102,7 +108,9 @@ def per_token_pair_reference(
         ):
             device = next(model.parameters()).device
             ids = torch.tensor([context + answer[:t]], device=device)
-            logits[name] = model(ids).logits[0, -1, :vocab].double().cpu()
+            width = vocab if name == "aligned" else base_vocab
+            x = model(ids).logits[0, -1, :width].double().cpu()
+            logits[name] = torch.cat([x, x.new_full((vocab - width,), float("-inf"))])
         for name, other in (("aligned", "base"), ("base", "aligned")):
             x = logits[name]
             logp = torch.log_softmax(x, -1)

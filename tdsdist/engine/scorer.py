@@ -191,7 +191,9 @@ class PairScorer:
     hidden states of the same rows and gives both models' statistics and the exact divergences.
 
     Batches are cut on the longer of the two fed lengths, so one batch is one set of answers for
-    both bodies; both runners hold the same vocabulary slice (the same tensor-parallel layout).
+    both bodies; both runners hold the same vocabulary slice (the same tensor-parallel layout),
+    or, on one process, the base holds the first V_b rows of the aligned model's V_a (a
+    vocabulary that appends tokens: scored over the union, see `pair_head.py`).
     """
 
     def __init__(
@@ -204,10 +206,11 @@ class PairScorer:
     ) -> None:
         for runner in (aligned, base):
             runner.check_top_k(top_k)
-        if (
-            aligned.weight.shape[0] != base.weight.shape[0]
-            or aligned.shard.start != base.shard.start
-        ):
+        rows_a, rows_b = aligned.weight.shape[0], base.weight.shape[0]
+        # A base vocabulary that the aligned one extends by appended tokens is padded to the
+        # union in the pair head (one process only: `jobs.prepare.check_union_layout`).
+        appended = rows_b < rows_a and aligned.shard.group is None and base.shard.group is None
+        if (rows_a != rows_b and not appended) or aligned.shard.start != base.shard.start:
             raise ValueError("the two models must hold the same vocabulary slice")
         self.aligned, self.base = aligned, base
         self.top_k, self.chunk_bytes = top_k, chunk_bytes

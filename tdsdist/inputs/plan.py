@@ -118,24 +118,31 @@ def make_plan(
     truncate_context: bool,
     unit_size: int,
     answer_end: AnswerEnd | None = None,
+    base_tokenizer=None,
 ) -> Plan:
     """Items for every example and units of `unit_size` consecutive examples.
 
     The base context always takes the tokenizer's default special tokens; the aligned one takes
     them for verbatim prompts and not for chat-template text (which carries its own).
+
+    `base_tokenizer` (given only when the aligned vocabulary appends tokens to the base one,
+    `tokenizer.VocabularyUnion`) tokenizes the answer and the base context, so that every answer
+    id exists in both models; `tokenizer` (the aligned one) keeps the aligned context, whose
+    chat tokens may be appended ones.
     """
     items: list[Item] = []
-    bos = tokenizer.bos_token_id
+    base_tok = tokenizer if base_tokenizer is None else base_tokenizer
+    bos, base_bos = tokenizer.bos_token_id, base_tok.bos_token_id
     for ex in examples:
-        text, eos = answer_end.apply(ex.answer, tokenizer) if answer_end else (ex.answer, [])
-        answer = list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos
+        text, eos = answer_end.apply(ex.answer, base_tok) if answer_end else (ex.answer, [])
+        answer = list(base_tok(text, add_special_tokens=False)["input_ids"]) + eos
         if not answer:
             raise TdsError(f"example {ex.index} (id {ex.id!r}): the answer tokenizes to no tokens")
         cut = max_output_tokens is not None and len(answer) > max_output_tokens
         if cut:
             answer = answer[:max_output_tokens]
         a_ctx = tokenize_context(tokenizer, aligned_context(ex), aligned_special_tokens)
-        b_ctx = tokenize_context(tokenizer, base_context(ex), True)
+        b_ctx = tokenize_context(base_tok, base_context(ex), True)
         for ctx, what in ((a_ctx, "aligned"), (b_ctx, "base")):
             if not ctx:
                 raise TdsError(
@@ -146,7 +153,7 @@ def make_plan(
             a_ctx, len(answer), aligned_window, truncate_context, bos, "aligned", ex
         )
         b_ctx, b_cut = _fit_context(
-            b_ctx, len(answer), base_window, truncate_context, bos, "base", ex
+            b_ctx, len(answer), base_window, truncate_context, base_bos, "base", ex
         )
         items.append(Item(ex, a_ctx, b_ctx, answer, cut, a_cut, b_cut))
     return Plan(items=items, units=unit_ranges(len(items), unit_size))

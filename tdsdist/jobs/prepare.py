@@ -18,7 +18,12 @@ from tdsdist.inputs.data import Fields, load_examples
 from tdsdist.inputs.fingerprint import fingerprinted_head_dtype, score_fingerprint
 from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
-from tdsdist.inputs.tokenizer import check_same_vocabulary, load_tokenizer
+from tdsdist.inputs.tokenizer import (
+    VocabularyUnion,
+    compare_vocabularies,
+    load_tokenizer,
+    tokenizer_hash,
+)
 
 #: The configuration fields that go into the fingerprint as they are.
 FINGERPRINTED = ("aligned", "aligned_revision", "base", "base_revision", "aligned_template", "base_template", "top_k", "dtype", "max_output_tokens", "limit", "unit_size", "truncate_context")  # fmt: skip
@@ -38,6 +43,14 @@ class Prepared:
     """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
     head_dtype: str = "float32"
     """Precision of the output projection (`--head-dtype`, resolved; see `resume.py`)."""
+    vocab_union: VocabularyUnion | None = None
+    """Set when the aligned vocabulary appends tokens to the base one: scored over the union."""
+
+    def vocab_size(self, model: str) -> int:
+        """The rows of `model`'s output projection that are tokens (its tokenizer's size)."""
+        if self.vocab_union is None:
+            return len(self.tokenizer)
+        return getattr(self.vocab_union, model)
 
 
 def prepare(config: ScoreConfig) -> Prepared:
@@ -52,9 +65,11 @@ def prepare(config: ScoreConfig) -> Prepared:
     base_context = base_context_fn(config.base_template)
     tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
-    check_same_vocabulary(tok, base_tok, config.aligned, config.base)
-    if config.top_k > len(tok):
-        raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {len(tok)}")
+    union = compare_vocabularies(tok, base_tok, config.aligned, config.base)
+    check_union_layout(union, config)
+    if config.top_k > min(len(tok), len(base_tok)):
+        size = min(len(tok), len(base_tok))
+        raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {size}")
     aligned_context = aligned_context_fn(config.aligned_template, tok, config.input_field)
     aligned_cfg = load_model_config(
         config.aligned, config.aligned_revision, config.trust_remote_code
@@ -76,6 +91,7 @@ def prepare(config: ScoreConfig) -> Prepared:
             truncate_context=config.truncate_context,
             unit_size=config.unit_size,
             answer_end=answer_end,
+            base_tokenizer=None if union is None else base_tok,
         )
     except TdsError as e:  # per-example problems found while tokenizing: name the data file too
         raise TdsError(f"{config.data}: {e}") from None
@@ -89,6 +105,8 @@ def prepare(config: ScoreConfig) -> Prepared:
     )
     if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
+    if union is not None:  # absent: one shared vocabulary, as in 0.1.0
+        fingerprint["base_tokenizer_sha256"] = tokenizer_hash(base_tok)
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
         prefixes = {
@@ -96,5 +114,23 @@ def prepare(config: ScoreConfig) -> Prepared:
             "base": shared_prefix([it.base_context for it in plan.items]),
         }
     return Prepared(
-        config, plan, tok, fingerprint, prefixes, skipped or [], config.head_dtype or "float32"
+        config,
+        plan,
+        tok,
+        fingerprint,
+        prefixes,
+        skipped or [],
+        config.head_dtype or "float32",
+        union,
     )
+
+
+def check_union_layout(union: VocabularyUnion | None, config: ScoreConfig) -> None:
+    """Refuse what the union does not support yet, before any model loads."""
+    if union is not None and config.tp > 1:
+        raise TdsError(
+            f"--tp {config.tp}: the aligned vocabulary ({union.aligned} ids) appends"
+            f" {union.aligned - union.base} token(s) to the base one ({union.base} ids), and the"
+            " vocabulary-parallel head splits both models' vocabularies into the same slices,"
+            " which two sizes do not give; score this pair with --tp 1 (data parallel ranks work)"
+        )

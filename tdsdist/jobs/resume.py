@@ -39,6 +39,8 @@ def resume_store(path: Path, prep: Prepared) -> Store:
     adopt_head_dtype(prep, stored)
     # A store recorded by `generate` waits for its base model: the base keys are filled in once.
     open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
+    if recorded(store) and prep.vocab_union is not None and "base_tokenizer_sha256" not in stored:
+        open_keys.append("base_tokenizer_sha256")  # the base chosen now appends to the union
     # The version that made a store is recorded, not required: a later tdsdist resumes it.
     diffs = differences(stored, prep.fingerprint, (*open_keys, "tdsdist_version"))
     if diffs:
@@ -46,11 +48,18 @@ def resume_store(path: Path, prep: Prepared) -> Store:
             f"{path}: the store was made with a different configuration ({'; '.join(diffs)});"
             " use --overwrite to start over"
         )
+    if "base_tokenizer_sha256" in open_keys:  # before anything is written
+        check_answers_in_base(prep, store, store.read("positions/token_id"))
     if open_keys:
         stored.update({k: prep.fingerprint[k] for k in open_keys})
-        store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored}
+        store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored, **union_meta(prep)}
         store = Store(path)
     return store
+
+
+def union_meta(prep: Prepared) -> dict:
+    """`vocab_union: {base: V_b, aligned: V_a}`, only for a vocabulary union (old stores lack it)."""
+    return {} if prep.vocab_union is None else {"vocab_union": prep.vocab_union.meta()}
 
 
 def adopt_head_dtype(prep: Prepared, stored: dict) -> None:
@@ -83,6 +92,22 @@ def adopt_recorded_answers(prep: Prepared, store: Store) -> Plan:
     return Plan(items, unit_ranges(len(items), store.meta["unit_size"]))
 
 
+def check_answers_in_base(prep: Prepared, store: Store, tokens: np.ndarray) -> None:
+    """Generated answers use the aligned vocabulary: an appended id (a chat token) cannot be fed
+    to the base model, which has no embedding for it."""
+    if prep.vocab_union is None:
+        return
+    outside = np.flatnonzero(tokens >= prep.vocab_union.base)
+    if outside.size:
+        e = int(np.searchsorted(store.offsets, outside[0], side="right")) - 1
+        token = prep.tokenizer.convert_ids_to_tokens(int(tokens[outside[0]]))
+        raise TdsError(
+            f"{store.path}: example {e} (id {store.ids[e]!r}): generated token {token!r} (id"
+            f" {int(tokens[outside[0]])}) is appended to the aligned vocabulary and the base model"
+            f" has no embedding for it (base ids < {prep.vocab_union.base}); field positions/token_id"
+        )
+
+
 def create_store(prep: Prepared) -> Store:
     """The store's skeleton: ids, offsets, answer tokens, flags, tokenizer, fingerprint."""
     path = Path(prep.config.store)
@@ -112,6 +137,7 @@ def create_store(prep: Prepared) -> Store:
             "config": dataclasses.asdict(prep.config),
             "vocab_size": len(prep.tokenizer),
             "shared_prefix_tokens": {k: len(v) for k, v in prep.prefixes.items()},
+            **union_meta(prep),
         },
         tokenizer=prep.tokenizer,
         overwrite=prep.config.overwrite,

@@ -126,15 +126,17 @@ def load_scoring(
     the aligned side: exact divergences need both distributions at once, so the aligned model
     runs again, teacher-forced). A store of format 1 (tdsdist 0.1.0) is finished as it was
     begun: one head per model, the base pass at the aligned top-k (base only if recorded)."""
-    vocab, chunk = len(prep.tokenizer), config.logits_chunk_mib << 20
+    chunk = config.logits_chunk_mib << 20
     runners = {}
     for model in ("aligned", "base"):
         if model == "aligned" and recorded(store) and not store.has_pair:
             continue  # format 1: the recorded aligned side is read back from the store
         runners[model] = (preloaded or {}).get(model) or load_model_runner(
-            config, model, vocab, device, d, prep.head_dtype
+            config, model, prep.vocab_size(model), device, d, prep.head_dtype
         )
         runners[model].set_prefix(prep.prefixes[model])
+    if prep.vocab_union is not None and not store.has_pair:  # fingerprints keep this from happening
+        raise TdsError(f"{store.path}: a store of format 1 cannot score a vocabulary union")
     if store.has_pair:
         pair = PairScorer(runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch)  # fmt: skip
         return (lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress)), 2

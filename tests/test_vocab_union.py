@@ -12,6 +12,7 @@ tokenizer each part of the plan uses; the store's meta and the analysis headline
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +342,52 @@ def test_a_same_vocabulary_store_has_no_union_key(tiny_pair, tmp_path) -> None:
     prep = prepare(cfg)
     assert prep.vocab_union is None and "base_tokenizer_sha256" not in prep.fingerprint
     assert prep.vocab_size("base") == prep.vocab_size("aligned") == len(prep.tokenizer)
+
+
+def test_a_recorded_store_is_completed_by_a_base_whose_vocabulary_it_extends(
+    union_pair, tmp_path
+) -> None:
+    """`generate --store` with the aligned model, then `score` with the base: the union is
+    recorded when the base keys are filled in; a generated appended id (the base has no
+    embedding for it) is refused naming the example and the token, before anything is written."""
+    from tdsdist.jobs.demo import demo_data_path
+
+    aligned, base = union_pair
+    out, recorded = tmp_path / "answers.json", tmp_path / "recorded.zarr"
+    generate = ["generate", "--aligned", str(aligned), "--data", str(demo_data_path()), "--out",
+                str(out), "--store", str(recorded), "--limit", "3", "--unit-size", "2",
+                "--max-new-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+    assert CliRunner().invoke(main, generate).exit_code == 0
+    stores = {}
+    for name, first_token in (("ok", None), ("bad", 302)):
+        stores[name] = tmp_path / f"{name}.zarr"
+        shutil.copytree(recorded, stores[name])
+        tokens = Store(stores[name]).root["positions/token_id"]
+        values = tokens[:]
+        values[values >= V_BASE] = 7  # whatever greedy decoding drew: base ids only
+        if first_token is not None:
+            values[0] = first_token
+        tokens[:] = values
+
+    def score(store: Path):
+        argv = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(out),
+                "--store", str(store), "--aligned-template", "chat", "--unit-size", "2",
+                "--top-k", "5", "--device", "cpu"]  # fmt: skip
+        return CliRunner().invoke(main, argv)
+
+    before = dict(Store(stores["bad"]).meta)
+    refused = score(stores["bad"])
+    assert refused.exit_code == 2, refused.output
+    line = refused.stderr.strip()
+    assert "example 0" in line and "'<|pad_extra|>' (id 302)" in line and "\n" not in line
+    assert dict(Store(stores["bad"]).meta) == before  # the base keys were not filled in
+    done = score(stores["ok"])
+    assert done.exit_code == 0, done.output
+    store = Store(stores["ok"])
+    assert store.meta["vocab_union"] == {"base": V_BASE, "aligned": V_UNION}
+    assert store.meta["fingerprint"]["base_tokenizer_sha256"]
+    valid = store.valid_rows()
+    assert store.committed().all()
+    assert np.isposinf(store.read("positions/kl_aligned_base")[valid]).all()
+    assert np.isfinite(store.read("positions/js")[valid]).all()
+    assert score(stores["ok"]).exit_code == 0  # resumes: nothing pending, same fingerprint

@@ -255,6 +255,9 @@ def test_the_two_models_must_hold_a_union_the_right_way_round(union_pair) -> Non
     b = ModelRunner(models[1], V_BASE, torch.device("cpu"))
     with pytest.raises(ValueError, match="same vocabulary slice"):
         PairScorer(b, a, top_k=3, chunk_bytes=1 << 20, max_tokens_per_batch=64)
+    short = ModelRunner(models[0], V_UNION + 1, torch.device("cpu"))  # a token without a row
+    with pytest.raises(TdsError, match="303 output rows, fewer than its tokenizer's 304 tokens"):
+        PairScorer(short, b, top_k=3, chunk_bytes=1 << 20, max_tokens_per_batch=64)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from tdsdist.engine.head import HeadOutput, score_positions
 from tdsdist.engine.pair_head import PairOutput, pair_positions
 from tdsdist.engine.runner import ModelRunner
+from tdsdist.errors import TdsError
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,11 @@ class PairScorer:
         appended = rows_b < rows_a and aligned.shard.group is None and base.shard.group is None
         if (rows_a != rows_b and not appended) or aligned.shard.start != base.shard.start:
             raise ValueError("the two models must hold the same vocabulary slice")
+        if appended and rows_a < aligned.vocab_size:  # the appended tokens need their rows
+            raise TdsError(
+                f"the aligned model has {rows_a} output rows, fewer than its tokenizer's"
+                f" {aligned.vocab_size} tokens: resize its embeddings to the tokenizer"
+            )
         self.aligned, self.base = aligned, base
         self.top_k, self.chunk_bytes = top_k, chunk_bytes
         self.max_tokens_per_batch = max_tokens_per_batch

@@ -7,15 +7,14 @@ takes to load two 70B models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
-from tdsdist.files import file_sha256
-from tdsdist.inputs.data import Fields, load_examples
-from tdsdist.inputs.fingerprint import fingerprinted_head_dtype, score_fingerprint
+from tdsdist.inputs.data import Fields, read_data
+from tdsdist.inputs.fingerprint import data_sha256, fingerprinted_head_dtype, score_fingerprint
 from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import check_same_vocabulary, load_tokenizer
@@ -38,6 +37,8 @@ class Prepared:
     """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
     head_dtype: str = "float32"
     """Precision of the output projection (`--head-dtype`, resolved; see `resume.py`)."""
+    notes: list[str] = field(default_factory=list)
+    """What the log says about how the data file was read (its format, ids from the index)."""
 
 
 def prepare(config: ScoreConfig) -> Prepared:
@@ -45,10 +46,23 @@ def prepare(config: ScoreConfig) -> Prepared:
     fields = Fields(
         config.id_field, config.instruction_field, config.input_field, config.output_field
     )
-    skipped: list[str] | None = [] if config.skip_empty_answers else None
-    examples = load_examples(config.data, fields, config.limit, skipped=skipped)
+    data = read_data(
+        config.data,
+        fields,
+        config.limit,
+        skip_empty=config.skip_empty_answers,
+        format=config.format,
+        turns=config.turns,
+    )
+    examples, info = data.examples, data.info
+    skipped: list[str] | None = data.skipped if config.skip_empty_answers else None
     if not examples:
         raise TdsError(f"{config.data}: every answer is empty: nothing to score")
+    if info.kind == "chat" and config.aligned_template != "chat":
+        raise TdsError(
+            f"{config.data}: chat transcripts have no prompt field for --aligned-template"
+            f" {config.aligned_template}: score them with --aligned-template chat"
+        )
     base_context = base_context_fn(config.base_template)
     tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
@@ -69,7 +83,8 @@ def prepare(config: ScoreConfig) -> Prepared:
             tok,
             aligned_context,
             base_context,
-            aligned_special_tokens=config.aligned_template == "input",
+            aligned_special_tokens=config.aligned_template in ("input", "input-verbatim"),
+            aligned_keep_double_bos=config.aligned_template == "input-verbatim",
             aligned_window=model_window(aligned_cfg, tok),
             base_window=model_window(base_cfg, base_tok),
             max_output_tokens=config.max_output_tokens,
@@ -81,14 +96,15 @@ def prepare(config: ScoreConfig) -> Prepared:
         raise TdsError(f"{config.data}: {e}") from None
     fingerprint = score_fingerprint(
         **{k: getattr(config, k) for k in FINGERPRINTED},
-        fields=fields,
-        data_sha256=file_sha256(config.data),
+        fields=info.fields,
+        data_sha256=data_sha256(config.data),
         tokenizer=tok,
         skipped_empty_answers=skipped,
         head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
     )
     if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
+    fingerprint.update(info.fingerprint_keys())  # none for a just-eval JSON/JSONL file with ids
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
         prefixes = {
@@ -96,5 +112,12 @@ def prepare(config: ScoreConfig) -> Prepared:
             "base": shared_prefix([it.base_context for it in plan.items]),
         }
     return Prepared(
-        config, plan, tok, fingerprint, prefixes, skipped or [], config.head_dtype or "float32"
+        config,
+        plan,
+        tok,
+        fingerprint,
+        prefixes,
+        skipped or [],
+        config.head_dtype or "float32",
+        info.notes(config.data),
     )

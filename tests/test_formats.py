@@ -98,6 +98,18 @@ def test_each_container_reads_the_same_examples(tmp_path: Path, container: str) 
     assert keys == ({} if container in ("json", "jsonl") else {"data_format": f"{container}/just-eval"})  # fmt: skip
 
 
+def test_datasets_folder_rows_as_datasets_reads_them(tmp_path: Path) -> None:
+    """Several shards, and a selection (saved flattened): the rows `load_from_disk` gives."""
+    records = [example(i, output=[f"Answer {i}."]) for i in range(7)]
+    whole = datasets.Dataset.from_list(records)
+    whole.save_to_disk(str(tmp_path / "shards"), num_shards=3)
+    whole.select([5, 2, 0]).save_to_disk(str(tmp_path / "picked"))
+    for name in ("shards", "picked"):
+        expected = [r["id"] for r in datasets.load_from_disk(str(tmp_path / name))]
+        assert [e.id for e in read_data(tmp_path / name).examples] == expected
+    assert len(list((tmp_path / "shards").glob("*.arrow"))) == 3
+
+
 def test_field_maps_work_in_parquet_and_datasets(tmp_path: Path) -> None:
     renamed = [
         {"key": r["id"], "q": r["pure_input"], "prompt": r["input"], "a": r["output"]}
@@ -348,6 +360,10 @@ BAD = {
     "alpaca-no-output.json": (
         lambda p: write(p, [alpaca(0), alpaca(1, output=None)]),
         ("example 1", "(id '1', from the record index", "'output'", "missing"),
+    ),
+    "alpaca-no-generator.json": (
+        lambda p: write(p, [alpaca(0, generator=None)]),
+        ("example 0", "'pure_input'", "missing", "--format alpaca-eval"),
     ),
     "mixed-ids.json": (
         lambda p: write(

@@ -17,6 +17,7 @@ from typing import Any
 
 from tdsdist.errors import TdsError
 from tdsdist.inputs.formats import CONTAINERS, read_records
+from tdsdist.inputs.text import check_unicode
 from tdsdist.inputs.transcripts import (
     assistant_turns,
     check_messages,
@@ -104,17 +105,6 @@ class Data:
     skipped: list[str] = field(default_factory=list)
 
 
-def check_unicode(where: str, name: str, value: str) -> None:
-    """JSON's `\\ud800` escapes can make strings no tokenizer (nor UTF-8) can take."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise TdsError(
-            f"{where}: field '{name}' holds an unpaired surrogate (a lone \\u{ord(value[e.start]):04x}"
-            f" escape) at character {e.start}"
-        ) from None
-
-
 SKIP_HINT = " (--skip-empty-answers leaves such examples out)"
 
 
@@ -166,7 +156,10 @@ def _example(
     def text_field(name: str, required: bool) -> str | None:
         if name not in record:
             if required:
-                raise TdsError(f"{where}: field '{name}' is missing")
+                hint = ""
+                if name == fields.instruction and "instruction" in record:
+                    hint = " (AlpacaEval outputs without `generator`? use --format alpaca-eval)"
+                raise TdsError(f"{where}: field '{name}' is missing{hint}")
             return None
         value = record[name]
         if not isinstance(value, str):

@@ -10,9 +10,8 @@ are not scored (a prompt for `generate`, by contrast, is the conversation up to 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tdsdist.errors import TdsError
+from tdsdist.inputs.text import check_unicode
 
 ROLES = ("system", "user", "assistant")
 MESSAGES = "messages"
@@ -24,8 +23,6 @@ Message = dict[str, str]
 def check_messages(where: str, record: dict) -> list[Message]:
     """The record's messages, each a {role, content} of known role and string content; system
     messages first, then user and assistant alternating, starting with a user turn."""
-    from tdsdist.inputs.data import check_unicode
-
     if MESSAGES not in record:
         raise TdsError(f"{where}: field '{MESSAGES}' is missing")
     messages = record[MESSAGES]
@@ -82,7 +79,3 @@ def prompt_messages(where: str, messages: list[Message]) -> list[Message]:
 
 def is_transcript(record: object) -> bool:
     return isinstance(record, dict) and MESSAGES in record
-
-
-def where_of(path: Path, index: int, shown_id: str | None) -> str:
-    return f"{path}: example {index}" + ("" if shown_id is None else f" (id {shown_id})")

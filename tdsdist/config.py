@@ -21,9 +21,11 @@ from typing import Any
 import yaml
 
 from tdsdist.errors import TdsError
+from tdsdist.inputs.data import FORMATS
+from tdsdist.inputs.transcripts import TURNS
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-ALIGNED_TEMPLATES = ("input", "chat")
+ALIGNED_TEMPLATES = ("input", "chat", "input-verbatim")
 HEAD_DTYPES = ("float32", "model")
 
 
@@ -79,7 +81,8 @@ class ScoreConfig:
     base: str
     """The base model: a hub id or a local folder."""
     data: str
-    """The aligned model's answers: a just-eval JSON list or JSONL file."""
+    """The aligned model's answers: a just-eval JSON list or JSONL file, Parquet, a `datasets`
+    save_to_disk folder, AlpacaEval model outputs or chat transcripts (see --format)."""
     store: str
     """The output Zarr store (a folder)."""
     top_k: int = 20
@@ -87,7 +90,9 @@ class ScoreConfig:
     base_template: str = "plain"
     """Base context: `plain`, `urial:FILE`, `none`, or a Jinja template file (variable `query`)."""
     aligned_template: str = field(default="input", metadata={"choices": ALIGNED_TEMPLATES})
-    """Aligned context: `input` (the data's prompt field verbatim) or `chat` (tokenizer template)."""
+    """Aligned context: `input` (the data's prompt field verbatim, tokenized with the default
+    special tokens, never a doubled BOS), `input-verbatim` (the same, keeping a doubled BOS as the
+    original AlignTDS pipeline did) or `chat` (the tokenizer's chat template)."""
     max_output_tokens: int | None = None
     """Cut answers to this many tokens (the cut is flagged per example)."""
     limit: int | None = None
@@ -141,6 +146,12 @@ class ScoreConfig:
     """Input field with the aligned model's full prompt (used by `--aligned-template input`)."""
     output_field: str = "output"
     """Input field with the answer (a string, or a list whose first element is the answer)."""
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    """Data format: `auto` (detected from the file), a container (`json`, `jsonl`, `parquet`,
+    `datasets`) or a record kind (`alpaca-eval`, `chat`); the other is then detected."""
+    turns: str = field(default="last", metadata={"choices": TURNS})
+    """Chat transcripts: score the `last` assistant turn (id ID) or `all` (id ID/N, N the 1-based
+    assistant turn number)."""
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -154,7 +165,8 @@ class GenerateConfig:
     aligned: str
     """The aligned model: a hub id or a local folder."""
     data: str
-    """Prompts: a just-eval JSON/JSONL file, or a JSON list of instruction strings."""
+    """Prompts: a just-eval JSON/JSONL file, a JSON list of instruction strings, or any format
+    `score` reads (chat transcripts: the conversation up to the last user turn)."""
     out: str
     """Answers file to write (a just-eval JSON list, which `score` reads)."""
     store: str | None = None
@@ -205,6 +217,8 @@ class GenerateConfig:
     """With --base: token budget of one scoring forward (as `score`)."""
     logits_chunk_mib: int = 64
     """With --base: memory budget of one chunk of float32 logits in the scoring head."""
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    """Prompts' format (as `score --format`)."""
 
     def __post_init__(self) -> None:
         _check_common(self)

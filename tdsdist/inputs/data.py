@@ -1,17 +1,37 @@
-"""Read and validate the aligned model's answers (just-eval / URIAL format).
+"""Read and validate the aligned model's answers: just-eval / URIAL, AlpacaEval, chat transcripts.
 
 Everything is checked before any model loads: a bad file costs the user a second, not the minutes
 it takes to load two 70B models. Each problem is one `TdsError` naming the file, the example
-(index and id) and the field.
+(index and id) and the field. The records come from `formats.py` (JSON, JSONL, Parquet, a
+`datasets` folder); what they hold is one of `KINDS`, detected from the first record or forced
+with `--format`. A file whose records have no id field at all takes the 0-based record index as
+ids (said in the log and recorded in the fingerprint); a file where only some records have one is
+refused.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from tdsdist.errors import TdsError, first_line
+from tdsdist.errors import TdsError
+from tdsdist.inputs.formats import CONTAINERS, read_records
+from tdsdist.inputs.text import check_unicode
+from tdsdist.inputs.transcripts import (
+    assistant_turns,
+    check_messages,
+    is_transcript,
+    prompt_messages,
+)
+
+#: What the records hold.
+KINDS = ("just-eval", "alpaca-eval", "chat")
+#: `--format`: detect, or force a container (the kind then detected) or a kind (the container
+#: then detected).
+FORMATS = ("auto", *CONTAINERS, "alpaca-eval", "chat")
+#: AlpacaEval `model_outputs.json` records: the keys that tell one.
+ALPACA_KEYS = ("instruction", "output", "generator")
 
 
 @dataclass(frozen=True)
@@ -26,74 +46,63 @@ class Fields:
 
 @dataclass(frozen=True)
 class Example:
-    """One aligned answer to score. `prompt` is the aligned model's full prompt, if the file has it."""
+    """One aligned answer to score. `prompt` is the aligned model's full prompt, if the file has it.
+    `messages`: for a chat transcript, the messages before the scored assistant turn (system
+    ones included); `instruction` is then the user message just before it."""
 
     index: int
     id: str
     instruction: str
     prompt: str | None
     answer: str
+    messages: tuple[dict[str, str], ...] | None = None
 
 
-def _parse(path: Path, text: str) -> list[object]:
-    """JSON list, or JSONL objects (one per non-empty line)."""
-    stripped = text.lstrip()
-    if not stripped:
-        raise TdsError(f"{path}: the file is empty: no examples")
-    if stripped[0] == "[":
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TdsError(
-                f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
-            ) from None
-        except (ValueError, RecursionError) as e:  # a 5000-digit number, nesting too deep
-            raise TdsError(f"{path}: invalid JSON ({first_line(e)})") from None
-        return records
-    if stripped[0] != "{":
-        raise TdsError(
-            f"{path}: the top level must be a JSON list of objects or JSONL (one object per line)"
-        )
-    records = []
-    # Lines end at "\n" only: JSON strings may hold U+2028, U+0085 and the like unescaped, at
-    # which str.splitlines() would cut a valid line in two (a trailing "\r" is JSON whitespace).
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if _is_one_object(text):
-                raise TdsError(
-                    f"{path}: the top level is one JSON object spread over several lines; expected"
-                    " a JSON list of objects or JSONL (one object per line)"
-                ) from None
-            raise TdsError(
-                f"{path}: JSONL line {lineno} does not parse (column {e.colno}: {e.msg})"
-            ) from None
-        except (ValueError, RecursionError) as e:
-            raise TdsError(
-                f"{path}: JSONL line {lineno} does not parse ({first_line(e)})"
-            ) from None
-    return records
+@dataclass(frozen=True)
+class DataInfo:
+    """How the file was read: what a store records about it beyond the data hash."""
+
+    container: str  # json | jsonl | parquet | datasets
+    kind: str  # just-eval | alpaca-eval | chat
+    fields: Fields  # as applied (AlpacaEval reads `instruction` where the default names pure_input)
+    ids_from_index: bool = False
+    turns: str | None = None  # chat only
+    generators: tuple[str, ...] = ()  # AlpacaEval's `generator` values, first seen first
+
+    def fingerprint_keys(self) -> dict[str, Any]:
+        """Keys only where they say something new: a just-eval JSON/JSONL file with ids adds
+        none, so stores made before these formats existed keep resuming."""
+        keys: dict[str, Any] = {}
+        if self.container not in ("json", "jsonl") or self.kind != "just-eval":
+            keys["data_format"] = f"{self.container}/{self.kind}"
+        if self.ids_from_index:
+            keys["ids"] = "record-index"
+        if self.turns is not None:
+            keys["turns"] = self.turns
+        if self.generators:
+            keys["generator"] = (
+                self.generators[0] if len(self.generators) == 1 else list(self.generators)
+            )
+        return keys
+
+    def notes(self, path: Path | str) -> list[str]:
+        """What the log says about the file."""
+        notes = []
+        if self.kind != "just-eval" or self.container not in ("json", "jsonl"):
+            notes.append(f"tdsdist: {path}: read as {self.kind} records from {self.container}")
+        if self.ids_from_index:
+            notes.append(
+                f"tdsdist: {path}: no record has a field '{self.fields.id}': the ids are the"
+                " 0-based record indices"
+            )
+        return notes
 
 
-def _is_one_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except (ValueError, RecursionError):
-        return False
-
-
-def _check_unicode(where: str, name: str, value: str) -> None:
-    """JSON's `\\ud800` escapes can make strings no tokenizer (nor UTF-8) can take."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise TdsError(
-            f"{where}: field '{name}' holds an unpaired surrogate (a lone \\u{ord(value[e.start]):04x}"
-            f" escape) at character {e.start}"
-        ) from None
+@dataclass
+class Data:
+    examples: list[Example]
+    info: DataInfo
+    skipped: list[str] = field(default_factory=list)
 
 
 SKIP_HINT = " (--skip-empty-answers leaves such examples out)"
@@ -103,16 +112,13 @@ class EmptyAnswer(TdsError):
     """An example whose answer is empty: refused, or left out with `--skip-empty-answers`."""
 
 
-def _example(
-    path: Path, index: int, record: object, fields: Fields, require_answer: bool = True
-) -> Example:
-    if isinstance(record, str) and not require_answer:  # a plain list of instructions
-        if not record.strip():
-            raise TdsError(f"{path}: example {index}: the instruction is empty")
-        _check_unicode(f"{path}: example {index}", "instruction", record)
-        return Example(index=index, id=str(index), instruction=record, prompt=None, answer="")
-    if not isinstance(record, dict):
-        raise TdsError(f"{path}: example {index}: is a {type(record).__name__}, not a JSON object")
+def _record_id(
+    path: Path, index: int, record: dict, fields: Fields, index_ids: bool
+) -> tuple[str, str]:
+    """(the id, the `where` of every message about this record)."""
+    if index_ids:
+        where = f"{path}: example {index} (id '{index}', from the record index: no field '{fields.id}')"  # fmt: skip
+        return str(index), where
     raw_id = record.get(fields.id, None)
     where = f"{path}: example {index}" + ("" if raw_id is None else f" (id {raw_id!r})")
     if raw_id is None:
@@ -122,26 +128,50 @@ def _example(
     if isinstance(raw_id, str) and not raw_id.strip():
         raise TdsError(f"{where}: field '{fields.id}' is empty")
     if isinstance(raw_id, str):
-        _check_unicode(where, fields.id, raw_id)
+        check_unicode(where, fields.id, raw_id)
+    return str(raw_id), where
+
+
+def _not_an_object(path: Path, index: int, record: object) -> TdsError:
+    return TdsError(f"{path}: example {index}: is a {type(record).__name__}, not a JSON object")
+
+
+def _example(
+    path: Path,
+    index: int,
+    record: object,
+    fields: Fields,
+    require_answer: bool = True,
+    index_ids: bool = False,
+) -> Example:
+    if isinstance(record, str) and not require_answer:  # a plain list of instructions
+        if not record.strip():
+            raise TdsError(f"{path}: example {index}: the instruction is empty")
+        check_unicode(f"{path}: example {index}", "instruction", record)
+        return Example(index=index, id=str(index), instruction=record, prompt=None, answer="")
+    if not isinstance(record, dict):
+        raise _not_an_object(path, index, record)
+    id_, where = _record_id(path, index, record, fields, index_ids)
 
     def text_field(name: str, required: bool) -> str | None:
         if name not in record:
             if required:
-                raise TdsError(f"{where}: field '{name}' is missing")
+                hint = ""
+                if name == fields.instruction and "instruction" in record:
+                    hint = " (AlpacaEval outputs without `generator`? use --format alpaca-eval)"
+                raise TdsError(f"{where}: field '{name}' is missing{hint}")
             return None
         value = record[name]
         if not isinstance(value, str):
             raise TdsError(f"{where}: field '{name}' must be a string, not {type(value).__name__}")
-        _check_unicode(where, name, value)
+        check_unicode(where, name, value)
         return value
 
     instruction = text_field(fields.instruction, required=True)
     prompt = text_field(fields.prompt, required=False)
+    assert instruction is not None
     if not require_answer:
-        assert instruction is not None
-        return Example(
-            index=index, id=str(raw_id), instruction=instruction, prompt=prompt, answer=""
-        )
+        return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer="")
     if fields.answer not in record:
         raise TdsError(f"{where}: field '{fields.answer}' is missing")
     answer = record[fields.answer]
@@ -156,10 +186,143 @@ def _example(
         )
     if not answer.strip():
         raise EmptyAnswer(f"{where}: field '{fields.answer}' is an empty answer{SKIP_HINT}")
-    _check_unicode(where, fields.answer, answer)
-    assert instruction is not None
-    return Example(
-        index=index, id=str(raw_id), instruction=instruction, prompt=prompt, answer=answer
+    check_unicode(where, fields.answer, answer)
+    return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer=answer)
+
+
+def _chat_examples(
+    path: Path,
+    index: int,
+    record: object,
+    fields: Fields,
+    require_answer: bool,
+    index_ids: bool,
+    turns: str,
+    skip_empty: bool,
+) -> list[tuple[Example, bool]]:
+    """The examples of one transcript, each with whether its answer is empty."""
+    if not isinstance(record, dict):
+        raise _not_an_object(path, index, record)
+    id_, where = _record_id(path, index, record, fields, index_ids)
+    messages = check_messages(where, record)
+    if not require_answer:
+        prompt = prompt_messages(where, messages)
+        return [(Example(index, id_, prompt[-1]["content"], None, "", tuple(prompt)), False)]
+    examples = []
+    for number, at in assistant_turns(where, messages, turns):
+        answer = messages[at]["content"]
+        if not answer.strip() and not skip_empty:
+            raise EmptyAnswer(
+                f"{where}: field 'messages[{at}]' (assistant turn {number}) is an empty"
+                f" answer{SKIP_HINT}"
+            )
+        ex = Example(
+            index=index,
+            id=id_ if turns == "last" else f"{id_}/{number}",
+            instruction=messages[at - 1]["content"],  # alternation: a user turn precedes it
+            prompt=None,
+            answer=answer,
+            messages=tuple(messages[:at]),
+        )
+        examples.append((ex, not answer.strip()))
+    return examples
+
+
+def detect_kind(record: object, fields: Fields) -> str:
+    """What the first record holds: a transcript (`messages`), an AlpacaEval output
+    (`instruction`, `output`, `generator`, and not the instruction field asked for), or just-eval."""
+    if is_transcript(record):
+        return "chat"
+    if isinstance(record, dict) and fields.instruction not in record:
+        if all(k in record for k in ALPACA_KEYS):
+            return "alpaca-eval"
+    return "just-eval"
+
+
+def kind_fields(kind: str, fields: Fields) -> Fields:
+    """AlpacaEval names the instruction `instruction`: read so unless another field was asked for."""
+    if kind == "alpaca-eval" and fields.instruction == Fields.instruction:
+        return replace(fields, instruction="instruction")
+    return fields
+
+
+def _ids_from_index(path: Path, records: list[object], fields: Fields) -> bool:
+    """True when no record has the id field; a file where only some have one is refused."""
+    has = [isinstance(r, dict) and r.get(fields.id) is not None for r in records]
+    objects = [isinstance(r, dict) for r in records]
+    if not any(has):
+        return True
+    lacking = [i for i, (h, o) in enumerate(zip(has, objects)) if o and not h]
+    if lacking:
+        i = lacking[0]
+        raise TdsError(
+            f"{path}: example {i}: field '{fields.id}' is missing (example {has.index(True)} has"
+            " one: ids come from the record index only when no example has one)"
+        )
+    return False
+
+
+def read_data(
+    path: Path | str,
+    fields: Fields = Fields(),
+    limit: int | None = None,
+    require_answer: bool = True,
+    skip_empty: bool = False,
+    format: str = "auto",
+    turns: str = "last",
+) -> Data:
+    """All examples of a data file, validated; those of the first `limit` records if given.
+
+    The whole file is validated even with `limit`, so that a later full run cannot fail on a
+    problem that the trial run skipped. With `require_answer=False` (prompts for generation) the
+    answer field is not read, a plain JSON list of instruction strings is accepted too and a
+    transcript gives one prompt, its conversation up to the last user turn. With `skip_empty`,
+    examples whose answer is empty (a model that stopped at once) are left out and their ids
+    listed in `Data.skipped`, instead of refusing the file.
+    """
+    if format not in FORMATS:
+        raise TdsError(f"unknown data format {format!r}: use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    records, container = read_records(path, format if format in CONTAINERS else "auto")
+    if not isinstance(records, list):
+        raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
+    if not records:
+        raise TdsError(f"{path}: no examples")
+    kind = format if format in KINDS else detect_kind(records[0], fields)
+    fields = kind_fields(kind, fields)
+    index_ids = _ids_from_index(path, records, fields)
+    found: list[tuple[Example, bool]] = []
+    for i, r in enumerate(records):
+        if kind == "chat":
+            found += _chat_examples(
+                path, i, r, fields, require_answer, index_ids, turns, skip_empty
+            )
+            continue
+        try:
+            found.append((_example(path, i, r, fields, require_answer, index_ids), False))
+        except EmptyAnswer:
+            if not skip_empty:
+                raise
+            found.append((_example(path, i, r, fields, False, index_ids), True))
+    seen: dict[str, int] = {}
+    for ex, _ in found:
+        if ex.id in seen:
+            raise TdsError(
+                f"{path}: example {ex.index} (id {ex.id!r}): field '{fields.id}' duplicates"
+                f" example {seen[ex.id]}"
+            )
+        seen[ex.id] = ex.index
+    if limit is not None:
+        found = [(ex, empty) for ex, empty in found if ex.index < limit]
+    generators = ()
+    if kind == "alpaca-eval":
+        values = [r.get("generator") for r in records if isinstance(r, dict)]
+        generators = tuple(dict.fromkeys(v for v in values if isinstance(v, str)))
+    info = DataInfo(
+        container, kind, fields, index_ids, turns if kind == "chat" else None, generators
+    )
+    return Data(
+        [ex for ex, empty in found if not empty], info, [ex.id for ex, empty in found if empty]
     )
 
 
@@ -170,48 +333,9 @@ def load_examples(
     require_answer: bool = True,
     skipped: list[str] | None = None,
 ) -> list[Example]:
-    """All examples of a JSON or JSONL file, validated; the first `limit` if given.
-
-    The whole file is validated even with `limit`, so that a later full run cannot fail on a
-    problem that the trial run skipped. With `require_answer=False` (prompts for generation) the
-    answer field is not read and a plain JSON list of instruction strings is accepted too.
-    With a `skipped` list, examples whose answer is empty (a model that stopped at once) are left
-    out and their ids appended to it, instead of refusing the file; `limit` still counts the
-    file's first records.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise TdsError(f"{path}: data file not found")
-    try:
-        # utf-8-sig: a byte order mark (as some Windows tools write) is dropped, not parsed.
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise TdsError(f"{path}: cannot read the data file ({e.__class__.__name__}: {e})") from None
-    records = _parse(path, text)
-    if not isinstance(records, list):
-        raise TdsError(f"{path}: the top level must be a JSON list of objects or JSONL")
-    if not records:
-        raise TdsError(f"{path}: no examples")
-    examples: list[Example] = []
-    empty: set[int] = set()
-    for i, r in enumerate(records):
-        try:
-            examples.append(_example(path, i, r, fields, require_answer))
-        except EmptyAnswer:
-            if skipped is None:
-                raise
-            examples.append(_example(path, i, r, fields, require_answer=False))
-            empty.add(i)
-    seen: dict[str, int] = {}
-    for ex in examples:
-        if ex.id in seen:
-            raise TdsError(
-                f"{path}: example {ex.index} (id {ex.id!r}): field '{fields.id}' duplicates"
-                f" example {seen[ex.id]}"
-            )
-        seen[ex.id] = ex.index
-    examples = examples[:limit] if limit is not None else examples
+    """`read_data`'s examples (any format, detected); with a `skipped` list, empty answers are
+    left out and their ids appended to it."""
+    data = read_data(path, fields, limit, require_answer, skip_empty=skipped is not None)
     if skipped is not None:
-        skipped.extend(ex.id for ex in examples if ex.index in empty)
-        examples = [ex for ex in examples if ex.index not in empty]
-    return examples
+        skipped.extend(data.skipped)
+    return data.examples

@@ -11,6 +11,7 @@ its absence means the old behaviour (as `skipped_empty_answers`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,20 @@ def fingerprinted_head_dtype(dtype: str, head_dtype: str) -> str | None:
     return head_dtype if dtype in ("bfloat16", "float16") and head_dtype != "model" else None
 
 
+def data_sha256(path: Path | str) -> str:
+    """The data's hash: a file's SHA-256 (as in 0.1.0); for a `datasets` folder, the SHA-256
+    of every file in it (its arrow data files, `state.json`, `dataset_info.json`), each with its
+    relative path, in sorted order, so that a changed, added or renamed file changes it."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_sha256(path)
+    digest = hashlib.sha256(b"tdsdist datasets folder\n")
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        name = file.relative_to(path).as_posix()
+        digest.update(f"{name}\0{file_sha256(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def generation_fingerprint(config: Any, tokenizer: Any) -> dict[str, Any]:
     """What generated answers depend on (`GenerateConfig`): an unfinished `generate` resumes
     only with the same."""
@@ -86,10 +101,12 @@ def generation_fingerprint(config: Any, tokenizer: Any) -> dict[str, Any]:
     fingerprint = {k: getattr(config, k) for k in keys}
     fingerprint.update(
         aligned_template=template_fingerprint(config.aligned_template),
-        data_sha256=file_sha256(Path(config.data)),
+        data_sha256=data_sha256(config.data),
         tokenizer_sha256=tokenizer_hash(tokenizer),
         tdsdist_version=__version__,
     )
+    if getattr(config, "format", "auto") != "auto":  # absent: detected, as before
+        fingerprint["format"] = config.format
     return fingerprint
 
 

@@ -63,15 +63,20 @@ class Plan:
     """Item indices of each work unit, in data order."""
 
 
-def tokenize_context(tokenizer, text: str, special_tokens: bool) -> list[int]:
-    """Context ids as the tokenizer makes them by default, never with a doubled BOS.
+def tokenize_context(
+    tokenizer, text: str, special_tokens: bool, keep_double_bos: bool = False
+) -> list[int]:
+    """Context ids as the tokenizer makes them by default, never with a doubled BOS unless
+    `keep_double_bos` (`--aligned-template input-verbatim`).
 
     A prompt such as Llama-2's `input` field already starts with the text `<s>`, which the
-    tokenizer parses as BOS; adding special tokens would then put a second BOS in front.
+    tokenizer parses as BOS; adding special tokens would then put a second BOS in front. The
+    original AlignTDS pipeline tokenized it so, and `input-verbatim` reproduces its contexts.
     """
     ids = list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
     bos = tokenizer.bos_token_id
-    if special_tokens and bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+    doubled = bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos
+    if special_tokens and doubled and not keep_double_bos:
         ids = ids[1:]
     return ids
 
@@ -119,6 +124,7 @@ def make_plan(
     unit_size: int,
     answer_end: AnswerEnd | None = None,
     base_tokenizer=None,
+    aligned_keep_double_bos: bool = False,
 ) -> Plan:
     """Items for every example and units of `unit_size` consecutive examples.
 
@@ -129,6 +135,7 @@ def make_plan(
     `tokenizer.VocabularyUnion`) tokenizes the answer and the base context, so that every answer
     id exists in both models; `tokenizer` (the aligned one) keeps the aligned context, whose
     chat tokens may be appended ones.
+    `aligned_keep_double_bos` keeps a verbatim prompt's doubled BOS (`input-verbatim`).
     """
     items: list[Item] = []
     base_tok = tokenizer if base_tokenizer is None else base_tokenizer
@@ -141,7 +148,9 @@ def make_plan(
         cut = max_output_tokens is not None and len(answer) > max_output_tokens
         if cut:
             answer = answer[:max_output_tokens]
-        a_ctx = tokenize_context(tokenizer, aligned_context(ex), aligned_special_tokens)
+        a_ctx = tokenize_context(
+            tokenizer, aligned_context(ex), aligned_special_tokens, aligned_keep_double_bos
+        )
         b_ctx = tokenize_context(base_tok, base_context(ex), True)
         for ctx, what in ((a_ctx, "aligned"), (b_ctx, "base")):
             if not ctx:

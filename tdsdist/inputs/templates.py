@@ -2,7 +2,11 @@
 
 The base model sees the bare instruction in a template (the published `plain` one, a URIAL
 in-context alignment prefix, nothing, or the user's own Jinja file); the aligned model sees the
-prompt it actually answered (`input`) or its tokenizer's chat template (`chat`).
+prompt it actually answered (`input`, `input-verbatim`) or its tokenizer's chat template (`chat`).
+
+A chat transcript's example carries the messages before the scored assistant turn: the aligned
+side renders them with the chat template; the base side renders the conversation (`conversation`
+below says exactly how), system messages left out except for a Jinja template, which gets them.
 """
 
 from __future__ import annotations
@@ -19,19 +23,63 @@ from tdsdist.inputs.data import Example
 PLAIN_TEMPLATE = "# Query: \n ```{q}``` \n\n \n# Answer: \n ```"
 URIAL_QUERY = "\n# Query:\n```\n{q}\n```\n"
 URIAL_ANSWER = "\n# Answer:\n```\n"
+#: What closes an earlier answer of a conversation before the next query: the published plain
+#: template opens the answer with a fence; the URIAL prefix closes each answer with one, as here.
+PLAIN_ANSWER_END = "```\n\n"
+URIAL_ANSWER_END = "\n```\n"
 
 ContextFn = Callable[[Example], str]
 
 
+def conversation(ex: Example) -> tuple[list[tuple[str, str]], str]:
+    """(earlier (query, answer) exchanges, the last query) of an example; system messages are
+    left out. A single-turn example (or a one-turn transcript) has no earlier exchange."""
+    if ex.messages is None:
+        return [], ex.instruction
+    turns = [m["content"] for m in ex.messages if m["role"] != "system"]
+    # Validated: user and assistant alternate and the scored turn follows a user turn.
+    return list(zip(turns[0:-1:2], turns[1:-1:2])), turns[-1]
+
+
+def messages_of(ex: Example) -> list[dict[str, str]]:
+    """The messages before the answer: a transcript's, or the instruction as one user turn."""
+    if ex.messages is None:
+        return [{"role": "user", "content": ex.instruction}]
+    return [dict(m) for m in ex.messages]
+
+
+def plain_context(ex: Example) -> str:
+    """Each earlier exchange as a published plain block followed by its answer and a closing
+    fence (`PLAIN_ANSWER_END`), then the last query's plain block."""
+    earlier, query = conversation(ex)
+    blocks = [PLAIN_TEMPLATE.format(q=q) + a + PLAIN_ANSWER_END for q, a in earlier]
+    return "".join(blocks) + PLAIN_TEMPLATE.format(q=query)
+
+
+def urial_context(prefix: str, ex: Example) -> str:
+    """The URIAL prefix, each earlier exchange as a URIAL query and answer closed by a fence (as
+    the prefix closes its own), then the last query and the answer opening."""
+    earlier, query = conversation(ex)
+    blocks = [URIAL_QUERY.format(q=q) + URIAL_ANSWER + a + URIAL_ANSWER_END for q, a in earlier]
+    return prefix + "".join(blocks) + URIAL_QUERY.format(q=query) + URIAL_ANSWER
+
+
+def bare_context(ex: Example) -> str:
+    """`none`: the bare instruction; for a conversation, its turns' texts joined by a blank line."""
+    earlier, query = conversation(ex)
+    return "\n\n".join([t for pair in earlier for t in pair] + [query])
+
+
 def base_context_fn(spec: str) -> ContextFn:
-    """`plain`, `urial:FILE`, `none`, or a path to a Jinja template with the variable `query`."""
+    """`plain`, `urial:FILE`, `none`, or a path to a Jinja template with the variables `query`
+    (also `instruction`), `id` and `messages` (the turns before the answer, system included)."""
     if spec == "plain":
-        return lambda ex: PLAIN_TEMPLATE.format(q=ex.instruction)
+        return plain_context
     if spec == "none":
-        return lambda ex: ex.instruction
+        return bare_context
     if spec.startswith("urial:"):
         prefix = _read(spec[len("urial:") :], "URIAL prefix")
-        return lambda ex: prefix + URIAL_QUERY.format(q=ex.instruction) + URIAL_ANSWER
+        return lambda ex: urial_context(prefix, ex)
     source = _read(spec, "base template")
     try:
         template = jinja2.Environment(
@@ -42,7 +90,9 @@ def base_context_fn(spec: str) -> ContextFn:
 
     def render(ex: Example) -> str:
         try:
-            return template.render(query=ex.instruction, instruction=ex.instruction, id=ex.id)
+            return template.render(
+                query=ex.instruction, instruction=ex.instruction, id=ex.id, messages=messages_of(ex)
+            )
         except jinja2.UndefinedError as e:
             raise TdsError(f"{spec}: example {ex.index} (id {ex.id!r}): {e.message}") from None
 
@@ -50,8 +100,10 @@ def base_context_fn(spec: str) -> ContextFn:
 
 
 def aligned_context_fn(spec: str, tokenizer, input_field: str = "input") -> ContextFn:
-    """`input`: the data's prompt verbatim; `chat`: one user turn through the chat template."""
-    if spec == "input":
+    """`input` / `input-verbatim`: the data's prompt verbatim (they differ in tokenization only:
+    `plan.tokenize_context`); `chat`: the messages before the answer (one user turn for a
+    single-turn example) through the chat template, with the generation prompt."""
+    if spec in ("input", "input-verbatim"):
 
         def verbatim(ex: Example) -> str:
             if ex.prompt is None:
@@ -68,11 +120,9 @@ def aligned_context_fn(spec: str, tokenizer, input_field: str = "input") -> Cont
                 "the aligned tokenizer has no chat template: use --aligned-template input"
             )
         return lambda ex: tokenizer.apply_chat_template(
-            [{"role": "user", "content": ex.instruction}],
-            tokenize=False,
-            add_generation_prompt=True,
+            messages_of(ex), tokenize=False, add_generation_prompt=True
         )
-    raise TdsError(f"unknown aligned template {spec!r}: use 'input' or 'chat'")
+    raise TdsError(f"unknown aligned template {spec!r}: use 'input', 'input-verbatim' or 'chat'")
 
 
 def template_fingerprint(spec: str) -> str:
@@ -80,7 +130,7 @@ def template_fingerprint(spec: str) -> str:
     import hashlib
 
     path = spec[len("urial:") :] if spec.startswith("urial:") else spec
-    if spec in ("plain", "none", "input", "chat"):
+    if spec in ("plain", "none", "input", "input-verbatim", "chat"):
         return spec
     return f"{spec}#sha256={hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
 

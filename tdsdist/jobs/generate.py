@@ -27,7 +27,7 @@ from tdsdist.engine.decoder import Decoder, Generated, Sampling
 from tdsdist.engine.models import resolve_device
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
-from tdsdist.inputs.data import Fields, load_examples
+from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
     differences,
     fingerprinted_head_dtype,
@@ -64,7 +64,15 @@ def _part(parts: Path, n: int, suffix: str) -> Path:
 
 def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     """Generate (resuming finished units), then write the answers file and the store."""
-    examples = load_examples(cfg.data, Fields(), cfg.limit, require_answer=False)
+    data = read_data(cfg.data, Fields(), cfg.limit, require_answer=False, format=cfg.format)
+    examples, chat = data.examples, data.info.kind == "chat"
+    if chat and cfg.aligned_template != "chat":
+        raise TdsError(
+            f"{cfg.data}: chat transcripts have no prompt field for --aligned-template"
+            f" {cfg.aligned_template}: generate from them with --aligned-template chat"
+        )
+    for note in data.info.notes(cfg.data):
+        log(note)
     tokenizer = load_tokenizer(cfg.aligned, cfg.aligned_revision, cfg.trust_remote_code)
     context_fn = aligned_context_fn(cfg.aligned_template, tokenizer)
     contexts = [
@@ -227,6 +235,15 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
             "output": [answers[ex.index]["answer"]],
             "generator": settings,
         }
+        if ex.messages is None
+        else {  # a transcript: the prompt's conversation and the answer as its last turn
+            "id": ex.id,
+            "messages": [
+                *ex.messages,
+                {"role": "assistant", "content": answers[ex.index]["answer"]},
+            ],
+            "generator": settings,
+        }
         for ex in examples
     ]
     write_atomic(out, json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8"))
@@ -273,6 +290,8 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
         skipped_empty_answers=empty,
         head_dtype=fingerprinted_head_dtype(cfg.dtype, cfg.head_dtype or "float32"),
     )
+    if any(ex.messages is not None for ex in examples):  # as `score` reads the answers file
+        fingerprint.update(data_format="json/chat", turns="last")
     store = create(
         Path(cfg.store),
         ids=[ex.id for ex in kept],

@@ -7,15 +7,14 @@ takes to load two 70B models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
-from tdsdist.files import file_sha256
-from tdsdist.inputs.data import Fields, load_examples
-from tdsdist.inputs.fingerprint import fingerprinted_head_dtype, score_fingerprint
+from tdsdist.inputs.data import Fields, read_data
+from tdsdist.inputs.fingerprint import data_sha256, fingerprinted_head_dtype, score_fingerprint
 from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import (
@@ -45,6 +44,8 @@ class Prepared:
     """Precision of the output projection (`--head-dtype`, resolved; see `resume.py`)."""
     vocab_union: VocabularyUnion | None = None
     """Set when the aligned vocabulary appends tokens to the base one: scored over the union."""
+    notes: list[str] = field(default_factory=list)
+    """What the log says about how the data file was read (its format, ids from the index)."""
 
     def vocab_size(self, model: str) -> int:
         """The rows of `model`'s output projection that are tokens (its tokenizer's size)."""
@@ -58,10 +59,23 @@ def prepare(config: ScoreConfig) -> Prepared:
     fields = Fields(
         config.id_field, config.instruction_field, config.input_field, config.output_field
     )
-    skipped: list[str] | None = [] if config.skip_empty_answers else None
-    examples = load_examples(config.data, fields, config.limit, skipped=skipped)
+    data = read_data(
+        config.data,
+        fields,
+        config.limit,
+        skip_empty=config.skip_empty_answers,
+        format=config.format,
+        turns=config.turns,
+    )
+    examples, info = data.examples, data.info
+    skipped: list[str] | None = data.skipped if config.skip_empty_answers else None
     if not examples:
         raise TdsError(f"{config.data}: every answer is empty: nothing to score")
+    if info.kind == "chat" and config.aligned_template != "chat":
+        raise TdsError(
+            f"{config.data}: chat transcripts have no prompt field for --aligned-template"
+            f" {config.aligned_template}: score them with --aligned-template chat"
+        )
     base_context = base_context_fn(config.base_template)
     tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
@@ -84,7 +98,8 @@ def prepare(config: ScoreConfig) -> Prepared:
             tok,
             aligned_context,
             base_context,
-            aligned_special_tokens=config.aligned_template == "input",
+            aligned_special_tokens=config.aligned_template in ("input", "input-verbatim"),
+            aligned_keep_double_bos=config.aligned_template == "input-verbatim",
             aligned_window=model_window(aligned_cfg, tok),
             base_window=model_window(base_cfg, base_tok),
             max_output_tokens=config.max_output_tokens,
@@ -97,8 +112,8 @@ def prepare(config: ScoreConfig) -> Prepared:
         raise TdsError(f"{config.data}: {e}") from None
     fingerprint = score_fingerprint(
         **{k: getattr(config, k) for k in FINGERPRINTED},
-        fields=fields,
-        data_sha256=file_sha256(config.data),
+        fields=info.fields,
+        data_sha256=data_sha256(config.data),
         tokenizer=tok,
         skipped_empty_answers=skipped,
         head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
@@ -107,6 +122,7 @@ def prepare(config: ScoreConfig) -> Prepared:
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
     if union is not None:  # absent: one shared vocabulary, as in 0.1.0
         fingerprint["base_tokenizer_sha256"] = tokenizer_hash(base_tok)
+    fingerprint.update(info.fingerprint_keys())  # none for a just-eval JSON/JSONL file with ids
     prefixes = {"aligned": [], "base": []}
     if not config.no_prefix_cache:
         prefixes = {
@@ -122,6 +138,7 @@ def prepare(config: ScoreConfig) -> Prepared:
         skipped or [],
         config.head_dtype or "float32",
         union,
+        info.notes(config.data),
     )
 
 

@@ -214,6 +214,8 @@ def _run(
             )
         else:
             log("tdsdist: the aligned side was recorded by `generate`: running the base pass only")
+    for note in prep.notes:  # how the data file was read: its format, ids from the index
+        log(note)
     if prep.skipped:
         shown = ", ".join(repr(i) for i in prep.skipped[:5]) + (
             ", ..." if len(prep.skipped) > 5 else ""

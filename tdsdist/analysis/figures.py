@@ -93,7 +93,7 @@ def store_labels(summaries: list[dict[str, Any]]) -> list[str]:
 def _templates(summary: dict[str, Any]) -> str:
     config = summary.get("config") or {}
     a, b = config.get("aligned_template"), config.get("base_template")
-    return f"{a}/{b}" if a or b else ""
+    return f"{a or '-'}/{b or '-'}" if a or b else ""
 
 
 def footnote(summary: dict[str, Any]) -> str:

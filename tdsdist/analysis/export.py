@@ -4,7 +4,8 @@ One row per answer position of a committed unit (pending units and the alignment
 units are not rows). Columns, in order (`COLUMNS`):
 
     example_index int32, example_id string, t int32 (position in the answer), token_id int32,
-    token string (`decode([id])`, SentencePiece's word-initial space restored: `token_text.py`),
+    token string (`decode([id])`, SentencePiece's word-initial space restored: `token_text.py`;
+    both strings dictionary-encoded: categorical in pandas),
     aligned_/base_ logprob float32, rank int32, entropy float32,
     kl_aligned_base, kl_base_aligned, js, tv float32 (exact, the pair head; null in format-1
     stores), topk_kl float32 (KL over the aligned top-k + tail, a lower bound: `metrics.py`),
@@ -35,13 +36,14 @@ from tdsdist.store import DIVERGENCES, MODELS, Store
 
 MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
 CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())
+TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())  # pandas: categorical; DuckDB: VARCHAR
 SCHEMA = pa.schema(
     [
         ("example_index", pa.int32()),
-        ("example_id", pa.string()),
+        ("example_id", TEXT_TYPE),
         ("t", pa.int32()),
         ("token_id", pa.int32()),
-        ("token", pa.string()),
+        ("token", TEXT_TYPE),
         *[(f"{m}_{name}", kind) for m in MODELS for name, kind in MODEL_COLUMNS],
         *[(name, pa.float32()) for name in DIVERGENCES],
         ("topk_kl", pa.float32()),
@@ -64,9 +66,10 @@ def export_parquet(
         raise TdsError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise TdsError(f"{path}: is a folder; give a file name (e.g. {path / 'positions.parquet'})")
-    special = np.array(sorted(store.tokenizer().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
-    token_text = TokenText(store.tokenizer())
-    ids = np.array(store.ids, dtype=object)
+    tokenizer = store.tokenizer()
+    special = np.array(sorted(tokenizer.all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    token_text = TokenText(tokenizer)
+    ids = store.ids
     meta = {
         "store": str(store.path),
         "format_version": store.format_version,
@@ -102,7 +105,7 @@ def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) 
     rank = column("base/rank")
     data: dict[str, pa.Array] = {
         "example_index": pa.array(example.astype(np.int32)),
-        "example_id": pa.array(ids[example], pa.string()),
+        "example_id": _example_ids(ids, example),
         "t": pa.array(t.astype(np.int32)),
         "token_id": pa.array(tokens.astype(np.int32)),
         "token": _token_strings(token_text, tokens),
@@ -119,9 +122,21 @@ def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) 
     return pa.table(data, schema=SCHEMA)
 
 
-def _token_strings(token_text: TokenText, tokens: np.ndarray) -> pa.Array:
-    """Each id's text, decoded once per distinct id of the block (and cached across blocks)."""
-    unique, inverse = np.unique(tokens, return_inverse=True)
-    table = token_text.table(unique)
-    texts = np.array([table.get(str(int(i)), "") for i in unique], dtype=object)
-    return pa.array(texts[inverse], pa.string())
+def _token_strings(token_text: TokenText, tokens: np.ndarray) -> pa.DictionaryArray:
+    """Each id's text as a dictionary column: the block's distinct ids, decoded once (and cached
+    across blocks), and one int32 index per row (no sort: a lookup table over the ids)."""
+    tokens = np.maximum(tokens.astype(np.int64), 0)
+    present = np.flatnonzero(np.bincount(tokens))  # [u] the block's distinct ids, ascending
+    lookup = np.zeros(int(present[-1]) + 1, np.int32)
+    lookup[present] = np.arange(len(present), dtype=np.int32)
+    table = token_text.table(present)
+    texts = pa.array([table.get(str(int(i)), "") for i in present], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(lookup[tokens]), texts)
+
+
+def _example_ids(ids: list[str], example: np.ndarray) -> pa.DictionaryArray:
+    """The ids of the block's examples as a dictionary column (an id per example, not per row)."""
+    first, last = int(example.min()), int(example.max())
+    return pa.DictionaryArray.from_arrays(
+        pa.array((example - first).astype(np.int32)), pa.array(ids[first : last + 1], pa.string())
+    )

@@ -26,9 +26,12 @@ Drawn = tuple[Any, str, str] | None
 
 
 def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs):
-    import matplotlib.pyplot as plt
+    """A figure of its own, without pyplot: no global state, no interactive backend touched
+    (a notebook's backend stays as it was); `savefig` picks the writer by the file's format."""
+    from matplotlib.figure import Figure
 
-    return plt.subplots(rows, 1, figsize=(COLUMN_WIDTH_IN, height), layout="constrained", **kwargs)
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, height), layout="constrained")
+    return fig, fig.subplots(rows, 1, **kwargs)
 
 
 def _legend(ax, stores: Stores) -> None:
@@ -188,7 +191,5 @@ def top_shifted_tokens(stores: Stores) -> Drawn:
 
 
 def _close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    """Nothing to draw: the figure is dropped (not registered anywhere, so nothing to close)."""
     return None

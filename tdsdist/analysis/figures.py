@@ -2,8 +2,9 @@
 
 Each figure is one kind of statistic with every store overlaid (one Okabe-Ito colour per store,
 safe for the common colour-vision deficiencies), sized for one column of a two-column paper
-(`COLUMN_WIDTH_IN`) with fonts that stay readable there, and written as PNG (`DPI`) and SVG
-(optionally PDF). A footnote line on each figure says what was filtered and how the intervals
+(`COLUMN_WIDTH_IN`) with fonts that stay readable there, and written as PNG (`DPI`, matplotlib's
+Agg renderer) and SVG (optionally PDF). Figures are made without pyplot, so no global figure
+state and no interactive backend are involved (a notebook's backend is left alone). A footnote line on each figure says what was filtered and how the intervals
 were computed, so a figure cut out of its context still says what it counts.
 
     categories              unshifted / marginal / shifted fractions, 95% intervals (Re-Align)
@@ -149,9 +150,6 @@ def write_figures(
     """
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     from tdsdist.analysis import figure_kinds
 
     labels = store_labels(summaries)
@@ -160,7 +158,7 @@ def write_figures(
         return []
     note = footnote(kept[0][0])
     entries = []
-    with plt.rc_context(RC), warnings.catch_warnings():
+    with matplotlib.rc_context(RC), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         for kind in KINDS:
             drawn = getattr(figure_kinds, kind)(kept)
@@ -174,7 +172,6 @@ def write_figures(
                 fig.savefig(folder / name, dpi=DPI, metadata=_metadata(fmt))
                 files.append(name)
             width, height = (int(round(x * DPI)) for x in fig.get_size_inches())
-            plt.close(fig)
             entries.append(
                 {"kind": kind, "title": title, "shows": shows, "files": files,
                  "width_px": width, "height_px": height, "footnote": note}

@@ -108,7 +108,7 @@ def shift_by_position(stores: Stores) -> Drawn:
         return _close(fig)
     ax.set_xlabel("position t in the answer (tokens)")
     ax.set_ylabel("shifted positions (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-1.5, 101.5)  # a line at 0% or 100% is drawn whole, not cut by the frame
     ax.set_xlim(left=0)
     ax.set_title("Shifted fraction by token position")
     _legend(ax, stores)

@@ -245,6 +245,122 @@ def compare_command(
     click.echo(json.dumps(result, indent=2) if as_json else render_text(result))
 
 
+def threshold_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--unshifted-max` and `--marginal-max`, as `analyze` has them (for `figures`, `export`)."""
+    fn = click.option("--marginal-max", default=3, show_default=True, help="Highest base rank counted marginal.")(fn)  # fmt: skip
+    return click.option("--unshifted-max", default=1, show_default=True, help="Highest base rank counted unshifted.")(fn)  # fmt: skip
+
+
+def _thresholds(unshifted_max: int, marginal_max: int):
+    from tdsdist.analysis.summary import Thresholds
+
+    try:
+        return Thresholds(unshifted_max, marginal_max)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
+
+
+@main.command("figures")
+@click.argument("store_dirs", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of the figures (new, empty, or an earlier figures folder: replaced).",
+)
+@click.option("--pdf", is_flag=True, help="Write PDF too (PNG and SVG always).")
+@threshold_options
+@click.option(
+    "--min-support", default=5, show_default=True, help="Occurrences a token needs to be listed."
+)
+@analysis_options
+@user_errors
+def figures_command(
+    store_dirs: tuple[str, ...],
+    out_dir: str,
+    pdf: bool,
+    unshifted_max: int,
+    marginal_max: int,
+    min_support: int,
+    **analysis: Any,
+) -> None:
+    """Publication figures (PNG, SVG) of one or more stores, overlaid: categories, shift and
+    divergence by token position, base-rank histogram, most shifted tokens."""
+    from pathlib import Path
+
+    from tdsdist.analysis.figures import write_figure_folder
+    from tdsdist.analysis.summary import summarize
+    from tdsdist.store import Store
+
+    thresholds = _thresholds(unshifted_max, marginal_max)
+    kwargs = _analysis_kwargs(**analysis)
+    summaries = [
+        summarize(Store(d, mode="r"), thresholds, min_support=min_support, **kwargs)
+        for d in store_dirs
+    ]
+    options = {
+        **analysis,
+        "unshifted_max": unshifted_max,
+        "marginal_max": marginal_max,
+        "min_support": min_support,
+    }
+    formats = ("png", "svg", "pdf") if pdf else ("png", "svg")
+    index = write_figure_folder(summaries, Path(out_dir), options, formats)
+    click.echo(f"{Path(out_dir) / 'figures.json'} ({len(index['figures'])} figures)")
+
+
+@main.command("export")
+@click.argument("store_dir", type=click.Path())
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Parquet file (replaced once the new one is complete).",
+)
+@threshold_options
+@click.option(
+    "--exclude-first", default=0, show_default=True, help="Leave out each answer's first N positions."
+)  # fmt: skip
+@click.option(
+    "--exclude-special-tokens",
+    is_flag=True,
+    help="Leave out EOS and every special token of the stored tokenizer.",
+)
+@user_errors
+def export_command(
+    store_dir: str,
+    out_file: str,
+    unshifted_max: int,
+    marginal_max: int,
+    exclude_first: int,
+    exclude_special_tokens: bool,
+) -> None:
+    """One Parquet row per committed answer position (ids, t, token, both models' statistics,
+    divergences, category); filtered positions are left out."""
+    import time
+
+    from tdsdist.analysis.export import export_parquet
+    from tdsdist.analysis.summary import Filters
+    from tdsdist.store import Store
+
+    start = time.perf_counter()
+    thresholds = _thresholds(unshifted_max, marginal_max)
+    try:
+        filters = Filters(exclude_first, exclude_special_tokens)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
+    result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters)
+    size = os.path.getsize(out_file) / 1e6
+    click.echo(
+        f"{out_file}: {result['rows']} rows, {result['row_groups']} row groups,"
+        f" {size:.1f} MB, {time.perf_counter() - start:.1f} s"
+    )
+
+
 @main.command("status")
 @click.argument("store_dir", type=click.Path())
 @click.option(

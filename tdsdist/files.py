@@ -81,3 +81,19 @@ def publish(staged: Path, target: Path, replace: bool = False) -> bool:
             return False
         raise
     return True
+
+
+@contextmanager
+def staged_file(target: Path | str) -> Iterator[Path]:
+    """A temporary sibling path to write `target` into, renamed onto `target` when the block
+    ends without an error; on an error (or a kill before the rename) `target` is as it was.
+
+    For files written in many steps (a Parquet table row group by row group), where
+    `write_atomic`'s one `bytes` would not fit in memory."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -287,7 +287,7 @@ def test_no_network_references(scored_site: Path, synthetic_site: Path) -> None:
                 continue
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I), path
-            assert not re.search(r"@import|url\(", text, re.I), path
+            assert not re.search(r"@import|url\((?!#)", text, re.I), path  # url(#id): in-file
             assert not re.search(r"\b(fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import)\s*\(", text), path  # fmt: skip
             # The one URL-like string is the SVG namespace name, which is never fetched.
             urls = set(re.findall(r"https?://[^\s\"')]+", text))
@@ -502,6 +502,14 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     assert shifted_th.get_attribute("aria-sort") == "descending"
     values = [float(v.rstrip("%")) for v in column(page, "shifted")]
     assert values == sorted(values, reverse=True)
+    # The figures (SVG files of the site, drawn from the same summary): every one loaded.
+    figures = page.locator("#figures img")
+    assert figures.count() == len(data_of(scored_site, "index.js")[0]["figures"]) == 5
+    page.wait_for_function("[...document.querySelectorAll('#figures img')].every(i => i.complete)")
+    widths = page.evaluate(
+        "[...document.querySelectorAll('#figures img')].map(i => i.naturalWidth)"
+    )
+    assert all(w > 0 for w in widths), widths
     page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
 
     # Sort by clicking a header, then from the keyboard.
@@ -598,7 +606,8 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     shifted_chart = page.locator("svg.chart", has_text="Tokens most often shifted")
     assert "78% (7/9)" in shifted_chart.text_content()  # read from `shift_rate`
     assert EVIL_IMG in page.locator("dl.config").inner_text()  # the config, as text
-    assert page.evaluate("document.querySelectorAll('img').length") == 0
+    stray = "[...document.querySelectorAll('img')].filter(i => !i.closest('#figures')).length"
+    assert page.evaluate(stray) == 0  # the only images are the site's own figures
 
     # Crafted (scored) answers and id: text in the table, the prefix and the title; a pending row.
     page.goto((crafted_site / "index.html").as_uri())

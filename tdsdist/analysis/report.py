@@ -6,6 +6,7 @@ Layout of the site (`out/`):
     assets/report.js, report.css    the page code: vanilla JS, no library, no network
     data/index.js                   the summary and one row per example (small: ~150 B/example)
     data/ex-N.js                    example N (store order), loaded only when its page is opened
+    figures/<kind>.svg              the figures of `tdsdist figures` (`figures.py`), on the index
     .tdsdist-report                 marker: a later run may replace this folder
 
 Browsers refuse `fetch()` of local files, so data travels as JavaScript: each data file is one call
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.figures import report_figures
 from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
@@ -107,6 +109,7 @@ def write_report(store: Store, out: Path, summary: dict) -> Path:
                 "config": _plain(store.meta.get("fingerprint", {})),
             },
             "thresholds": _thresholds(summary),
+            "figures": report_figures(tmp, summary) if summary.get("positions") else [],
         }
         (tmp / "data" / "index.js").write_text(js_call("index", index), encoding="utf-8")
         (tmp / MARKER).write_text(

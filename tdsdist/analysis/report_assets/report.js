@@ -485,6 +485,19 @@
     return el("table", { class: "examples", id: "examples-table" }, [caption, el("thead", {}, headRow), tbody]);
   }
 
+  /** The figures of `tdsdist figures` (SVG files under figures/; each says in its footnote what
+      was filtered), one per card; only files of the site's own figures folder are shown. */
+  function figuresSection(figures) {
+    figures = (figures || []).filter(function (f) { return /^figures\/[a-z_]+\.svg$/.test(String(f.src)); });
+    if (!figures.length) return null;
+    return el("section", { class: "cards figures", id: "figures", "aria-label": "Figures" }, figures.map(function (f) {
+      return el("figure", { class: "card" }, [
+        el("img", { src: f.src, alt: f.title + ". " + f.shows, width: Math.round(f.width_px / 3), height: Math.round(f.height_px / 3) }),
+        el("figcaption", {}, [el("strong", { text: f.title + ". " }), f.shows])
+      ]);
+    }));
+  }
+
   function renderIndex(data) {
     var s = data.summary || {};
     var store = data.store || {};
@@ -523,6 +536,7 @@
         el("div", { class: "card" }, [el("h2", { text: "Most shifted tokens" }), tokenChart(s.top_shifted_tokens, "shifted", COLORS.shifted, "Tokens most often shifted")]),
         el("div", { class: "card" }, [el("h2", { text: "Most often unshifted tokens" }), tokenChart(s.top_unshifted_tokens, "unshifted", COLORS.unshifted, "Tokens most often unshifted")])
       ]),
+      figuresSection(data.figures),
       el("section", { class: "table-section", id: "examples", "aria-label": "Examples" }, [
         el("h2", { text: "Examples" }),
         examplesTable(data.examples || [])

@@ -1,0 +1,142 @@
+"""`tdsdist export`: a store's committed positions as one Parquet table, for pandas, polars, DuckDB.
+
+One row per answer position of a committed unit (pending units and the alignment gaps between
+units are not rows). Columns, in order (`COLUMNS`):
+
+    example_index int32, example_id string, t int32 (position in the answer), token_id int32,
+    token string (`decode([id])`, SentencePiece's word-initial space restored: `token_text.py`;
+    both strings dictionary-encoded: categorical in pandas),
+    aligned_/base_ logprob float32, rank int32, entropy float32,
+    kl_aligned_base, kl_base_aligned, js, tv float32 (exact, the pair head; null in format-1
+    stores), topk_kl float32 (KL over the aligned top-k + tail, a lower bound: `metrics.py`),
+    category dictionary<int8, string> (unshifted / marginal / shifted by the base rank).
+
+Filters leave positions out (the same positions `analyze` leaves out), so the table holds exactly
+what the statistics count. The table is streamed one block of store rows at a time, one Parquet
+row group per block, so memory is bounded by the block size whatever the store's size; it is
+written under a temporary name and renamed at the end, so an interrupted export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tdsdist.analysis.summary import Filters, Thresholds, _blocks
+from tdsdist.analysis.token_text import TokenText
+from tdsdist.errors import TdsError
+from tdsdist.files import staged_file
+from tdsdist.metrics import CATEGORIES
+from tdsdist.store import DIVERGENCES, MODELS, Store
+
+MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
+CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())
+TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())  # pandas: categorical; DuckDB: VARCHAR
+SCHEMA = pa.schema(
+    [
+        ("example_index", pa.int32()),
+        ("example_id", TEXT_TYPE),
+        ("t", pa.int32()),
+        ("token_id", pa.int32()),
+        ("token", TEXT_TYPE),
+        *[(f"{m}_{name}", kind) for m in MODELS for name, kind in MODEL_COLUMNS],
+        *[(name, pa.float32()) for name in DIVERGENCES],
+        ("topk_kl", pa.float32()),
+        ("category", CATEGORY_TYPE),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+def export_parquet(
+    store: Store,
+    path: Path | str,
+    thresholds: Thresholds = Thresholds(),
+    filters: Filters = Filters(),
+) -> dict[str, Any]:
+    """Write the table to `path` (replacing a file there, once complete); returns rows and row
+    groups written."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise TdsError(f"{path}: the folder {path.parent} does not exist")
+    if path.is_dir():
+        raise TdsError(f"{path}: is a folder; give a file name (e.g. {path / 'positions.parquet'})")
+    tokenizer = store.tokenizer()
+    special = np.array(sorted(tokenizer.all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    token_text = TokenText(tokenizer)
+    ids = store.ids
+    meta = {
+        "store": str(store.path),
+        "format_version": store.format_version,
+        "thresholds": vars(thresholds),
+        "filters": vars(filters),
+        "exact_divergences": store.has_pair,
+        "config": store.meta.get("fingerprint", {}),
+    }
+    schema = SCHEMA.with_metadata({"tdsdist": json.dumps(meta, default=str)})
+    rows = groups = 0
+    with staged_file(path) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in _tables(store, thresholds, special, filters, token_text, ids):
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
+                rows, groups = rows + table.num_rows, groups + 1
+    return {"path": str(path), "rows": rows, "row_groups": groups}
+
+
+def _tables(store, thresholds, special, filters, token_text, ids):
+    """One `pa.Table` per block of store rows, filtered positions left out."""
+    for rows, valid, t, _, example in _blocks(store):
+        tokens = store.read("positions/token_id", rows)[valid]
+        keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
+        if keep.any():
+            where = np.flatnonzero(valid)[keep]  # rows of the block that become table rows
+            yield _table(store, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+
+
+def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) -> pa.Table:
+    def column(name: str) -> np.ndarray:
+        return store.read(name, rows)[where]
+
+    rank = column("base/rank")
+    data: dict[str, pa.Array] = {
+        "example_index": pa.array(example.astype(np.int32)),
+        "example_id": _example_ids(ids, example),
+        "t": pa.array(t.astype(np.int32)),
+        "token_id": pa.array(tokens.astype(np.int32)),
+        "token": _token_strings(token_text, tokens),
+    }
+    for model in MODELS:
+        for name, kind in MODEL_COLUMNS:
+            values = rank if (model, name) == ("base", "rank") else column(f"{model}/{name}")
+            data[f"{model}_{name}"] = pa.array(values, kind)
+    for name in DIVERGENCES:  # format 1 has none: a null column of the same type
+        data[name] = pa.array(column(f"positions/{name}")) if store.has_pair else pa.nulls(len(where), pa.float32())  # fmt: skip
+    data["topk_kl"] = pa.array(column("positions/kl"))
+    codes = pa.array(thresholds.categorize(rank).astype(np.int8))
+    data["category"] = pa.DictionaryArray.from_arrays(codes, pa.array(CATEGORIES))
+    return pa.table(data, schema=SCHEMA)
+
+
+def _token_strings(token_text: TokenText, tokens: np.ndarray) -> pa.DictionaryArray:
+    """Each id's text as a dictionary column: the block's distinct ids, decoded once (and cached
+    across blocks), and one int32 index per row (no sort: a lookup table over the ids)."""
+    tokens = np.maximum(tokens.astype(np.int64), 0)
+    present = np.flatnonzero(np.bincount(tokens))  # [u] the block's distinct ids, ascending
+    lookup = np.zeros(int(present[-1]) + 1, np.int32)
+    lookup[present] = np.arange(len(present), dtype=np.int32)
+    table = token_text.table(present)
+    texts = pa.array([table.get(str(int(i)), "") for i in present], pa.string())
+    return pa.DictionaryArray.from_arrays(pa.array(lookup[tokens]), texts)
+
+
+def _example_ids(ids: list[str], example: np.ndarray) -> pa.DictionaryArray:
+    """The ids of the block's examples as a dictionary column (an id per example, not per row)."""
+    first, last = int(example.min()), int(example.max())
+    return pa.DictionaryArray.from_arrays(
+        pa.array((example - first).astype(np.int32)), pa.array(ids[first : last + 1], pa.string())
+    )

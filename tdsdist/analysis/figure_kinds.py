@@ -1,0 +1,195 @@
+"""One function per figure kind of `figures.py`: `(summary, label, colour)` per store in, a
+matplotlib figure with its title and one sentence of what it shows out (None: nothing to draw).
+
+Percentages are drawn as 0-100 (axis labels say "%"); intervals are the summary's 95% bootstrap
+intervals over examples, drawn as error bars or bands.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tdsdist.analysis.figures import (
+    CATEGORY_NAMES,
+    COLUMN_WIDTH_IN,
+    HEIGHT_IN,
+    TOKENS_SHOWN,
+    finite,
+    shifted_tokens,
+    visible_token,
+)
+
+Stores = list[tuple[dict[str, Any], str, str]]
+Drawn = tuple[Any, str, str] | None
+
+
+def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs):
+    """A figure of its own, without pyplot: no global state, no interactive backend touched
+    (a notebook's backend stays as it was); `savefig` picks the writer by the file's format."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(COLUMN_WIDTH_IN, height), layout="constrained")
+    return fig, fig.subplots(rows, 1, **kwargs)
+
+
+def _legend(ax, stores: Stores) -> None:
+    """Above the axes, outside them (inside, it would hide bars or bands); drawn for one store
+    too, since it names the pair. One column: long pair names fit a paper's column."""
+    ax.figure.legend(loc="outside upper center", ncols=1, frameon=False)
+
+
+def _ci(entry: dict[str, Any] | None, scale: float = 1.0) -> tuple[float, float, float]:
+    """(value, low, high) of a summary entry `{"fraction"|"mean": x, "ci": [lo, hi]}`."""
+    entry = entry or {}
+    value = entry.get("fraction", entry.get("mean"))
+    low, high = (entry.get("ci") or [None, None])[:2]
+    return finite(value) * scale, finite(low) * scale, finite(high) * scale
+
+
+def _grouped_bars(ax, stores: Stores, values: list[list[tuple[float, float, float]]]) -> None:
+    """Bars of each store side by side per group; error bars where an interval exists."""
+    n = len(stores)
+    width = 0.8 / n
+    for j, ((_, label, colour), rows) in enumerate(zip(stores, values)):
+        x = np.arange(len(rows)) - 0.4 + width * (j + 0.5)
+        v = np.array([r[0] for r in rows])
+        err = np.clip(np.array([[r[0] - r[1], r[2] - r[0]] for r in rows]).T, 0.0, None)
+        ax.bar(x, v, width * 0.92, color=colour, label=label)
+        if np.isfinite(err).any():
+            ax.errorbar(x, v, yerr=np.nan_to_num(err), fmt="none", ecolor="#222222", elinewidth=0.7, capsize=1.5)  # fmt: skip
+
+
+def categories(stores: Stores) -> Drawn:
+    if not all(s.get("categories") for s, _, _ in stores):
+        return None
+    th = stores[0][0].get("thresholds") or {"unshifted_max": 1, "marginal_max": 3}
+    a, b = int(th["unshifted_max"]), int(th["marginal_max"])
+    ticks = [
+        f"unshifted\n(rank \u2264 {a})",
+        f"marginal\n(rank {a + 1}\u2013{b})" if b > a + 1 else f"marginal\n(rank {b})",
+        f"shifted\n(rank > {b})",
+    ]
+    fig, ax = _figure()
+    values = [[_ci(s["categories"].get(c), 100) for c in CATEGORY_NAMES] for s, _, _ in stores]
+    _grouped_bars(ax, stores, values)
+    ax.set_xticks(range(3), ticks)
+    ax.set_ylabel("share of answer positions (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Token categories by base rank")
+    _legend(ax, stores)
+    return fig, "Token categories", "Fractions of answer positions unshifted, marginal and shifted (by the base model's rank of the aligned token), 95% intervals."  # fmt: skip
+
+
+def _position_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for r in summary.get("by_position") or [] if r.get("positions") and not r.get("tail")]
+
+
+def _curve(ax, stores: Stores, key: str | None, scale: float, keys: dict[int, str] | None = None):
+    """Mean line and interval band per store, against t; `keys` overrides `key` per store."""
+    drawn = False
+    for j, (summary, label, colour) in enumerate(stores):
+        rows = _position_rows(summary)
+        k = (keys or {}).get(j, key)
+        if not rows or k is None:
+            continue
+        t = np.array([r["t"] for r in rows])
+        v, lo, hi = np.array([_ci(r.get(k), scale) for r in rows]).T
+        ax.fill_between(t, lo, hi, color=colour, alpha=0.22, linewidth=0)
+        ax.plot(t, v, color=colour, label=label, marker="o" if len(t) <= 30 else None, markersize=2)
+        drawn = True
+    return drawn
+
+
+def shift_by_position(stores: Stores) -> Drawn:
+    fig, ax = _figure()
+    if not _curve(ax, stores, "shifted", 100):
+        return _close(fig)
+    ax.set_xlabel("position t in the answer (tokens)")
+    ax.set_ylabel("shifted positions (%)")
+    ax.set_ylim(-1.5, 101.5)  # a line at 0% or 100% is drawn whole, not cut by the frame
+    ax.set_xlim(left=0)
+    ax.set_title("Shifted fraction by token position")
+    _legend(ax, stores)
+    max_t = (stores[0][0].get("intervals") or {}).get("max_t")
+    tail = f" (t \u2264 {max_t})" if max_t is not None else ""
+    return fig, "Shift by token position", f"Fraction of positions shifted at each token position{tail}, 95% interval band: Re-Align's \u201cTDS diminishes over time\u201d."  # fmt: skip
+
+
+def divergence_key(summary: dict[str, Any]) -> str | None:
+    """The exact KL(aligned || base) of the pair head where the summary has it, else the top-k KL."""
+    rows = _position_rows(summary)
+    for key in ("mean_kl_aligned_base", "mean_kl"):
+        if rows and key in rows[0]:
+            return key
+    return None
+
+
+def divergence_by_position(stores: Stores) -> Drawn:
+    keys = {j: divergence_key(s) for j, (s, _, _) in enumerate(stores)}
+    labelled = [
+        (s, label if keys[j] != "mean_kl" else f"{label}, top-k bound", colour)
+        for j, (s, label, colour) in enumerate(stores)
+    ]
+    fig, ax = _figure()
+    if not _curve(ax, labelled, None, 1.0, keys):
+        return _close(fig)
+    exact = all(k == "mean_kl_aligned_base" for k in keys.values() if k)
+    ax.set_xlabel("position t in the answer (tokens)")
+    ax.set_ylabel("mean KL(aligned \u2016 base) (nats)")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.set_title("Divergence by token position")
+    _legend(ax, labelled)
+    what = "exact, over the full vocabulary" if exact else "top-k + tail lower bound where the store has no exact KL"  # fmt: skip
+    return fig, "Divergence by token position", f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d."  # fmt: skip
+
+
+def rank_histogram(stores: Stores) -> Drawn:
+    hists = [s.get("rank_histogram") for s, _, _ in stores]
+    if not all(hists):
+        return None
+    fig, ax = _figure()
+    bins = [h["bin"] for h in hists[0]]
+    nan = float("nan")
+    values = [[(finite(h["fraction"]) * 100, nan, nan) for h in hist] for hist in hists]
+    _grouped_bars(ax, stores, values)
+    ax.set_xticks(range(len(bins)), bins)
+    ax.set_xlabel("base model's rank of the aligned model's token")
+    ax.set_ylabel("share of answer positions (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Base rank of the answer token")
+    _legend(ax, stores)
+    return fig, "Base rank histogram", "Share of answer positions by the base model's rank of the token the aligned model wrote."  # fmt: skip
+
+
+def top_shifted_tokens(stores: Stores) -> Drawn:
+    tables = [shifted_tokens(s)[:TOKENS_SHOWN] for s, _, _ in stores]
+    if not any(tables):
+        return None
+    heights = [max(len(t), 1) * 0.16 + 0.45 for t in tables]
+    fig, axes = _figure(sum(heights) + 0.25, rows=len(stores), sharex=True, height_ratios=heights)
+    axes = np.atleast_1d(axes)
+    for ax, table, (_, label, colour) in zip(axes, tables, stores):
+        y = np.arange(len(table))
+        rates = [100 * r for _, r, _, _ in table]
+        ax.barh(y, rates, color=colour, height=0.7)
+        ax.set_yticks(y, [visible_token(text) for text, _, _, _ in table])
+        ax.invert_yaxis()
+        for yi, (_, rate, hits, count) in zip(y, table):
+            ax.text(100 * rate + 1.5, yi, f"{hits}/{count}", va="center", fontsize=5.5)
+        ax.set_xlim(0, 118)
+        ax.set_title(
+            label if len(stores) > 1 else f"Most often shifted tokens ({label})", loc="left"
+        )
+        if not table:
+            ax.text(0.5, 0.5, "no token seen often enough", transform=ax.transAxes, ha="center")
+    axes[-1].set_xticks(range(0, 101, 25))
+    axes[-1].set_xlabel("shifted occurrences of the token (%)")
+    return fig, "Most shifted tokens", "Tokens most often shifted (among those seen often enough), with times shifted / times seen."  # fmt: skip
+
+
+def _close(fig) -> None:
+    """Nothing to draw: the figure is dropped (not registered anywhere, so nothing to close)."""
+    return None

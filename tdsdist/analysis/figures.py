@@ -1,0 +1,281 @@
+"""Publication figures of one or more stores, drawn from their summaries (`summary.summarize`).
+
+Each figure is one kind of statistic with every store overlaid (one Okabe-Ito colour per store,
+safe for the common colour-vision deficiencies), sized for one column of a two-column paper
+(`COLUMN_WIDTH_IN`) with fonts that stay readable there, and written as PNG (`DPI`, matplotlib's
+Agg renderer) and SVG (optionally PDF). Figures are made without pyplot, so no global figure
+state and no interactive backend are involved (a notebook's backend is left alone). A footnote line on each figure says what was filtered and how the intervals
+were computed, so a figure cut out of its context still says what it counts.
+
+    categories              unshifted / marginal / shifted fractions, 95% intervals (Re-Align)
+    shift_by_position       shifted fraction at token position t, interval band (Re-Align:
+                            "TDS diminishes over time")
+    divergence_by_position  mean KL(aligned || base) at t, interval band (Qi et al.: "a few
+                            tokens deep"); the pair head's exact KL, else the top-k lower bound
+    rank_histogram          base rank of the answer token, binned
+    top_shifted_tokens      the tokens most often shifted, one panel per store
+
+Only the summaries are read (no store), so `tdsdist report` draws the same figures from the
+summary it already has; keys a summary lacks leave their figure out instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import warnings
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+#: Okabe & Ito (2008), "Color Universal Design": distinguishable under protan/deutan/tritan vision.
+OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+COLUMN_WIDTH_IN = 3.4  # one column of ACL / ICLR / NeurIPS two-column pages (3.25-3.5 in)
+HEIGHT_IN = 2.5
+DPI = 300  # PNG: 1020 x 750 pixels at the default size
+FONT_PT = 7.0  # a paper's captions are 8-9 pt; figure text slightly smaller stays legible
+FOOTNOTE_PT = 5.5
+FOOTNOTE_CHARS = 84  # per line at FOOTNOTE_PT across COLUMN_WIDTH_IN
+TOKENS_SHOWN = 10
+TOKEN_CHARS = 16
+KINDS = (
+    "categories",
+    "shift_by_position",
+    "divergence_by_position",
+    "rank_histogram",
+    "top_shifted_tokens",
+)
+CATEGORY_NAMES = ("unshifted", "marginal", "shifted")
+RC = {
+    "font.size": FONT_PT,
+    "axes.titlesize": FONT_PT + 0.5,
+    "axes.labelsize": FONT_PT,
+    "xtick.labelsize": FONT_PT - 0.5,
+    "ytick.labelsize": FONT_PT - 0.5,
+    "legend.fontsize": FONT_PT - 0.5,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.2,
+    "text.parse_math": False,  # a token or model name with "$" is text, never mathtext
+    "svg.hashsalt": "tdsdist",  # the same figure gives the same SVG bytes
+    "svg.fonttype": "path",  # the SVG needs no fonts where it is opened
+}
+
+
+def pair_label(summary: dict[str, Any]) -> str:
+    """`aligned vs base` with each model's short name (the last part of a path or hub id)."""
+    config = summary.get("config") or {}
+    names = [_short(config.get(k)) for k in ("aligned", "base")]
+    if all(names):
+        return f"{names[0]} vs {names[1]}"
+    return _short(summary.get("store")) or "store"
+
+
+def _short(name: Any) -> str:
+    return PurePosixPath(str(name).rstrip("/")).name if name else ""
+
+
+def store_labels(summaries: list[dict[str, Any]]) -> list[str]:
+    """One legend label per store: the pair, then its templates, then its folder where needed to
+    tell two stores apart (the same pair scored plain and with URIAL, say)."""
+    labels = [pair_label(s) for s in summaries]
+    for extra in (_templates, lambda s: _short(s.get("store")), lambda s: str(s.get("store"))):
+        parts = [extra(s) for s in summaries]
+        for label in {x for x in labels if labels.count(x) > 1}:
+            group = [i for i, x in enumerate(labels) if x == label]
+            if len({parts[i] for i in group}) > 1:  # this part tells them apart: add it
+                for i in group:
+                    labels[i] = f"{label} ({parts[i]})" if parts[i] else label
+    return labels
+
+
+def _templates(summary: dict[str, Any]) -> str:
+    config = summary.get("config") or {}
+    a, b = config.get("aligned_template"), config.get("base_template")
+    return f"{a or '-'}/{b or '-'}" if a or b else ""
+
+
+def footnote(summary: dict[str, Any]) -> str:
+    """What the figure counts: the filters and the intervals' method (from the summary)."""
+    excluded = summary.get("excluded") or {}
+    parts = []
+    if excluded.get("first"):
+        n = int(excluded["first"])
+        parts.append(
+            f"the first {n} positions of each answer" if n > 1 else "each answer's first position"
+        )
+    if excluded.get("special_token_ids"):
+        parts.append("special tokens (EOS among them)")
+    text = "Left out: " + "; ".join(parts) + "." if parts else "No positions filtered."
+    intervals = summary.get("intervals") or {}
+    if intervals.get("resamples"):
+        text += f" 95% intervals: bootstrap over examples, {intervals['resamples']} resamples."
+    return text
+
+
+def shifted_tokens(summary: dict[str, Any]) -> list[tuple[str, float, int, int]]:
+    """(token text, shifted rate, times shifted, times seen) of the summary's token table: the
+    one place that knows its keys (`shifted_rate`, or the older `shift_rate`, or the counts)."""
+    out = []
+    for row in summary.get("top_shifted_tokens") or []:
+        count = int(row.get("count") or 0)
+        hits = int(row.get("shifted") or 0)
+        rate = row.get("shifted_rate", row.get("shift_rate"))
+        if rate is None and count:
+            rate = hits / count
+        if rate is not None:
+            out.append((str(row.get("token", row.get("token_id", "?"))), float(rate), hits, count))
+    return out
+
+
+def visible_token(text: str) -> str:
+    """A token as the report shows it: spaces and newlines visible, control characters escaped."""
+    if text == "":
+        return "\u2205"
+    for a, b in ((" ", "\u2423"), ("\n", "\u21b5"), ("\t", "\u21e5")):
+        text = text.replace(a, b)
+    text = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
+    return text if len(text) <= TOKEN_CHARS else text[: TOKEN_CHARS - 1] + "\u2026"
+
+
+def write_figures(
+    summaries: list[dict[str, Any]], folder: Path, formats: tuple[str, ...] = ("png", "svg")
+) -> list[dict[str, Any]]:
+    """Draw every kind the summaries support into `folder`; one index entry per figure.
+
+    Stores without positions are left out of the figures (their summaries hold no curve);
+    when none has any, nothing is drawn and the list is empty.
+    """
+    import matplotlib
+
+    from tdsdist.analysis import figure_kinds
+
+    labels = store_labels(summaries)
+    kept = [(s, lab, OKABE_ITO[i % len(OKABE_ITO)]) for i, (s, lab) in enumerate(zip(summaries, labels)) if s.get("positions")]  # fmt: skip
+    if not kept:
+        return []
+    note = footnote(kept[0][0])
+    entries = []
+    with matplotlib.rc_context(RC), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        for kind in KINDS:
+            drawn = getattr(figure_kinds, kind)(kept)
+            if drawn is None:
+                continue
+            fig, title, shows = drawn
+            _add_footnote(fig, note)
+            files = []
+            for fmt in formats:
+                name = f"{kind}.{fmt}"
+                fig.savefig(folder / name, dpi=DPI, metadata=_metadata(fmt))
+                files.append(name)
+            width, height = (int(round(x * DPI)) for x in fig.get_size_inches())
+            entries.append(
+                {"kind": kind, "title": title, "shows": shows, "files": files,
+                 "width_px": width, "height_px": height, "footnote": note}
+            )  # fmt: skip
+    return entries
+
+
+def _add_footnote(fig, note: str) -> None:
+    """The footnote under the axes, in space the layout leaves free for it."""
+    lines = textwrap.wrap(note, FOOTNOTE_CHARS)
+    height = fig.get_size_inches()[1]
+    margin = (FOOTNOTE_PT * (1.25 * len(lines) + 1.0) / 72) / height
+    fig.get_layout_engine().set(rect=(0, margin, 1, 1 - margin))
+    text = "\n".join(lines)
+    fig.text(0.01, 0.012, text, fontsize=FOOTNOTE_PT, color="#444444", ha="left", va="bottom")
+
+
+def _metadata(fmt: str) -> dict[str, Any]:
+    """No timestamps: the same summaries give the same files."""
+    none = {"svg": ("Date", "Creator", "Format", "Type"), "pdf": ("CreationDate",)}
+    return dict.fromkeys(none.get(fmt, ()))  # all None: no <metadata> block in the SVG
+
+
+def finite(x: Any) -> float:
+    """A summary number as a float, NaN for null or infinite (matplotlib skips NaN)."""
+    return float(x) if x is not None and np.isfinite(x) else float("nan")
+
+
+MARKER = ".tdsdist-figures"
+INDEX = "figures.json"
+
+
+def write_figure_folder(
+    summaries: list[dict[str, Any]],
+    out: Path,
+    options: dict[str, Any],
+    formats: tuple[str, ...] = ("png", "svg"),
+) -> dict[str, Any]:
+    """`tdsdist figures`: every figure and `figures.json` into the folder `out`, built beside it
+    and moved into place (an error leaves `out` as it was). `out` must be new, empty, or an
+    earlier figures folder (replaced). A store with no position to draw is an error, never a
+    figure that silently lacks it."""
+    import json
+
+    import tdsdist
+    from tdsdist.errors import TdsError
+    from tdsdist.files import publish, staged_folder
+
+    out = Path(out)
+    _check_out(out)
+    for s in summaries:
+        if not s.get("positions"):
+            excluded = (s.get("excluded") or {}).get("positions", 0)
+            raise TdsError(
+                f"{s.get('store')}: no positions to draw ({excluded} left out by the filters,"
+                f" {s.get('pending_units', 0)} units pending)"
+            )
+    with staged_folder(out) as tmp:
+        entries = write_figures(summaries, tmp, formats)
+        index = {
+            "written_by": f"tdsdist {tdsdist.__version__} figures",
+            "stores": [str(s.get("store")) for s in summaries],
+            "labels": store_labels(summaries),
+            "options": options,
+            "dpi": DPI,
+            "figures": entries,
+        }
+        (tmp / INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+        (tmp / MARKER).write_text("written by `tdsdist figures`; the next run replaces this folder\n")  # fmt: skip
+        publish(tmp, out, replace=True)
+    return index
+
+
+def _check_out(out: Path) -> None:
+    from tdsdist.errors import TdsError
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TdsError(f"{out}: exists and is not a folder")
+    if any(out.iterdir()) and not (out / MARKER).exists():
+        raise TdsError(
+            f"{out}: folder is not empty and is not a tdsdist figures folder; give a new or empty folder"  # fmt: skip
+        )
+
+
+def report_figures(site: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The figures of `tdsdist report`'s index page: SVG files under `site/figures/`, drawn from
+    the report's own summary; entries for `data/index.js` (`src` relative to the site).
+
+    The site's copies carry no URL-like string but the SVG namespace name (no DOCTYPE, `href`
+    instead of the older `xlink:href`), as every file of the site (see `report.py`)."""
+    folder = site / "figures"
+    folder.mkdir()
+    entries = write_figures([summary], folder, formats=("svg",))
+    for e in entries:
+        path = folder / e["files"][0]
+        path.write_text(site_svg(path.read_text(encoding="utf-8")), encoding="utf-8")
+    keep = ("kind", "title", "shows", "footnote", "width_px", "height_px")
+    return [{"src": f"figures/{e['files'][0]}", **{k: e[k] for k in keep}} for e in entries]
+
+
+def site_svg(text: str) -> str:
+    """Matplotlib's SVG without its DOCTYPE (a DTD address) and with SVG 2's `href`."""
+    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text, count=1)
+    text = text.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "")
+    return text.replace("xlink:href=", "href=")

@@ -6,6 +6,7 @@ df = store.dataframe("3")            # the same as a pandas DataFrame (tokens de
 ranks = store.array("base/rank")     # the whole zarr array, lazy: slice what you need
 store.summary()                      # what `tdsdist analyze --json` prints
 store.example("3")["js"]             # exact divergences per position (stores of format 2)
+store.inputs("3")                    # the instruction and both models' context ids (and text)
 """
 
 from __future__ import annotations
@@ -112,6 +113,24 @@ class TdsStore:
             for name in DIVERGENCES:
                 frame[name] = ex[name]
         return frame
+
+    def inputs(self, example_id: str | int, decode: bool = True) -> dict[str, Any]:
+        """What the models saw before the answer: `instruction` (str), `aligned_context` and
+        `base_context` (int32 ids) and, with `decode`, `aligned_context_text` and
+        `base_context_text` (special tokens kept). None for what the store did not record
+        (stores of earlier releases; the base side of a store `generate` recorded, until scored)."""
+        from tdsdist.store_contexts import StoredContexts, decode_context
+
+        index = self._store.example_index(str(example_id))
+        stored = StoredContexts(self._store)
+        out: dict[str, Any] = {"instruction": stored.instruction(index)}
+        for model in MODELS:
+            ids = stored.ids(index, model)
+            out[f"{model}_context"] = ids
+            if decode:
+                text = None if ids is None else decode_context(self.tokenizer, ids)
+                out[f"{model}_context_text"] = text
+        return out
 
     def summary(self, **kwargs: Any) -> dict[str, Any]:
         from tdsdist.analysis.summary import summarize

@@ -66,7 +66,8 @@ class TdsStore:
     def example(self, example_id: str | int) -> dict[str, np.ndarray]:
         """Per-position arrays of one example: `token_id`, `kl`, `category` (0/1/2) and
         `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}`, plus
-        `base_logprobs_at_aligned_top`; with `has_divergences` also `kl_aligned_base`,
+        `base_logprobs_at_aligned_top` and `base_top1_differs` (the base top 1 is not the aligned
+        top 1, the positions AlignTDS marks); with `has_divergences` also `kl_aligned_base`,
         `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
         `aligned_rank_of_base_top1`."""
         index = self._store.example_index(str(example_id))
@@ -87,6 +88,7 @@ class TdsStore:
                     key = c.name if group == "positions" else f"{group}_{c.name}"
                     out[key] = self._store.read(f"{group}/{c.name}", rows)
         out["category"] = categories(out["base_rank"])
+        out["base_top1_differs"] = out["base_top_ids"][:, 0] != out["aligned_top_ids"][:, 0]
         return out
 
     def dataframe(self, example_id: str | int):
@@ -101,6 +103,7 @@ class TdsStore:
                 "token": [self.tokenizer.decode([int(i)]) for i in ex["token_id"]],
                 "category": pd.Categorical.from_codes(ex["category"], categories=list(CATEGORIES)),
                 "kl": ex["kl"],
+                "base_top1_differs": ex["base_top1_differs"],
             }
         )
         for model in MODELS:

@@ -112,6 +112,8 @@ def test_show_prints_the_instruction_and_both_contexts(scored) -> None:
         differs = [p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]]
         base_top, aligned_top = (store.read(f"{m}/top_ids", store.rows(e))[:, 0] for m in ("base", "aligned"))  # fmt: skip
         assert differs == (base_top != aligned_top).tolist()
+        api_example = tdsdist.open_store(store_path).example(item.example.id)
+        assert api_example["base_top1_differs"].tolist() == differs
         text = invoke("show", store_path, "--example", item.example.id).output
         assert "instruction:\n" + "".join(f"  {line}\n" for line in item.example.instruction.split("\n")) in text  # fmt: skip
         assert f"aligned context ({len(item.aligned_context)} tokens" in text
@@ -144,6 +146,8 @@ def test_stores_without_contexts_say_not_recorded_and_still_resume(old: Path, mo
         "instruction": None, "aligned_context": None, "aligned_context_text": None,
         "base_context": None, "base_context_text": None,
     }  # fmt: skip
+    frame = tdsdist.open_store("complete.zarr").dataframe("0")
+    assert frame["base_top1_differs"].tolist() == [p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]]  # fmt: skip
     # Resuming a 0.1.0 store needs no contexts and adds none: it stays a format-1 store.
     score = ["--aligned", "models/aligned", "--base", "models/base", "--data", "data.json", "--unit-size", "2", "--max-output-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
     result = invoke("score", *score, "--store", "partial.zarr")

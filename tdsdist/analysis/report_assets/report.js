@@ -496,7 +496,8 @@
       el("header", { class: "top" }, [
         el("h1", { text: "Token distribution shift" }),
         el("p", { class: "lede", text: "Each token of the aligned model's answer, ranked under the base model's next-token distribution given the same prefix." }),
-        configLine(s.config || store.config, store)
+        configLine(s.config || store.config, store),
+        indexFiltersLine(data.filters, s.excluded)
       ]),
       el("section", { class: "cards", "aria-label": "Summary" }, [
         el("div", { class: "card", id: "categories" }, [el("h2", { text: "Categories" }), categoryBar(cats, th), legend(th, cats)]),
@@ -689,6 +690,16 @@
       el("span", { class: "tok excluded", "aria-hidden": "true", text: "greyed" }),
       " (the numbers above count the others)."
     ]);
+  }
+
+  /** The index header's line about the filters the summary was computed with (none: nothing). */
+  function indexFiltersLine(f, excluded) {
+    if (!f) return null;
+    var parts = [];
+    if (f.exclude_first) parts.push("each answer's first " + f.exclude_first + " position" + (f.exclude_first === 1 ? "" : "s"));
+    if (f.exclude_special_tokens) parts.push("special tokens (" + (f.special_tokens || []).join(" ") + ")");
+    var n = excluded && isNum(excluded.positions) ? " (" + count(excluded.positions) + " positions)" : "";
+    return el("p", { class: "filters", id: "filters", text: "Summary filters: " + parts.join(" and ") + " left out of every number here" + n + "; the example pages grey them out." });
   }
 
   /** What the models saw: the instruction and both contexts (template visible), collapsible. */

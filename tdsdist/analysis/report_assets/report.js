@@ -681,9 +681,7 @@
   function filtersLine(d) {
     var f = d.filters;
     if (!f) return null;
-    var parts = [];
-    if (f.exclude_first) parts.push("each answer's first " + f.exclude_first + " position" + (f.exclude_first === 1 ? "" : "s"));
-    if (f.exclude_special_tokens) parts.push("special tokens (" + (f.special_tokens || []).join(" ") + ")");
+    var parts = filterParts(f);
     var n = (d.excluded || []).filter(function (x) { return x; }).length;
     return el("p", { class: "filters", id: "filters" }, [
       "Summary filters: " + parts.join(" and ") + " are left out of the summary; here " + count(n) + " of " + count(d.n) + " positions, shown ",
@@ -692,12 +690,19 @@
     ]);
   }
 
+  /** What the filters leave out, in words: ["each answer's first 2 positions", "special tokens (...)"]. */
+  function filterParts(f) {
+    var parts = [];
+    if (f.exclude_first === 1) parts.push("each answer's first position");
+    else if (f.exclude_first) parts.push("each answer's first " + f.exclude_first + " positions");
+    if (f.exclude_special_tokens) parts.push("special tokens (" + (f.special_tokens || []).join(" ") + ")");
+    return parts;
+  }
+
   /** The index header's line about the filters the summary was computed with (none: nothing). */
   function indexFiltersLine(f, excluded) {
     if (!f) return null;
-    var parts = [];
-    if (f.exclude_first) parts.push("each answer's first " + f.exclude_first + " position" + (f.exclude_first === 1 ? "" : "s"));
-    if (f.exclude_special_tokens) parts.push("special tokens (" + (f.special_tokens || []).join(" ") + ")");
+    var parts = filterParts(f);
     var n = excluded && isNum(excluded.positions) ? " (" + count(excluded.positions) + " positions)" : "";
     return el("p", { class: "filters", id: "filters", text: "Summary filters: " + parts.join(" and ") + " left out of every number here" + n + "; the example pages grey them out." });
   }

@@ -26,6 +26,7 @@ from functools import cached_property
 import numpy as np
 import zarr
 
+from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.store import CHECKSUM, COMPRESSOR, MODELS, Store
 
@@ -116,7 +117,7 @@ class StoredContexts:
     def instructions(self) -> list[str] | None:
         if self.group is None or "instruction" not in self.group:
             return None
-        return [str(x) for x in self.store.read(f"{GROUP}/instruction")]
+        return [str(x) for x in self._read("instruction")]
 
     def instruction(self, index: int) -> str | None:
         return None if self.instructions is None else self.instructions[index]
@@ -126,14 +127,27 @@ class StoredContexts:
 
     @cached_property
     def _offsets(self) -> dict[str, np.ndarray]:
-        return {m: self.store.read(f"{GROUP}/{m}/offset") for m in MODELS if self.has(m)}
+        return {m: self._read(f"{m}/offset") for m in MODELS if self.has(m)}
 
     def ids(self, index: int, model: str) -> np.ndarray | None:
         """`[C_e]` int32: the ids `model` saw before example `index`'s first answer token."""
         if model not in self._offsets:
             return None
         lo, hi = self._offsets[model][index : index + 2]
-        return self.store.read(f"{GROUP}/{model}/ids", slice(int(lo), int(hi)))
+        return self._read(f"{model}/ids", slice(int(lo), int(hi)))
+
+    def _read(self, name: str, rows: slice = slice(None)) -> np.ndarray:
+        """A damaged chunk is an error naming the array, never other text or ids."""
+        try:
+            return self.group[name][rows]
+        except ValueError as e:
+            if "checksum" not in str(e):
+                raise
+            raise TdsError(
+                f"{self.store.path}: {GROUP}/{name}: damaged data (checksum mismatch); the"
+                " contexts are written once, when the store is made: restore the store from a copy"
+                " (the scores do not depend on this group)"
+            ) from None
 
 
 def decode_context(tokenizer, ids: np.ndarray) -> str:

@@ -94,6 +94,19 @@ def test_a_scored_store_holds_the_plans_instruction_and_contexts(scored) -> None
     assert store.format_version == 2
 
 
+def test_a_damaged_context_chunk_is_an_error_naming_the_array(scored, tmp_path: Path) -> None:
+    store_path, _ = scored
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(store_path, copy)
+    chunk = copy / GROUP / "base" / "ids" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["show", str(copy), "--example", "a"])
+    assert result.exit_code == 2 and f"{GROUP}/base/ids: damaged data" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_show_prints_the_instruction_and_both_contexts(scored) -> None:
     store_path, args = scored
     store = Store(store_path, mode="r")

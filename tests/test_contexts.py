@@ -132,6 +132,9 @@ def test_show_prints_the_instruction_and_both_contexts(scored) -> None:
         assert f"aligned context ({len(item.aligned_context)} tokens" in text
         assert f"base context ({len(item.base_context)} tokens" in text
         assert "  <s># Query:" in text
+        for model in MODELS:  # every line of each context, indented, spaces kept
+            context = got["contexts"][model]["text"]
+            assert "\n".join("  " + line for line in context.split("\n")) in text
         rows = [line for line in text.splitlines() if line[:4].strip().isdigit()]
         assert [line.endswith(" *") for line in rows] == differs
     api = tdsdist.open_store(store_path).inputs("b")

@@ -97,7 +97,7 @@ def inputs_record(store: Store, index: int, tokenizer) -> dict[str, Any]:
 def _block(title: str, text: str | None) -> list[str]:
     if text is None:
         return [f"{title}: {NOT_RECORDED}"]
-    return [f"{title}:", *("  " + line for line in text.split("\n")), ""]
+    return [f"{title}:", *("  " + line for line in text.split("\n")), ""]  # spaces kept as they are
 
 
 def render_inputs(record: dict[str, Any]) -> list[str]:
@@ -131,9 +131,9 @@ def render_text(record: dict[str, Any]) -> str:
         marked |= differs
         lines.append(
             f"{p['t']:>4}  {token:<16} {p['base']['rank']:>9} {p['base']['logprob']:>8.3f}"
-            f" {p['aligned']['logprob']:>10.3f}{divergence}  {p['category']:<9}"
-            + (" *" if differs else "")
+            f" {p['aligned']['logprob']:>10.3f}{divergence}  "
+            + (f"{p['category']:<9} *" if differs else p["category"])
         )
     if marked:
         lines += ["", "* base top-1 differs from aligned top-1"]
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(lines)

@@ -6,6 +6,7 @@ df = store.dataframe("3")            # the same as a pandas DataFrame (tokens de
 ranks = store.array("base/rank")     # the whole zarr array, lazy: slice what you need
 store.summary()                      # what `tdsdist analyze --json` prints
 store.example("3")["js"]             # exact divergences per position (stores of format 2)
+store.inputs("3")                    # the instruction and both models' context ids (and text)
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class TdsStore:
     def example(self, example_id: str | int) -> dict[str, np.ndarray]:
         """Per-position arrays of one example: `token_id`, `kl`, `category` (0/1/2) and
         `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}`, plus
-        `base_logprobs_at_aligned_top`; with `has_divergences` also `kl_aligned_base`,
+        `base_logprobs_at_aligned_top` and `base_top1_differs` (the base top 1 is not the aligned
+        top 1, the positions AlignTDS marks); with `has_divergences` also `kl_aligned_base`,
         `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
         `aligned_rank_of_base_top1`."""
         index = self._store.example_index(str(example_id))
@@ -86,6 +88,7 @@ class TdsStore:
                     key = c.name if group == "positions" else f"{group}_{c.name}"
                     out[key] = self._store.read(f"{group}/{c.name}", rows)
         out["category"] = categories(out["base_rank"])
+        out["base_top1_differs"] = out["base_top_ids"][:, 0] != out["aligned_top_ids"][:, 0]
         return out
 
     def dataframe(self, example_id: str | int):
@@ -100,6 +103,7 @@ class TdsStore:
                 "token": [self.tokenizer.decode([int(i)]) for i in ex["token_id"]],
                 "category": pd.Categorical.from_codes(ex["category"], categories=list(CATEGORIES)),
                 "kl": ex["kl"],
+                "base_top1_differs": ex["base_top1_differs"],
             }
         )
         for model in MODELS:
@@ -112,6 +116,24 @@ class TdsStore:
             for name in DIVERGENCES:
                 frame[name] = ex[name]
         return frame
+
+    def inputs(self, example_id: str | int, decode: bool = True) -> dict[str, Any]:
+        """What the models saw before the answer: `instruction` (str), `aligned_context` and
+        `base_context` (int32 ids) and, with `decode`, `aligned_context_text` and
+        `base_context_text` (special tokens kept). None for what the store did not record
+        (stores of earlier releases; the base side of a store `generate` recorded, until scored)."""
+        from tdsdist.store_contexts import StoredContexts, decode_context
+
+        index = self._store.example_index(str(example_id))
+        stored = StoredContexts(self._store)
+        out: dict[str, Any] = {"instruction": stored.instruction(index)}
+        for model in MODELS:
+            ids = stored.ids(index, model)
+            out[f"{model}_context"] = ids
+            if decode:
+                text = None if ids is None else decode_context(self.tokenizer, ids)
+                out[f"{model}_context_text"] = text
+        return out
 
     def summary(self, **kwargs: Any) -> dict[str, Any]:
         from tdsdist.analysis.summary import summarize

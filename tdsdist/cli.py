@@ -440,19 +440,36 @@ def verify_command(store_dir: str, repair: bool) -> None:
     type=click.Path(file_okay=False),
     help="Folder of the site (new, empty, or an earlier report: replaced).",
 )
+@click.option(
+    "--exclude-first",
+    default=0,
+    show_default=True,
+    help="Leave out each answer's first N positions (as analyze; marked on the example pages).",
+)
+@click.option(
+    "--exclude-special-tokens",
+    is_flag=True,
+    help="Leave out EOS and every special token of the stored tokenizer (as analyze).",
+)
 @user_errors
-def report_command(store_dir: str, out_dir: str) -> None:
+def report_command(
+    store_dir: str, out_dir: str, exclude_first: int, exclude_special_tokens: bool
+) -> None:
     """A static HTML report (summary, every example token by token); opens offline from file://."""
     import time
     from pathlib import Path
 
     from tdsdist.analysis.report import write_report
-    from tdsdist.analysis.summary import summarize
+    from tdsdist.analysis.summary import Filters, summarize
     from tdsdist.store import Store
 
+    try:
+        filters = Filters(exclude_first, exclude_special_tokens)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
     start = time.perf_counter()
     store = Store(store_dir, mode="r")
-    index = write_report(store, Path(out_dir), summarize(store))
+    index = write_report(store, Path(out_dir), summarize(store, filters=filters), filters)
     files = [p for p in index.parent.rglob("*") if p.is_file()]
     size = sum(p.stat().st_size for p in files)
     click.echo(

@@ -16,6 +16,8 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
     base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
     tokenizer/<file name>          [bytes] uint8: the tokenizer files, so analysis needs no model
+    contexts/...                   optional: the instruction and both contexts' ids per example
+                                   (`store_contexts.py`; absent in older stores: "not recorded")
 
 Each unit's rows start on a chunk boundary and span whole chunks, so two writers never touch the
 same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). In
@@ -33,7 +35,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
@@ -42,6 +44,9 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.units import unit_ranges
+
+if TYPE_CHECKING:
+    from tdsdist.store_contexts import ExampleContexts
 
 #: 1: tdsdist 0.1.0 (one head per model, top-k KL only). 2: the pair head's arrays (exact
 #: divergences, ties, both top-k cross log-probabilities) and a crc32c checksum on every chunk of
@@ -181,10 +186,12 @@ def create(
     tokenizer,
     overwrite: bool,
     chunk: int = CHUNK_POSITIONS,
+    contexts: ExampleContexts | None = None,
 ) -> Store:
     """Write the store's skeleton into a temporary folder, then move it into place.
 
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
+    `contexts` (what each model saw) is optional: stores without it keep working.
     """
     path = Path(path)
     with staged_folder(path) as tmp:
@@ -211,6 +218,8 @@ def create(
                 _array(group, c.name, shape, c.dtype, chunk, fill=c.fill, checksum=True)
         root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
         _save_tokenizer(root.create_group("tokenizer"), tokenizer)
+        if contexts is not None:
+            contexts.write(root)
         root.attrs["tdsdist"] = {
             **meta,
             "format_version": FORMAT_VERSION,

@@ -38,6 +38,7 @@ from tdsdist.errors import TdsError
 from tdsdist.jobs.demo import demo_data_path
 from tdsdist.metrics import CATEGORIES, topk_kl
 from tdsdist.store import MODELS, Store, create
+from tdsdist.store_contexts import StoredContexts, decode_context
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(2)>"
@@ -494,6 +495,7 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     # Index: summary, charts, table sorted by shifted fraction, descending.
     page.goto((scored_site / "index.html").as_uri())
     page.wait_for_selector("#examples-table tbody tr")
+    assert page.locator("#filters").count() == 0  # no filters: nothing said
     assert page.locator("h1").inner_text() == "Token distribution shift"
     assert "unshifted" in page.locator("#categories").inner_text()
     assert page.locator("svg.chart").count() >= 5
@@ -562,6 +564,25 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     assert page.locator("#panel .prefix").inner_text() == tokenizer.decode(token_ids[: t + 1])
     page.screenshot(path=str(tmp_path / "example.png"))
 
+    # What the models saw: the instruction (open), both contexts (collapsed until opened), as the
+    # store holds them, special tokens and whitespace kept; the base top-1 marker on the tokens.
+    stored = StoredContexts(store)
+    assert page.locator("#instruction-text").inner_text() == stored.instruction(1)
+    for model in MODELS:
+        text = decode_context(tokenizer, stored.ids(1, model))
+        box = page.locator(f"#context-{model}-text")
+        assert not box.is_visible() and box.text_content() == text
+        page.click(f"#context-{model} summary")
+        assert box.is_visible() and box.inner_text() == text
+        assert box.evaluate("e => getComputedStyle(e).whiteSpace") == "pre-wrap"
+        assert f"({len(stored.ids(1, model))} tokens" in page.locator(f"#context-{model} summary").inner_text()  # fmt: skip
+    assert page.locator("#context-base-text").inner_text().startswith("<s># Query:")
+    top = [store.read(f"{m}/top_ids", rows)[:, 0] for m in ("base", "aligned")]
+    differs_at = np.flatnonzero(top[0] != top[1]).tolist()
+    marked = page.evaluate("[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('differs') ? [i] : [])")  # fmt: skip
+    assert marked == differs_at and "differs from the aligned" in page.locator("#differs-legend").inner_text()  # fmt: skip
+    assert page.locator(".answer .tok.excluded").count() == 0 and page.locator("#filters").count() == 0  # fmt: skip
+
     # Keyboard: focus shows the panel; arrows, End move along the answer.
     tokens.nth(0).focus()
     assert "Token 1 of" in page.locator("#panel h2").inner_text()
@@ -571,6 +592,32 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     page.keyboard.press("End")
     assert f"Token {store.lengths[1]} of" in page.locator("#panel h2").inner_text()
     assert page.locator(".answer .tok[tabindex='0']").count() == 1  # one tab stop (roving)
+
+    # With analyze's filters: exactly the left-out positions greyed, said in the header and panel.
+    filtered = tmp_path / "filtered"
+    result = CliRunner().invoke(main, ["report", str(scored), "-o", str(filtered), "--exclude-first", "2", "--exclude-special-tokens"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    page.goto((filtered / "index.html").as_uri())
+    page.wait_for_selector("#examples-table tbody tr")
+    left_out = data_of(filtered, "index.js")[0]["summary"]["excluded"]["positions"]
+    assert "first 2 positions and special tokens" in page.locator("#filters").inner_text()
+    assert f"({left_out} positions)" in page.locator("#filters").inner_text()
+    page.goto((filtered / "example.html").as_uri() + "?ex=1")
+    page.wait_for_selector(".answer .tok")
+    special = set(tokenizer.all_special_ids)
+    expected = [i for i, tok in enumerate(token_ids.tolist()) if i < 2 or tok in special]
+    greyed = page.evaluate("[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('excluded') ? [i] : [])")  # fmt: skip
+    assert greyed == expected
+    header = page.locator("#filters").inner_text()
+    assert "first 2 positions" in header and f"{len(expected)} of {store.lengths[1]} positions" in header  # fmt: skip
+    page.locator(".answer .tok").nth(0).click()
+    assert "first 2 positions" in page.locator("#panel-excluded").inner_text()
+    assert metric(page, "in the summary").startswith("left out")
+    page.locator(".answer .tok").nth(3).click()
+    assert metric(page, "in the summary") == "counted" and page.locator("#panel-excluded").count() == 0  # fmt: skip
+    page.screenshot(path=str(tmp_path / "filtered.png"))
+    page.goto((scored_site / "example.html").as_uri() + "?ex=1")
+    page.wait_for_selector(".answer .tok")
 
     # Previous / next.
     page.click("nav.exnav a[rel=next]")

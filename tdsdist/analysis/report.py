@@ -25,6 +25,11 @@ in integer thousandths); stores of format 2 add `divergence` (`kl_aligned_base`,
 where token t ends in it (UTF-16 units, as JavaScript slices strings). `strings` maps every id
 used to `tokenizer.decode([id])` (SentencePiece's word-initial space restored). Numbers are
 rounded to what the page shows. About 300 bytes per position with k >= 10.
+
+Also per example: `instruction` and `contexts` (per model `{text, n}`, the context the model saw,
+decoded with its special tokens; null where the store did not record it), `excluded` (per
+position: left out of the summary by the filters, `report_example.py`) and `filters` (null without
+filters; also in `data/index.js`). With filters, an example's `stats` count its kept positions.
 """
 
 from __future__ import annotations
@@ -39,11 +44,19 @@ from typing import Any
 import numpy as np
 
 from tdsdist.analysis.figures import report_figures
+from tdsdist.analysis.report_example import (
+    excluded_positions,
+    filters_record,
+    inputs_for_page,
+    special_ids,
+)
+from tdsdist.analysis.summary import Filters
 from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.metrics import categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
+from tdsdist.store_contexts import StoredContexts
 
 MARKER = ".tdsdist-report"
 TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store kept fewer)
@@ -83,10 +96,11 @@ def read_js_call(text: str) -> list[Any]:
     return json.loads("[" + rest[: -len(");\n")] + "]")
 
 
-def write_report(store: Store, out: Path, summary: dict) -> Path:
+def write_report(store: Store, out: Path, summary: dict, filters: Filters = Filters()) -> Path:
     """Write the site of `store` into the folder `out` and return the path of its `index.html`.
 
-    `summary` is `tdsdist.analysis.summary.summarize(store)` (keys missing from it are shown as absent).
+    `summary` is `tdsdist.analysis.summary.summarize(store)` (keys missing from it are shown as absent),
+    computed with `filters`, whose left-out positions the example pages mark.
     `out` must be new, empty, or an earlier report (it is then replaced). The site is built in a
     temporary sibling folder and moved into place, so an error leaves `out` as it was.
     """
@@ -95,7 +109,7 @@ def write_report(store: Store, out: Path, summary: dict) -> Path:
     with staged_folder(out) as tmp:
         _copy_assets(tmp)
         (tmp / "data").mkdir()
-        rows = _write_examples(store, tmp / "data", summary)
+        rows, filtered = _write_examples(store, tmp / "data", summary, filters)
         index = {
             "summary": _plain(summary),
             "examples": rows,
@@ -110,6 +124,7 @@ def write_report(store: Store, out: Path, summary: dict) -> Path:
             },
             "thresholds": _thresholds(summary),
             "figures": report_figures(tmp, summary) if summary.get("positions") else [],
+            "filters": filtered,
         }
         (tmp / "data" / "index.js").write_text(js_call("index", index), encoding="utf-8")
         (tmp / MARKER).write_text(
@@ -194,8 +209,9 @@ def _blocks(indices: list[int], offsets: np.ndarray, lengths: np.ndarray):
         yield run
 
 
-def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str, Any]]:
-    """Write `ex-N.js` for each example of a committed unit; return the rows of the index."""
+def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters):
+    """Write `ex-N.js` for each example of a committed unit; return the rows of the index and
+    the filters' record."""
     n_examples = len(store.ids)
     offsets, lengths = store.offsets, store.lengths
     unit_size = int(store.meta["unit_size"])
@@ -211,6 +227,9 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
     tokenizer = store.tokenizer()
     token_text = TokenText(tokenizer)
     all_tokens = store.read("positions/token_id")
+    special = special_ids(store, filters)
+    filtered = filters_record(filters, special, tokenizer)
+    stored = StoredContexts(store)
     rows: list[dict[str, Any]] = []
     for i in range(n_examples):  # pending examples: their answers are known, their scores not
         if done[i // unit_size]:
@@ -235,7 +254,11 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
         for i in run:
             a, b = int(offsets[i]) - lo, int(offsets[i] + lengths[i]) - lo
             data = {name: values[a:b] for name, values in block.items()}
-            record, row = _example(store, i, data, tokenizer, token_text, thresholds)
+            excluded = excluded_positions(filters, data["positions/token_id"], special)
+            record, row = _example(store, i, data, tokenizer, token_text, thresholds, ~excluded)
+            record.update(inputs_for_page(stored, i, tokenizer))
+            record["excluded"] = excluded.tolist()
+            record["filters"] = filtered
             record["flags"] = flags[i]
             prev, nxt = neighbours[i]
             record["prev"] = None if prev is None else {"i": prev, "id": store.ids[prev]}
@@ -243,7 +266,7 @@ def _write_examples(store: Store, folder: Path, summary: dict) -> list[dict[str,
             record["thresholds"] = thresholds
             (folder / f"ex-{i}.js").write_text(js_call("example", i, record), encoding="utf-8")
             rows[i] = row
-    return rows
+    return rows, filtered
 
 
 def _example_flags(store: Store) -> list[dict[str, Any]]:
@@ -256,7 +279,8 @@ def _example_flags(store: Store) -> list[dict[str, Any]]:
     ]
 
 
-def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, dict]:
+def _example(store, i, data, tokenizer, token_text, thresholds, keep) -> tuple[dict, dict]:
+    """The page's record and the index row; `stats` count the positions in `keep` (`[n]` bool)."""
     ids = data["positions/token_id"].tolist()
     text = tokenizer.decode(ids)
     rank = data["base/rank"]
@@ -269,11 +293,11 @@ def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, d
         )
     )
     stats = {
-        "shifted": _mean(cat == 2),
-        "marginal": _mean(cat == 1),
-        "unshifted": _mean(cat == 0),
-        "kl": _mean(kl),
-        "base_prob": _mean(np.exp(data["base/logprob"].astype(np.float64))),
+        "shifted": _mean(cat[keep] == 2),
+        "marginal": _mean(cat[keep] == 1),
+        "unshifted": _mean(cat[keep] == 0),
+        "kl": _mean(kl[keep]),
+        "base_prob": _mean(np.exp(data["base/logprob"][keep].astype(np.float64))),
     }
     record: dict[str, Any] = {
         "i": i,
@@ -299,7 +323,7 @@ def _example(store, i, data, tokenizer, token_text, thresholds) -> tuple[dict, d
             record[model]["ties"] = data[f"{model}/ties"].tolist()
     if "positions/js" in data:
         record["divergence"] = {n: _significant(data[f"positions/{n}"].astype(np.float64)) for n in DIVERGENCES}  # fmt: skip
-        stats["js"] = _mean(data["positions/js"].astype(np.float64))
+        stats["js"] = _mean(data["positions/js"][keep].astype(np.float64))
     # Where the base model's top 1 is not the aligned model's (AlignTDS marks these positions).
     record["top1_differs"] = (data["base/top_ids"][:, 0] != data["aligned/top_ids"][:, 0]).tolist()
     return record, _index_row(store, i, text, stats)

@@ -7,12 +7,15 @@ from typing import Any
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
+from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
 
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
     """The `show --json` record: per position, both models' statistics, the category, the top-k
     KL and (stores of format 2) the exact divergences and tie counts; for a format-1 store
-    (tdsdist 0.1.0) those are null: not measured."""
+    (tdsdist 0.1.0) those are null: not measured. Also what the models saw: the `instruction`
+    and, per model, the context ids and their text (special tokens kept), null where the store
+    did not record them (stores of earlier releases)."""
     index = store.example_index(example_id)
     if not store.example_unit_committed(index):
         raise TdsError(
@@ -60,18 +63,63 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
                 "aligned_logprob": float(pair["at_base_top"][t][0]),
                 "differs_from_aligned_top1": base_top1 != int(stats["aligned"]["top_ids"][t][0]),
             }
+        else:  # format 1: both top-k lists are there, the aligned view of the base top 1 is not
+            base_top1 = int(stats["base"]["top_ids"][t][0])
+            entry["base_top1"] = {
+                "token_id": base_top1,
+                "aligned_rank": None,
+                "aligned_logprob": None,
+                "differs_from_aligned_top1": base_top1 != int(stats["aligned"]["top_ids"][t][0]),
+            }
         positions.append(entry)
-    return {"id": store.ids[index], "format_version": store.format_version, "positions": positions}
+    return {
+        "id": store.ids[index],
+        "format_version": store.format_version,
+        **inputs_record(store, index, tokenizer),
+        "positions": positions,
+    }
+
+
+def inputs_record(store: Store, index: int, tokenizer) -> dict[str, Any]:
+    """`instruction` (str or None) and `contexts`: per model `{"token_ids", "text"}` or None
+    (not recorded)."""
+    stored = StoredContexts(store)
+    contexts: dict[str, Any] = {}
+    for model in MODELS:
+        ids = stored.ids(index, model)
+        contexts[model] = None if ids is None else {
+            "token_ids": ids.tolist(),
+            "text": decode_context(tokenizer, ids),
+        }  # fmt: skip
+    return {"instruction": stored.instruction(index), "contexts": contexts}
+
+
+def _block(title: str, text: str | None) -> list[str]:
+    if text is None:
+        return [f"{title}: {NOT_RECORDED}"]
+    return [f"{title}:", *("  " + line for line in text.split("\n")), ""]  # spaces kept as they are
+
+
+def render_inputs(record: dict[str, Any]) -> list[str]:
+    """The instruction and both contexts, indented, line breaks kept."""
+    lines = _block("instruction", record.get("instruction"))
+    for model in MODELS:
+        c = (record.get("contexts") or {}).get(model)
+        title = f"{model} context" + ("" if c is None else f" ({len(c['token_ids'])} tokens, special tokens shown)")  # fmt: skip
+        lines += _block(title, None if c is None else c["text"])
+    return lines + ([""] if lines[-1] else [])
 
 
 def render_text(record: dict[str, Any]) -> str:
     lines = [f"example {record['id']}: {len(record['positions'])} positions", ""]
+    lines += render_inputs(record)
     exact = bool(record["positions"]) and record["positions"][0]["divergence"] is not None
     lines.append(
         f"{'t':>4}  {'token':<16} {'base rank':>9} {'base lp':>8} {'aligned lp':>10}"
         + (f" {'KL(a||b)':>8} {'JS':>7}" if exact else f" {'kl top-k':>8}")
         + "  category"
     )
+    marked = False
     for p in record["positions"]:
         token = repr(p["token"])[1:-1][:16]
         divergence = (
@@ -79,8 +127,13 @@ def render_text(record: dict[str, Any]) -> str:
             if exact
             else f" {p['kl']:>8.3f}"
         )
+        differs = bool((p.get("base_top1") or {}).get("differs_from_aligned_top1"))
+        marked |= differs
         lines.append(
             f"{p['t']:>4}  {token:<16} {p['base']['rank']:>9} {p['base']['logprob']:>8.3f}"
-            f" {p['aligned']['logprob']:>10.3f}{divergence}  {p['category']}"
+            f" {p['aligned']['logprob']:>10.3f}{divergence}  "
+            + (f"{p['category']:<9} *" if differs else p["category"])
         )
+    if marked:
+        lines += ["", "* base top-1 differs from aligned top-1"]
     return "\n".join(lines)

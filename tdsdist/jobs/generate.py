@@ -52,6 +52,7 @@ from tdsdist.parallel.dist import (
 from tdsdist.parallel.loading import load_runner
 from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, create
+from tdsdist.store_contexts import ExampleContexts
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated.
@@ -255,19 +256,20 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
                 f"tdsdist: {len(empty)} empty answers (e.g. id {empty[0]!r}) are not recorded in the"
                 " store; score the answers with --skip-empty-answers"
             )
-        _record_store(examples, answers, stats, out, cfg, tokenizer, empty, fingerprint)
+        _record_store(examples, answers, stats, out, cfg, tokenizer, empty, fingerprint, contexts)
         log(f"tdsdist: recorded the aligned model's distributions in {cfg.store}")
     shutil.rmtree(parts)
     if cfg.store and len(empty) == len(examples):
         raise TdsError(f"{out}: every generated answer is empty, so no store was recorded")
 
 
-def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generation) -> None:
+def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generation, contexts) -> None:  # fmt: skip
     """A store whose aligned side is filled and whose units wait for the base pass (`score`).
 
     Its fingerprint is the one `score` will compute for the answers file (base keys open), so
     that score resumes it; the empty answers are listed as `score --skip-empty-answers` lists
-    them."""
+    them. It keeps each instruction and the aligned context the answer was generated from (the
+    base context follows when `score` names the base template)."""
     kept = [ex for ex in examples if answers[ex.index]["ids"]]
     lengths = np.array([len(answers[ex.index]["ids"]) for ex in kept], dtype=np.int32)
     answers_sha256 = file_sha256(out)
@@ -312,6 +314,9 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
         },
         tokenizer=tokenizer,
         overwrite=cfg.overwrite,
+        contexts=ExampleContexts(
+            [ex.instruction for ex in kept], [contexts[ex.index] for ex in kept], None
+        ),
     )
     for unit in store.units():
         arrays = {

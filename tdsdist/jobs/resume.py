@@ -17,6 +17,7 @@ from tdsdist.inputs.fingerprint import BASE_KEYS, differences
 from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
 from tdsdist.store import Store, StoreExists, create
+from tdsdist.store_contexts import ExampleContexts, StoredContexts, add_contexts
 from tdsdist.units import unit_ranges
 
 
@@ -54,12 +55,24 @@ def resume_store(path: Path, prep: Prepared) -> Store:
         stored.update({k: prep.fingerprint[k] for k in open_keys})
         store.root.attrs["tdsdist"] = {**store.meta, "fingerprint": stored, **union_meta(prep)}
         store = Store(path)
+        add_base_contexts(store, prep)
     return store
 
 
 def union_meta(prep: Prepared) -> dict:
     """`vocab_union: {base: V_b, aligned: V_a}`, only for a vocabulary union (old stores lack it)."""
     return {} if prep.vocab_union is None else {"vocab_union": prep.vocab_union.meta()}
+
+
+def add_base_contexts(store: Store, prep: Prepared) -> None:
+    """A store recorded by `generate` kept the instruction and the aligned context; its base
+    context is known once the base template is: kept now, beside them. A store without the
+    contexts group (an older release) is left as it is."""
+    if not StoredContexts(store).recorded:
+        return
+    by_id = {it.example.id: it for it in prep.plan.items}
+    if all(i in by_id for i in store.ids):
+        add_contexts(store, "base", [by_id[i].base_context for i in store.ids])
 
 
 def adopt_head_dtype(prep: Prepared, stored: dict) -> None:
@@ -141,4 +154,9 @@ def create_store(prep: Prepared) -> Store:
         },
         tokenizer=prep.tokenizer,
         overwrite=prep.config.overwrite,
+        contexts=ExampleContexts(
+            [it.example.instruction for it in items],
+            [it.aligned_context for it in items],
+            [it.base_context for it in items],
+        ),
     )

@@ -509,7 +509,8 @@
       el("header", { class: "top" }, [
         el("h1", { text: "Token distribution shift" }),
         el("p", { class: "lede", text: "Each token of the aligned model's answer, ranked under the base model's next-token distribution given the same prefix." }),
-        configLine(s.config || store.config, store)
+        configLine(s.config || store.config, store),
+        indexFiltersLine(data.filters, s.excluded)
       ]),
       el("section", { class: "cards", "aria-label": "Summary" }, [
         el("div", { class: "card", id: "categories" }, [el("h2", { text: "Categories" }), categoryBar(cats, th), legend(th, cats)]),
@@ -628,12 +629,16 @@
     if (d.top1_differs) {
       metrics.push(["base top 1 vs aligned top 1", d.top1_differs[t] ? "differ" : "same"]);
     }
+    if (d.filters && d.excluded) {
+      metrics.push(["in the summary", d.excluded[t] ? "left out (" + exclusionReason(d, t) + ")" : "counted"]);
+    }
     append(panel, [
       el("h2", { id: "panel-title" }, [
         "Token " + (t + 1) + " of " + d.n + ": ",
         el("code", { class: "tok " + cat, id: "panel-token", text: visible(d.strings[id]) }),
         el("span", { class: "muted", text: " id " + id })
       ]),
+      d.excluded && d.excluded[t] ? el("p", { class: "excluded-note", id: "panel-excluded", text: "Left out of the summary: " + exclusionReason(d, t) + "." }) : null,
       el("dl", { class: "metrics" }, metrics.map(function (m) {
         return el("div", {}, [el("dt", { text: m[0] }), el("dd", { text: m[1] })]);
       })),
@@ -677,6 +682,65 @@
     return span ? Number(span.getAttribute("data-t")) : -1;
   }
 
+  /** Why the filters left position t out (the rule of summarize: first N, or a special id). */
+  function exclusionReason(d, t) {
+    var f = d.filters || {};
+    var why = [];
+    if (t < (f.exclude_first || 0)) why.push("one of the answer's first " + f.exclude_first + " positions");
+    if ((f.special_ids || []).indexOf(d.token[t]) >= 0) why.push("a special token");
+    return why.join(", ") || "filtered";
+  }
+
+  /** The header's line about the summary's filters, with this example's count. */
+  function filtersLine(d) {
+    var f = d.filters;
+    if (!f) return null;
+    var parts = filterParts(f);
+    var n = (d.excluded || []).filter(function (x) { return x; }).length;
+    return el("p", { class: "filters", id: "filters" }, [
+      "Summary filters: " + parts.join(" and ") + " are left out of the summary; here " + count(n) + " of " + count(d.n) + " positions, shown ",
+      el("span", { class: "tok excluded", "aria-hidden": "true", text: "greyed" }),
+      " (the numbers above count the others)."
+    ]);
+  }
+
+  /** What the filters leave out, in words: ["each answer's first 2 positions", "special tokens (...)"]. */
+  function filterParts(f) {
+    var parts = [];
+    if (f.exclude_first === 1) parts.push("each answer's first position");
+    else if (f.exclude_first) parts.push("each answer's first " + f.exclude_first + " positions");
+    if (f.exclude_special_tokens) parts.push("special tokens (" + (f.special_tokens || []).join(" ") + ")");
+    return parts;
+  }
+
+  /** The index header's line about the filters the summary was computed with (none: nothing). */
+  function indexFiltersLine(f, excluded) {
+    if (!f) return null;
+    var parts = filterParts(f);
+    var n = excluded && isNum(excluded.positions) ? " (" + count(excluded.positions) + " positions)" : "";
+    return el("p", { class: "filters", id: "filters", text: "Summary filters: " + parts.join(" and ") + " left out of every number here" + n + "; the example pages grey them out." });
+  }
+
+  /** What the models saw: the instruction and both contexts (template visible), collapsible. */
+  function inputsSection(d) {
+    var missing = "not recorded (the store was made by an earlier tdsdist)";
+    function block(id, title, text, n, open) {
+      var summary = el("summary", {}, [title, n === null ? null : el("span", { class: "muted", text: " (" + count(n) + " tokens, special tokens shown)" })]);
+      var body = typeof text === "string"
+        ? el("pre", { class: "context", id: id + "-text", tabindex: "0", text: text })
+        : el("p", { class: "muted", id: id + "-text", text: missing });
+      return el("details", { class: "input", id: id, open: open ? "open" : null }, [summary, body]);
+    }
+    var c = d.contexts || {};
+    var a = c.aligned || null, b = c.base || null;
+    return el("section", { class: "card inputs", id: "inputs", "aria-label": "What the models saw" }, [
+      el("h2", { text: "What the models saw" }),
+      block("instruction", "Instruction", d.instruction, null, true),
+      block("context-aligned", "Aligned model's context", a ? a.text : null, a ? a.n : null, false),
+      block("context-base", "Base model's context", b ? b.text : null, b ? b.n : null, false)
+    ]);
+  }
+
   function renderExample(d) {
     state.data = d;
     state.current = null;
@@ -688,12 +752,14 @@
     state.spans = d.token.map(function (id, t) {
       var cat = CATS[d.cat[t]];
       var span = document.createElement("span");
-      span.className = "tok " + cat;
+      var differs = d.top1_differs && d.top1_differs[t];
+      var out = d.excluded && d.excluded[t];
+      span.className = "tok " + cat + (differs ? " differs" : "") + (out ? " excluded" : "");
       span.tabIndex = t === 0 ? 0 : -1;
       span.setAttribute("data-t", String(t));
       span.setAttribute("role", "button");
       span.setAttribute("aria-pressed", "false");
-      span.setAttribute("aria-label", visible(d.strings[id]) + ", " + cat + ", base rank " + d.base.rank[t]);
+      span.setAttribute("aria-label", visible(d.strings[id]) + ", " + cat + ", base rank " + d.base.rank[t] + (differs ? ", base top 1 differs" : "") + (out ? ", left out of the summary" : ""));
       fillToken(span, d.strings[id]);
       frag.appendChild(span);
       return span;
@@ -747,9 +813,15 @@
         el("dl", { class: "config stats" }, stats.map(function (s) {
           return el("div", {}, [el("dt", { text: s[0] }), el("dd", { text: s[1] })]);
         })),
-        flags.length ? el("p", { class: "flags", text: "Flags: " + flags.join(", ").replace(/_/g, " ") }) : null
+        flags.length ? el("p", { class: "flags", text: "Flags: " + flags.join(", ").replace(/_/g, " ") }) : null,
+        filtersLine(d)
       ]),
+      inputsSection(d),
       legend(d.thresholds, null),
+      el("p", { class: "legend-extra", id: "differs-legend" }, [
+        el("span", { class: "tok differs", "aria-hidden": "true", text: "token" }),
+        " a line over a token: the base model's top 1 differs from the aligned model's top 1 there (" + count((d.top1_differs || []).filter(function (x) { return x; }).length) + " positions)"
+      ]),
       el("p", { class: "muted", id: "hint", text: "Click a token, or Tab into the answer and move with \u2190 \u2192 (Home, End): the panel shows both models' top candidates at that position." }),
       el("div", { class: "exlayout" }, [
         el("section", { class: "card answer-card", "aria-label": "Answer" }, answer),

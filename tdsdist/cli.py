@@ -408,19 +408,26 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
 @user_errors
 def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
-    from tdsdist.integrity import damaged_units
+    from tdsdist.integrity import damaged_contexts, damaged_units
     from tdsdist.store import Store
 
     store = Store(store_dir, mode="r+" if repair else "r")
     if store.format_version < 2:
         raise TdsError(f"{store.path}: a store of format 1 (tdsdist 0.1.0) has no checksums")
     damaged = damaged_units(store)
+    contexts = damaged_contexts(store)
     done = int(store.committed().sum())
     for unit, names in sorted(damaged.items()):
         click.echo(f"unit {unit}: damaged {', '.join(names)}")
+    for name in contexts:
+        click.echo(
+            f"{name}: damaged (written once with the store: restore it from a copy; the scores do not depend on it)"
+        )
     if repair:
         for unit in damaged:
             store.mark_pending(unit)
+    if contexts and not damaged:
+        sys.exit(1)
     if not damaged:
         click.echo(f"{store.path}: {done} committed units read, none damaged")
         return

@@ -2,11 +2,15 @@
 
 `tdsdist verify STORE` lists them; `--repair` marks them pending (`Store.mark_pending`), and the
 same `score` command then re-scores just those (`Store.write_rows` replaces a unit's chunks).
+The `contexts/` group (what the models saw) is checked too; it is written once, when the store is
+made, so a damaged array there is reported, not repaired (the scores do not depend on it).
 """
 
 from __future__ import annotations
 
+from tdsdist.errors import TdsError
 from tdsdist.store import DamagedChunk, Store
+from tdsdist.store_contexts import GROUP, StoredContexts
 
 
 def damaged_units(store: Store) -> dict[int, list[str]]:
@@ -25,3 +29,28 @@ def damaged_units(store: Store) -> dict[int, list[str]]:
             except DamagedChunk:
                 damaged.setdefault(unit.index, []).append(name)
     return damaged
+
+
+def damaged_contexts(store: Store) -> list[str]:
+    """The arrays of the `contexts/` group that fail their checksum (none for a store without
+    the group). Each array is read whole: the group is small beside the per-position arrays."""
+    contexts = StoredContexts(store)
+    if not contexts.recorded:
+        return []
+    damaged = []
+    for name in sorted(_array_paths(contexts.group)):
+        try:
+            contexts._read(name)
+        except TdsError:
+            damaged.append(f"{GROUP}/{name}")
+    return damaged
+
+
+def _array_paths(group, prefix: str = "") -> list[str]:
+    paths = []
+    for name, member in group.members():
+        if hasattr(member, "members"):
+            paths += _array_paths(member, f"{prefix}{name}/")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths

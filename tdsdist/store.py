@@ -35,7 +35,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -45,8 +45,13 @@ from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.units import unit_ranges
 
-if TYPE_CHECKING:
-    from tdsdist.store_contexts import ExampleContexts
+
+class GroupWriter(Protocol):
+    """What `create` needs of optional per-example contents (`store_contexts.ExampleContexts`):
+    they write themselves into the new root, so this module need not know them."""
+
+    def write(self, root: zarr.Group) -> None: ...
+
 
 #: 1: tdsdist 0.1.0 (one head per model, top-k KL only). 2: the pair head's arrays (exact
 #: divergences, ties, both top-k cross log-probabilities) and a crc32c checksum on every chunk of
@@ -186,7 +191,7 @@ def create(
     tokenizer,
     overwrite: bool,
     chunk: int = CHUNK_POSITIONS,
-    contexts: ExampleContexts | None = None,
+    contexts: GroupWriter | None = None,
 ) -> Store:
     """Write the store's skeleton into a temporary folder, then move it into place.
 

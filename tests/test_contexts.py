@@ -105,6 +105,12 @@ def test_a_damaged_context_chunk_is_an_error_naming_the_array(scored, tmp_path: 
     result = CliRunner().invoke(main, ["show", str(copy), "--example", "a"])
     assert result.exit_code == 2 and f"{GROUP}/base/ids: damaged data" in result.output
     assert "Traceback" not in result.output
+    verified = CliRunner().invoke(main, ["verify", str(copy)])
+    assert verified.exit_code == 1, verified.output
+    assert f"{GROUP}/base/ids: damaged" in verified.output
+    assert f"{GROUP}/aligned/ids" not in verified.output  # only the damaged array is named
+    clean = CliRunner().invoke(main, ["verify", str(store_path)])
+    assert clean.exit_code == 0 and "damaged" not in clean.output.replace("none damaged", "")
 
 
 def test_show_prints_the_instruction_and_both_contexts(scored) -> None:

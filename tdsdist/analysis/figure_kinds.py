@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsdist.analysis.figures import (
+from tdsdist.analysis.figure_style import (
     CATEGORY_NAMES,
     COLUMN_WIDTH_IN,
     HEIGHT_IN,

@@ -27,41 +27,23 @@ import warnings
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
-#: Okabe & Ito (2008), "Color Universal Design": distinguishable under protan/deutan/tritan vision.
-OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-COLUMN_WIDTH_IN = 3.4  # one column of ACL / ICLR / NeurIPS two-column pages (3.25-3.5 in)
-HEIGHT_IN = 2.5
-DPI = 300  # PNG: 1020 x 750 pixels at the default size
-FONT_PT = 7.0  # a paper's captions are 8-9 pt; figure text slightly smaller stays legible
-FOOTNOTE_PT = 5.5
-FOOTNOTE_CHARS = 84  # per line at FOOTNOTE_PT across COLUMN_WIDTH_IN
-TOKENS_SHOWN = 10
-TOKEN_CHARS = 16
-KINDS = (
-    "categories",
-    "shift_by_position",
-    "divergence_by_position",
-    "rank_histogram",
-    "top_shifted_tokens",
+from tdsdist.analysis.figure_style import (  # noqa: F401  (re-exported: the figures' look)
+    CATEGORY_NAMES,
+    COLUMN_WIDTH_IN,
+    DPI,
+    FONT_PT,
+    FOOTNOTE_CHARS,
+    FOOTNOTE_PT,
+    HEIGHT_IN,
+    KINDS,
+    OKABE_ITO,
+    RC,
+    TOKEN_CHARS,
+    TOKENS_SHOWN,
+    finite,
+    shifted_tokens,
+    visible_token,
 )
-CATEGORY_NAMES = ("unshifted", "marginal", "shifted")
-RC = {
-    "font.size": FONT_PT,
-    "axes.titlesize": FONT_PT + 0.5,
-    "axes.labelsize": FONT_PT,
-    "xtick.labelsize": FONT_PT - 0.5,
-    "ytick.labelsize": FONT_PT - 0.5,
-    "legend.fontsize": FONT_PT - 0.5,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.linewidth": 0.6,
-    "lines.linewidth": 1.2,
-    "text.parse_math": False,  # a token or model name with "$" is text, never mathtext
-    "svg.hashsalt": "tdsdist",  # the same figure gives the same SVG bytes
-    "svg.fonttype": "path",  # the SVG needs no fonts where it is opened
-}
 
 
 def pair_label(summary: dict[str, Any]) -> str:
@@ -113,31 +95,6 @@ def footnote(summary: dict[str, Any]) -> str:
     if intervals.get("resamples"):
         text += f" 95% intervals: bootstrap over examples, {intervals['resamples']} resamples."
     return text
-
-
-def shifted_tokens(summary: dict[str, Any]) -> list[tuple[str, float, int, int]]:
-    """(token text, shifted rate, times shifted, times seen) of the summary's token table: the
-    one place that knows its keys (`shifted_rate`, or the older `shift_rate`, or the counts)."""
-    out = []
-    for row in summary.get("top_shifted_tokens") or []:
-        count = int(row.get("count") or 0)
-        hits = int(row.get("shifted") or 0)
-        rate = row.get("shifted_rate", row.get("shift_rate"))
-        if rate is None and count:
-            rate = hits / count
-        if rate is not None:
-            out.append((str(row.get("token", row.get("token_id", "?"))), float(rate), hits, count))
-    return out
-
-
-def visible_token(text: str) -> str:
-    """A token as the report shows it: spaces and newlines visible, control characters escaped."""
-    if text == "":
-        return "\u2205"
-    for a, b in ((" ", "\u2423"), ("\n", "\u21b5"), ("\t", "\u21e5")):
-        text = text.replace(a, b)
-    text = "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text)
-    return text if len(text) <= TOKEN_CHARS else text[: TOKEN_CHARS - 1] + "\u2026"
 
 
 def write_figures(
@@ -193,11 +150,6 @@ def _metadata(fmt: str) -> dict[str, Any]:
     """No timestamps: the same summaries give the same files."""
     none = {"svg": ("Date", "Creator", "Format", "Type"), "pdf": ("CreationDate",)}
     return dict.fromkeys(none.get(fmt, ()))  # all None: no <metadata> block in the SVG
-
-
-def finite(x: Any) -> float:
-    """A summary number as a float, NaN for null or infinite (matplotlib skips NaN)."""
-    return float(x) if x is not None and np.isfinite(x) else float("nan")
 
 
 MARKER = ".tdsdist-figures"

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tdsdist_testkit import assert_float32_close, default_corpus
+from tdsdist_testkit import assert_float32_close, assert_pair_arrays, default_corpus
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine.head import VocabShard, vocab_slice
 from tdsdist.engine.pair_head import pair_positions
-from tdsdist.engine.reference import divergences64, per_token_pair_reference
+from tdsdist.engine.reference import logits_pair_reference, per_token_pair_reference
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.engine.scorer import AnswerPair, PairScorer
 
@@ -34,47 +34,15 @@ def random_pair(vocab: int, n: int = 9, hidden: int = 16, seed: int = 0, scale: 
     return h_a, h_b, w_a, w_b, targets
 
 
-def head_reference(logits_a, logits_b, targets, k) -> dict[str, np.ndarray]:
-    """Float64, the obvious way, from `[n, V]` logits of both models."""
-    rows: dict[str, list] = {}
-    for i, t in enumerate(targets.tolist()):
-        la, lb = logits_a[i].double(), logits_b[i].double()
-        for name, x, other in (("aligned", la, lb), ("base", lb, la)):
-            logp = torch.log_softmax(x, -1)
-            top = torch.sort(x, descending=True, stable=True).indices[:k]
-            other_top = torch.sort(other, descending=True, stable=True).indices[:k]
-            key = "base" if name == "aligned" else "aligned"
-            values = {
-                "top_ids": top.numpy(), "top_logprobs": logp[top].numpy(), "logprob": logp[t].item(),
-                "rank": int((x > x[t]).sum()) + 1, "ties": int((x == x[t]).sum()) - 1,
-                "entropy": float(-(logp.exp() * logp).nan_to_num(nan=0.0).sum()),
-                f"logprobs_at_{key}_top": logp[other_top].numpy(),
-            }  # fmt: skip
-            if name == "aligned":
-                values["rank_of_base_top1"] = int((x > x[other_top[0]]).sum()) + 1
-            for stat, v in values.items():
-                rows.setdefault(f"{name}/{stat}", []).append(v)
-        for key, v in divergences64(la, lb).items():
-            rows.setdefault(f"positions/{key}", []).append(v)
-    return {k: np.array(v) for k, v in rows.items()}
-
-
-def assert_matches(got: dict[str, np.ndarray], want: dict[str, np.ndarray], scale=8.0) -> None:
-    assert set(got) == set(want)
-    for name, value in want.items():
-        if name.rsplit("/", 1)[1] in EXACT or name.endswith("rank_of_base_top1"):
-            np.testing.assert_array_equal(got[name], value, err_msg=name)
-        else:
-            assert_float32_close(got[name], value, scale=scale, err_msg=name)
-
-
 @pytest.mark.parametrize("vocab", [1, 100, 301, 8193])
 def test_pair_head_equals_float64_over_the_full_vocabulary(vocab: int) -> None:
     h_a, h_b, w_a, w_b, targets = random_pair(vocab, seed=vocab)
     k = min(5, vocab)
     got = pair_positions(h_a, h_b, (w_a, None, None), (w_b, None, None), targets, k, 1 << 20)
-    want = head_reference(h_a.double() @ w_a.double().T, h_b.double() @ w_b.double().T, targets, k)
-    assert_matches(got.arrays(), want)
+    want = logits_pair_reference(
+        h_a.double() @ w_a.double().T, h_b.double() @ w_b.double().T, targets, k
+    )
+    assert_pair_arrays(got.arrays(), want)
     assert (got.js <= np.log(2) + 1e-6).all() and (got.tv <= 1).all()
 
 
@@ -85,7 +53,7 @@ def test_soft_capping_and_a_bias_are_applied_to_both_models() -> None:
     got = pair_positions(h_a, h_b, (w_a, bias, cap), (w_b, None, cap), targets, 5, 1 << 20)
     logits_a = cap * torch.tanh((h_a.double() @ w_a.double().T + bias.double()) / cap)
     logits_b = cap * torch.tanh((h_b.double() @ w_b.double().T) / cap)
-    assert_matches(got.arrays(), head_reference(logits_a, logits_b, targets, 5))
+    assert_pair_arrays(got.arrays(), logits_pair_reference(logits_a, logits_b, targets, 5))
 
 
 def test_a_masked_logit_gives_infinite_kl_never_nan() -> None:
@@ -105,10 +73,10 @@ def test_a_masked_logit_gives_infinite_kl_never_nan() -> None:
         assert np.isfinite(arrays[name]).all(), name
     assert not any(np.isnan(v).any() for v in arrays.values() if v.dtype.kind == "f")
     assert arrays["base/logprob"][0] == -np.inf and arrays["base/rank"][0] == 49  # 48 above it
-    want = head_reference(
+    want = logits_pair_reference(
         h_a.double() @ w_a.double().T + bias_a, h_b.double() @ w_b.double().T + bias_b, targets, 3
     )
-    assert_matches(arrays, want)
+    assert_pair_arrays(arrays, want)
 
 
 def test_identical_models_and_contexts_diverge_by_nothing() -> None:
@@ -204,7 +172,7 @@ def test_pair_scorer_equals_per_token_reference(tiny_pair_odd_vocab) -> None:
         )
         rows = slice(offset, offset + len(a.answer))
         offset += len(a.answer)
-        assert_matches({k: v[rows] for k, v in got.items()}, want)
+        assert_pair_arrays({k: v[rows] for k, v in got.items()}, want)
     assert offset == len(got["base/rank"])
     assert (got["aligned/top_ids"] < vocab).all() and (got["base/top_ids"] < vocab).all()
 

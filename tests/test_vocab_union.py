@@ -22,17 +22,17 @@ from click.testing import CliRunner
 from tdsdist_testkit import (
     LOGIT_SCALE,
     assert_float32_close,
+    assert_pair_arrays,
     default_corpus,
     make_tiny_llama,
     train_tiny_tokenizer,
 )
-from test_pair_head import assert_matches, head_reference
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.pair_head import pair_positions
-from tdsdist.engine.reference import per_token_pair_reference
+from tdsdist.engine.reference import logits_pair_reference, per_token_pair_reference
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.engine.scorer import AnswerPair, PairScorer
 from tdsdist.errors import TdsError
@@ -161,10 +161,10 @@ def test_pair_head_over_the_union_equals_float64(chunk_bytes: int) -> None:
     h_a, h_b, w_a, w_b, targets = union_head_inputs(n=50)
     projections = (w_a, None, None), (w_b, None, None)
     got = pair_positions(h_a, h_b, *projections, targets, 5, chunk_bytes).arrays()
-    want = head_reference(
+    want = logits_pair_reference(
         h_a.double() @ w_a.double().T, padded(h_b.double() @ w_b.double().T), targets, 5
     )
-    assert_matches(got, want)
+    assert_pair_arrays(got, want)
     assert np.isposinf(got["positions/kl_aligned_base"]).all()
     for name, value in got.items():
         assert not np.isnan(value).any(), name
@@ -183,14 +183,14 @@ def test_kl_is_infinite_even_where_float32_rounds_the_appended_probabilities_to_
     got = pair_positions(
         h_a, h_b, (w_a, bias, None), (w_b, None, None), targets, 5, 1 << 20
     ).arrays()
-    want = head_reference(
+    want = logits_pair_reference(
         h_a.double() @ w_a.double().T + bias.double(),
         padded(h_b.double() @ w_b.double().T),
         targets,
         5,
     )
     assert np.isposinf(want["positions/kl_aligned_base"]).all()
-    assert_matches(got, want)
+    assert_pair_arrays(got, want)
 
 
 def test_appended_ids_in_the_aligned_top_k_have_base_logprob_minus_inf() -> None:
@@ -203,13 +203,13 @@ def test_appended_ids_in_the_aligned_top_k_have_base_logprob_minus_inf() -> None
     assert (got["aligned/top_ids"][:, 0] == V_BASE).all()
     assert np.isneginf(got["base/logprobs_at_aligned_top"][:, 0]).all()
     assert (got["aligned/rank"] >= 2).all()  # the appended id outranks every answer token
-    want = head_reference(
+    want = logits_pair_reference(
         h_a.double() @ w_a.double().T + bias.double(),
         padded(h_b.double() @ w_b.double().T),
         targets,
         5,
     )
-    assert_matches(got, want)
+    assert_pair_arrays(got, want)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_pair_scorer_over_the_union_equals_per_token_reference(union_pair) -> No
         )
         rows = slice(offset, offset + len(a.answer))
         offset += len(a.answer)
-        assert_matches({k: v[rows] for k, v in got.items()}, want)
+        assert_pair_arrays({k: v[rows] for k, v in got.items()}, want)
     assert offset == len(got["base/rank"])
     assert np.isposinf(got["positions/kl_aligned_base"]).all()
     assert not any(np.isnan(v).any() for v in got.values())

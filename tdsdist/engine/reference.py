@@ -128,3 +128,29 @@ def per_token_pair_reference(
         for key, value in divergences64(logits["aligned"], logits["base"]).items():
             add(f"positions/{key}", value)
     return {key: np.array(v) for key, v in rows.items()}
+
+
+def logits_pair_reference(logits_a, logits_b, targets, k) -> dict[str, np.ndarray]:
+    """Every array the pair head writes, in float64 the obvious way, from `[n, V]` logits of both
+    models (`store` names: `aligned/rank`, `positions/js`, ...): the pair head's test oracle."""
+    rows: dict[str, list] = {}
+    for i, t in enumerate(targets.tolist()):
+        la, lb = logits_a[i].double(), logits_b[i].double()
+        for name, x, other in (("aligned", la, lb), ("base", lb, la)):
+            logp = torch.log_softmax(x, -1)
+            top = torch.sort(x, descending=True, stable=True).indices[:k]
+            other_top = torch.sort(other, descending=True, stable=True).indices[:k]
+            key = "base" if name == "aligned" else "aligned"
+            values = {
+                "top_ids": top.numpy(), "top_logprobs": logp[top].numpy(), "logprob": logp[t].item(),
+                "rank": int((x > x[t]).sum()) + 1, "ties": int((x == x[t]).sum()) - 1,
+                "entropy": float(-(logp.exp() * logp).nan_to_num(nan=0.0).sum()),
+                f"logprobs_at_{key}_top": logp[other_top].numpy(),
+            }  # fmt: skip
+            if name == "aligned":
+                values["rank_of_base_top1"] = int((x > x[other_top[0]]).sum()) + 1
+            for stat, v in values.items():
+                rows.setdefault(f"{name}/{stat}", []).append(v)
+        for key, v in divergences64(la, lb).items():
+            rows.setdefault(f"positions/{key}", []).append(v)
+    return {k: np.array(v) for k, v in rows.items()}

@@ -505,3 +505,17 @@ def assert_float32_close(
             f" {FORWARD_ULPS} float32 ulps of |value| + {scale}; worst: {actual[finite][worst]!r}"
             f" vs {desired[finite][worst]!r} (off by {err[worst]:.3g}, allowed {tol[worst]:.3g})"
         )
+
+
+PAIR_EXACT = ("top_ids", "rank", "ties")
+
+
+def assert_pair_arrays(got: dict[str, np.ndarray], want: dict[str, np.ndarray], scale=8.0) -> None:
+    """The pair head's arrays against `logits_pair_reference`: ids, ranks and tie counts exact,
+    every float within `assert_float32_close`."""
+    assert set(got) == set(want)
+    for name, value in want.items():
+        if name.rsplit("/", 1)[1] in PAIR_EXACT or name.endswith("rank_of_base_top1"):
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        else:
+            assert_float32_close(got[name], value, scale=scale, err_msg=name)

@@ -7,10 +7,16 @@ takes to load two 70B models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tdsdist.config import ScoreConfig
+from tdsdist.engine.adapters import (
+    adapter_fingerprint,
+    check_fits_base,
+    read_adapter,
+    tokenizer_source,
+)
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256
@@ -38,6 +44,8 @@ class Prepared:
     """Ids of examples left out for an empty answer (`--skip-empty-answers`)."""
     head_dtype: str = "float32"
     """Precision of the output projection (`--head-dtype`, resolved; see `resume.py`)."""
+    notes: list[str] = field(default_factory=list)
+    """Lines for the log found while checking (an adapter made for a base of another name)."""
 
 
 def prepare(config: ScoreConfig) -> Prepared:
@@ -50,16 +58,25 @@ def prepare(config: ScoreConfig) -> Prepared:
     if not examples:
         raise TdsError(f"{config.data}: every answer is empty: nothing to score")
     base_context = base_context_fn(config.base_template)
-    tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
+    adapter = read_adapter(config.aligned_adapter) if config.aligned_adapter else None
+    aligned_name, aligned_revision = config.aligned, config.aligned_revision
+    if config.aligned_adapter:  # the aligned tokenizer: --aligned, the adapter's, or the base's
+        aligned_name = tokenizer_source(config.aligned, config.aligned_adapter, config.base)
+        aligned_revision = config.base_revision if aligned_name == config.base else aligned_revision
+    assert aligned_name is not None
+    tok = load_tokenizer(aligned_name, aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
-    check_same_vocabulary(tok, base_tok, config.aligned, config.base)
+    check_same_vocabulary(tok, base_tok, aligned_name, config.base)
     if config.top_k > len(tok):
         raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {len(tok)}")
     aligned_context = aligned_context_fn(config.aligned_template, tok, config.input_field)
-    aligned_cfg = load_model_config(
-        config.aligned, config.aligned_revision, config.trust_remote_code
-    )
     base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
+    notes: list[str] = []
+    if adapter is not None:  # one body: the base's, with the adapter on
+        aligned_cfg = base_cfg
+        notes = check_fits_base(adapter, config.base, base_cfg, config.trust_remote_code)
+    else:
+        aligned_cfg = load_model_config(aligned_name, aligned_revision, config.trust_remote_code)
     answer_end = None
     if config.answer_eos_text:
         answer_end = AnswerEnd(config.answer_eos_text, config.answer_eos)
@@ -87,6 +104,8 @@ def prepare(config: ScoreConfig) -> Prepared:
         skipped_empty_answers=skipped,
         head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
     )
+    if adapter is not None:  # absent: no adapter, as before
+        fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
     if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
     prefixes = {"aligned": [], "base": []}
@@ -95,6 +114,5 @@ def prepare(config: ScoreConfig) -> Prepared:
             "aligned": shared_prefix([it.aligned_context for it in plan.items]),
             "base": shared_prefix([it.base_context for it in plan.items]),
         }
-    return Prepared(
-        config, plan, tok, fingerprint, prefixes, skipped or [], config.head_dtype or "float32"
-    )
+    head_dtype = config.head_dtype or "float32"
+    return Prepared(config, plan, tok, fingerprint, prefixes, skipped or [], head_dtype, notes)

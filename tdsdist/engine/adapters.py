@@ -121,11 +121,9 @@ def check_fits_base(adapter: Adapter, base: str, base_config: Any, trust_remote_
     for key, shape in shapes.items():
         problem = _misfit(key.removeprefix(SAVED_PREFIX), shape, modules, params)
         if problem:
-            raise TdsError(
-                f"{adapter.where()} does not fit --base {base}: {problem} (an adapter for"
-                f" another base model: adapter_config.json names"
-                f" {adapter.config.get('base_model_name_or_path')!r})"
-            )
+            named = adapter.config.get("base_model_name_or_path")
+            made_for = f" (adapter_config.json names {named!r})" if named else ""
+            raise TdsError(f"{adapter.where()} does not fit --base {base}: {problem}{made_for}")
     named = adapter.config.get("base_model_name_or_path")
     if named and not _same_base(str(named), base):
         return [
@@ -165,18 +163,20 @@ def _misfit(name: str, shape: tuple[int, ...], modules: dict, params: dict) -> s
     module = modules.get(module_name)
     if module is None:
         return f"the base model has no module {module_name}"
+    a = part.endswith("A")
     if isinstance(module, torch.nn.Embedding):  # A: [r, num_embeddings], B: [dim, r]
-        axis, size = (1, module.num_embeddings) if part.endswith("A") else (0, module.embedding_dim)
+        axis, size = (1, module.num_embeddings) if a else (0, module.embedding_dim)
+        what = "tokens" if a else "dimensions"
     elif hasattr(module, "in_features"):  # A: [r, in_features], B: [out_features, r]
-        axis, size = (1, module.in_features) if part.endswith("A") else (0, module.out_features)
+        axis, size = (1, module.in_features) if a else (0, module.out_features)
+        what = "inputs" if a else "outputs"
     elif hasattr(module, "nf"):  # GPT-2's Conv1D: weight [in, out]
-        w = module.weight.shape
-        axis, size = (1, w[0]) if part.endswith("A") else (0, w[1])
+        axis, size = (1, module.weight.shape[0]) if a else (0, module.weight.shape[1])
+        what = "inputs" if a else "outputs"
     else:
         return None
     if len(shape) != 2 or shape[axis] != size:
-        what = f"{module_name} ({type(module).__name__}) has {size}"
-        return f"{name} is {list(shape)} in the adapter, but {what} on that side"
+        return f"{name} is {list(shape)}, but the base's {module_name} has {size} {what}"
     return None
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from tdsdist.jobs.demo import demo_data_path
 from tdsdist.jobs.prepare import prepare
 from tdsdist.store import Store, per_position_arrays
 
+ROOT = Path(__file__).resolve().parent.parent
 K = 5
 #: Every linear layer of the body: the adapter changes each of them (never the output projection).
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -282,3 +285,30 @@ def test_aligned_is_optional_with_an_adapter(adapted, tmp_path: Path) -> None:
     shutil.copytree(adapted["adapter"], with_tokenizer)
     AutoTokenizer.from_pretrained(base).save_pretrained(with_tokenizer)
     assert tokenizer_source(None, str(with_tokenizer), base) == str(with_tokenizer)
+
+
+def test_adapter_memory_benchmark_runs_on_the_tiny_model(tmp_path: Path) -> None:
+    """`tools.bench.adapter_memory` in fresh processes: one copy holds less than two, and both
+    variants compute the same numbers."""
+    out = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "tools.bench.adapter_memory", "--model", "tiny", "--repeats", "1",
+           "--sequences", "1", "--context", "4", "--answer", "8", "--threads", "1", "--out", out]  # fmt: skip
+    subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    report = json.loads(out.read_text())
+    assert report["ratio_held"] < 0.9 and report["js_sum_abs_diff"] < 1e-4
+
+
+def test_adapter_made_for_another_base_name_is_noted(adapted, tmp_path: Path) -> None:
+    """Shapes that fit decide; a recorded base of another name is a note in the log, and a hub
+    id naming a folder of the same last name is taken for that folder."""
+    renamed = tmp_path / "renamed"
+    shutil.copytree(adapted["adapter"], renamed)
+    config = json.loads((renamed / "adapter_config.json").read_text())
+    for named, noted in (("meta-llama/Other-7b", True), (f"someone/{adapted['base'].name}", False)):
+        (renamed / "adapter_config.json").write_text(
+            json.dumps({**config, "base_model_name_or_path": named})
+        )
+        store = tmp_path / f"{noted}.zarr"
+        result = invoke(score_args(adapted["base"], store, "--aligned-adapter", renamed))
+        assert result.exit_code == 0, result.output
+        assert (f"was made for {named!r}" in result.output) == noted, result.output

@@ -131,7 +131,9 @@ def child(args: argparse.Namespace) -> None:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (args.sequences, args.context + args.answer), generator=gen)
     answers = [
-        AnswerPair(row[: args.context].tolist(), row[: args.context].tolist(), row[args.context :].tolist())  # fmt: skip
+        AnswerPair(
+            row[: args.context].tolist(), row[: args.context].tolist(), row[args.context :].tolist()
+        )  # fmt: skip
         for row in ids
     ]
     pair = PairScorer(runners["aligned"], runners["base"], 20, 64 * MIB, 4096)
@@ -200,7 +202,7 @@ def main(argv=None) -> None:
         "ratio_peak": median["adapter"]["peak"] / median["two"]["peak"],
         "js_sum_abs_diff": abs(median["adapter"]["js_sum"] - median["two"]["js_sum"]),
     }
-    print("| variant | parameters + buffers MiB | RSS after load MiB (anon / file) | peak RSS MiB | load s | score s |")  # fmt: skip
+    print("| variant | parameters + buffers MiB | RSS after load MiB (anon / file: mapped weights count once read) | peak RSS after scoring MiB | load s | score s |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|")
     for v in VARIANTS:
         m = median[v]

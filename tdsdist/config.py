@@ -63,7 +63,7 @@ def _check_positive(config: Any, *names: str) -> None:
 
 def _check_common(config: Any) -> None:
     """What every job checks: types, `~` in paths, the device, tp with float64."""
-    for name in ("aligned", "base", "data", "store", "out"):
+    for name in ("aligned", "aligned_adapter", "base", "data", "store", "out"):
         value = getattr(config, name, None)
         if isinstance(value, str) and value.startswith("~"):
             setattr(config, name, os.path.expanduser(value))
@@ -72,14 +72,33 @@ def _check_common(config: Any) -> None:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     if config.tp > 1 and config.dtype == "float64":  # DeepSpeed's inference engine refuses it
         raise ValueError("dtype float64 does not work with tp > 1: use float32 or bfloat16")
+    if config.aligned_adapter is not None:
+        _check_adapter_options(config)
+
+
+def _check_adapter_options(config: Any) -> None:
+    """`aligned_adapter`: the aligned model is `base` plus the adapter (one copy of the weights)."""
+    if config.tp > 1:  # AutoTP would split the layers peft wrapped, not the adapters
+        raise ValueError(
+            "aligned_adapter does not work with tp > 1 (tensor parallelism would split the base"
+            " weights but not the adapter): merge the adapter and pass it as aligned"
+        )
+    if config.base is None:
+        raise ValueError("aligned_adapter needs base: the model the adapter is applied to")
+    if config.aligned is None and config.aligned_revision is not None:
+        raise ValueError("aligned_revision needs aligned (with aligned_adapter, the tokenizer's)")
 
 
 @dataclass(kw_only=True)
 class ScoreConfig:
-    aligned: str
-    """The aligned (chat) model: a hub id or a local folder. Its answers are being scored."""
+    aligned: str | None = None
+    """The aligned (chat) model: a hub id or a local folder. Its answers are being scored. With
+    --aligned-adapter: optional, where the aligned tokenizer comes from (no weights load)."""
     base: str
     """The base model: a hub id or a local folder."""
+    aligned_adapter: str | None = None
+    """A local LoRA adapter folder (peft): the aligned model is --base plus it, one copy of the
+    base weights; the aligned tokenizer is --aligned's, else the adapter folder's, else --base's."""
     data: str
     """The aligned model's answers: a just-eval JSON list or JSONL file, Parquet, a `datasets`
     save_to_disk folder, AlpacaEval model outputs or chat transcripts (see --format)."""
@@ -154,6 +173,8 @@ class ScoreConfig:
     assistant turn number)."""
 
     def __post_init__(self) -> None:
+        if self.aligned is None and self.aligned_adapter is None:
+            raise ValueError("aligned is required (or aligned_adapter, with base)")
         _check_common(self)
         _check_positive(self, "top_k", "unit_size", "max_tokens_per_batch", "logits_chunk_mib", "tp", "dist_timeout", "max_output_tokens", "limit", "task_count")  # fmt: skip
         if self.task_index is not None and self.task_index < 0:
@@ -162,8 +183,12 @@ class ScoreConfig:
 
 @dataclass(kw_only=True)
 class GenerateConfig:
-    aligned: str
-    """The aligned model: a hub id or a local folder."""
+    aligned: str | None = None
+    """The aligned model: a hub id or a local folder (with --aligned-adapter: optional, the
+    tokenizer's source, as in `score`)."""
+    aligned_adapter: str | None = None
+    """A local LoRA adapter folder (peft): the aligned model is --base plus it (needs --base;
+    without --store nothing is scored)."""
     data: str
     """Prompts: a just-eval JSON/JSONL file, a JSON list of instruction strings, or any format
     `score` reads (chat transcripts: the conversation up to the last user turn)."""
@@ -221,8 +246,10 @@ class GenerateConfig:
     """Prompts' format (as `score --format`)."""
 
     def __post_init__(self) -> None:
+        if self.aligned is None and self.aligned_adapter is None:
+            raise ValueError("aligned is required (or aligned_adapter, with base)")
         _check_common(self)
-        if self.base is not None and self.store is None:
+        if self.base is not None and self.store is None and self.aligned_adapter is None:
             raise ValueError("base needs store: the scores of both models go into --store")
         _check_positive(self, "max_tokens_per_batch", "logits_chunk_mib", "max_new_tokens", "batch_size", "top_k", "unit_size", "limit", "tp", "dist_timeout")  # fmt: skip
         if self.temperature < 0 or not 0 < self.top_p <= 1:
@@ -296,6 +323,8 @@ def build_config(
     """Merge file and flags (flags win) and validate; a bad value is one `TdsError` line."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
     missing = [n for n in REQUIRED[cls] if merged.get(n) in (None, "")]
+    if merged.get("aligned_adapter") and "aligned" in missing:  # the adapter is the aligned model
+        missing.remove("aligned")
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)
         raise TdsError(f"missing required option(s): {flags} (on the command line or in --config)")

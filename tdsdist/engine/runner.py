@@ -10,7 +10,10 @@ the `VocabShard` that the scoring head reduces over.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -33,12 +36,16 @@ class ModelRunner:
         shard: VocabShard = VocabShard(),
         projection: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         head_dtype: str = "model",
+        body_context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     ) -> None:
         """`projection`: this rank's (weight, bias) rows when the vocabulary is split across
         ranks (with its `shard`); by default the model's own, padding rows past the tokenizer's
         `vocab_size` trimmed (they are no tokens at all). `head_dtype="float32"`: the projection
-        runs in float32 from the model's hidden states (a float32 copy of this rank's rows)."""
+        runs in float32 from the model's hidden states (a float32 copy of this rank's rows).
+        `body_context`: entered around every forward of the body (the prefix's too): the base
+        side of an adapter pair runs the shared module with the adapter off (`adapters.py`)."""
         self.model = model
+        self.body_context = body_context
         self.vocab_size = vocab_size
         self.device = device
         self.shard = shard
@@ -92,7 +99,8 @@ class ModelRunner:
             kwargs["position_ids"] = position_ids
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
-        return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+        with self.body_context():
+            return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
 
     def logits(
         self,
@@ -120,7 +128,8 @@ class ModelRunner:
         (see `prefix_cache.py`).
         """
         if self.prefix and self._prefix_cache is None:
-            self._prefix_cache = compute_prefix_cache(self.model, self.prefix, self.cache_kwarg)
+            with self.body_context():
+                self._prefix_cache = compute_prefix_cache(self.model, self.prefix, self.cache_kwarg)
         return self._prefix_cache if self.prefix else None
 
     def prefix_cache_bytes(self) -> int:

@@ -23,8 +23,15 @@ from typing import Any
 import numpy as np
 
 from tdsdist.config import GenerateConfig, ScoreConfig
+from tdsdist.engine.adapters import (
+    Adapter,
+    adapter_fingerprint,
+    check_fits_base,
+    read_adapter,
+    tokenizer_source,
+)
 from tdsdist.engine.decoder import Decoder, Generated, Sampling
-from tdsdist.engine.models import resolve_device
+from tdsdist.engine.models import load_model_config, resolve_device
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
 from tdsdist.inputs.data import Fields, read_data
@@ -49,7 +56,7 @@ from tdsdist.parallel.dist import (
     destroy,
     init_distributed,
 )
-from tdsdist.parallel.loading import load_runner
+from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
@@ -74,7 +81,8 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
         )
     for note in data.info.notes(cfg.data):
         log(note)
-    tokenizer = load_tokenizer(cfg.aligned, cfg.aligned_revision, cfg.trust_remote_code)
+    adapter, notes = check_adapter(cfg)
+    tokenizer = load_tokenizer(*tokenizer_name(cfg), cfg.trust_remote_code)
     context_fn = aligned_context_fn(cfg.aligned_template, tokenizer)
     contexts = [
         tokenize_context(tokenizer, context_fn(ex), cfg.aligned_template == "input")
@@ -82,25 +90,30 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     ]
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = generation_fingerprint(cfg, tokenizer)
+    if adapter is not None:  # absent: no adapter, as before
+        fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)
+    for note in notes:
+        log(note)
     # `generate --base` re-run after its answers were written: go straight to the scoring.
     answered = bool(cfg.base) and out.exists() and not parts.exists() and not cfg.overwrite
     answered = answered and Path(str(cfg.store)).exists()
     try:
-        result, runner = {"load_seconds": 0.0, "generate_seconds": 0.0}, None
+        result, runners = {"load_seconds": 0.0, "generate_seconds": 0.0}, {}
         if answered:
             log(f"tdsdist: {out} is complete: scoring it into {cfg.store}")
         else:
-            result, runner = _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d, log)  # fmt: skip
+            result, runners = _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d, log)  # fmt: skip
         result["examples"] = len(examples)
         if result.get("stopped"):
             log("tdsdist: stopped on SIGTERM; re-run the same command to finish the pending units")
             return result
-        if cfg.base:
-            log(f"tdsdist: scoring the answers under {cfg.aligned} and {cfg.base} (pair head)")
-            scored = score_on(scoring_config(cfg), device, d, log, preloaded={"aligned": runner} if runner else None)  # fmt: skip
+        if cfg.base and cfg.store:  # with an adapter and no store, --base is only its base
+            aligned = cfg.aligned_adapter or cfg.aligned
+            log(f"tdsdist: scoring the answers under {aligned} and {cfg.base} (pair head)")
+            scored = score_on(scoring_config(cfg), device, d, log, preloaded=runners or None)
             result["score"] = scored
             if scored.get("stopped"):
                 result["stopped"] = True
@@ -109,15 +122,36 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
         destroy(d)
 
 
+def check_adapter(cfg: GenerateConfig) -> tuple[Adapter | None, list[str]]:
+    """`--aligned-adapter`, checked against `--base` before anything loads (as `score` does)."""
+    if not cfg.aligned_adapter:
+        return None, []
+    assert cfg.base is not None  # the configuration requires it
+    adapter = read_adapter(cfg.aligned_adapter)
+    base_config = load_model_config(cfg.base, cfg.base_revision, cfg.trust_remote_code)
+    return adapter, check_fits_base(adapter, cfg.base, base_config, cfg.trust_remote_code)
+
+
+def tokenizer_name(cfg: GenerateConfig) -> tuple[str, str | None]:
+    """The aligned tokenizer's source and revision (with an adapter: `adapters.tokenizer_source`)."""
+    if not cfg.aligned_adapter:
+        assert cfg.aligned is not None
+        return cfg.aligned, cfg.aligned_revision
+    assert cfg.base is not None
+    name = tokenizer_source(cfg.aligned, cfg.aligned_adapter, cfg.base)
+    return name, (cfg.base_revision if name == cfg.base else cfg.aligned_revision)
+
+
 def scoring_config(cfg: GenerateConfig) -> ScoreConfig:
     """The `score` configuration that completes the store `generate --base` recorded: its
     fingerprint is the one the recorded store was made with (`_record_store`)."""
-    same = ("aligned", "base", "store", "top_k", "base_template", "aligned_template", "unit_size", "dtype", "device", "max_tokens_per_batch", "logits_chunk_mib", "trust_remote_code", "aligned_revision", "base_revision", "tp", "dist_timeout", "head_dtype")  # fmt: skip
+    same = ("aligned", "base", "store", "top_k", "base_template", "aligned_template", "unit_size", "dtype", "device", "max_tokens_per_batch", "logits_chunk_mib", "trust_remote_code", "aligned_revision", "base_revision", "tp", "dist_timeout", "head_dtype", "aligned_adapter")  # fmt: skip
     return ScoreConfig(data=cfg.out, skip_empty_answers=True, **{k: getattr(cfg, k) for k in same})
 
 
 def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d: Dist, log):
-    """Decode every pending unit and assemble; returns (timing, the aligned runner or None)."""
+    """Decode every pending unit and assemble; returns (timing, the runners loaded: `aligned`,
+    and `base` too with an adapter, for the scoring with --base)."""
     checked_on_main(d, lambda: _prepare_parts(parts, out, cfg, fingerprint))
     units = unit_ranges(len(examples), cfg.unit_size)
     pending = None
@@ -129,23 +163,14 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
         f" already done, {len(pending)} to do); world {d.dims.world} = tp {d.dims.tp} x dp"
         f" {d.dims.dp}"
     )
-    load_seconds, start, stopped, runner = 0.0, time.perf_counter(), False, None
+    load_seconds, start, stopped, runners = 0.0, time.perf_counter(), False, {}
     if pending or cfg.base:  # with --base the aligned model is needed for the scoring anyway
-        runner = load_runner(
-            cfg.aligned,
-            cfg.aligned_revision,
-            dtype=cfg.dtype,
-            vocab_size=len(tokenizer),
-            device=device,
-            d=d,
-            trust_remote_code=cfg.trust_remote_code,
-            head_dtype=cfg.head_dtype or "float32",
-        )
+        runners = _load(cfg, len(tokenizer), device, d)
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
     if pending:
         sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k)  # fmt: skip
-        decoder = Decoder(runner, tokenizer, sampling)
+        decoder = Decoder(runners["aligned"], tokenizer, sampling)
         todo = [units[n] for n in pending]
         stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d)
     stopped = any_rank(d, stopped)  # also waits for every rank's last unit
@@ -158,7 +183,16 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
         )
     # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
     result = {"load_seconds": load_seconds, "generate_seconds": time.perf_counter() - start}
-    return ({**result, "stopped": True} if stopped else result), runner
+    return ({**result, "stopped": True} if stopped else result), runners
+
+
+def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
+    """The aligned runner; with an adapter, the base runner over the same weights too."""
+    kwargs = dict(dtype=cfg.dtype, vocab_size=vocab_size, device=device, d=d,
+                  trust_remote_code=cfg.trust_remote_code, head_dtype=cfg.head_dtype or "float32")  # fmt: skip
+    if cfg.aligned_adapter:
+        return load_adapter_runners(cfg.base, cfg.base_revision, cfg.aligned_adapter, **kwargs)
+    return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
 def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist) -> bool:
@@ -228,6 +262,8 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
                 name, i = key.split("/")
                 stats.setdefault(int(i), {})[name] = z[key]
     settings = {k: getattr(cfg, k) for k in SETTINGS}
+    if cfg.aligned_adapter:  # absent without one, as before
+        settings.update(aligned_adapter=cfg.aligned_adapter, base=cfg.base)
     records = [
         {
             "id": ex.id,
@@ -294,6 +330,8 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
     )
     if any(ex.messages is not None for ex in examples):  # as `score` reads the answers file
         fingerprint.update(data_format="json/chat", turns="last")
+    if cfg.aligned_adapter:  # as `prepare` records it, so that `score` resumes this store
+        fingerprint["aligned_adapter"] = adapter_fingerprint(read_adapter(cfg.aligned_adapter))
     store = create(
         Path(cfg.store),
         ids=[ex.id for ex in kept],

@@ -11,6 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tdsdist.config import ScoreConfig
+from tdsdist.engine.adapters import (
+    adapter_fingerprint,
+    check_fits_base,
+    read_adapter,
+    tokenizer_source,
+)
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Fields, read_data
@@ -77,18 +83,27 @@ def prepare(config: ScoreConfig) -> Prepared:
             f" {config.aligned_template}: score them with --aligned-template chat"
         )
     base_context = base_context_fn(config.base_template)
-    tok = load_tokenizer(config.aligned, config.aligned_revision, config.trust_remote_code)
+    adapter = read_adapter(config.aligned_adapter) if config.aligned_adapter else None
+    aligned_name, aligned_revision = config.aligned, config.aligned_revision
+    if config.aligned_adapter:  # the aligned tokenizer: --aligned, the adapter's, or the base's
+        aligned_name = tokenizer_source(config.aligned, config.aligned_adapter, config.base)
+        aligned_revision = config.base_revision if aligned_name == config.base else aligned_revision
+    assert aligned_name is not None
+    tok = load_tokenizer(aligned_name, aligned_revision, config.trust_remote_code)
     base_tok = load_tokenizer(config.base, config.base_revision, config.trust_remote_code)
-    union = compare_vocabularies(tok, base_tok, config.aligned, config.base)
+    union = compare_vocabularies(tok, base_tok, aligned_name, config.base)
     check_union_layout(union, config)
     if config.top_k > min(len(tok), len(base_tok)):
         size = min(len(tok), len(base_tok))
         raise TdsError(f"--top-k {config.top_k} exceeds the vocabulary size {size}")
     aligned_context = aligned_context_fn(config.aligned_template, tok, config.input_field)
-    aligned_cfg = load_model_config(
-        config.aligned, config.aligned_revision, config.trust_remote_code
-    )
     base_cfg = load_model_config(config.base, config.base_revision, config.trust_remote_code)
+    notes: list[str] = []
+    if adapter is not None:  # one body: the base's, with the adapter on
+        aligned_cfg = base_cfg
+        notes = check_fits_base(adapter, config.base, base_cfg, config.trust_remote_code)
+    else:
+        aligned_cfg = load_model_config(aligned_name, aligned_revision, config.trust_remote_code)
     answer_end = None
     if config.answer_eos_text:
         answer_end = AnswerEnd(config.answer_eos_text, config.answer_eos)
@@ -118,6 +133,8 @@ def prepare(config: ScoreConfig) -> Prepared:
         skipped_empty_answers=skipped,
         head_dtype=fingerprinted_head_dtype(config.dtype, config.head_dtype or "float32"),
     )
+    if adapter is not None:  # absent: no adapter, as before
+        fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
     if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
     if union is not None:  # absent: one shared vocabulary, as in 0.1.0
@@ -138,7 +155,7 @@ def prepare(config: ScoreConfig) -> Prepared:
         skipped or [],
         config.head_dtype or "float32",
         union,
-        info.notes(config.data),
+        info.notes(config.data) + notes,
     )
 
 

@@ -43,7 +43,7 @@ from tdsdist.parallel.dist import (
     init_distributed,
     task_share,
 )
-from tdsdist.parallel.loading import load_runner
+from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, Store, UnitRows
 from tdsdist.units import in_task_share
@@ -127,11 +127,24 @@ def load_scoring(
     runs again, teacher-forced). A store of format 1 (tdsdist 0.1.0) is finished as it was
     begun: one head per model, the base pass at the aligned top-k (base only if recorded)."""
     chunk = config.logits_chunk_mib << 20
-    runners = {}
+    runners = dict(preloaded or {})
+    if config.aligned_adapter and not runners:  # base + adapter: one copy of the base weights
+        runners = load_adapter_runners(
+            config.base,
+            config.base_revision,
+            config.aligned_adapter,
+            dtype=config.dtype,
+            vocab_size=prep.vocab_size("base"),
+            device=device,
+            d=d,
+            trust_remote_code=config.trust_remote_code,
+            head_dtype=prep.head_dtype,
+        )
     for model in ("aligned", "base"):
         if model == "aligned" and recorded(store) and not store.has_pair:
+            runners.pop(model, None)
             continue  # format 1: the recorded aligned side is read back from the store
-        runners[model] = (preloaded or {}).get(model) or load_model_runner(
+        runners[model] = runners.get(model) or load_model_runner(
             config, model, prep.vocab_size(model), device, d, prep.head_dtype
         )
         runners[model].set_prefix(prep.prefixes[model])
@@ -195,6 +208,8 @@ def _run(
         made = prepare(config), Store(config.store)
         adopt_head_dtype(made[0], made[1].meta.get("fingerprint", {}))  # as rank 0 resolved it
     prep, store = made
+    for note in prep.notes:  # how the data file was read; an adapter made for another base name
+        log(note)
     done = store.committed()
     pending = None
     if d.is_main:
@@ -214,8 +229,6 @@ def _run(
             )
         else:
             log("tdsdist: the aligned side was recorded by `generate`: running the base pass only")
-    for note in prep.notes:  # how the data file was read: its format, ids from the index
-        log(note)
     if prep.skipped:
         shown = ", ".join(repr(i) for i in prep.skipped[:5]) + (
             ", ..." if len(prep.skipped) > 5 else ""

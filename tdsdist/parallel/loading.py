@@ -49,3 +49,40 @@ def load_runner(
         model = load_model(name, dtype, torch.device("cpu"), revision, trust_remote_code)
         model, weight, bias, shard = shard_for_tp(model, vocab_size, group, tp, rank, device)
     return ModelRunner(model, vocab_size, device, shard, (weight, bias), head_dtype)
+
+
+def load_adapter_runners(
+    base: str,
+    revision: str | None,
+    adapter: str,
+    *,
+    dtype: str,
+    vocab_size: int,
+    device: torch.device,
+    d: Dist,
+    trust_remote_code: bool = False,
+    head_dtype: str = "model",
+) -> dict[str, ModelRunner]:
+    """Both sides of a pair whose aligned model is `base` plus a LoRA adapter, over ONE copy of
+    the base weights: `aligned` runs the module with the adapter on, `base` runs the same module
+    inside peft's `disable_adapter()`. Each runner keeps its own prefix cache; they share the
+    output projection (an adapter of it is refused), so `head_dtype="float32"` copies it once.
+
+    Not under `--tp` (the configuration refuses it up front): AutoTP would split the base
+    layers that peft wrapped, not the adapters.
+    """
+    from tdsdist.engine.adapters import apply_adapter, read_adapter
+
+    assert d.dims.tp == 1, "--aligned-adapter with --tp is refused by the configuration"
+    model = load_model(base, dtype, device, revision, trust_remote_code)
+    peft_model = apply_adapter(model, read_adapter(adapter))
+    aligned = ModelRunner(model, vocab_size, device, head_dtype=head_dtype)
+    base_runner = ModelRunner(
+        model,
+        vocab_size,
+        device,
+        projection=(aligned.weight, aligned.bias),
+        head_dtype=head_dtype,
+        body_context=peft_model.disable_adapter,
+    )
+    return {"aligned": aligned, "base": base_runner}

@@ -171,6 +171,8 @@ def test_labels_tokens_and_site_svg() -> None:
     ]
     assert len(set(store_labels([a, b, c]))) == 3
     assert store_labels([{"store": "/s/run.zarr"}]) == ["run.zarr"]
+    lora = {"aligned": None, "base": "/m/Llama-2-7b-hf", "aligned_adapter": {"path": "/a/dpo-lora/", "sha256": "0"}}  # fmt: skip
+    assert store_labels([{"config": lora}]) == ["Llama-2-7b-hf + dpo-lora vs Llama-2-7b-hf"]
     rows = [
         {"token": " the", "count": 10, "shifted": 4, "shifted_rate": 0.4},
         {"token": "a", "count": 9, "shifted": 7, "shift_rate": 7 / 9},  # an older key

@@ -44,19 +44,23 @@ from tdsdist.analysis.figure_style import (  # noqa: F401  (re-exported: the fig
     shifted_tokens,
     visible_token,
 )
+from tdsdist.inputs.fingerprint import aligned_name
 
 
 def pair_label(summary: dict[str, Any]) -> str:
     """`aligned vs base` with each model's short name (the last part of a path or hub id)."""
     config = summary.get("config") or {}
-    names = [_short(config.get(k)) for k in ("aligned", "base")]
+    names = [_short(aligned_name(config)), _short(config.get("base"))]
     if all(names):
         return f"{names[0]} vs {names[1]}"
     return _short(summary.get("store")) or "store"
 
 
 def _short(name: Any) -> str:
-    return PurePosixPath(str(name).rstrip("/")).name if name else ""
+    """The last part of each path or hub id (`BASE + ADAPTER` keeps both parts)."""
+    if not name:
+        return ""
+    return " + ".join(PurePosixPath(p.strip().rstrip("/")).name for p in str(name).split(" + "))
 
 
 def store_labels(summaries: list[dict[str, Any]]) -> list[str]:

@@ -124,3 +124,13 @@ def differences(
         for key in keys
         if stored.get(key) != now.get(key) and key not in open_keys
     ]
+
+
+def aligned_name(fingerprint: dict[str, Any]) -> str | None:
+    """The aligned model as a reader should see it: `--aligned`, or for a LoRA adapter scored on
+    the base (`--aligned-adapter`, where `aligned` may be unset) `BASE + ADAPTER_FOLDER`."""
+    adapter = fingerprint.get("aligned_adapter")
+    if isinstance(adapter, dict) and adapter.get("path"):
+        folder = str(adapter["path"]).rstrip("/").rsplit("/", 1)[-1]
+        return f"{fingerprint.get('aligned') or fingerprint.get('base')} + {folder}"
+    return fingerprint.get("aligned")

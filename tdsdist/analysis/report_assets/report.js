@@ -322,7 +322,9 @@
   function configLine(cfg, store) {
     cfg = cfg || {};
     var parts = [];
-    if (cfg.aligned) parts.push(["aligned", cfg.aligned + (cfg.aligned_template ? " (template " + cfg.aligned_template + ")" : "")]);
+    var adapter = cfg.aligned_adapter && cfg.aligned_adapter.path;
+    if (adapter) parts.push(["aligned", (cfg.aligned || cfg.base) + " + adapter " + adapter + (cfg.aligned_template ? " (template " + cfg.aligned_template + ")" : "")]);
+    else if (cfg.aligned) parts.push(["aligned", cfg.aligned + (cfg.aligned_template ? " (template " + cfg.aligned_template + ")" : "")]);
     if (cfg.base) parts.push(["base", cfg.base + (cfg.base_template ? " (template " + cfg.base_template + ")" : "")]);
     if (isNum(cfg.top_k)) parts.push(["top-k stored", String(cfg.top_k)]);
     if (store && store.name) parts.push(["store", store.name]);

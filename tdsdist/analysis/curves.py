@@ -65,9 +65,13 @@ class PositionCurves:
             bins * (RANK_CAP + 1) + capped, minlength=self.bins * (RANK_CAP + 1)
         ).reshape(self.bins, RANK_CAP + 1)
 
-    def result(self, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """`by_position` rows and the headline fractions' intervals (`overall`)."""
-        weights = bootstrap_weights(self.examples, resamples, seed)  # [B, E] float32
+    def result(
+        self, resamples: int = 1000, seed: int = 0, weights: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """`by_position` rows and the headline fractions' intervals (`overall`); `weights`: the
+        resamples' `bootstrap_weights(examples, resamples, seed)` when the caller has them."""
+        if weights is None:
+            weights = bootstrap_weights(self.examples, resamples, seed)  # [B, E] float32
         per_bin = self.sums.sum(0, dtype=np.float64)  # [bins, cols]
         boot = bootstrap_sums(weights, self.sums)  # [B, bins, cols]
         rows = []

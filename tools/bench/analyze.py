@@ -21,12 +21,34 @@ from tdsdist.store import Store, create
 from tools.common import arg_parser, peak_rss_kib
 
 
+def top_k_arrays(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[str, np.ndarray]:
+    """Both models' top-k lists, mostly shared as real pairs' are: the base list is the aligned
+    one with its first two swapped at a fifth of the positions and about 30% of its ids replaced
+    (ids unique within a row: a stride of 97 over a vocabulary of 2,000)."""
+    start = rng.integers(0, vocab, n)[:, None]
+    aligned = ((start + 97 * np.arange(k)) % vocab).astype(np.int32)  # [n, k]
+    base = np.where(rng.random((n, k)) < 0.3, (aligned + vocab // 2) % vocab, aligned)
+    swap = rng.random(n) < 0.2
+    base[swap, :2] = base[swap, 1::-1]
+    logprobs = {}
+    for model in ("aligned", "base"):
+        steps = rng.exponential(0.6, (n, k)) + 1e-3
+        logprobs[model] = (-np.cumsum(steps, axis=1)).astype(np.float32)
+    return {
+        "aligned/top_ids": aligned,
+        "base/top_ids": base.astype(np.int32),
+        "aligned/top_logprobs": logprobs["aligned"],
+        "base/top_logprobs": logprobs["base"],
+    }
+
+
 def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     n_examples = positions // mean_length
     lengths = np.full(n_examples, mean_length, dtype=np.int32)
     lengths[: positions - lengths.sum()] += 1
     tokenizer = train_tiny_tokenizer(default_corpus(), vocab)
+    k = 20
     store = create(
         path,
         ids=[str(i) for i in range(n_examples)],
@@ -34,7 +56,7 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
         token_ids=rng.integers(0, vocab, positions, dtype=np.int32),
         flags={},
         unit_size=64,
-        top_k=20,
+        top_k=k,
         meta={"fingerprint": {"aligned": "synthetic", "base": "synthetic"}, "vocab_size": vocab},
         tokenizer=tokenizer,
         overwrite=True,
@@ -47,6 +69,9 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
             "aligned/rank": np.where(rng.random(n) < 0.9, 1, 2).astype(np.int32),
             "base/logprob": np.log(rng.beta(2, 1, n)).astype(np.float32),
             "positions/kl": rng.exponential(0.2, n).astype(np.float32),
+            "positions/kl_aligned_base": rng.exponential(0.3, n).astype(np.float32),
+            "positions/js": rng.exponential(0.05, n).astype(np.float32),
+            **top_k_arrays(rng, n, k, vocab),
         }
         store.write_rows(unit, arrays)
         store.mark_committed(unit)

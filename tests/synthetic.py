@@ -19,8 +19,8 @@ CANDIDATES = 12  # ids drawn from [FIRST_ID, FIRST_ID + CANDIDATES): heavy overl
 FIRST_ID = 40
 
 
-def _lists(rng: np.random.Generator, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.argsort(rng.random((n, CANDIDATES)), axis=1)[:, :k].astype(np.int32) + FIRST_ID
+def _lists(rng: np.random.Generator, n: int, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    ids = candidates[np.argsort(rng.random((n, len(candidates))), axis=1)[:, :k]].astype(np.int32)
     logprobs = -np.cumsum(rng.exponential(0.7, (n, k)), axis=1) - 0.05
     ties = rng.random(n) < 0.1  # equal log-probabilities for the first two entries
     logprobs[ties, 1] = logprobs[ties, 0]
@@ -43,13 +43,15 @@ def _rank_and_logprob(ids, logprobs, token):
 
 def build(
     path: Path, lengths: list[int], k: int = 5, seed: int = 0, sampled: float = 0.4,
-    commit: list[bool] | None = None, unit_size: int = 2,
+    commit: list[bool] | None = None, unit_size: int = 2, candidates: list[int] | None = None,
 ) -> Store:  # fmt: skip
-    """A store of `len(lengths)` answers; `commit[u]` False leaves unit u pending."""
+    """A store of `len(lengths)` answers; `commit[u]` False leaves unit u pending; top-k ids
+    drawn from `candidates` (default: `CANDIDATES` ids from `FIRST_ID`)."""
     rng = np.random.default_rng(seed)
     total = int(sum(lengths))
-    a_ids, a_lp = _lists(rng, total, k)
-    b_ids, b_lp = _lists(rng, total, k)
+    pool = np.array(candidates or range(FIRST_ID, FIRST_ID + CANDIDATES))
+    a_ids, a_lp = _lists(rng, total, k, pool)
+    b_ids, b_lp = _lists(rng, total, k, pool)
     take_second = rng.random(total) < sampled
     token = np.where(take_second, a_ids[:, 1], a_ids[:, 0]).astype(np.int32)
     tokenizer = train_tiny_tokenizer(default_corpus(), 300)

@@ -177,8 +177,7 @@ def test_empty_generated_answers_score_with_skip_flag(
     def stops_at_once(self, contexts, seed):
         out = real(self, contexts, seed)
         return [
-            Generated([], _stack([], self.sampling.top_k)) if i == 0 else g
-            for i, g in enumerate(out)
+            Generated([], _stack([], self.sampling.top_k)) if i == 0 else g for i, g in enumerate(out)
         ]
 
     monkeypatch.setattr(Decoder, "generate", stops_at_once)
@@ -202,9 +201,7 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     monkeypatch.setattr(
         Decoder,
         "generate",
-        lambda self, contexts, seed: [
-            Generated([], _stack([], self.sampling.top_k)) for _ in contexts
-        ],
+        lambda self, contexts, seed: [Generated([], _stack([], self.sampling.top_k)) for _ in contexts],
     )
     out, store = tmp_path / "silent.json", tmp_path / "silent.zarr"
     args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()), "--out", str(out),

@@ -170,6 +170,9 @@ def test_category_by_aligned_top1_on_sampled_answers(tmp_path) -> None:
         assert by_top1["categories"][name]["count"] == cat_top1.count(c)
         assert by_answer["categories"][name]["count"] == cat_answer.count(c)
     assert by_top1["category_by"] == "aligned-top1" and by_answer["category_by"] == "answer"
+    alone = summarize(store, th, resamples=20, category_by="aligned-top1", published=False)
+    assert alone["published"] is None
+    assert [alone["categories"][n]["count"] for n in ("unshifted", "marginal", "shifted")] == [cat_top1.count(c) for c in range(3)]  # fmt: skip
     result = CliRunner().invoke(main, ["analyze", str(store.path), "--category-by", "aligned-top1"])
     assert result.exit_code == 0 and "aligned model's top 1" in result.output
     with pytest.raises(TdsError, match="marginal_max <= top-k"):

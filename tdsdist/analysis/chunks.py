@@ -13,7 +13,10 @@ its checksum, goes through `Store.read`, which returns zarr's answer or raises i
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import google_crc32c
@@ -60,14 +63,47 @@ class _Layout:
         return cls(folder, meta) if simple else None
 
 
+@functools.cache
+def pool() -> ThreadPoolExecutor:
+    """Threads for the analysis: decoding (Blosc, crc32c) and numpy release the GIL, so arrays
+    read and sub-blocks computed in parallel share the cores."""
+    return ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)))))
+
+
+@functools.cache
+def metrics_pool() -> ThreadPoolExecutor:
+    """One thread for whole blocks' published metrics: it waits on `pool`'s tasks, which never
+    wait on anything, so the two cannot deadlock."""
+    return ThreadPoolExecutor(1)
+
+
 class BlockReader:
-    """`read(name, rows)`: the same array as `store.read(name, rows)`, faster where it can."""
+    """`read(name, rows)`: the same array as `store.read(name, rows)`, faster where it can;
+    `prefetch(names, rows)` starts reading several arrays at once (each in its own thread)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.layouts: dict[str, _Layout | None] = {}
+        self.pending: dict[tuple[str, int, int], Future] = {}
+
+    def prefetch(self, names: list[str], rows: slice) -> None:
+        for name in names:
+            key = (name, rows.start, rows.stop)
+            if key not in self.pending:
+                self.pending[key] = pool().submit(self._read, name, rows)
+
+    def forget(self) -> None:
+        """Drop the prefetched reads not taken (a block the filters left empty)."""
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
 
     def read(self, name: str, rows: slice) -> np.ndarray:
+        """The rows (a prefetched read is handed over once: its memory goes with it)."""
+        future = self.pending.pop((name, rows.start, rows.stop), None)
+        return future.result() if future is not None else self._read(name, rows)
+
+    def _read(self, name: str, rows: slice) -> np.ndarray:
         if name not in self.layouts:
             self.layouts[name] = _Layout.of(self.store.path / name)
         layout = self.layouts[name]

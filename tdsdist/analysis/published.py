@@ -38,13 +38,12 @@ fail on lists of unequal length (IDCG then sums the shorter list). The exact div
 
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.chunks import pool
 from tdsdist.analysis.curves import _ratio
 
 #: The store arrays the metrics need (formats 1 and 2), and the one only format 2 has.
@@ -67,7 +66,7 @@ NAMES = tuple(METRICS)
 SUB_ROWS = 1 << 13
 
 
-def renormalised(logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def renormalised(logprobs: np.ndarray, probabilities: bool = True) -> tuple[np.ndarray | None, np.ndarray]:  # fmt: skip
     """`[m, k] -> ([m, k], [m, k])` float32: each row's probabilities renormalised over its k
     entries (AlignTDS's `norm_prob`) and their logs; a -inf entry gets probability 0.
 
@@ -81,6 +80,8 @@ def renormalised(logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         p[low] = np.exp(logprobs[low] - top)
         total[low] = p[low].sum(1, keepdims=True) * np.exp(top)
     log_total = np.log(total)
+    if not probabilities:  # the logs alone (the aligned side needs no more)
+        return None, logprobs - log_total
     p /= total
     return p, logprobs - log_total
 
@@ -102,7 +103,7 @@ def published_block(
             return _block(aligned_ids[a:b], aligned_lp[a:b], base_ids[a:b], base_lp[a:b])
 
     # numpy releases the GIL inside each operation: the sub-blocks share the cores.
-    parts = list(_pool().map(one, spans)) if len(spans) > 1 else [one(spans[0])]
+    parts = list(pool().map(one, spans)) if len(spans) > 1 else [one(spans[0])]
     out: dict[str, np.ndarray | None] = {
         name: np.concatenate([p[name] for p in parts]).astype(np.float64) for name in parts[0]
     }
@@ -111,48 +112,52 @@ def published_block(
     return out
 
 
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)))))
-
-
 def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     m, k = base_ids.shape
-    # where[r, j] = 1 + the index of B_j in A (0: absent), one comparison per column of A: k
-    # passes over [m, k] in cache, cheaper than the [m, k, k] comparison and its reductions.
-    where = np.zeros((m, k), np.int8 if k < 127 else np.int32)
+    # where[r, j] = 1 + the index of B_j in A (0: absent): one comparison per entry of A, k
+    # passes over [m, k] in cache (ids are unique within a list: at most one match).
+    small = np.uint8 if k < 255 else np.int64
+    where = np.zeros((m, k), small)
     eq = np.empty((m, k), bool)
+    step = np.empty((m, k), small)
     for i in range(k):
         np.equal(base_ids, aligned_ids[:, i : i + 1], out=eq)
-        np.copyto(where, i + 1, where=eq, casting="unsafe")
-    valid_a, valid_b = aligned_ids >= 0, base_ids >= 0  # a -1 (none) in B matches none in A
-    in_a = (where > 0) & valid_b
-    index = np.maximum(where.astype(np.intp) - 1, 0)  # [m, kB]: B_j's index in A
-    inter = in_a.sum(1)
-    n_a, n_b = valid_a.sum(1), valid_b.sum(1)
+        np.multiply(eq, small(i + 1), out=step)
+        where += step
+    # Only a row with repeated ids (-1 padding, no data) can sum several matches: keep it an index.
+    np.minimum(where, k, out=where)
+    in_a = where > 0
+    if base_ids.min() >= 0 and aligned_ids.min() >= 0:  # full lists (the usual case)
+        n_a = n_b = np.full(m, k)
+        valid_a1 = True
+    else:  # a -1 (no entry) in B matches a -1 in A: not an id
+        in_a &= base_ids >= 0
+        n_a, n_b = (aligned_ids >= 0).sum(1), (base_ids >= 0).sum(1)
+        valid_a1 = aligned_ids[:, :1] >= 0
+    inter = np.count_nonzero(in_a, axis=1)
     union = n_a + n_b - inter
     discount = (1.0 / np.log2(np.arange(k) + 2.0)).astype(np.float32)  # [k]
-    dcg = np.where(in_a, discount[index], 0.0) @ discount
+    relevance = np.concatenate([[0.0], discount]).astype(np.float32)[where]  # 0 where absent
     ideal = np.concatenate([[0.0], np.cumsum(discount.astype(np.float64) ** 2)])[np.minimum(n_a, n_b)]  # fmt: skip
-    _, log_pa = renormalised(aligned_lp)
+    _, log_pa = renormalised(aligned_lp, probabilities=False)
     pb, log_pb = renormalised(base_lp)
-    flat = index + (np.arange(m, dtype=np.intp) * k)[:, None]  # [m, kB] into the flat [m, kA]
+    flat = where.astype(np.intp)
+    flat += (np.arange(m, dtype=np.intp) * k - 1)[:, None]  # into the flat [m, kA]; absent: junk
     log_pa_at_b = log_pa.ravel()[flat]  # log p~A of B_j (where in_a)
     pa_at_b = np.exp(log_pa_at_b)
-    both = in_a & (pb > 0) & (pa_at_b > 0)
+    both = in_a & (pb > 0) & (pa_at_b > 0)  # 0 log 0 = 0: a masked (-inf) entry adds nothing
     kl = np.where(both, pb * (log_pb - log_pa_at_b), 0.0).sum(1)
-    jaccard = np.where(union > 0, inter / np.maximum(union, 1), np.nan)
-    ndcg = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0)
-    a1 = (where == 1) & valid_b & valid_a[:, :1]  # [m, kB]: B_j == A_1
+    ws = np.where(in_a, pb * pa_at_b, 0.0).sum(1)
+    a1 = (where == 1) & valid_a1  # [m, kB]: B_j == A_1
     found = a1.any(1)
     at = a1.argmax(1)
     rows = np.arange(m)
-    above = (base_lp > base_lp[rows, at][:, None]).sum(1)  # ties share the best rank
+    above = np.count_nonzero(base_lp > base_lp[rows, at][:, None], axis=1)  # ties: best rank
     return {
-        "jaccard": jaccard,
-        "ndcg": ndcg,
+        "jaccard": np.where(union > 0, inter / np.maximum(union, 1), np.nan),
+        "ndcg": np.where(ideal > 0, (relevance @ discount) / np.where(ideal > 0, ideal, 1.0), 0.0),
         "kl_partial": kl,
-        "weighted_sum": np.where(in_a, pb * pa_at_b, 0.0).sum(1),
+        "weighted_sum": ws,
         "top_rank": np.where(found, at, k),
         "top_prob": np.where(found, pb[rows, at], 0.0),
         "top1_differs": base_ids[:, 0] != aligned_ids[:, 0],
@@ -200,6 +205,10 @@ class PublishedSums:
             self.present[name] = True
             self.per_example[:, 1 + j] += np.bincount(example, weights=v, minlength=e)
             self.per_bin[:, 1 + j] += np.bincount(bins, weights=v, minlength=n)
+
+    def add_result(self, metrics, example: np.ndarray, t: np.ndarray) -> None:
+        """`add` of a `read_block` result or of its future."""
+        self.add(example, t, metrics.result() if isinstance(metrics, Future) else metrics)
 
     def result(self, weights: np.ndarray, by_position: bool = True) -> dict[str, Any]:
         """`{metric: {mean, ci, definition}}` plus `by_position` pooled means (null where the

@@ -14,14 +14,14 @@ import numpy as np
 
 from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
-from tdsdist.analysis.chunks import BlockReader
+from tdsdist.analysis.chunks import BlockReader, metrics_pool, pool
 from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
 from tdsdist.analysis.paired import per_example_sums
 from tdsdist.errors import TdsError
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
-BLOCK_ROWS = 1 << 20
+BLOCK_ROWS = 1 << 19
 #: Which token's base rank defines a position's category: the answer token (tdsdist's), or the
 #: aligned model's top 1 (AlignTDS's definition); the same for greedy answers.
 CATEGORY_BY = ("answer", "aligned-top1")
@@ -153,9 +153,12 @@ def summarize(
             f"{store.path}: categories by the aligned top 1 need marginal_max <= top-k"
             f" ({store.top_k}): its base rank is known only within the base top-k"
         )
-    read = BlockReader(store).read
+    reader = BlockReader(store)
+    read = reader.read
+    # transformers (and torch) import for seconds: load the tokenizer beside the blocks' numpy.
+    tokenizer_load = pool().submit(store.tokenizer)
     vocab = int(store.meta.get("vocab_size", 0)) or 1
-    special = np.array(sorted(store.tokenizer().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    special = np.array(sorted(tokenizer_load.result().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
     # The curves carry the two headline divergences (Qi et al.'s KL(aligned || base), and the
     # bounded, symmetric JS); all four are per position in show, the API and the store.
     divergences = ("kl_aligned_base", "js") if store.has_pair else ("kl",)
@@ -173,7 +176,13 @@ def summarize(
     published_sums = pub.PublishedSums(len(store.ids), max_t) if published else None
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
+    names = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
+    names += [f"positions/{d}" for d in divergences if d != "kl"]
+    if published or category_by == "aligned-top1":
+        names += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
+    in_flight: list = []  # (metrics or their future, example, t) of the last block
     for rows, valid, t, length, example in _blocks(store):
+        reader.prefetch(names, rows)  # every array of the block at once, each in a thread
         block_tokens = read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:
             token = block_tokens[valid]
@@ -183,6 +192,7 @@ def summarize(
             valid[valid] = keep
             t, length, example = t[keep], length[keep], example[keep]
             if not keep.any():
+                reader.forget()
                 continue
         base_rank = read("base/rank", rows)[valid]
         aligned_rank = read("aligned/rank", rows)[valid]
@@ -190,13 +200,16 @@ def summarize(
         prob = np.exp(base_logprob.astype(np.float64))
         kl = read("positions/kl", rows)[valid].astype(np.float64)
         tokens = np.clip(block_tokens[valid], 0, vocab - 1)
-        metrics = (
-            pub.read_block(read, rows, store.has_pair, valid)
-            if published or category_by == "aligned-top1"
-            else {}
-        )
-        ranked = base_rank if category_by == "answer" else metrics["aligned_top1_base_rank"]
-        cat = thresholds.categorize(ranked)
+        if category_by == "aligned-top1":  # the categories need the metrics now
+            metrics = pub.read_block(read, rows, store.has_pair, valid)
+            cat = thresholds.categorize(metrics["aligned_top1_base_rank"])
+        else:  # computed in a thread beside this block's own statistics
+            metrics = metrics_pool().submit(pub.read_block, read, rows, store.has_pair, valid) if published else None  # fmt: skip
+            cat = thresholds.categorize(base_rank)
+        if published_sums is not None:
+            in_flight.append((metrics, example, t))
+            while len(in_flight) > 1:  # the previous block's: collected while this one computes
+                published_sums.add_result(*in_flight.pop(0))
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(
             np.searchsorted(rank_edges, base_rank, side="right") - 1, minlength=len(RANK_BINS)
@@ -214,8 +227,6 @@ def summarize(
         top1 += int((aligned_rank == 1).sum())
         shifted = cat == 2
         token_counts.add(tokens, cat, base_logprob > read("aligned/logprob", rows)[valid])
-        if published_sums is not None:
-            published_sums.add(example, t, metrics)
         by_pos.add(np.searchsorted(POSITION_EDGES, t, side="right") - 1, shifted, finite_kl, prob)
         by_rel.add(np.minimum((t * DECILES) // length, DECILES - 1), shifted, finite_kl, prob)
         values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob}
@@ -223,6 +234,8 @@ def summarize(
             v = kl if name == "kl" else read(f"positions/{name}", rows)[valid]
             values[name] = v.astype(np.float64)
         curves.add(example, t, cat, base_rank, values)
+    while in_flight:
+        published_sums.add_result(*in_flight.pop(0))
     n = int(counts.sum())
     weights = bootstrap_weights(len(store.ids), resamples, seed)  # the same draws for all
     curve = curves.result(resamples, seed, weights)
@@ -230,7 +243,7 @@ def summarize(
         per_example.update(per_example_sums(curves, published_sums))
     done = store.committed()
     names = ("unshifted", "marginal", "shifted")
-    tokenizer = store.tokenizer() if n else None
+    tokenizer = tokenizer_load.result() if n else None
     tok_count, tok_shifted, tok_unshifted = token_counts.counts[:3]
     return {
         "store": str(store.path),

@@ -118,7 +118,14 @@ def bootstrap_weights(examples: int, resamples: int, seed: int) -> np.ndarray:
 def bootstrap_sums(weights: np.ndarray, sums: np.ndarray) -> np.ndarray:
     """`[B, E] x [E, bins, cols] -> [B, bins, cols]`: every resample's totals, one product."""
     e, bins, cols = sums.shape
-    return (weights @ sums.reshape(e, bins * cols)).reshape(-1, bins, cols).astype(np.float64)
+    flat = sums.reshape(e, bins * cols)
+    used = np.flatnonzero(flat.any(0))  # columns all zero (the +inf counts, as a rule) stay 0
+    out = np.zeros((len(weights), bins * cols), np.float64)
+    if used.size == flat.shape[1]:
+        out[:] = weights @ flat
+    elif used.size:
+        out[:, used] = weights @ flat[:, used]
+    return out.reshape(-1, bins, cols)
 
 
 def _ratio(

@@ -145,7 +145,10 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     flat += (np.arange(m, dtype=np.intp) * k - 1)[:, None]  # into the flat [m, kA]; absent: junk
     log_pa_at_b = log_pa.ravel()[flat]  # log p~A of B_j (where in_a)
     pa_at_b = np.exp(log_pa_at_b)
-    both = in_a & (pb > 0) & (pa_at_b > 0)  # 0 log 0 = 0: a masked (-inf) entry adds nothing
+    if np.isfinite(log_pb).all() and np.isfinite(log_pa).all():  # no masked entry: p~ > 0
+        both = in_a
+    else:  # 0 log 0 = 0, and the original skips a token either model gives 0
+        both = in_a & (pb > 0) & (pa_at_b > 0)
     kl = np.where(both, pb * (log_pb - log_pa_at_b), 0.0).sum(1)
     ws = np.where(in_a, pb * pa_at_b, 0.0).sum(1)
     a1 = (where == 1) & valid_a1  # [m, kB]: B_j == A_1

@@ -147,3 +147,31 @@ class BlockReader:
         except Exception:  # not a Blosc frame of this size: let zarr report it
             return None
         return target
+
+
+def committed_blocks(store: Store, block_rows: int):
+    """(row slice, valid mask, position-in-answer, answer length, example index) per block of
+    committed rows."""
+    done = store.committed()
+    starts = np.asarray(store.meta["unit_starts"])
+    offsets, lengths = store.offsets, store.lengths
+    total = int(starts[-1])
+    for lo in range(0, total, block_rows):
+        hi = min(lo + block_rows, total)
+        first = int(np.searchsorted(offsets, lo, side="left"))
+        last = int(np.searchsorted(offsets, hi, side="left"))
+        t = np.full(hi - lo, -1, np.int64)
+        length = np.zeros(hi - lo, np.int64)
+        example = np.zeros(hi - lo, np.int64)
+        for_examples = range(max(first - 1, 0), last)
+        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
+            if not done[e // store.meta["unit_size"]]:
+                continue
+            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
+            if a < b:
+                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
+                length[a - lo : b - lo] = lengths[e]
+                example[a - lo : b - lo] = e
+        valid = t >= 0
+        if valid.any():
+            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]

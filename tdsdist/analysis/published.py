@@ -45,6 +45,7 @@ import numpy as np
 
 from tdsdist.analysis.chunks import pool
 from tdsdist.analysis.curves import _ratio
+from tdsdist.errors import TdsError
 
 #: The store arrays the metrics need (formats 1 and 2), and the one only format 2 has.
 ARRAYS = ("aligned/top_ids", "aligned/top_logprobs", "base/top_ids", "base/top_logprobs")
@@ -62,6 +63,9 @@ METRICS: dict[str, str] = {
     "base_top1_aligned_rank": "tdsdist: exact aligned rank of the base top 1 (format 2 only)",
 }
 NAMES = tuple(METRICS)
+#: Which token's base rank defines a position's category: the answer token (tdsdist's), or the
+#: aligned model's top 1 (AlignTDS's definition); the same for greedy answers.
+CATEGORY_BY = ("answer", "aligned-top1")
 #: Rows per vectorised step (a few MB of [rows, k] temporaries: they stay in cache).
 SUB_ROWS = 1 << 13
 
@@ -166,6 +170,17 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
         "top1_differs": base_ids[:, 0] != aligned_ids[:, 0],
         "aligned_top1_base_rank": np.where(found, above + 1, k + 1),
     }
+
+
+def check_category_by(store, category_by: str, marginal_max: int) -> None:
+    """One clear error for a rule that does not exist or cannot be applied to this store."""
+    if category_by not in CATEGORY_BY:
+        raise TdsError(f"category_by must be one of {', '.join(CATEGORY_BY)}, not {category_by!r}")
+    if category_by == "aligned-top1" and marginal_max > store.top_k:
+        raise TdsError(
+            f"{store.path}: categories by the aligned top 1 need marginal_max <= top-k"
+            f" ({store.top_k}): its base rank is known only within the base top-k"
+        )
 
 
 def read_block(read, rows: slice, has_pair: bool, valid: np.ndarray | None = None) -> dict[str, np.ndarray | None]:  # fmt: skip

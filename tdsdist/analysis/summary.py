@@ -14,17 +14,14 @@ import numpy as np
 
 from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
-from tdsdist.analysis.chunks import BlockReader, metrics_pool, pool
+from tdsdist.analysis.chunks import BlockReader, committed_blocks, metrics_pool, pool
 from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
 from tdsdist.analysis.paired import per_example_sums
-from tdsdist.errors import TdsError
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
 BLOCK_ROWS = 1 << 19
-#: Which token's base rank defines a position's category: the answer token (tdsdist's), or the
-#: aligned model's top 1 (AlignTDS's definition); the same for greedy answers.
-CATEGORY_BY = ("answer", "aligned-top1")
+CATEGORY_BY = pub.CATEGORY_BY
 RANK_BINS = [(1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 100, "11-100"), (101, None, ">100")]  # fmt: skip
 POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets: [0,5), [5,10), ...
 DECILES = 10
@@ -82,34 +79,6 @@ class _Acc:
         return out
 
 
-def _blocks(store: Store):
-    """(row slice, valid mask, position-in-answer, answer length, example index) per block of
-    committed rows."""
-    done = store.committed()
-    starts = np.asarray(store.meta["unit_starts"])
-    offsets, lengths = store.offsets, store.lengths
-    total = int(starts[-1])
-    for lo in range(0, total, BLOCK_ROWS):
-        hi = min(lo + BLOCK_ROWS, total)
-        first = int(np.searchsorted(offsets, lo, side="left"))
-        last = int(np.searchsorted(offsets, hi, side="left"))
-        t = np.full(hi - lo, -1, np.int64)
-        length = np.zeros(hi - lo, np.int64)
-        example = np.zeros(hi - lo, np.int64)
-        for_examples = range(max(first - 1, 0), last)
-        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
-            if not done[e // store.meta["unit_size"]]:
-                continue
-            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
-            if a < b:
-                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
-                length[a - lo : b - lo] = lengths[e]
-                example[a - lo : b - lo] = e
-        valid = t >= 0
-        if valid.any():
-            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]
-
-
 @dataclass(frozen=True)
 class Filters:
     """Positions left out of every statistic: the first `exclude_first` of each answer, and
@@ -146,13 +115,7 @@ def summarize(
     rows of each table of `tokens` (`tokens.py`). `per_example`: a dict filled with the
     per-example sums behind every ratio (`paired.per_example_sums`), for paired comparisons.
     """
-    if category_by not in CATEGORY_BY:
-        raise TdsError(f"category_by must be one of {', '.join(CATEGORY_BY)}, not {category_by!r}")
-    if category_by == "aligned-top1" and thresholds.marginal_max > store.top_k:
-        raise TdsError(
-            f"{store.path}: categories by the aligned top 1 need marginal_max <= top-k"
-            f" ({store.top_k}): its base rank is known only within the base top-k"
-        )
+    pub.check_category_by(store, category_by, thresholds.marginal_max)
     reader = BlockReader(store)
     read = reader.read
     # transformers (and torch) import for seconds: load the tokenizer beside the blocks' numpy.
@@ -181,7 +144,7 @@ def summarize(
     if published or category_by == "aligned-top1":
         names += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
     in_flight: list = []  # (metrics or their future, example, t) of the last block
-    for rows, valid, t, length, example in _blocks(store):
+    for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(names, rows)  # every array of the block at once, each in a thread
         block_tokens = read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:

@@ -138,23 +138,23 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
         in_a &= base_ids >= 0
         n_a, n_b = (aligned_ids >= 0).sum(1), (base_ids >= 0).sum(1)
         valid_a1 = aligned_ids[:, :1] >= 0
-    inter = np.count_nonzero(in_a, axis=1)
+    inter = np.add.reduce(in_a.view(np.uint8), axis=1, dtype=small).astype(np.int64)
     union = n_a + n_b - inter
     discount = (1.0 / np.log2(np.arange(k) + 2.0)).astype(np.float32)  # [k]
-    relevance = np.concatenate([[0.0], discount]).astype(np.float32)[where]  # 0 where absent
+    flat = where.astype(np.intp)  # 1 + index in A, 0 where absent
+    relevance = np.concatenate([[0.0], discount]).astype(np.float32)[flat]  # 0 where absent
     ideal = np.concatenate([[0.0], np.cumsum(discount.astype(np.float64) ** 2)])[np.minimum(n_a, n_b)]  # fmt: skip
     _, log_pa = renormalised(aligned_lp, probabilities=False)
     pb, log_pb = renormalised(base_lp)
-    flat = where.astype(np.intp)
     flat += (np.arange(m, dtype=np.intp) * k - 1)[:, None]  # into the flat [m, kA]; absent: junk
     log_pa_at_b = log_pa.ravel()[flat]  # log p~A of B_j (where in_a)
     pa_at_b = np.exp(log_pa_at_b)
-    if np.isfinite(log_pb).all() and np.isfinite(log_pa).all():  # no masked entry: p~ > 0
+    if base_lp.min() > -np.inf and aligned_lp.min() > -np.inf:  # no masked entry: p~ > 0
         both = in_a
     else:  # 0 log 0 = 0, and the original skips a token either model gives 0
         both = in_a & (pb > 0) & (pa_at_b > 0)
-    kl = np.where(both, pb * (log_pb - log_pa_at_b), 0.0).sum(1)
-    ws = np.where(in_a, pb * pa_at_b, 0.0).sum(1)
+    kl = np.einsum("ij,ij->i", pb, np.where(both, log_pb - log_pa_at_b, 0.0))
+    ws = np.einsum("ij,ij->i", pb, np.where(in_a, pa_at_b, 0.0))
     a1 = (where == 1) & valid_a1  # [m, kB]: B_j == A_1
     found = a1.any(1)
     at = a1.argmax(1)

@@ -67,7 +67,8 @@ class _Layout:
 def pool() -> ThreadPoolExecutor:
     """Threads for the analysis: decoding (Blosc, crc32c) and numpy release the GIL, so arrays
     read and sub-blocks computed in parallel share the cores."""
-    return ThreadPoolExecutor(max(1, min(8, len(os.sched_getaffinity(0)))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ThreadPoolExecutor(max(1, min(8, cores or 1)))
 
 
 @functools.cache

@@ -66,8 +66,8 @@ NAMES = tuple(METRICS)
 #: Which token's base rank defines a position's category: the answer token (tdsdist's), or the
 #: aligned model's top 1 (AlignTDS's definition); the same for greedy answers.
 CATEGORY_BY = ("answer", "aligned-top1")
-#: Rows per vectorised step (a few MB of [rows, k] temporaries: they stay in cache).
-SUB_ROWS = 1 << 13
+#: Rows per vectorised step: the `[rows, k]` temporaries stay in cache (8K rows: 7% slower, 32K: 4x).
+SUB_ROWS = 1 << 12
 
 
 def renormalised(logprobs: np.ndarray, probabilities: bool = True) -> tuple[np.ndarray | None, np.ndarray]:  # fmt: skip
@@ -124,8 +124,11 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     where = np.zeros((m, k), small)
     eq = np.empty((m, k), bool)
     step = np.empty((m, k), small)
+    a_ids, b_ids = aligned_ids, base_ids
+    if m and max(int(a_ids.max()), int(b_ids.max())) < 32767:  # a 32K vocabulary: compare int16
+        a_ids, b_ids = a_ids.astype(np.int16), b_ids.astype(np.int16)
     for i in range(k):
-        np.equal(base_ids, aligned_ids[:, i : i + 1], out=eq)
+        np.equal(b_ids, a_ids[:, i : i + 1], out=eq)
         np.multiply(eq, small(i + 1), out=step)
         where += step
     # Only a row with repeated ids (-1 padding, no data) can sum several matches: keep it an index.
@@ -144,21 +147,12 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     flat = where.astype(np.intp)  # 1 + index in A, 0 where absent
     relevance = np.concatenate([[0.0], discount]).astype(np.float32)[flat]  # 0 where absent
     ideal = np.concatenate([[0.0], np.cumsum(discount.astype(np.float64) ** 2)])[np.minimum(n_a, n_b)]  # fmt: skip
-    _, log_pa = renormalised(aligned_lp, probabilities=False)
-    pb, log_pb = renormalised(base_lp)
     flat += (np.arange(m, dtype=np.intp) * k - 1)[:, None]  # into the flat [m, kA]; absent: junk
-    log_pa_at_b = log_pa.ravel()[flat]  # log p~A of B_j (where in_a)
-    pa_at_b = np.exp(log_pa_at_b)
-    if base_lp.min() > -np.inf and aligned_lp.min() > -np.inf:  # no masked entry: p~ > 0
-        both = in_a
-    else:  # 0 log 0 = 0, and the original skips a token either model gives 0
-        both = in_a & (pb > 0) & (pa_at_b > 0)
-    kl = np.einsum("ij,ij->i", pb, np.where(both, log_pb - log_pa_at_b, 0.0))
-    ws = np.einsum("ij,ij->i", pb, np.where(in_a, pa_at_b, 0.0))
     a1 = (where == 1) & valid_a1  # [m, kB]: B_j == A_1
     found = a1.any(1)
     at = a1.argmax(1)
     rows = np.arange(m)
+    kl, ws, top_prob = _probabilities(aligned_lp, base_lp, in_a, flat, rows, at)
     above = np.count_nonzero(base_lp > base_lp[rows, at][:, None], axis=1)  # ties: best rank
     return {
         "jaccard": np.where(union > 0, inter / np.maximum(union, 1), np.nan),
@@ -166,10 +160,37 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
         "kl_partial": kl,
         "weighted_sum": ws,
         "top_rank": np.where(found, at, k),
-        "top_prob": np.where(found, pb[rows, at], 0.0),
+        "top_prob": np.where(found, top_prob, 0.0),
         "top1_differs": base_ids[:, 0] != aligned_ids[:, 0],
         "aligned_top1_base_rank": np.where(found, above + 1, k + 1),
     }
+
+
+def _probabilities(aligned_lp, base_lp, in_a, flat, rows, at):
+    """`kl_partial`, `weighted_sum` and p~B at index `at` of each row (`[m]` each). With e = exp
+    of the stored log-probabilities and s their row sums (p~ = e / s), over B n A:
+    KL = (sum eB (lB - lA) - (log sB - log sA) sum eB) / sB and WS = sum eB eA / (sB sA): no
+    `[m, k]` array of renormalised probabilities or their logs is made."""
+    eb, ea = np.exp(base_lp), np.exp(aligned_lp)
+    sb, sa = eb.sum(1), ea.sum(1)
+    finite = base_lp.min() > -np.inf and aligned_lp.min() > -np.inf  # no masked entry, no NaN
+    if finite and sb.min() > 1e-30 and sa.min() > 1e-30:
+        la_at_b = aligned_lp.ravel()[flat]  # lA of B_j (where in_a)
+        eb_in = np.where(in_a, eb, 0.0)
+        diff = np.einsum("ij,ij->i", eb_in, base_lp - la_at_b)
+        kl = (diff - (np.log(sb) - np.log(sa)) * eb_in.sum(1)) / sb
+        ws = np.einsum("ij,ij->i", eb_in, np.exp(la_at_b)) / (sb * sa)
+        return kl, ws, eb[rows, at] / sb
+    # Masked (-inf) entries or rows without data: renormalised arrays, 0 log 0 = 0, and a token
+    # either model gives 0 is skipped (the original's `if w1 > 0 and w2 > 0`).
+    _, log_pa = renormalised(aligned_lp, probabilities=False)
+    pb, log_pb = renormalised(base_lp)
+    log_pa_at_b = log_pa.ravel()[flat]
+    pa_at_b = np.exp(log_pa_at_b)
+    both = in_a & (pb > 0) & (pa_at_b > 0)
+    kl = np.einsum("ij,ij->i", pb, np.where(both, log_pb - log_pa_at_b, 0.0))
+    ws = np.einsum("ij,ij->i", pb, np.where(in_a, pa_at_b, 0.0))
+    return kl, ws, pb[rows, at]
 
 
 def check_category_by(store, category_by: str, marginal_max: int) -> None:

@@ -20,7 +20,7 @@ from tdsdist.analysis.paired import per_example_sums
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
-BLOCK_ROWS = 1 << 19
+BLOCK_ROWS = 1 << 18
 CATEGORY_BY = pub.CATEGORY_BY
 RANK_BINS = [(1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 100, "11-100"), (101, None, ">100")]  # fmt: skip
 POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets: [0,5), [5,10), ...

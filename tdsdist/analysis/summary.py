@@ -139,13 +139,13 @@ def summarize(
     published_sums = pub.PublishedSums(len(store.ids), max_t) if published else None
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
-    names = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
-    names += [f"positions/{d}" for d in divergences if d != "kl"]
+    needed = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
+    needed += [f"positions/{d}" for d in divergences if d != "kl"]
     if published or category_by == "aligned-top1":
-        names += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
+        needed += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
     in_flight: list = []  # (metrics or their future, example, t) of the last block
     for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
-        reader.prefetch(names, rows)  # every array of the block at once, each in a thread
+        reader.prefetch(needed, rows)  # every array of the block at once, each in a thread
         block_tokens = read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:
             token = block_tokens[valid]

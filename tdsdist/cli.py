@@ -181,13 +181,20 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Whose base rank makes the categories: the answer token's (tdsdist), or the"
             " aligned model's top 1 (AlignTDS); the same for greedy answers.",
         ),  # fmt: skip
+        click.option(
+            "--published/--no-published",
+            default=True,
+            show_default=True,
+            help="AlignTDS's top-k metrics as published (they read both top-k lists: about half"
+            " the time of the analysis).",
+        ),  # fmt: skip
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by) -> dict:  # fmt: skip
+def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published) -> dict:  # fmt: skip
     from tdsdist.analysis.summary import Filters
 
     if max_t < 0 or resamples < 1:
@@ -196,7 +203,7 @@ def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, se
         filters = Filters(exclude_first, exclude_special_tokens)
     except ValueError as e:
         raise TdsError(str(e)) from None
-    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by}  # fmt: skip
+    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published}  # fmt: skip
 
 
 @main.command("analyze")

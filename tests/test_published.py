@@ -5,6 +5,7 @@ top 1 on sampled answers."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def test_summary_published_means_intervals_and_curves(tmp_path) -> None:
     check_summary(store, got)
     text = CliRunner().invoke(main, ["analyze", str(store.path)])
     assert text.exit_code == 0 and "as published" in text.output and "jaccard" in text.output
+    off = CliRunner().invoke(main, ["analyze", str(store.path), "--no-published", "--json"])
+    assert off.exit_code == 0 and json.loads(off.output)["published"] is None
 
 
 def test_one_example_and_empty_stores(tmp_path) -> None:

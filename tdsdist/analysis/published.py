@@ -31,7 +31,8 @@ model's exact rank of B_1 (`aligned/rank_of_base_top1`).
 Differences from the published code, all deliberate: sets are of token ids, where the original
 compares decoded strings in `jaccard` and `kl_partial` (two ids with the same text count once
 there); k is the store's top-k for every metric (the original's `top_k=50` on lists of 30 uses
-whole lists, except `top_rank`'s absent value 50); the original's nDCG ignores `top_k` and would
+whole lists, except `top_rank`'s absent value 50; its `@10` variants of Jaccard, KL and the
+weighted sum, on the first 10 of each list, are not computed here); the original's nDCG ignores `top_k` and would
 fail on lists of unequal length (IDCG then sums the shorter list). The exact divergences
 (`positions/kl_aligned_base`, `js`) stay the headline: these metrics see only the top k.
 """

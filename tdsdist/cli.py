@@ -173,13 +173,28 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="Bootstrap resamples of examples for the 95% intervals.",
         ),  # fmt: skip
         click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap."),
+        click.option(
+            "--category-by",
+            type=click.Choice(["answer", "aligned-top1"]),
+            default="answer",
+            show_default=True,
+            help="Whose base rank makes the categories: the answer token's (tdsdist), or the"
+            " aligned model's top 1 (AlignTDS); the same for greedy answers.",
+        ),  # fmt: skip
+        click.option(
+            "--published/--no-published",
+            default=True,
+            show_default=True,
+            help="AlignTDS's top-k metrics as published (they read both top-k lists: about half"
+            " the time of the analysis).",
+        ),  # fmt: skip
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed) -> dict:
+def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published) -> dict:  # fmt: skip
     from tdsdist.analysis.summary import Filters
 
     if max_t < 0 or resamples < 1:
@@ -188,7 +203,7 @@ def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, se
         filters = Filters(exclude_first, exclude_special_tokens)
     except ValueError as e:
         raise TdsError(str(e)) from None
-    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed}
+    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published}  # fmt: skip
 
 
 @main.command("analyze")
@@ -203,6 +218,9 @@ def _analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, se
 @click.option(
     "--min-support", default=5, show_default=True, help="Occurrences a token needs to be listed."
 )
+@click.option(
+    "--token-rows", default=50, show_default=True, help="Rows of each token table (JSON)."
+)
 @analysis_options
 @user_errors
 def analyze_command(
@@ -211,6 +229,7 @@ def analyze_command(
     unshifted_max: int,
     marginal_max: int,
     min_support: int,
+    token_rows: int,
     **analysis: Any,
 ) -> None:
     """Summary statistics of a store: categories with 95% intervals, per-position curves, rank
@@ -223,7 +242,8 @@ def analyze_command(
     except ValueError as e:
         raise TdsError(str(e)) from None
     kwargs = _analysis_kwargs(**analysis)
-    summary = summarize(Store(store_dir, mode="r"), thresholds, min_support=min_support, **kwargs)
+    store = Store(store_dir, mode="r")
+    summary = summarize(store, thresholds, min_support=min_support, token_rows=token_rows, **kwargs)
     click.echo(json.dumps(summary, indent=2) if as_json else render_text(summary))
 
 

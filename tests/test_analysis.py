@@ -181,3 +181,33 @@ def test_open_store_api(stores) -> None:
     )
     assert st.array("base/rank").shape[0] == s.meta["unit_starts"][-1]
     assert st.summary()["positions"] == summarize(s)["positions"]
+
+
+def test_block_reader_equals_zarr_and_refuses_damaged_chunks(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from synthetic import build
+
+    from tdsdist.analysis.chunks import BlockReader
+    from tdsdist.store import DamagedChunk
+
+    fixture = Path(__file__).parent / "fixtures" / "store-0.1.0" / "complete.zarr"
+    synthetic = build(
+        tmp_path / "s.zarr", [3000, 2500, 4000], commit=[True, False, True], unit_size=1
+    )
+    for store in (synthetic, Store(fixture, mode="r")):  # format 2 (checksums), format 1
+        reader = BlockReader(store)
+        total = int(store.meta["unit_starts"][-1])
+        for name in store.array_names():
+            for rows in (slice(0, total), slice(5, total - 3), slice(4096, 4100)):
+                want = store.read(name, rows)
+                got = reader.read(name, rows)
+                assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), name
+            assert reader.layouts[name] is not None  # read by the fast path, not zarr's
+    chunk = synthetic.path / "base" / "rank" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(DamagedChunk, match="base/rank"):
+        BlockReader(Store(synthetic.path, mode="r")).read("base/rank", slice(0, 100))

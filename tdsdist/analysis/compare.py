@@ -2,13 +2,19 @@
 
 Typical uses: one base model against several aligned models, or the `plain` template against
 `urial:` prefixes. Stores scored on different data answer different questions, so they are
-refused unless the user asks (`--allow-different-data`).
+refused unless the user asks (`--allow-different-data`). Stores that scored the same answers
+(same data file, cut and example ids) get paired differences against the first store, with
+intervals from joint resamples of the shared examples (`paired.py`); others get each store's
+own intervals side by side.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from tdsdist.analysis import paired
 from tdsdist.analysis.summary import summarize
 from tdsdist.errors import TdsError
 from tdsdist.store import Store
@@ -61,9 +67,39 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
             f"{other} was scored on different data than {first} ({what});"
             " use --allow-different-data to compare anyway"
         )
-    summaries = [summarize(s, **summary) for s in stores]
+    sums: list[dict] = [{} for _ in stores]
+    summaries = [summarize(s, per_example=d, **summary) for s, d in zip(stores, sums)]
     table = [{"statistic": name, "values": [get(s) for s in summaries]} for name, get in ROWS]
-    return {"stores": paths, "table": table, "summaries": summaries}
+    result: dict[str, Any] = {"stores": paths, "table": table, "summaries": summaries}
+    if same_answers(stores):
+        shared = np.logical_and.reduce([_committed_examples(s) for s in stores])
+        resamples, seed = summary.get("resamples", 1000), summary.get("seed", 0)
+        result["paired"] = {
+            "reference": paths[0],
+            "shared_examples": int(shared.sum()),
+            "resamples": resamples,
+            "seed": seed,
+            "method": "differences store [i] - [1]; 95% percentile bootstrap, the shared examples resampled jointly (the same draws for every store)",
+            "rows": paired.paired_differences(sums, shared, resamples, seed),
+        }
+    else:
+        result["paired"] = None
+        result["intervals"] = paired.side_by_side(summaries)
+    return result
+
+
+def same_answers(stores: list[Store]) -> bool:
+    """The same data, cut and example ids: every example's answer is the same in every store."""
+    first = stores[0]
+    return all(
+        _data_identity(s) == _data_identity(first) and s.ids == first.ids for s in stores[1:]
+    )
+
+
+def _committed_examples(store: Store) -> np.ndarray:
+    """`[E]` bool: the example's unit is committed."""
+    done = store.committed()
+    return done[np.arange(len(store.ids)) // store.meta["unit_size"]]
 
 
 DATA_KEYS = ("data_sha256", "limit", "max_output_tokens")
@@ -89,6 +125,8 @@ def render_text(result: dict[str, Any]) -> str:
                 v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))
             )
         )
+    if len(result["stores"]) > 1 and ("paired" in result or "intervals" in result):
+        lines += paired.render_lines(result)
     return "\n".join(lines)
 
 

@@ -65,9 +65,13 @@ class PositionCurves:
             bins * (RANK_CAP + 1) + capped, minlength=self.bins * (RANK_CAP + 1)
         ).reshape(self.bins, RANK_CAP + 1)
 
-    def result(self, resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-        """`by_position` rows and the headline fractions' intervals (`overall`)."""
-        weights = bootstrap_weights(self.examples, resamples, seed)  # [B, E] float32
+    def result(
+        self, resamples: int = 1000, seed: int = 0, weights: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """`by_position` rows and the headline fractions' intervals (`overall`); `weights`: the
+        resamples' `bootstrap_weights(examples, resamples, seed)` when the caller has them."""
+        if weights is None:
+            weights = bootstrap_weights(self.examples, resamples, seed)  # [B, E] float32
         per_bin = self.sums.sum(0, dtype=np.float64)  # [bins, cols]
         boot = bootstrap_sums(weights, self.sums)  # [B, bins, cols]
         rows = []
@@ -114,7 +118,14 @@ def bootstrap_weights(examples: int, resamples: int, seed: int) -> np.ndarray:
 def bootstrap_sums(weights: np.ndarray, sums: np.ndarray) -> np.ndarray:
     """`[B, E] x [E, bins, cols] -> [B, bins, cols]`: every resample's totals, one product."""
     e, bins, cols = sums.shape
-    return (weights @ sums.reshape(e, bins * cols)).reshape(-1, bins, cols).astype(np.float64)
+    flat = sums.reshape(e, bins * cols)
+    used = np.flatnonzero(flat.any(0))  # columns all zero (the +inf counts, as a rule) stay 0
+    out = np.zeros((len(weights), bins * cols), np.float64)
+    if used.size == flat.shape[1]:
+        out[:] = weights @ flat
+    elif used.size:
+        out[:, used] = weights @ flat[:, used]
+    return out.reshape(-1, bins, cols)
 
 
 def _ratio(

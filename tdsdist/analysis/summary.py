@@ -12,11 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from tdsdist.analysis.curves import PositionCurves
+from tdsdist.analysis import published as pub
+from tdsdist.analysis import tokens as token_tables
+from tdsdist.analysis.chunks import BlockReader, committed_blocks, metrics_pool, pool
+from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
+from tdsdist.analysis.paired import per_example_sums
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
-BLOCK_ROWS = 1 << 20
+BLOCK_ROWS = 1 << 18
+CATEGORY_BY = pub.CATEGORY_BY
 RANK_BINS = [(1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 100, "11-100"), (101, None, ">100")]  # fmt: skip
 POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets: [0,5), [5,10), ...
 DECILES = 10
@@ -74,34 +79,6 @@ class _Acc:
         return out
 
 
-def _blocks(store: Store):
-    """(row slice, valid mask, position-in-answer, answer length, example index) per block of
-    committed rows."""
-    done = store.committed()
-    starts = np.asarray(store.meta["unit_starts"])
-    offsets, lengths = store.offsets, store.lengths
-    total = int(starts[-1])
-    for lo in range(0, total, BLOCK_ROWS):
-        hi = min(lo + BLOCK_ROWS, total)
-        first = int(np.searchsorted(offsets, lo, side="left"))
-        last = int(np.searchsorted(offsets, hi, side="left"))
-        t = np.full(hi - lo, -1, np.int64)
-        length = np.zeros(hi - lo, np.int64)
-        example = np.zeros(hi - lo, np.int64)
-        for_examples = range(max(first - 1, 0), last)
-        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
-            if not done[e // store.meta["unit_size"]]:
-                continue
-            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
-            if a < b:
-                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
-                length[a - lo : b - lo] = lengths[e]
-                example[a - lo : b - lo] = e
-        valid = t >= 0
-        if valid.any():
-            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]
-
-
 @dataclass(frozen=True)
 class Filters:
     """Positions left out of every statistic: the first `exclude_first` of each answer, and
@@ -124,14 +101,27 @@ def summarize(
     max_t: int = 100,
     resamples: int = 1000,
     seed: int = 0,
+    category_by: str = "answer",
+    published: bool = True,
+    token_rows: int = 50,
+    per_example: dict | None = None,
 ) -> dict[str, Any]:
     """All statistics of the committed units (pending units are counted, not included).
 
     `by_position`: per position t = 0 .. `max_t` and one tail bin, with 95% bootstrap intervals
     over examples (`curves.py`: `resamples`, `seed`); the category fractions gain intervals too.
+    `category_by` (`CATEGORY_BY`): whose base rank makes the categories. `published`: AlignTDS's
+    top-k metrics (`published.py`), their intervals drawn from the same resamples. `token_rows`:
+    rows of each table of `tokens` (`tokens.py`). `per_example`: a dict filled with the
+    per-example sums behind every ratio (`paired.per_example_sums`), for paired comparisons.
     """
+    pub.check_category_by(store, category_by, thresholds.marginal_max)
+    reader = BlockReader(store)
+    read = reader.read
+    # transformers (and torch) import for seconds: load the tokenizer beside the blocks' numpy.
+    tokenizer_load = pool().submit(store.tokenizer)
     vocab = int(store.meta.get("vocab_size", 0)) or 1
-    special = np.array(sorted(store.tokenizer().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    special = np.array(sorted(tokenizer_load.result().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
     # The curves carry the two headline divergences (Qi et al.'s KL(aligned || base), and the
     # bounded, symmetric JS); all four are per position in show, the API and the store.
     divergences = ("kl_aligned_base", "js") if store.has_pair else ("kl",)
@@ -148,13 +138,18 @@ def summarize(
     prob_sum = kl_sum = 0.0
     kl_max = 0.0
     top1 = 0
-    tok_count = np.zeros(vocab, np.int64)
-    tok_shifted = np.zeros(vocab, np.int64)
-    tok_unshifted = np.zeros(vocab, np.int64)
+    token_counts = token_tables.TokenCounts(vocab)
+    published_sums = pub.PublishedSums(len(store.ids), max_t) if published else None
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
-    for rows, valid, t, length, example in _blocks(store):
-        block_tokens = store.read("positions/token_id", rows)  # read once per block
+    needed = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
+    needed += [f"positions/{d}" for d in divergences if d != "kl"]
+    if published or category_by == "aligned-top1":
+        needed += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
+    in_flight: list = []  # (metrics or their future, example, t) of the last block
+    for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
+        reader.prefetch(needed, rows)  # every array of the block at once, each in a thread
+        block_tokens = read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:
             token = block_tokens[valid]
             keep = (t >= filters.exclude_first) & ~np.isin(token, special)
@@ -163,13 +158,24 @@ def summarize(
             valid[valid] = keep
             t, length, example = t[keep], length[keep], example[keep]
             if not keep.any():
+                reader.forget()
                 continue
-        base_rank = store.read("base/rank", rows)[valid]
-        aligned_rank = store.read("aligned/rank", rows)[valid]
-        prob = np.exp(store.read("base/logprob", rows)[valid].astype(np.float64))
-        kl = store.read("positions/kl", rows)[valid].astype(np.float64)
+        base_rank = read("base/rank", rows)[valid]
+        aligned_rank = read("aligned/rank", rows)[valid]
+        base_logprob = read("base/logprob", rows)[valid]
+        prob = np.exp(base_logprob.astype(np.float64))
+        kl = read("positions/kl", rows)[valid].astype(np.float64)
         tokens = np.clip(block_tokens[valid], 0, vocab - 1)
-        cat = thresholds.categorize(base_rank)
+        if category_by == "aligned-top1":  # the categories need the metrics now
+            metrics = pub.read_block(read, rows, store.has_pair, valid)
+            cat = thresholds.categorize(metrics["aligned_top1_base_rank"])
+        else:  # computed in a thread beside this block's own statistics
+            metrics = metrics_pool().submit(pub.read_block, read, rows, store.has_pair, valid) if published else None  # fmt: skip
+            cat = thresholds.categorize(base_rank)
+        if published_sums is not None:
+            in_flight.append((metrics, example, t))
+            while len(in_flight) > 1:  # the previous block's: collected while this one computes
+                published_sums.add_result(*in_flight.pop(0))
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(
             np.searchsorted(rank_edges, base_rank, side="right") - 1, minlength=len(RANK_BINS)
@@ -186,21 +192,25 @@ def summarize(
         kl_max = max(kl_max, float(kl.max()))
         top1 += int((aligned_rank == 1).sum())
         shifted = cat == 2
-        tok_count += np.bincount(tokens, minlength=vocab)
-        tok_shifted += np.bincount(tokens[shifted], minlength=vocab)
-        tok_unshifted += np.bincount(tokens[cat == 0], minlength=vocab)
+        token_counts.add(tokens, cat, base_logprob > read("aligned/logprob", rows)[valid])
         by_pos.add(np.searchsorted(POSITION_EDGES, t, side="right") - 1, shifted, finite_kl, prob)
         by_rel.add(np.minimum((t * DECILES) // length, DECILES - 1), shifted, finite_kl, prob)
         values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob}
         for name in divergences:  # the exact KLs may be +inf (a masked token): kept as such
-            v = kl if name == "kl" else store.read(f"positions/{name}", rows)[valid]
+            v = kl if name == "kl" else read(f"positions/{name}", rows)[valid]
             values[name] = v.astype(np.float64)
         curves.add(example, t, cat, base_rank, values)
+    while in_flight:
+        published_sums.add_result(*in_flight.pop(0))
     n = int(counts.sum())
-    curve = curves.result(resamples, seed)
+    weights = bootstrap_weights(len(store.ids), resamples, seed)  # the same draws for all
+    curve = curves.result(resamples, seed, weights)
+    if per_example is not None:
+        per_example.update(per_example_sums(curves, published_sums))
     done = store.committed()
     names = ("unshifted", "marginal", "shifted")
-    tokenizer = store.tokenizer() if n else None
+    tokenizer = tokenizer_load.result() if n else None
+    tok_count, tok_shifted, tok_unshifted = token_counts.counts[:3]
     return {
         "store": str(store.path),
         "examples": int(sum(len(u.examples) for u in store.units() if done[u.index])),
@@ -259,6 +269,9 @@ def summarize(
         "top_unshifted_tokens": _token_table(
             tok_count, tok_unshifted, min_support, top_tokens, tokenizer, "unshifted"
         ),
+        "category_by": category_by,
+        "published": published_sums.result(weights) if published_sums is not None else None,
+        "tokens": token_counts.tables(tokenizer, min_support, token_rows),
         "config": {
             k: store.meta.get("fingerprint", {}).get(k)
             for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
@@ -303,6 +316,8 @@ def _token_table(count, hits, min_support, top, tokenizer, key) -> list[dict[str
 
 def render_text(summary: dict[str, Any]) -> str:
     lines = [f"{summary['examples']} examples, {summary['positions']} positions"]
+    if summary.get("category_by") == "aligned-top1":
+        lines.append("categories by the base rank of the aligned model's top 1 (AlignTDS's rule)")
     if summary["pending_units"]:
         lines.append(f"({summary['pending_units']} units still pending: not counted)")
     for name, c in summary["categories"].items():
@@ -349,6 +364,8 @@ def render_text(summary: dict[str, Any]) -> str:
         )
     if summary["excluded"]["positions"]:
         lines.append(f"left out: {summary['excluded']['positions']} positions (filters)")
+    lines += pub.render_lines(summary.get("published"))
+    lines += token_tables.render_lines(summary.get("tokens"))
     shifted = summary["top_shifted_tokens"][:10]
     if shifted:
         lines.append(

@@ -2,23 +2,49 @@
 
 Builds (once, reused if present) a store of `--positions` answer positions with realistic
 distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
-analysis reads, then times `tdsdist.analysis.summary.summarize` over it.
+analysis reads, then times `tdsdist.analysis.summary.summarize` over it, each repeat in a fresh process. With
+`--before DIR` (an earlier commit's package) both codes run on the same store, alternately.
 
     python -m tools.bench.analyze --positions 10000000 --repeats 3
+    git archive 11192af tdsdist | tar -x -C /tmp/tdsdist-before
+    python -m tools.bench.analyze --positions 10000000 --repeats 3 --before /tmp/tdsdist-before
 """
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
-from tdsdist.analysis.summary import summarize
 from tdsdist.store import Store, create
-from tools.common import arg_parser, peak_rss_kib
+from tools.common import arg_parser
+
+
+def top_k_arrays(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[str, np.ndarray]:
+    """Both models' top-k lists, mostly shared as real pairs' are: the base list is the aligned
+    one with its first two swapped at a fifth of the positions and about 30% of its ids replaced
+    (ids unique within a row: a stride of 97 over a vocabulary of 2,000)."""
+    start = rng.integers(0, vocab, n)[:, None]
+    aligned = ((start + 97 * np.arange(k)) % vocab).astype(np.int32)  # [n, k]
+    base = np.where(rng.random((n, k)) < 0.3, (aligned + vocab // 2) % vocab, aligned)
+    swap = rng.random(n) < 0.2
+    base[swap, :2] = base[swap, 1::-1]
+    logprobs = {}
+    for model in ("aligned", "base"):
+        steps = rng.exponential(0.6, (n, k)) + 1e-3
+        logprobs[model] = (-np.cumsum(steps, axis=1)).astype(np.float32)
+    return {
+        "aligned/top_ids": aligned,
+        "base/top_ids": base.astype(np.int32),
+        "aligned/top_logprobs": logprobs["aligned"],
+        "base/top_logprobs": logprobs["base"],
+    }
 
 
 def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:
@@ -27,6 +53,7 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
     lengths = np.full(n_examples, mean_length, dtype=np.int32)
     lengths[: positions - lengths.sum()] += 1
     tokenizer = train_tiny_tokenizer(default_corpus(), vocab)
+    k = 20
     store = create(
         path,
         ids=[str(i) for i in range(n_examples)],
@@ -34,7 +61,7 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
         token_ids=rng.integers(0, vocab, positions, dtype=np.int32),
         flags={},
         unit_size=64,
-        top_k=20,
+        top_k=k,
         meta={"fingerprint": {"aligned": "synthetic", "base": "synthetic"}, "vocab_size": vocab},
         tokenizer=tokenizer,
         overwrite=True,
@@ -47,9 +74,41 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
             "aligned/rank": np.where(rng.random(n) < 0.9, 1, 2).astype(np.int32),
             "base/logprob": np.log(rng.beta(2, 1, n)).astype(np.float32),
             "positions/kl": rng.exponential(0.2, n).astype(np.float32),
+            "positions/kl_aligned_base": rng.exponential(0.3, n).astype(np.float32),
+            "positions/js": rng.exponential(0.05, n).astype(np.float32),
+            **top_k_arrays(rng, n, k, vocab),
         }
         store.write_rows(unit, arrays)
         store.mark_committed(unit)
+
+
+CHILD = """
+import json, sys, time
+if sys.argv[3]:
+    sys.path.insert(0, sys.argv[3])  # before the working directory: that package, not this one
+from tdsdist.analysis.summary import summarize
+from tdsdist.store import Store
+import resource
+wall, cpu = [], []
+for _ in range(int(sys.argv[2])):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    summary = summarize(Store(sys.argv[1], mode="r"))
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+import tdsdist
+print(json.dumps({"positions": summary["positions"], "published": summary.get("published") is not None,
+                  "wall": wall, "cpu": cpu, "package": tdsdist.__file__,
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_child(store: Path, repeats: int, source: Path | None) -> dict:
+    """`summarize` timed in a fresh interpreter (wall and CPU seconds of all its threads, peak
+    RSS); `source`: a folder holding another `tdsdist` package (an earlier commit's, for a
+    before/after comparison on the same store)."""
+    cmd = [sys.executable, "-c", CHILD, str(store), str(repeats), str(source or "")]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -58,24 +117,37 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("/tmp/tdsdist-bench-analyze.zarr"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="Folder holding an earlier tdsdist package (`git archive <commit> tdsdist | tar -x"
+        " -C DIR`): timed on the same store, alternating with the current code.",
+    )
     args = parser.parse_args()
     if args.rebuild or not args.store.exists():
         start = time.perf_counter()
         build(args.store, args.positions, mean_length=300, vocab=2000, seed=0)
         print(f"built {args.store} in {time.perf_counter() - start:.1f} s")
     store = Store(args.store, mode="r")
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        summary = summarize(Store(args.store, mode="r"))
-        times.append(time.perf_counter() - start)
-    n = summary["positions"]
-    assert n == store.meta["positions"]
-    median = statistics.median(times)
-    peak = peak_rss_kib() / 1024
-    print("| positions | repeats | median seconds | positions / s | peak RSS (MiB) |")
-    print("|---:|---:|---:|---:|---:|")
-    print(f"| {n:,} | {args.repeats} | {median:.2f} | {n / median:,.0f} | {peak:.0f} |")
+    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    for _ in range(args.repeats):  # alternated: a busy machine slows both alike
+        if args.before is not None:
+            runs["before"].append(run_child(args.store, 1, args.before))
+        runs["after"].append(run_child(args.store, 1, None))
+    print("| code | positions | repeats | median wall s | positions / s (wall) | median CPU s | positions / CPU s | peak RSS (MiB) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, results in runs.items():
+        if not results:
+            continue
+        n = results[0]["positions"]
+        assert n == store.meta["positions"]
+        wall = statistics.median([r["wall"][0] for r in results])
+        cpu = statistics.median([r["cpu"][0] for r in results])
+        peak = max(r["peak_mib"] for r in results)
+        label = f"{name} ({'with' if results[0]['published'] else 'without'} published metrics)"
+        assert (name == "before") == (str(args.before) in results[0]["package"]), results[0]
+        print(f"| {label} | {n:,} | {len(results)} | {wall:.2f} | {n / wall:,.0f} | {cpu:.2f} | {n / cpu:,.0f} | {peak:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

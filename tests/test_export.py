@@ -13,12 +13,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit import assert_float32_close
 
-from tdsdist.analysis import export, summary
-from tdsdist.analysis.export import COLUMNS, export_parquet
+from tdsdist.analysis import export
+from tdsdist.analysis.export import COLUMNS, _published_type, export_parquet
+from tdsdist.analysis.published import NAMES as PUBLISHED
+from tdsdist.analysis.published import published_rows
 from tdsdist.analysis.summary import Filters, Thresholds
 from tdsdist.cli import main
 from tdsdist.errors import TdsError
@@ -92,6 +96,11 @@ def expected(store: Store, thresholds=Thresholds(), filters=Filters()) -> dict[s
         rank = store.read("base/rank", rows)[keep]
         cats = categories(rank, thresholds.unshifted_max, thresholds.marginal_max)
         cols["category"] += [CATEGORIES[c] for c in cats]
+        published = published_rows(store, rows)  # one example's rows (export reads whole blocks)
+        for name in PUBLISHED:
+            values = published.get(name)
+            kind = _published_type(name).to_pandas_dtype()
+            cols[f"published_{name}"] += [None] * int(keep.sum()) if values is None else values[keep].astype(kind).tolist()  # fmt: skip
     return cols
 
 
@@ -103,6 +112,11 @@ def assert_table_equals(path: Path, want: dict[str, list]) -> None:
         # Exact: float32 values travel unchanged (to_pylist of float32 and of the store's
         # float32 arrays give the same Python floats), NaN compared as NaN.
         assert len(got) == len(want[name]), name
+        if name.startswith("published_") and table.schema.field(name).type == pa.float32() and None not in got:  # fmt: skip
+            # Computed from the top-k lists in float32, vectorised over whatever rows are read
+            # at once: the export's blocks and this test's examples round differently.
+            assert_float32_close(np.array(got), np.array(want[name], np.float64), err_msg=name)
+            continue
         assert [_key(x) for x in got] == [_key(x) for x in want[name]], name
 
 
@@ -129,7 +143,7 @@ def test_export_equals_the_store(scored: Path, tmp_path: Path) -> None:
 
 def test_small_blocks_give_the_same_table(scored: Path, tmp_path: Path, monkeypatch) -> None:
     """Blocks of 7 rows cut every example across blocks (and row groups): same rows."""
-    monkeypatch.setattr(summary, "BLOCK_ROWS", 7)
+    monkeypatch.setattr(export, "BLOCK_ROWS", 7)
     result = export_parquet(Store(scored, mode="r"), tmp_path / "small.parquet")
     assert result["row_groups"] > len(ANSWERS)
     assert pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == result["row_groups"]  # fmt: skip
@@ -194,7 +208,7 @@ def test_an_interrupted_export_leaves_nothing(scored: Path, tmp_path: Path, monk
         return real(*args, **kwargs)
 
     real = export._table
-    monkeypatch.setattr(summary, "BLOCK_ROWS", 4096)  # several blocks: fail after one was written
+    monkeypatch.setattr(export, "BLOCK_ROWS", 4096)  # several blocks: fail after one was written
     monkeypatch.setattr(export, "_table", failing)
     with pytest.raises(KeyboardInterrupt):
         export_parquet(Store(scored, mode="r"), out)

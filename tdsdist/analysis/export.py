@@ -9,7 +9,10 @@ units are not rows). Columns, in order (`COLUMNS`):
     aligned_/base_ logprob float32, rank int32, entropy float32,
     kl_aligned_base, kl_base_aligned, js, tv float32 (exact, the pair head; null in format-1
     stores), topk_kl float32 (KL over the aligned top-k + tail, a lower bound: `metrics.py`),
-    category dictionary<int8, string> (unshifted / marginal / shifted by the base rank).
+    category dictionary<int8, string> (unshifted / marginal / shifted by the base rank),
+    published_<metric> (AlignTDS's top-k metrics as published, and tdsdist's top-1 ones:
+    `published.METRICS`; float32, the ranks int32, `published_top1_differs` bool; null where the
+    store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores).
 
 Filters leave positions out (the same positions `analyze` leaves out), so the table holds exactly
 what the statistics count. The table is streamed one block of store rows at a time, one Parquet
@@ -27,7 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tdsdist.analysis.summary import Filters, Thresholds, _blocks
+from tdsdist.analysis.chunks import committed_blocks
+from tdsdist.analysis.published import NAMES as PUBLISHED
+from tdsdist.analysis.published import published_rows
+from tdsdist.analysis.summary import Filters, Thresholds
 from tdsdist.analysis.token_text import TokenText
 from tdsdist.errors import TdsError
 from tdsdist.files import staged_file
@@ -37,6 +43,14 @@ from tdsdist.store import DIVERGENCES, MODELS, Store
 MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
 CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())
 TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())  # pandas: categorical; DuckDB: VARCHAR
+
+
+def _published_type(name: str) -> pa.DataType:
+    if name == "top1_differs":
+        return pa.bool_()
+    return pa.int32() if name.endswith("rank") else pa.float32()
+
+
 SCHEMA = pa.schema(
     [
         ("example_index", pa.int32()),
@@ -48,9 +62,12 @@ SCHEMA = pa.schema(
         *[(name, pa.float32()) for name in DIVERGENCES],
         ("topk_kl", pa.float32()),
         ("category", CATEGORY_TYPE),
+        *[(f"published_{name}", _published_type(name)) for name in PUBLISHED],
     ]
 )
 COLUMNS = tuple(SCHEMA.names)
+
+BLOCK_ROWS = 1 << 18  # rows read and written at once: one Parquet row group per block
 
 
 def export_parquet(
@@ -90,7 +107,7 @@ def export_parquet(
 
 def _tables(store, thresholds, special, filters, token_text, ids):
     """One `pa.Table` per block of store rows, filtered positions left out."""
-    for rows, valid, t, _, example in _blocks(store):
+    for rows, valid, t, _, example in committed_blocks(store, BLOCK_ROWS):
         tokens = store.read("positions/token_id", rows)[valid]
         keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
         if keep.any():
@@ -119,6 +136,13 @@ def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) 
     data["topk_kl"] = pa.array(column("positions/kl"))
     codes = pa.array(thresholds.categorize(rank).astype(np.int8))
     data["category"] = pa.DictionaryArray.from_arrays(codes, pa.array(CATEGORIES))
+    published = published_rows(store, rows)
+    for name in PUBLISHED:
+        kind, values = _published_type(name), published.get(name)
+        if values is None:
+            data[f"published_{name}"] = pa.nulls(len(where), kind)
+        else:
+            data[f"published_{name}"] = pa.array(values[where].astype(kind.to_pandas_dtype()), kind)
     return pa.table(data, schema=SCHEMA)
 
 

@@ -15,13 +15,15 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
     aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
     base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
+    published/{jaccard, ndcg, kl_partial, weighted_sum, top_prob [P] f32; top_rank,
+               aligned_top1_base_rank [P] int32; top1_differs [P] int8}   (format 3)
     tokenizer/<file name>          [bytes] uint8: the tokenizer files, so analysis needs no model
     contexts/...                   optional: the instruction and both contexts' ids per example
                                    (`store_contexts.py`; absent in older stores: "not recorded")
 
 Each unit's rows start on a chunk boundary and span whole chunks, so two writers never touch the
-same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). In
-format 2 every chunk of a per-position array ends in a crc32c checksum. Everything
+same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). From
+format 2 on every chunk of a per-position array ends in a crc32c checksum. Everything
 that is known before scoring (ids, offsets, tokens) is written once, by the creator. A unit's flag is
 set only after its data is written, so a crash leaves it pending and a re-run rewrites it.
 """
@@ -56,7 +58,10 @@ class GroupWriter(Protocol):
 #: 1: tdsdist 0.1.0 (one head per model, top-k KL only). 2: the pair head's arrays (exact
 #: divergences, ties, both top-k cross log-probabilities) and a crc32c checksum on every chunk of
 #: the per-position arrays. Stores of format 1 keep opening; their missing arrays read as absent.
-FORMAT_VERSION = 2
+#: 3: AlignTDS's top-k metrics per position (`published/...`), computed when a unit is scored
+#: (`analysis/published.py`) so that the analysis reads 8 small arrays instead of four [P, k]
+#: tables; in stores of format 1 and 2 the analysis computes them from those tables.
+FORMAT_VERSION = 3
 CHUNK_POSITIONS = 4096
 MODELS = ("aligned", "base")
 
@@ -98,6 +103,17 @@ PAIR_ARRAYS = {
     ),
     "base": (Column("ties", "int32", -1),),
 }
+#: AlignTDS's top-k metrics as published and tdsdist's top-1 ones (format 3; their formulas in
+#: `analysis/published.py`, whose `METRICS` lists them with the aligned rank of the base top 1).
+PUBLISHED_ARRAYS = (
+    *(
+        Column(name, "float32", float("nan"))
+        for name in ("jaccard", "ndcg", "kl_partial", "weighted_sum", "top_prob")
+    ),  # fmt: skip
+    Column("top_rank", "int32", -1),
+    Column("aligned_top1_base_rank", "int32", -1),
+    Column("top1_differs", "int8", -1),
+)
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 #: After compression: a damaged chunk fails its checksum on read instead of decoding to numbers.
 CHECKSUM = Crc32cCodec()
@@ -171,6 +187,8 @@ def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
     }
     if format_version >= 2:
         groups = {g: columns + PAIR_ARRAYS[g] for g, columns in groups.items()}
+    if format_version >= 3:
+        groups["published"] = PUBLISHED_ARRAYS
     return groups
 
 
@@ -192,12 +210,17 @@ def create(
     overwrite: bool,
     chunk: int = CHUNK_POSITIONS,
     contexts: GroupWriter | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> Store:
     """Write the store's skeleton into a temporary folder, then move it into place.
 
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
     `contexts` (what each model saw) is optional: stores without it keep working.
+    `format_version` 2 makes the layout of the previous release (tests and benchmarks of the
+    readers' older-store paths).
     """
+    if format_version not in (2, FORMAT_VERSION):
+        raise ValueError(f"cannot create stores of format {format_version}")
     path = Path(path)
     with staged_folder(path) as tmp:
         root = zarr.open_group(tmp, mode="w")
@@ -216,7 +239,7 @@ def create(
             _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
         n_units = len(unit_starts) - 1
         _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
-        for group_name, columns in per_position_arrays(FORMAT_VERSION).items():
+        for group_name, columns in per_position_arrays(format_version).items():
             group = root.create_group(group_name)
             for c in columns:
                 shape = (total, top_k) if c.per_candidate else (total,)
@@ -227,7 +250,7 @@ def create(
             contexts.write(root)
         root.attrs["tdsdist"] = {
             **meta,
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version,
             "unit_size": unit_size,
             "top_k": top_k,
             "chunk_positions": chunk,
@@ -351,6 +374,11 @@ class Store:
     def has_pair(self) -> bool:
         """Whether the store holds the pair head's arrays (format 2): exact divergences, ties."""
         return self.format_version >= 2
+
+    @property
+    def has_published(self) -> bool:
+        """Whether AlignTDS's top-k metrics were stored when scoring (format 3)."""
+        return self.format_version >= 3
 
     def array_names(self) -> list[str]:
         """`group/name` of every per-position array this store's format has."""

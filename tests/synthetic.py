@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
-from tdsdist.store import Store, create
+from tdsdist.analysis.published import stored_arrays
+from tdsdist.store import FORMAT_VERSION, Store, create
 
 CANDIDATES = 12  # ids drawn from [FIRST_ID, FIRST_ID + CANDIDATES): heavy overlap at k = 5
 FIRST_ID = 40
@@ -44,9 +45,11 @@ def _rank_and_logprob(ids, logprobs, token):
 def build(
     path: Path, lengths: list[int], k: int = 5, seed: int = 0, sampled: float = 0.4,
     commit: list[bool] | None = None, unit_size: int = 2, candidates: list[int] | None = None,
+    format_version: int = FORMAT_VERSION,
 ) -> Store:  # fmt: skip
     """A store of `len(lengths)` answers; `commit[u]` False leaves unit u pending; top-k ids
-    drawn from `candidates` (default: `CANDIDATES` ids from `FIRST_ID`)."""
+    drawn from `candidates` (default: `CANDIDATES` ids from `FIRST_ID`). In format 3 the
+    published metrics are stored as `score` stores them; in format 2 the analysis computes them."""
     rng = np.random.default_rng(seed)
     total = int(sum(lengths))
     pool = np.array(candidates or range(FIRST_ID, FIRST_ID + CANDIDATES))
@@ -59,7 +62,7 @@ def build(
         path, ids=[f"ex{i}" for i in range(len(lengths))], lengths=np.array(lengths, np.int32),
         token_ids=token, flags={}, unit_size=unit_size, top_k=k,
         meta={"fingerprint": {"aligned": "a", "base": "b", "data_sha256": "d", "limit": None}, "vocab_size": 300},
-        tokenizer=tokenizer, overwrite=True,
+        tokenizer=tokenizer, overwrite=True, format_version=format_version,
     )  # fmt: skip
     base_rank, base_logprob = _rank_and_logprob(b_ids, b_lp, token)
     aligned_rank, aligned_logprob = _rank_and_logprob(a_ids, a_lp, token)
@@ -76,6 +79,8 @@ def build(
         "positions/kl_aligned_base": rng.exponential(0.3, total).astype(np.float32),
         "positions/js": rng.exponential(0.05, total).astype(np.float32),
     }  # fmt: skip
+    if format_version >= 3:
+        arrays.update(stored_arrays(arrays))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     for unit in store.units():
         if commit is not None and not commit[unit.index]:

@@ -196,7 +196,7 @@ def test_block_reader_equals_zarr_and_refuses_damaged_chunks(tmp_path: Path) -> 
     synthetic = build(
         tmp_path / "s.zarr", [3000, 2500, 4000], commit=[True, False, True], unit_size=1
     )
-    for store in (synthetic, Store(fixture, mode="r")):  # format 2 (checksums), format 1
+    for store in (synthetic, Store(fixture, mode="r")):  # format 3 (checksums), format 1
         reader = BlockReader(store)
         total = int(store.meta["unit_starts"][-1])
         for name in store.array_names():

@@ -112,8 +112,10 @@ def check_summary(store: Store, got: dict) -> None:
     return None
 
 
-def test_per_position_metrics_equal_the_published_definitions(tmp_path) -> None:
-    store = build(tmp_path / "s.zarr", [7, 3, 12, 5, 9], seed=1)
+@pytest.mark.parametrize("format_version", [2, 3])  # computed from the top-k tables / as stored
+def test_per_position_metrics_equal_the_published_definitions(tmp_path, format_version) -> None:
+    store = build(tmp_path / "s.zarr", [7, 3, 12, 5, 9], seed=1, format_version=format_version)
+    assert store.has_published == (format_version == 3)
     rows = slice(0, int(store.meta["unit_starts"][-1]))
     got = pub.published_rows(store, rows)
     ref, examples, ts = direct(store)
@@ -124,8 +126,9 @@ def test_per_position_metrics_equal_the_published_definitions(tmp_path) -> None:
     assert 0 < np.mean(ref["jaccard"]) < 1 and min(ref["kl_partial"]) < 0  # partial: can be < 0
 
 
-def test_summary_published_means_intervals_and_curves(tmp_path) -> None:
-    store = build(tmp_path / "s.zarr", [7, 3, 12, 5, 9, 4], seed=2, commit=[True, False, True])
+@pytest.mark.parametrize("format_version", [2, 3])
+def test_summary_published_means_intervals_and_curves(tmp_path, format_version) -> None:
+    store = build(tmp_path / "s.zarr", [7, 3, 12, 5, 9, 4], seed=2, commit=[True, False, True], format_version=format_version)  # fmt: skip
     got = summarize(store, max_t=3, resamples=200)
     assert got["examples"] == 4  # the pending unit's two examples are left out
     check_summary(store, got)
@@ -205,6 +208,12 @@ def test_scored_store(tiny_pair, tmp_path) -> None:
             "--limit", "3", "--max-output-tokens", "25"]  # fmt: skip
     assert CliRunner().invoke(main, args).exit_code == 0
     store = Store(path, mode="r")
+    assert store.has_published  # stored by `score`, per position: as the definitions give them
+    ref, examples, ts = direct(store)
+    stored = pub.published_rows(store, slice(0, int(store.meta["unit_starts"][-1])))
+    index = [int(store.offsets[e]) + t for e, t in zip(examples, ts)]
+    for name in pub.NAMES:
+        np.testing.assert_allclose(stored[name][index], ref[name], rtol=2e-6, atol=2e-6, err_msg=name)  # fmt: skip
     got = summarize(store, resamples=100)
     check_summary(store, got)
     ranks = np.concatenate([store.read("aligned/rank", store.rows(e)) for e in range(3)])

@@ -57,7 +57,7 @@ class _Layout:
             and keys.get("name") == "default"
             and keys.get("configuration", {}).get("separator", "/") == "/"
             and list(grid[1:]) == list(meta["shape"][1:])
-            and meta.get("data_type") in ("int32", "int64", "float32", "float64", "uint8", "bool")
+            and meta.get("data_type") in ("int8", "int32", "int64", "float32", "float64", "uint8", "bool")
             and not meta.get("storage_transformers")
         )
         return cls(folder, meta) if simple else None

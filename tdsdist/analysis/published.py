@@ -47,6 +47,7 @@ import numpy as np
 from tdsdist.analysis.chunks import pool
 from tdsdist.analysis.curves import _ratio
 from tdsdist.errors import TdsError
+from tdsdist.store import PUBLISHED_ARRAYS
 
 #: The store arrays the metrics need (formats 1 and 2), and the one only format 2 has.
 ARRAYS = ("aligned/top_ids", "aligned/top_logprobs", "base/top_ids", "base/top_logprobs")
@@ -205,13 +206,35 @@ def check_category_by(store, category_by: str, marginal_max: int) -> None:
         )
 
 
-def read_block(read, rows: slice, has_pair: bool, valid: np.ndarray | None = None) -> dict[str, np.ndarray | None]:  # fmt: skip
+def stored_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`published/<name>` of one scored unit (`arrays`: the pair head's, by store name), in the
+    store's dtypes: what `score` writes in a store of format 3."""
+    out = published_block(*(arrays[name] for name in ARRAYS))
+    return {f"published/{c.name}": out[c.name].astype(c.dtype) for c in PUBLISHED_ARRAYS}
+
+
+def inputs(store) -> list[str]:
+    """The arrays `read_block` reads from `store` (to prefetch them)."""
+    pair = [PAIR_ARRAY] if store.has_pair else []
+    if store.has_published:
+        return [f"published/{c.name}" for c in PUBLISHED_ARRAYS] + pair
+    return list(ARRAYS) + pair
+
+
+def read_block(read, rows: slice, store, valid: np.ndarray | None = None) -> dict[str, np.ndarray | None]:  # fmt: skip
     """The metrics of the rows in `rows` (`read(name, rows)`: `Store.read` or a `BlockReader`),
     committed or not, or of those where `valid` (`[rows]` bool): for `analyze`, and for `export`
-    and `show`, which select their own rows. Computed on every row, then selected: cheaper than
-    selecting the `[rows, k]` inputs."""
-    arrays = [read(name, rows) for name in ARRAYS]
-    out = published_block(*arrays, read(PAIR_ARRAY, rows) if has_pair else None)
+    and `show`, which select their own rows. Read as stored in format 3; computed from the top-k
+    tables in older stores (on every row, then selected: cheaper than selecting the `[rows, k]`
+    inputs)."""
+    pair = read(PAIR_ARRAY, rows).astype(np.float64) if store.has_pair else None
+    if store.has_published:
+        out: dict[str, np.ndarray | None] = {
+            c.name: read(f"published/{c.name}", rows).astype(np.float64) for c in PUBLISHED_ARRAYS
+        }
+        out["base_top1_aligned_rank"] = pair
+    else:
+        out = published_block(*(read(name, rows) for name in ARRAYS), pair)
     if valid is None:
         return out
     return {name: None if v is None else v[valid] for name, v in out.items()}
@@ -219,7 +242,7 @@ def read_block(read, rows: slice, has_pair: bool, valid: np.ndarray | None = Non
 
 def published_rows(store, rows: slice) -> dict[str, np.ndarray | None]:
     """`read_block` on a store: `{metric: [rows] float64 or None}`."""
-    return read_block(store.read, rows, store.has_pair)
+    return read_block(store.read, rows, store)
 
 
 class PublishedSums:

@@ -145,7 +145,7 @@ def summarize(
     needed = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
     needed += [f"positions/{d}" for d in divergences if d != "kl"]
     if published or category_by == "aligned-top1":
-        needed += list(pub.ARRAYS) + ([pub.PAIR_ARRAY] if store.has_pair else [])
+        needed += pub.inputs(store)
     in_flight: list = []  # (metrics or their future, example, t) of the last block
     for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(needed, rows)  # every array of the block at once, each in a thread
@@ -167,10 +167,10 @@ def summarize(
         kl = read("positions/kl", rows)[valid].astype(np.float64)
         tokens = np.clip(block_tokens[valid], 0, vocab - 1)
         if category_by == "aligned-top1":  # the categories need the metrics now
-            metrics = pub.read_block(read, rows, store.has_pair, valid)
+            metrics = pub.read_block(read, rows, store, valid)
             cat = thresholds.categorize(metrics["aligned_top1_base_rank"])
         else:  # computed in a thread beside this block's own statistics
-            metrics = metrics_pool().submit(pub.read_block, read, rows, store.has_pair, valid) if published else None  # fmt: skip
+            metrics = metrics_pool().submit(pub.read_block, read, rows, store, valid) if published else None  # fmt: skip
             cat = thresholds.categorize(base_rank)
         if published_sums is not None:
             in_flight.append((metrics, example, t))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tdsdist.analysis.published import stored_arrays as published_arrays
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
 from tdsdist.engine.runner import ModelRunner
@@ -86,9 +87,12 @@ def score_unit(
     return arrays
 
 
-def score_pair_unit(plan: Plan, unit: UnitRows, pair: PairScorer, progress=None):
+def score_pair_unit(
+    plan: Plan, unit: UnitRows, pair: PairScorer, progress=None, published: bool = False
+):
     """All arrays of one unit from the pair head: both models on the same rows at once, the
-    exact divergences, and the top-k KL of format 1 beside them (for continuity)."""
+    exact divergences, and the top-k KL of format 1 beside them (for continuity); with
+    `published` (a store of format 3), AlignTDS's top-k metrics of the unit's positions too."""
     items = [plan.items[i] for i in unit.examples]
     answers = [AnswerPair(it.aligned_context, it.base_context, it.answer) for it in items]
     arrays = pair.score(answers, progress)
@@ -96,6 +100,8 @@ def score_pair_unit(plan: Plan, unit: UnitRows, pair: PairScorer, progress=None)
     arrays["positions/kl"] = topk_kl(
         arrays["aligned/top_logprobs"], arrays["base/logprobs_at_aligned_top"]
     )
+    if published:
+        arrays.update(published_arrays(arrays))
     return arrays
 
 
@@ -152,7 +158,10 @@ def load_scoring(
         raise TdsError(f"{store.path}: a store of format 1 cannot score a vocabulary union")
     if store.has_pair:
         pair = PairScorer(runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch)  # fmt: skip
-        return (lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress)), 2
+        published = store.has_published
+        return (
+            lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress, published)
+        ), 2
     scorers = {m: Scorer(r, config.top_k, chunk, config.max_tokens_per_batch) for m, r in runners.items()}  # fmt: skip
 
     def score_fn(unit, progress):

@@ -4,10 +4,13 @@ Builds (once, reused if present) a store of `--positions` answer positions with 
 distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
 analysis reads, then times `tdsdist.analysis.summary.summarize` over it, each repeat in a fresh process. With
 `--before DIR` (an earlier commit's package) both codes run on the same store, alternately.
+The store is of today's format (3: AlignTDS's metrics stored per position, as `score` stores
+them); `--format2` also builds the same data in format 2 (the metrics then computed from the
+top-k tables, as for stores of earlier releases) and times today's code on it in the same rounds.
 
     python -m tools.bench.analyze --positions 10000000 --repeats 3
     git archive 11192af tdsdist | tar -x -C /tmp/tdsdist-before
-    python -m tools.bench.analyze --positions 10000000 --repeats 3 --before /tmp/tdsdist-before
+    python -m tools.bench.analyze --positions 10000000 --repeats 3 --before /tmp/tdsdist-before --format2
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
-from tdsdist.store import Store, create
+from tdsdist.analysis.published import stored_arrays
+from tdsdist.store import FORMAT_VERSION, Store, create
 from tools.common import arg_parser
 
 
@@ -47,7 +51,7 @@ def top_k_arrays(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[s
     }
 
 
-def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -> None:
+def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int, format_version: int = FORMAT_VERSION) -> None:  # fmt: skip
     rng = np.random.default_rng(seed)
     n_examples = positions // mean_length
     lengths = np.full(n_examples, mean_length, dtype=np.int32)
@@ -65,6 +69,7 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
         meta={"fingerprint": {"aligned": "synthetic", "base": "synthetic"}, "vocab_size": vocab},
         tokenizer=tokenizer,
         overwrite=True,
+        format_version=format_version,
     )
     for unit in store.units():
         n = unit.positions
@@ -78,6 +83,8 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int) -
             "positions/js": rng.exponential(0.05, n).astype(np.float32),
             **top_k_arrays(rng, n, k, vocab),
         }
+        if format_version >= 3:  # as `score` writes them
+            arrays.update(stored_arrays(arrays))
         store.write_rows(unit, arrays)
         store.mark_committed(unit)
 
@@ -124,17 +131,22 @@ def main() -> None:
         help="Folder holding an earlier tdsdist package (`git archive <commit> tdsdist | tar -x"
         " -C DIR`): timed on the same store, alternating with the current code.",
     )
+    parser.add_argument("--format2", action="store_true", help="Also time a format-2 store.")
     args = parser.parse_args()
-    if args.rebuild or not args.store.exists():
-        start = time.perf_counter()
-        build(args.store, args.positions, mean_length=300, vocab=2000, seed=0)
-        print(f"built {args.store} in {time.perf_counter() - start:.1f} s")
+    format2 = args.store.with_name(args.store.stem + "-format2.zarr")
+    for path, version in [(args.store, FORMAT_VERSION)] + ([(format2, 2)] if args.format2 else []):
+        if args.rebuild or not path.exists() or Store(path, mode="r").format_version != version:
+            start = time.perf_counter()
+            build(path, args.positions, mean_length=300, vocab=2000, seed=0, format_version=version)
+            print(f"built {path} (format {version}) in {time.perf_counter() - start:.1f} s")
     store = Store(args.store, mode="r")
-    runs: dict[str, list[dict]] = {"before": [], "after": []}
+    runs: dict[str, list[dict]] = {"before": [], "after": [], "after, format-2 store": []}
     for _ in range(args.repeats):  # alternated: a busy machine slows both alike
         if args.before is not None:
             runs["before"].append(run_child(args.store, 1, args.before))
         runs["after"].append(run_child(args.store, 1, None))
+        if args.format2:
+            runs["after, format-2 store"].append(run_child(format2, 1, None))
     print("| code | positions | repeats | median wall s | positions / s (wall) | median CPU s | positions / CPU s | peak RSS (MiB) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, results in runs.items():
@@ -147,6 +159,10 @@ def main() -> None:
         peak = max(r["peak_mib"] for r in results)
         label = f"{name} ({'with' if results[0]['published'] else 'without'} published metrics)"
         assert (name == "before") == (str(args.before) in results[0]["package"]), results[0]
+        if name == "after":
+            label += ", stored" if store.has_published else ""
+        elif name != "before":
+            label += ", computed from the top-k tables"
         print(f"| {label} | {n:,} | {len(results)} | {wall:.2f} | {n / wall:,.0f} | {cpu:.2f} | {n / cpu:,.0f} | {peak:.0f} |")  # fmt: skip
 
 

@@ -1,0 +1,53 @@
+"""What the compatibility tests share: the arrays compared, the command that made the fixture
+stores, and JSON and store comparisons (`test_compat.py`: 0.1.0; `test_compat_format2.py`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tdsdist_testkit import assert_float32_close
+
+from tdsdist.store import Store
+
+EXACT = ["aligned/top_ids", "base/top_ids", "aligned/rank", "base/rank", "positions/token_id"]
+CLOSE = ["aligned/top_logprobs", "base/top_logprobs", "aligned/logprob", "base/logprob", "aligned/entropy", "base/entropy", "base/logprobs_at_aligned_top", "positions/kl"]  # fmt: skip
+SCORE = ["--aligned", "models/aligned", "--base", "models/base", "--data", "data.json", "--unit-size", "2", "--max-output-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+
+
+def keep_keys_of(got, want):
+    """`got` restricted to the keys `want` has, recursively (new fields may be added)."""
+    if isinstance(want, dict):
+        return {k: keep_keys_of(got[k], v) for k, v in want.items()}
+    if isinstance(want, list) and isinstance(got, list):
+        return [keep_keys_of(g, w) for g, w in zip(got, want)]
+    return got
+
+
+def assert_json_close(got, want, where: str = "") -> None:
+    """Equal JSON, floats to 1e-12 relative: numpy's float64 sums may take other SIMD paths on
+    another CPU, and nothing else may differ."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            assert_json_close(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_json_close(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-300), where
+    else:
+        assert got == want, where
+
+
+def assert_same_store(got: Path, want: Path, rows: np.ndarray | None = None) -> None:
+    a, b = Store(got, mode="r"), Store(want, mode="r")
+    assert a.committed().all() and b.committed().all()
+    assert a.ids == b.ids
+    mask = b.valid_rows() if rows is None else rows
+    for name in EXACT:
+        np.testing.assert_array_equal(a.read(name)[mask], b.read(name)[mask], err_msg=name)
+    for name in CLOSE:
+        assert_float32_close(a.read(name)[mask], b.read(name)[mask], err_msg=name)

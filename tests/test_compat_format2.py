@@ -1,0 +1,73 @@
+"""Stores of format 2 (the release before format 3) keep working: they show and analyse as that
+release did, AlignTDS's metrics are computed from their top-k tables, and a killed one resumes
+to the complete one in its own format (no `published/` arrays appear in it).
+
+The stores under `tests/fixtures/store-format2/` were written by that release itself (its README).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from compat_helpers import CLOSE, EXACT, SCORE, assert_json_close, assert_same_store, keep_keys_of
+from tdsdist_testkit import save_tiny_pair
+
+from tdsdist.analysis import published as pub
+from tdsdist.cli import main
+from tdsdist.store import PAIR_ARRAYS, Store
+
+FIXTURES = Path(__file__).parent / "fixtures" / "store-format2"
+PAIR = [f"{g}/{c.name}" for g, cs in PAIR_ARRAYS.items() for c in cs]
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("compat2") / "format2"
+    shutil.copytree(FIXTURES, root)
+    save_tiny_pair(root / "models", vocab_size=301, seed=0)
+    return root
+
+
+def run(root: Path, monkeypatch, *args: str):
+    monkeypatch.chdir(root)
+    return CliRunner().invoke(main, list(args))
+
+
+def test_show_and_analyze_print_what_format_2_printed(old: Path, monkeypatch) -> None:
+    result = run(old, monkeypatch, "show", "complete.zarr", "--example", "0", "--json")
+    assert result.exit_code == 0, result.output
+    want = json.loads((old / "show_0.json").read_text())
+    got = json.loads(result.output)
+    assert_json_close(keep_keys_of(got, want), want)
+    assert got["format_version"] == 2
+    result = run(old, monkeypatch, "analyze", "complete.zarr", "--json")
+    assert result.exit_code == 0, result.output
+    got, want = json.loads(result.output), json.loads((old / "analyze.json").read_text())
+    assert_json_close(keep_keys_of(got, want), want)  # nothing that release printed changed
+    store = Store(old / "complete.zarr", mode="r")
+    assert not store.has_published and got["published"]["jaccard"]["mean"] is not None
+    rows = store.valid_rows()
+    computed = pub.published_rows(store, slice(0, len(rows)))
+    assert got["published"]["jaccard"]["mean"] == pytest.approx(computed["jaccard"][rows].mean())
+
+
+def test_a_killed_format_2_store_resumes_in_its_own_format(old: Path, monkeypatch) -> None:
+    partial = old / "partial.zarr"
+    before = Store(partial, mode="r")
+    first = slice(0, before.units()[0].positions)
+    kept = {name: before.read(name)[first].copy() for name in EXACT + CLOSE + PAIR}
+    result = run(old, monkeypatch, "score", *SCORE, "--store", "partial.zarr")
+    assert result.exit_code == 0, result.output
+    assert "1 already committed, 2 to do" in result.output
+    assert_same_store(partial, old / "complete.zarr")
+    after = Store(partial, mode="r")
+    assert after.format_version == 2 and not (partial / "published").exists()
+    for name, values in kept.items():  # the committed unit is not scored again
+        np.testing.assert_array_equal(after.read(name)[first], values, err_msg=name)
+    result = run(old, monkeypatch, "verify", "partial.zarr")
+    assert result.exit_code == 0 and "none damaged" in result.output

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from numcodecs import Blosc
 
 from tdsdist.store import Store
+from tdsdist.threads import pool  # noqa: F401  (re-exported: the analysis's threads)
 
 _BLOSC = Blosc()
 
@@ -57,18 +57,11 @@ class _Layout:
             and keys.get("name") == "default"
             and keys.get("configuration", {}).get("separator", "/") == "/"
             and list(grid[1:]) == list(meta["shape"][1:])
-            and meta.get("data_type") in ("int8", "int32", "int64", "float32", "float64", "uint8", "bool")
+            and meta.get("data_type")
+            in ("int8", "int32", "int64", "float32", "float64", "uint8", "bool")
             and not meta.get("storage_transformers")
         )
         return cls(folder, meta) if simple else None
-
-
-@functools.cache
-def pool() -> ThreadPoolExecutor:
-    """Threads for the analysis: decoding (Blosc, crc32c) and numpy release the GIL, so arrays
-    read and sub-blocks computed in parallel share the cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return ThreadPoolExecutor(max(1, min(8, cores or 1)))
 
 
 @functools.cache

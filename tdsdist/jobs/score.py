@@ -18,7 +18,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tdsdist.analysis.published import stored_arrays as published_arrays
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
 from tdsdist.engine.runner import ModelRunner
@@ -47,6 +46,7 @@ from tdsdist.parallel.dist import (
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, Store, UnitRows
+from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import in_task_share
 
 # Fault injection for tests of crash recovery: SIGKILL this process after writing the data of

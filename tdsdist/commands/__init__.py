@@ -1,0 +1,1 @@
+"""The `tdsdist` subcommands, one module per kind (`tdsdist/cli.py` assembles the group)."""

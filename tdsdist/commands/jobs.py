@@ -1,0 +1,63 @@
+"""The job commands: `score`, `generate` (their flags derived from the config dataclasses) and
+`demo`. Torch and transformers are imported inside each, so `--help` answers at once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from tdsdist.commands.common import (
+    PREEMPTED_EXIT,
+    config_options,
+    echo_log,
+    job_config,
+    print_result,
+    user_errors,
+)
+from tdsdist.config import GenerateConfig, ScoreConfig
+
+
+@click.command("score")
+@config_options(ScoreConfig)
+@user_errors
+def score_command(config_file: str | None, **flags: Any) -> None:
+    """Score the aligned answers under both models into a Zarr store (resumes if it exists)."""
+    from tdsdist.jobs.score import run_score
+
+    timing = run_score(job_config(ScoreConfig, config_file, flags), log=echo_log)
+    print_result({"timing": timing})
+    if timing.get("stopped"):
+        sys.exit(PREEMPTED_EXIT)
+
+
+@click.command("generate")
+@config_options(GenerateConfig)
+@user_errors
+def generate_command(config_file: str | None, **flags: Any) -> None:
+    """The aligned model writes its answers (and, with --store, records its distributions)."""
+    from tdsdist.jobs.generate import run_generate
+
+    result = run_generate(job_config(GenerateConfig, config_file, flags), log=echo_log)
+    print_result(result)
+    if result.get("stopped"):
+        sys.exit(PREEMPTED_EXIT)
+
+
+@click.command("demo")
+@click.option("--store", default="tdsdist-demo.zarr", show_default=True, help="Output store.")
+@click.option("--limit", default=20, show_default=True, help="Examples to score.")
+@click.option(
+    "--data", default=None, help="Answers file [the first 20 just-eval examples, shipped]."
+)
+@click.option("--max-output-tokens", type=int, default=None, help="Cut answers to N tokens.")
+@click.option("--report", default=None, help="Report folder [the store's name + -report].")
+@user_errors
+def demo_command(
+    store: str, limit: int, data: str | None, max_output_tokens: int | None, report: str | None
+) -> None:
+    """The whole path on a real small model (SmolLM2-135M-Instruct from PyPI), offline."""
+    from tdsdist.jobs.demo import run_demo
+
+    run_demo(store, limit, data, max_output_tokens, click.echo, report)

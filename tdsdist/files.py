@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tdsdist.errors import TdsError
+
 
 def file_sha256(path: Path | str) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (data files can be gigabytes)."""
@@ -97,3 +99,14 @@ def staged_file(target: Path | str) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_out_folder(out: Path, marker: str, what: str) -> None:
+    """Refuse an output folder that is neither new, empty, nor an earlier `what` (its `marker`
+    file says so): the command replaces that folder whole, and must never replace a user's."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TdsError(f"{out}: exists and is not a folder")
+    if any(out.iterdir()) and not (out / marker).exists():
+        raise TdsError(f"{out}: folder is not empty and is not {what}; give a new or empty folder")

@@ -174,10 +174,10 @@ def write_figure_folder(
 
     import tdsdist
     from tdsdist.errors import TdsError
-    from tdsdist.files import publish, staged_folder
+    from tdsdist.files import check_out_folder, publish, staged_folder
 
     out = Path(out)
-    _check_out(out)
+    check_out_folder(out, MARKER, "a tdsdist figures folder")
     for s in summaries:
         if not s.get("positions"):
             excluded = (s.get("excluded") or {}).get("positions", 0)
@@ -199,19 +199,6 @@ def write_figure_folder(
         (tmp / MARKER).write_text("written by `tdsdist figures`; the next run replaces this folder\n")  # fmt: skip
         publish(tmp, out, replace=True)
     return index
-
-
-def _check_out(out: Path) -> None:
-    from tdsdist.errors import TdsError
-
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise TdsError(f"{out}: exists and is not a folder")
-    if any(out.iterdir()) and not (out / MARKER).exists():
-        raise TdsError(
-            f"{out}: folder is not empty and is not a tdsdist figures folder; give a new or empty folder"  # fmt: skip
-        )
 
 
 def report_figures(site: Path, summary: dict[str, Any]) -> list[dict[str, Any]]:

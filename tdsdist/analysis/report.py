@@ -52,8 +52,7 @@ from tdsdist.analysis.report_example import (
 )
 from tdsdist.analysis.summary import Filters
 from tdsdist.analysis.token_text import TokenText, text_ends
-from tdsdist.errors import TdsError
-from tdsdist.files import publish, staged_folder
+from tdsdist.files import check_out_folder, publish, staged_folder
 from tdsdist.metrics import categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
 from tdsdist.store_contexts import StoredContexts
@@ -105,7 +104,7 @@ def write_report(store: Store, out: Path, summary: dict, filters: Filters = Filt
     temporary sibling folder and moved into place, so an error leaves `out` as it was.
     """
     out = Path(out)
-    _check_out(out)
+    check_out_folder(out, MARKER, "a tdsdist report")
     with staged_folder(out) as tmp:
         _copy_assets(tmp)
         (tmp / "data").mkdir()
@@ -132,17 +131,6 @@ def write_report(store: Store, out: Path, summary: dict, filters: Filters = Filt
         )
         publish(tmp, out, replace=True)
     return out / "index.html"
-
-
-def _check_out(out: Path) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise TdsError(f"{out}: exists and is not a folder")
-    if any(out.iterdir()) and not (out / MARKER).exists():
-        raise TdsError(
-            f"{out}: folder is not empty and is not a tdsdist report; give a new or empty folder"
-        )
 
 
 def _copy_assets(site: Path) -> None:

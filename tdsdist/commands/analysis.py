@@ -13,6 +13,8 @@ import click
 from tdsdist.commands.common import (
     analysis_kwargs,
     analysis_options,
+    filter_options,
+    filters_from,
     threshold_options,
     thresholds_from,
     user_errors,
@@ -155,14 +157,7 @@ def figures_command(
     help="Parquet file (replaced once the new one is complete).",
 )
 @threshold_options
-@click.option(
-    "--exclude-first", default=0, show_default=True, help="Leave out each answer's first N positions."
-)  # fmt: skip
-@click.option(
-    "--exclude-special-tokens",
-    is_flag=True,
-    help="Leave out EOS and every special token of the stored tokenizer.",
-)
+@filter_options
 @user_errors
 def export_command(
     store_dir: str,
@@ -177,15 +172,11 @@ def export_command(
     import time
 
     from tdsdist.analysis.export import export_parquet
-    from tdsdist.analysis.summary import Filters
     from tdsdist.store import Store
 
     start = time.perf_counter()
     thresholds = thresholds_from(unshifted_max, marginal_max)
-    try:
-        filters = Filters(exclude_first, exclude_special_tokens)
-    except ValueError as e:
-        raise TdsError(str(e)) from None
+    filters = filters_from(exclude_first, exclude_special_tokens)
     result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters)
     size = os.path.getsize(out_file) / 1e6
     click.echo(
@@ -204,33 +195,21 @@ def export_command(
     type=click.Path(file_okay=False),
     help="Folder of the site (new, empty, or an earlier report: replaced).",
 )
-@click.option(
-    "--exclude-first",
-    default=0,
-    show_default=True,
-    help="Leave out each answer's first N positions (as analyze; marked on the example pages).",
-)
-@click.option(
-    "--exclude-special-tokens",
-    is_flag=True,
-    help="Leave out EOS and every special token of the stored tokenizer (as analyze).",
-)
+@filter_options
 @user_errors
 def report_command(
     store_dir: str, out_dir: str, exclude_first: int, exclude_special_tokens: bool
 ) -> None:
-    """A static HTML report (summary, every example token by token); opens offline from file://."""
+    """A static HTML report (summary, every example token by token); opens offline from file://.
+    Filtered positions are left out of the summary and marked on the example pages."""
     import time
     from pathlib import Path
 
     from tdsdist.analysis.report import write_report
-    from tdsdist.analysis.summary import Filters, summarize
+    from tdsdist.analysis.summary import summarize
     from tdsdist.store import Store
 
-    try:
-        filters = Filters(exclude_first, exclude_special_tokens)
-    except ValueError as e:
-        raise TdsError(str(e)) from None
+    filters = filters_from(exclude_first, exclude_special_tokens)
     start = time.perf_counter()
     store = Store(store_dir, mode="r")
     index = write_report(store, Path(out_dir), summarize(store, filters=filters), filters)

@@ -99,20 +99,32 @@ def print_result(result: dict[str, Any]) -> None:
         click.echo(json.dumps(result))
 
 
+def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--exclude-first N` and `--exclude-special-tokens`: the same positions left out by every
+    command that reads a store (`filters_from` makes them a `summary.Filters`)."""
+    fn = click.option(
+        "--exclude-special-tokens",
+        is_flag=True,
+        help="Leave out EOS and every special token of the stored tokenizer.",
+    )(fn)
+    return click.option(
+        "--exclude-first", default=0, show_default=True, help="Leave out each answer's first N positions."
+    )(fn)  # fmt: skip
+
+
+def filters_from(exclude_first: int, exclude_special_tokens: bool):
+    from tdsdist.analysis.summary import Filters
+
+    try:
+        return Filters(exclude_first, exclude_special_tokens)
+    except ValueError as e:
+        raise TdsError(str(e)) from None
+
+
 def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The filters and the per-position intervals, shared by `analyze` and `compare`."""
+    """The filters, the per-position intervals, the category rule and the published metrics,
+    shared by `analyze`, `compare` and `figures`."""
     options = [
-        click.option(
-            "--exclude-first",
-            default=0,
-            show_default=True,
-            help="Leave out each answer's first N positions.",
-        ),  # fmt: skip
-        click.option(
-            "--exclude-special-tokens",
-            is_flag=True,
-            help="Leave out EOS and every special token of the stored tokenizer.",
-        ),  # fmt: skip
         click.option(
             "--max-t",
             default=100,
@@ -138,24 +150,19 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--published/--no-published",
             default=True,
             show_default=True,
-            help="AlignTDS's top-k metrics as published (they read both top-k lists: about half"
-            " the time of the analysis).",
+            help="AlignTDS's top-k metrics as published (stored per position since store format"
+            " 3; computed from both top-k lists in older stores, which doubles the time).",
         ),  # fmt: skip
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return filter_options(fn)
 
 
 def analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published) -> dict:  # fmt: skip
-    from tdsdist.analysis.summary import Filters
-
     if max_t < 0 or resamples < 1:
         raise TdsError("--max-t must be >= 0 and --resamples >= 1")
-    try:
-        filters = Filters(exclude_first, exclude_special_tokens)
-    except ValueError as e:
-        raise TdsError(str(e)) from None
+    filters = filters_from(exclude_first, exclude_special_tokens)
     return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published}  # fmt: skip
 
 

@@ -476,3 +476,24 @@ def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None
     assert Store(store, mode="r").committed().all()
     refused = CliRunner().invoke(main, [*args[:-2], "--device", "cpu", "--aligned-template", "input", "--overwrite"])  # fmt: skip
     assert refused.exit_code == 2 and "--aligned-template chat" in refused.output
+
+
+def test_the_shipped_conversation_template_renders_as_the_readme_says() -> None:
+    """`configs/templates/conversation.jinja`: the README quotes it and its output for a
+    three-turn transcript (system text, one earlier exchange, the last question)."""
+    from tdsdist.inputs.data import Example
+
+    root = Path(__file__).parents[1]
+    template = root / "configs" / "templates" / "conversation.jinja"
+    turns = [("system", "Be brief."), ("user", "Hi?"), ("assistant", "Hello."), ("user", "Why?")]
+    messages = tuple({"role": r, "content": c} for r, c in turns)
+    ex = Example(index=0, id="c0", instruction="Why?", prompt=None, answer="x", messages=messages)
+    want = "Be brief.\n\n# Query:\nHi?\n\n# Answer:\nHello.\n\n# Query:\nWhy?\n\n# Answer:\n"
+    assert base_context_fn(str(template))(ex) == want
+    readme = (root / "README.md").read_text()
+    assert want.replace("\n", "\\n") in readme
+    body = "\n".join(
+        line for line in template.read_text().splitlines() if not line.startswith(("{#-", "    "))
+    )
+    for line in body.splitlines():  # the README shows the template itself (indented in a list)
+        assert ("  " + line).rstrip() in readme.splitlines() or not line.strip(), line

@@ -30,9 +30,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tdsdist.analysis.chunks import committed_blocks
+from tdsdist.analysis.chunks import BlockReader, committed_blocks
 from tdsdist.analysis.published import NAMES as PUBLISHED
-from tdsdist.analysis.published import published_rows
+from tdsdist.analysis.published import inputs as published_inputs
+from tdsdist.analysis.published import read_block
 from tdsdist.analysis.summary import Filters, Thresholds
 from tdsdist.analysis.token_text import TokenText
 from tdsdist.errors import TdsError
@@ -107,17 +108,24 @@ def export_parquet(
 
 def _tables(store, thresholds, special, filters, token_text, ids):
     """One `pa.Table` per block of store rows, filtered positions left out."""
+    reader = BlockReader(store)  # tdsdist's chunk files read directly, the arrays in threads
+    names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
+    names += [f"positions/{n}" for n in DIVERGENCES] if store.has_pair else []
+    names += published_inputs(store)
     for rows, valid, t, _, example in committed_blocks(store, BLOCK_ROWS):
-        tokens = store.read("positions/token_id", rows)[valid]
+        reader.prefetch(names, rows)
+        tokens = reader.read("positions/token_id", rows)[valid]
         keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
         if keep.any():
             where = np.flatnonzero(valid)[keep]  # rows of the block that become table rows
-            yield _table(store, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+            yield _table(store, reader.read, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+        else:
+            reader.forget()
 
 
-def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) -> pa.Table:
+def _table(store, read, rows, where, t, example, tokens, thresholds, token_text, ids) -> pa.Table:
     def column(name: str) -> np.ndarray:
-        return store.read(name, rows)[where]
+        return read(name, rows)[where]
 
     rank = column("base/rank")
     data: dict[str, pa.Array] = {
@@ -136,7 +144,7 @@ def _table(store, rows, where, t, example, tokens, thresholds, token_text, ids) 
     data["topk_kl"] = pa.array(column("positions/kl"))
     codes = pa.array(thresholds.categorize(rank).astype(np.int8))
     data["category"] = pa.DictionaryArray.from_arrays(codes, pa.array(CATEGORIES))
-    published = published_rows(store, rows)
+    published = read_block(read, rows, store)
     for name in PUBLISHED:
         kind, values = _published_type(name), published.get(name)
         if values is None:

@@ -3,12 +3,15 @@ stores, and JSON and store comparisons (`test_compat.py`: 0.1.0; `test_compat_fo
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tdsdist_testkit import assert_float32_close
+from click.testing import CliRunner
+from tdsdist_testkit import assert_float32_close, save_tiny_pair
 
+from tdsdist.cli import main
 from tdsdist.store import Store
 
 EXACT = ["aligned/top_ids", "base/top_ids", "aligned/rank", "base/rank", "positions/token_id"]
@@ -51,3 +54,17 @@ def assert_same_store(got: Path, want: Path, rows: np.ndarray | None = None) -> 
         np.testing.assert_array_equal(a.read(name)[mask], b.read(name)[mask], err_msg=name)
     for name in CLOSE:
         assert_float32_close(a.read(name)[mask], b.read(name)[mask], err_msg=name)
+
+
+def copy_with_models(fixtures: Path, root: Path) -> Path:
+    """A copy of a fixture folder with the tiny pair its stores name (`models/`) rebuilt beside
+    them, as `save_tiny_pair(Path("models"), vocab_size=301, seed=0)` made it."""
+    shutil.copytree(fixtures, root)
+    save_tiny_pair(root / "models", vocab_size=301, seed=0)
+    return root
+
+
+def run(root: Path, monkeypatch, *args: str):
+    """`tdsdist ARGS` from `root` (the stores name the models by relative path, as users do)."""
+    monkeypatch.chdir(root)
+    return CliRunner().invoke(main, list(args))

@@ -8,16 +8,21 @@ are rebuilt here beside a copy (the stores name them by relative path, as a user
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from compat_helpers import CLOSE, EXACT, SCORE, assert_json_close, assert_same_store, keep_keys_of
-from tdsdist_testkit import save_tiny_pair
+from compat_helpers import (
+    CLOSE,
+    EXACT,
+    SCORE,
+    assert_json_close,
+    assert_same_store,
+    copy_with_models,
+    keep_keys_of,
+    run,
+)
 
-from tdsdist.cli import main
 from tdsdist.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
@@ -27,15 +32,7 @@ COMPLETE_RECORDED = ["--aligned", "models/aligned", "--base", "models/base", "--
 @pytest.fixture(scope="module")
 def old(tmp_path_factory) -> Path:
     """A copy of the 0.1.0 fixtures with the tiny pair rebuilt under `models/`."""
-    root = tmp_path_factory.mktemp("compat") / "v010"
-    shutil.copytree(FIXTURES, root)
-    save_tiny_pair(root / "models", vocab_size=301, seed=0)
-    return root
-
-
-def run(root: Path, monkeypatch, *args: str):
-    monkeypatch.chdir(root)
-    return CliRunner().invoke(main, list(args))
+    return copy_with_models(FIXTURES, tmp_path_factory.mktemp("compat") / "v010")
 
 
 def test_show_and_analyze_print_what_010_printed(old: Path, monkeypatch) -> None:

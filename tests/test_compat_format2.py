@@ -8,17 +8,22 @@ The stores under `tests/fixtures/store-format2/` were written by that release it
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from compat_helpers import CLOSE, EXACT, SCORE, assert_json_close, assert_same_store, keep_keys_of
-from tdsdist_testkit import save_tiny_pair
+from compat_helpers import (
+    CLOSE,
+    EXACT,
+    SCORE,
+    assert_json_close,
+    assert_same_store,
+    copy_with_models,
+    keep_keys_of,
+    run,
+)
 
 from tdsdist.analysis import published as pub
-from tdsdist.cli import main
 from tdsdist.store import PAIR_ARRAYS, Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-format2"
@@ -27,15 +32,7 @@ PAIR = [f"{g}/{c.name}" for g, cs in PAIR_ARRAYS.items() for c in cs]
 
 @pytest.fixture(scope="module")
 def old(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("compat2") / "format2"
-    shutil.copytree(FIXTURES, root)
-    save_tiny_pair(root / "models", vocab_size=301, seed=0)
-    return root
-
-
-def run(root: Path, monkeypatch, *args: str):
-    monkeypatch.chdir(root)
-    return CliRunner().invoke(main, list(args))
+    return copy_with_models(FIXTURES, tmp_path_factory.mktemp("compat2") / "format2")
 
 
 def test_show_and_analyze_print_what_format_2_printed(old: Path, monkeypatch) -> None:

@@ -146,3 +146,14 @@ def proc_status_kib(field: str) -> int:
 def peak_rss_kib() -> int:
     """This process's peak resident set size so far (`ru_maxrss`, kB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child_json(cmd: Sequence[str], **kwargs) -> dict:
+    """Run a measuring child process (a fresh interpreter: its own peak RSS, no warm caches) and
+    return the JSON object it printed last; its stderr tail in the error if it failed."""
+    import subprocess
+
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -519,3 +519,14 @@ def assert_pair_arrays(got: dict[str, np.ndarray], want: dict[str, np.ndarray], 
             np.testing.assert_array_equal(got[name], value, err_msg=name)
         else:
             assert_float32_close(got[name], value, scale=scale, err_msg=name)
+
+
+def assert_answers_match(got: dict[str, np.ndarray], answers: Sequence, reference) -> None:
+    """A scorer's rows (all answers concatenated, in order) against `reference(answer)`, one
+    answer's arrays at a time (`assert_pair_arrays`); every row is accounted for."""
+    offset = 0
+    for a in answers:
+        rows = slice(offset, offset + len(a.answer))
+        offset += len(a.answer)
+        assert_pair_arrays({k: v[rows] for k, v in got.items()}, reference(a))
+    assert offset == len(got["base/rank"])

@@ -31,13 +31,12 @@ import json
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tools.common import ROOT, arg_parser, peak_rss_kib, proc_status_kib
+from tools.common import ROOT, arg_parser, child_json, peak_rss_kib, proc_status_kib
 
 VARIANTS = ("adapter", "two")
 MIB = 1 << 20
@@ -159,10 +158,7 @@ def run_child(args, variant: str, folders: dict) -> dict:
            "--folders", json.dumps(folders), "--sequences", str(args.sequences),
            "--context", str(args.context), "--answer", str(args.answer),
            "--threads", str(args.threads)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_json(cmd, cwd=ROOT)
 
 
 def main(argv=None) -> None:

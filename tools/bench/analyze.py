@@ -15,9 +15,7 @@ top-k tables, as for stores of earlier releases) and times today's code on it in
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
 from tdsdist.analysis.published import stored_arrays
 from tdsdist.store import FORMAT_VERSION, Store, create
-from tools.common import arg_parser
+from tools.common import arg_parser, child_json
 
 
 def top_k_arrays(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[str, np.ndarray]:
@@ -114,8 +112,7 @@ def run_child(store: Path, repeats: int, source: Path | None) -> dict:
     RSS); `source`: a folder holding another `tdsdist` package (an earlier commit's, for a
     before/after comparison on the same store)."""
     cmd = [sys.executable, "-c", CHILD, str(store), str(repeats), str(source or "")]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return child_json(cmd)
 
 
 def main() -> None:

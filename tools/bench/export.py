@@ -10,16 +10,14 @@ file's size per row.
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tdsdist.store import FORMAT_VERSION, Store
 from tools.bench.analyze import build
-from tools.common import arg_parser
+from tools.common import arg_parser, child_json
 
 CHILD = """
 import json, os, resource, sys, time
@@ -47,8 +45,7 @@ def main() -> None:
     runs = []
     for _ in range(args.repeats):
         cmd = [sys.executable, "-c", CHILD, str(args.store), str(args.out)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
+        runs.append(child_json(cmd))
     rows = runs[0]["rows"]
     wall = statistics.median(r["wall"] for r in runs)
     print("| rows | repeats | median wall s | rows / s | peak RSS (MiB) | file bytes per row |")

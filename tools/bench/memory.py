@@ -36,11 +36,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
-from tools.common import ROOT, arg_parser, peak_rss_kib, proc_status_kib
+from tools.common import ROOT, arg_parser, child_json, peak_rss_kib, proc_status_kib
 
 MIB = 1 << 20
 PAIRED = ("body2", "pair")  # variants that hold two models (the pair head's case)
@@ -182,10 +181,7 @@ def run_child(args, variant: str, chunk: int = 64) -> dict:
         "--threads",
         str(args.threads),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return child_json(cmd, cwd=ROOT)
 
 
 def main(argv=None) -> None:

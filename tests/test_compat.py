@@ -51,6 +51,9 @@ def test_show_and_analyze_print_what_010_printed(old: Path, monkeypatch) -> None
     # New keys may be added and none may change, except one on purpose: 0.1.0's coarse
     # `by_position` buckets moved to `by_position_bucket` (`by_position` is now per token, with
     # intervals), and the category fractions gained their interval.
+    for row in got["by_position_bucket"] + got["by_relative_position"]:  # new: intervals
+        lo, hi = row.pop("shifted_ci")
+        assert row["positions"] == 0 or lo <= row["shifted_fraction"] <= hi
     assert_json_close(got["by_position_bucket"], want.pop("by_position"))
     for c in want["categories"].values():
         c["ci"] = None

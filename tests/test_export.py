@@ -89,6 +89,10 @@ def expected(store: Store, thresholds=Thresholds(), filters=Filters()) -> dict[s
         for model in MODELS:
             for name in ("logprob", "rank", "entropy"):
                 cols[f"{model}_{name}"] += store.read(f"{model}/{name}", rows)[keep].tolist()
+            entropy = store.read(f"{model}/entropy", rows)[keep].astype(np.float64)
+            cols[f"{model}_branching"] += np.exp(entropy).astype(np.float32).tolist()
+        top1 = store.read("base/top_logprobs", rows)[keep][:, 0].astype(np.float64)
+        cols["base_top1_prob"] += np.exp(top1).astype(np.float32).tolist()
         for name in DIVERGENCES:
             values = store.read(f"positions/{name}", rows)[keep].tolist() if store.has_pair else [None] * int(keep.sum())  # fmt: skip
             cols[name] += values

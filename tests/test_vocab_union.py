@@ -330,7 +330,7 @@ def test_score_and_analyze_a_union_store(union_pair, tmp_path) -> None:
     from tdsdist.analysis.summary import render_text, summarize
 
     summary = summarize(store, resamples=20)
-    assert set(summary["divergence"]) == {"js", "tv"}
+    assert set(summary["divergence"]) == {"kl_base_aligned", "js", "tv"}
     js = store.read("positions/js")[valid].astype(np.float64)
     assert_float32_close(np.array(summary["divergence"]["js"]["mean"]), np.array(js.mean()))
     text = render_text(summary)

@@ -26,14 +26,37 @@ CATEGORY_NAMES = ("unshifted", "marginal", "shifted")
 class PositionCurves:
     """Partial sums per (example, position bin) of the statistics named in `means`."""
 
-    def __init__(self, examples: int, max_t: int, means: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        examples: int,
+        max_t: int,
+        means: tuple[str, ...],
+        infinite: tuple[str, ...] | None = None,
+    ) -> None:
         self.examples, self.bins = examples, max_t + 2  # t = 0 .. max_t, then the tail
         self.max_t, self.means = max_t, means
+        # `infinite`: the statistics that may be +inf (a KL that divides by a masked token's
+        # zero; all of `means` by default); only they get a column counting their +inf values.
+        self.infinite = tuple(means if infinite is None else infinite)
         # columns: positions, 3 categories, one sum per mean statistic (finite values), one count
-        # of infinite values per statistic (a KL that divides by a masked token's zero). float32:
-        # counts are exact (a cell holds one answer's positions) and E x bins x cols is the memory.
-        self.sums = np.zeros((examples, self.bins, 4 + 2 * len(means)), np.float32)
-        self.rank_hist = np.zeros((self.bins, RANK_CAP + 1), np.int64)  # for the medians
+        # of infinite values per `infinite` statistic. float32: counts are exact (a cell holds
+        # one answer's positions) and E x bins x cols is the memory.
+        cols = 4 + len(means) + len(self.infinite)
+        self.sums = np.zeros((examples, self.bins, cols), np.float32)
+        self.rank_hist: np.ndarray | None = np.zeros((self.bins, RANK_CAP + 1), np.int64)
+
+    def inf_column(self, name: str) -> int | None:
+        """The column counting `name`'s +inf values, or None (never infinite)."""
+        if name not in self.infinite:
+            return None
+        return 4 + len(self.means) + self.infinite.index(name)
+
+    def subset(self, index: np.ndarray) -> PositionCurves:
+        """The same sums over the examples `index` only (a group of them), without medians:
+        the rank histogram behind them is not kept per example."""
+        out = PositionCurves(0, self.max_t, self.means, self.infinite)
+        out.sums, out.examples, out.rank_hist = self.sums[index], len(index), None
+        return out
 
     def add(
         self,
@@ -53,13 +76,13 @@ class PositionCurves:
         flat[:, 0] += np.bincount(cell, minlength=size)
         by_category = np.bincount(cell * 3 + category, minlength=3 * size).reshape(size, 3)
         flat[:, 1:4] += by_category
-        k = len(self.means)
         for j, name in enumerate(self.means):
             v = values[name]
             finite = np.isfinite(v)
             flat[:, 4 + j] += np.bincount(cell, weights=np.where(finite, v, 0.0), minlength=size)
-            if not finite.all():
-                flat[:, 4 + k + j] += np.bincount(cell, weights=~finite, minlength=size)
+            inf = self.inf_column(name)
+            if not finite.all() and inf is not None:
+                flat[:, inf] += np.bincount(cell, weights=~finite, minlength=size)
         capped = np.minimum(base_rank, RANK_CAP + 1) - 1  # 0 .. RANK_CAP
         self.rank_hist += np.bincount(
             bins * (RANK_CAP + 1) + capped, minlength=self.bins * (RANK_CAP + 1)
@@ -82,21 +105,22 @@ class PositionCurves:
                 row["tail"] = True  # every t > max_t
             for c, name in enumerate(CATEGORY_NAMES):
                 row[name] = _ratio(per_bin[b, 1 + c], n, boot[:, b, 1 + c], boot[:, b, 0])
-            k = len(self.means)
             for j, name in enumerate(self.means):
-                infinite = (per_bin[b, 4 + k + j], boot[:, b, 4 + k + j])
+                c = self.inf_column(name)
+                infinite = None if c is None else (per_bin[b, c], boot[:, b, c])
                 mean = _ratio(per_bin[b, 4 + j], n, boot[:, b, 4 + j], boot[:, b, 0], "mean", infinite)  # fmt: skip
                 row[f"mean_{name}"] = mean
-            row["median_base_rank"] = _median_rank(self.rank_hist[b])
+            if self.rank_hist is not None:
+                row["median_base_rank"] = _median_rank(self.rank_hist[b])
             rows.append(row)
         total, boot_total = per_bin.sum(0), boot.sum(1)  # [cols], [B, cols]
         overall = {
             name: _ratio(total[1 + c], total[0], boot_total[:, 1 + c], boot_total[:, 0])
             for c, name in enumerate(CATEGORY_NAMES)
         }
-        k = len(self.means)
         for j, name in enumerate(self.means):
-            infinite = (total[4 + k + j], boot_total[:, 4 + k + j])
+            c = self.inf_column(name)
+            infinite = None if c is None else (total[c], boot_total[:, c])
             overall[f"mean_{name}"] = _ratio(
                 total[4 + j], total[0], boot_total[:, 4 + j], boot_total[:, 0], "mean", infinite
             )

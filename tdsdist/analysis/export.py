@@ -6,7 +6,9 @@ units are not rows). Columns, in order (`COLUMNS`):
     example_index int32, example_id string, t int32 (position in the answer), token_id int32,
     token string (`decode([id])`, SentencePiece's word-initial space restored: `token_text.py`;
     both strings dictionary-encoded: categorical in pandas),
-    aligned_/base_ logprob float32, rank int32, entropy float32,
+    aligned_/base_ logprob float32, rank int32, entropy float32 (nats),
+    aligned_/base_branching float32 (exp(entropy): the branching factor of Yang & Holtzman),
+    base_top1_prob float32 (the base model's probability of its own top 1),
     kl_aligned_base, kl_base_aligned, js, tv float32 (exact, the pair head; null in format-1
     stores), topk_kl float32 (KL over the aligned top-k + tail, a lower bound: `metrics.py`),
     category dictionary<int8, string> (unshifted / marginal / shifted by the base rank),
@@ -60,6 +62,8 @@ SCHEMA = pa.schema(
         ("token_id", pa.int32()),
         ("token", TEXT_TYPE),
         *[(f"{m}_{name}", kind) for m in MODELS for name, kind in MODEL_COLUMNS],
+        *[(f"{m}_branching", pa.float32()) for m in MODELS],
+        ("base_top1_prob", pa.float32()),
         *[(name, pa.float32()) for name in DIVERGENCES],
         ("topk_kl", pa.float32()),
         ("category", CATEGORY_TYPE),
@@ -111,7 +115,7 @@ def _tables(store, thresholds, special, filters, token_text, ids):
     reader = BlockReader(store)  # tdsdist's chunk files read directly, the arrays in threads
     names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
     names += [f"positions/{n}" for n in DIVERGENCES] if store.has_pair else []
-    names += published_inputs(store)
+    names += ["base/top_logprobs"] + published_inputs(store)
     for rows, valid, t, _, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(names, rows)
         tokens = reader.read("positions/token_id", rows)[valid]
@@ -139,6 +143,11 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
         for name, kind in MODEL_COLUMNS:
             values = rank if (model, name) == ("base", "rank") else column(f"{model}/{name}")
             data[f"{model}_{name}"] = pa.array(values, kind)
+    for model in MODELS:  # the entropies again (read once: the reader hands each over once)
+        entropy = data[f"{model}_entropy"].to_numpy(zero_copy_only=False)
+        data[f"{model}_branching"] = pa.array(np.exp(entropy.astype(np.float64)), pa.float32())
+    top1 = read("base/top_logprobs", rows)[:, 0][where]  # [n]
+    data["base_top1_prob"] = pa.array(np.exp(top1.astype(np.float64)), pa.float32())
     for name in DIVERGENCES:  # format 1 has none: a null column of the same type
         data[name] = pa.array(column(f"positions/{name}")) if store.has_pair else pa.nulls(len(where), pa.float32())  # fmt: skip
     data["topk_kl"] = pa.array(column("positions/kl"))

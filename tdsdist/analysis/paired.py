@@ -31,10 +31,10 @@ def per_example_sums(curves: PositionCurves, published: pub.PublishedSums | None
     sums = curves.sums.sum(1, dtype=np.float64)  # [E, cols]
     zero = np.zeros(len(sums))
     stats = {name: (sums[:, 1 + c], zero) for c, name in enumerate(CATEGORY_NAMES)}
-    k = len(curves.means)
     for j, name in enumerate(curves.means):
         if name not in ("base_rank", "base_prob"):
-            stats[f"mean_{name}"] = (sums[:, 4 + j], sums[:, 4 + k + j])
+            c = curves.inf_column(name)
+            stats[f"mean_{name}"] = (sums[:, 4 + j], zero if c is None else sums[:, c])
     if published is not None:
         for j, name in enumerate(pub.NAMES):
             if published.present[name]:

@@ -25,7 +25,8 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     tokenizer = store.tokenizer()
     token_ids = store.read("positions/token_id", rows)
     kl = store.read("positions/kl", rows)
-    names = ["logprob", "rank", "top_ids", "top_logprobs"] + (["ties"] if store.has_pair else [])
+    names = ["logprob", "rank", "entropy", "top_ids", "top_logprobs"]
+    names += ["ties"] if store.has_pair else []
     stats = {model: {n: store.read(f"{model}/{n}", rows) for n in names} for model in MODELS}
     pair = {}
     if store.has_pair:
@@ -45,6 +46,7 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
             entry[model] = {
                 "logprob": float(s["logprob"][t]),
                 "rank": int(s["rank"][t]),
+                "entropy": float(s["entropy"][t]),
                 "top_ids": s["top_ids"][t].tolist(),
                 "top_logprobs": [float(x) for x in s["top_logprobs"][t]],
                 "ties": int(s["ties"][t]) if store.has_pair else None,

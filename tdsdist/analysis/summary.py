@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis import measures
 from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
 from tdsdist.analysis.chunks import BlockReader, committed_blocks, metrics_pool, pool
@@ -105,6 +106,7 @@ def summarize(
     published: bool = True,
     token_rows: int = 50,
     per_example: dict | None = None,
+    groups: dict | None = None,
 ) -> dict[str, Any]:
     """All statistics of the committed units (pending units are counted, not included).
 
@@ -114,6 +116,7 @@ def summarize(
     top-k metrics (`published.py`), their intervals drawn from the same resamples. `token_rows`:
     rows of each table of `tokens` (`tokens.py`). `per_example`: a dict filled with the
     per-example sums behind every ratio (`paired.per_example_sums`), for paired comparisons.
+    `groups`: a dict filled with the accumulators themselves (`groups.py` splits them by group).
     """
     pub.check_category_by(store, category_by, thresholds.marginal_max)
     reader = BlockReader(store)
@@ -122,13 +125,15 @@ def summarize(
     tokenizer_load = pool().submit(store.tokenizer)
     vocab = int(store.meta.get("vocab_size", 0)) or 1
     special = np.array(sorted(tokenizer_load.result().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
-    # The curves carry the two headline divergences (Qi et al.'s KL(aligned || base), and the
-    # bounded, symmetric JS); all four are per position in show, the API and the store.
-    divergences = ("kl_aligned_base", "js") if store.has_pair else ("kl",)
-    union = store.meta.get("vocab_union")  # vocabulary union: KL(aligned || base) is +inf
-    if union:  # (README "Vocabularies that differ by appended tokens"): headline JS and TV
-        divergences = ("js", "tv")
-    curves = PositionCurves(len(store.ids), max_t, ("base_rank", "base_prob") + divergences)
+    # The curves carry every measure (`measures.py`): entropies, the base top-1 probability and
+    # the exact divergences (a vocabulary union leaves out KL(aligned || base), +inf everywhere:
+    # README "Vocabularies that differ by appended tokens").
+    union = store.meta.get("vocab_union")
+    divergences = measures.divergences(store)
+    curves = PositionCurves(len(store.ids), max_t, *measures.curve_means(store))
+    # The position buckets and deciles get intervals from the same per-example resamples.
+    buckets = PositionCurves(len(store.ids), len(POSITION_EDGES) - 2, ())
+    deciles = PositionCurves(len(store.ids), DECILES - 2, ())
     excluded = 0
     counts = np.zeros(3, np.int64)
     rank_hist = np.zeros(len(RANK_BINS), np.int64)
@@ -143,7 +148,7 @@ def summarize(
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
     needed = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
-    needed += [f"positions/{d}" for d in divergences if d != "kl"]
+    needed += [n for n in measures.arrays(store) if n not in needed]
     if published or category_by == "aligned-top1":
         needed += pub.inputs(store)
     in_flight: list = []  # (metrics or their future, example, t) of the last block
@@ -193,18 +198,25 @@ def summarize(
         top1 += int((aligned_rank == 1).sum())
         shifted = cat == 2
         token_counts.add(tokens, cat, base_logprob > read("aligned/logprob", rows)[valid])
-        by_pos.add(np.searchsorted(POSITION_EDGES, t, side="right") - 1, shifted, finite_kl, prob)
-        by_rel.add(np.minimum((t * DECILES) // length, DECILES - 1), shifted, finite_kl, prob)
-        values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob}
-        for name in divergences:  # the exact KLs may be +inf (a masked token): kept as such
-            v = kl if name == "kl" else read(f"positions/{name}", rows)[valid]
-            values[name] = v.astype(np.float64)
+        bucket = np.searchsorted(POSITION_EDGES, t, side="right") - 1
+        decile = np.minimum((t * DECILES) // length, DECILES - 1)
+        by_pos.add(bucket, shifted, finite_kl, prob)
+        by_rel.add(decile, shifted, finite_kl, prob)
+        buckets.add(example, bucket, cat, base_rank, {})
+        deciles.add(example, decile, cat, base_rank, {})
+        # the exact KLs may be +inf (a masked token): kept as such
+        values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob, "kl": kl}
+        values.update(measures.block_values(read, rows, valid, store))
         curves.add(example, t, cat, base_rank, values)
     while in_flight:
         published_sums.add_result(*in_flight.pop(0))
     n = int(counts.sum())
     weights = bootstrap_weights(len(store.ids), resamples, seed)  # the same draws for all
     curve = curves.result(resamples, seed, weights)
+    for row in curve["by_position"]:
+        measures.add_branching(row)
+    if groups is not None:  # the per-example sums behind every group's statistics
+        groups.update(curves=curves, published=published_sums, weights_seed=seed)
     if per_example is not None:
         per_example.update(per_example_sums(curves, published_sums))
     done = store.committed()
@@ -247,9 +259,10 @@ def summarize(
         "divergence": {
             name: curve["overall"][f"mean_{name}"] for name in divergences if name != "kl"
         },
+        "measures": measures.headline(curve["overall"]),
         **({"vocab_union": union} if union else {}),
         "by_position": curve["by_position"],
-        "by_position_bucket": by_pos.rows(_position_labels()),
+        "by_position_bucket": _with_ci(by_pos.rows(_position_labels()), buckets, resamples, seed, weights),  # fmt: skip
         "intervals": {
             "method": "95% percentile bootstrap over examples (positions pooled per resample)",
             "resamples": resamples,
@@ -262,7 +275,10 @@ def summarize(
             "special_token_ids": special.tolist(),
             "positions": excluded,
         },
-        "by_relative_position": by_rel.rows([f"{10 * i}-{10 * (i + 1)}%" for i in range(DECILES)]),
+        "by_relative_position": _with_ci(
+            by_rel.rows([f"{10 * i}-{10 * (i + 1)}%" for i in range(DECILES)]),
+            deciles, resamples, seed, weights,
+        ),  # fmt: skip
         "top_shifted_tokens": _token_table(
             tok_count, tok_shifted, min_support, top_tokens, tokenizer, "shifted"
         ),
@@ -277,6 +293,13 @@ def summarize(
             for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
         },
     }
+
+
+def _with_ci(rows: list[dict], curves: PositionCurves, resamples, seed, weights) -> list[dict]:
+    """`shifted_ci` on each bucket row: the 95% interval over examples of its shifted fraction."""
+    for row, r in zip(rows, curves.result(resamples, seed, weights)["by_position"]):
+        row["shifted_ci"] = r["shifted"]["ci"]
+    return rows
 
 
 def _position_labels() -> list[str]:
@@ -332,7 +355,7 @@ def render_text(summary: dict[str, Any]) -> str:
     )
     kl = summary["kl"]
     lines.append(
-        f"KL (top-k + tail): mean {kl['mean']:.3f}, median {kl['median']:.3g}, p90 {kl['p90']:.3g}, max {kl['max']:.3g}"
+        f"KL(aligned || base), top-k + tail lower bound: mean {kl['mean']:.3f}, median {kl['median']:.3g}, p90 {kl['p90']:.3g}, max {kl['max']:.3g}"
     )
     if summary.get("vocab_union"):  # appended aligned tokens: why the headline is JS, not KL
         u = summary["vocab_union"]
@@ -346,6 +369,7 @@ def render_text(summary: dict[str, Any]) -> str:
                 f"exact {name} (mean over positions, 95% CI over examples): {d['mean']:.4g}"
                 f" [{d['ci'][0]:.4g}, {d['ci'][1]:.4g}]"
             )
+    lines += measures.render_lines(summary)
     lines.append(
         "shifted fraction by position: "
         + "  ".join(

@@ -1,0 +1,132 @@
+"""The measures per position (`analysis/measures.py`) and the groups (`analysis/groups.py`)
+against direct computations over `show --json` of every example."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tdsdist.cli import main
+
+MAX_T = 3
+GROUPS = ["harmful"] * 5 + ["benign"] * 6 + ["rare"]  # "rare": too few examples for an interval
+
+
+def _records() -> list[dict]:
+    words = ["fine", "a short answer", "yes", "not quite so", "maybe later", "of course"]
+    return [
+        {
+            "id": f"q{i}",
+            "pure_input": f"Q{i}?",
+            "input": f"<|user|>\nQ{i}?\n<|assistant|>\n",
+            "output": f"{words[i % len(words)]} and {words[(3 * i) % len(words)]} {i}.",
+            "topic": GROUPS[i],
+            "level": i % 3,
+        }  # fmt: skip
+        for i in range(len(GROUPS))
+    ]
+
+
+def cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_pair, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("measures")
+    data = folder / "data.json"
+    data.write_text(json.dumps(_records()), encoding="utf-8")
+    aligned, base = tiny_pair
+    cli("score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
+        "--store", str(folder / "s.zarr"), "--device", "cpu", "--unit-size", "4", "--top-k", "5")  # fmt: skip
+    return folder / "s.zarr"
+
+
+def shown(store: Path) -> list[dict]:
+    return [
+        json.loads(cli("show", str(store), "--example", f"q{i}", "--json"))
+        for i in range(len(GROUPS))
+    ]
+
+
+def position_values(record: dict) -> dict[str, list[float]]:
+    """Every measure of one example, per position, from its `show --json` record."""
+    p = record["positions"]
+    out = {
+        "aligned_entropy": [x["aligned"]["entropy"] for x in p],
+        "base_entropy": [x["base"]["entropy"] for x in p],
+        "base_top1_prob": [math.exp(x["base"]["top_logprobs"][0]) for x in p],
+        "base_prob": [math.exp(x["base"]["logprob"]) for x in p],
+    }
+    for name in ("kl_aligned_base", "kl_base_aligned", "js", "tv"):
+        out[name] = [x["divergence"][name] for x in p]
+    return out
+
+
+def pooled(records: list[dict], name: str, t: int | None = None) -> float:
+    values = [
+        v
+        for r in records
+        for s, v in enumerate(position_values(r)[name])
+        if t is None or s == t or (t > MAX_T and s > MAX_T)
+    ]
+    return float(np.mean(values))
+
+
+def assert_in_ci(entry: dict) -> None:
+    lo, hi = entry["ci"]
+    value = entry.get("mean", entry.get("fraction"))
+    assert lo <= value * (1 + 1e-6) + 1e-12 and value <= hi * (1 + 1e-6) + 1e-12, entry
+
+
+def test_measures_by_position_equal_show_json(scored: Path) -> None:
+    records = shown(scored)
+    summary = json.loads(cli("analyze", str(scored), "--json", "--max-t", str(MAX_T)))
+    names = ("aligned_entropy", "base_entropy", "base_top1_prob", "base_prob",
+             "kl_aligned_base", "kl_base_aligned", "js", "tv")  # fmt: skip
+    for row in summary["by_position"]:
+        for name in names:
+            entry = row[f"mean_{name}"]
+            # float32 sums per (example, position) cell: relative error ~1e-7 per addition
+            assert entry["mean"] == pytest.approx(pooled(records, name, row["t"]), rel=1e-5)
+            assert_in_ci(entry)
+        for model in ("aligned", "base"):  # exp of the mean entropy, the interval exp'd too
+            bf, h = row[f"{model}_branching"], row[f"mean_{model}_entropy"]
+            assert bf["mean"] == pytest.approx(math.exp(h["mean"]), rel=1e-12)
+            assert bf["ci"] == pytest.approx([math.exp(x) for x in h["ci"]], rel=1e-12)
+    for name in ("kl_aligned_base", "kl_base_aligned", "js", "tv"):
+        entry = summary["divergence"][name]
+        assert entry["mean"] == pytest.approx(pooled(records, name), rel=1e-5)
+        assert_in_ci(entry)
+    for name in ("aligned_entropy", "base_entropy", "base_top1_prob"):
+        entry = summary["measures"][name]
+        assert entry["mean"] == pytest.approx(pooled(records, name), rel=1e-5)
+        assert_in_ci(entry)
+    assert summary["measures"]["base_branching"]["mean"] == pytest.approx(
+        math.exp(pooled(records, "base_entropy")), rel=1e-5
+    )
+    for row in summary["by_position_bucket"] + summary["by_relative_position"]:
+        if row["positions"]:
+            lo, hi = row["shifted_ci"]
+            assert lo <= row["shifted_fraction"] <= hi
+    text = cli("analyze", str(scored), "--max-t", str(MAX_T))
+    assert "branching factor" in text and "exact kl_aligned_base" in text
+    assert "top-k + tail lower bound" in text
+
+
+def test_show_json_has_each_models_entropy(scored: Path) -> None:
+    from tdsdist.store import Store
+
+    store = Store(scored, mode="r")
+    record = shown(scored)[2]
+    rows = store.rows(2)
+    for model in ("aligned", "base"):
+        want = store.read(f"{model}/entropy", rows).tolist()
+        assert [p[model]["entropy"] for p in record["positions"]] == want

@@ -146,6 +146,70 @@ def divergence_by_position(stores: Stores) -> Drawn:
     return fig, "Divergence by token position", f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d."  # fmt: skip
 
 
+def _styled_curves(ax, stores: Stores, keys: list[tuple[str, str, str]], scale: float = 1.0) -> bool:
+    """Several statistics per store: colour per store, line style per statistic (`keys`:
+    (summary key, its legend name, line style)); interval bands as `_curve`."""
+    drawn = False
+    for summary, label, colour in stores:
+        rows = _position_rows(summary)
+        for key, name, style in keys:
+            if not rows or key not in rows[0]:
+                continue
+            t = np.array([r["t"] for r in rows])
+            v, lo, hi = np.array([_ci(r.get(key), scale) for r in rows]).T
+            ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            text = f"{label}: {name}" if len(stores) > 1 else name
+            ax.plot(t, v, color=colour, linestyle=style, label=text, linewidth=1.2)
+            drawn = True
+    return drawn
+
+
+def divergences_by_position(stores: Stores) -> Drawn:
+    if not any(_position_rows(s) and "mean_js" in _position_rows(s)[0] for s, _, _ in stores):
+        return None
+    fig, (top, bottom) = _figure(HEIGHT_IN * 1.6, rows=2, sharex=True)
+    kls = [("mean_kl_aligned_base", "KL(aligned \u2016 base)", "-"),
+           ("mean_kl_base_aligned", "KL(base \u2016 aligned)", "--")]  # fmt: skip
+    _styled_curves(top, stores, kls)
+    _styled_curves(bottom, stores, [("mean_js", "JS", "-"), ("mean_tv", "TV", "--")])
+    top.set_ylabel("mean KL (nats)")
+    bottom.set_ylabel("mean JS (nats) / TV")
+    bottom.set_xlabel("position t in the answer (tokens)")
+    for ax in (top, bottom):
+        ax.set_ylim(bottom=0)
+        ax.set_xlim(left=0)
+        ax.legend(frameon=False, fontsize=6, loc="upper right")
+    top.set_title("Exact divergences by token position")
+    return fig, "Divergences by token position", "Mean exact divergences between the two next-token distributions at each token position (KL both ways, Jensen-Shannon, total variation), 95% interval bands."  # fmt: skip
+
+
+def branching_by_position(stores: Stores) -> Drawn:
+    fig, ax = _figure()
+    keys = [("aligned_branching", "aligned", "-"), ("base_branching", "base", "--")]
+    if not _styled_curves(ax, stores, keys):
+        return _close(fig)
+    ax.set_yscale("log")
+    ax.set_xlabel("position t in the answer (tokens)")
+    ax.set_ylabel("branching factor exp(H)")
+    ax.set_xlim(left=0)
+    ax.set_title("Branching factor by token position")
+    ax.figure.legend(loc="outside upper center", ncols=2, frameon=False)
+    return fig, "Branching factor by token position", "Each model's branching factor, exp of its mean next-token entropy, at each token position, 95% interval bands: Yang & Holtzman's \u201cgenerative horizon\u201d."  # fmt: skip
+
+
+def base_top1_by_position(stores: Stores) -> Drawn:
+    fig, ax = _figure()
+    if not _curve(ax, stores, "mean_base_top1_prob", 100):
+        return _close(fig)
+    ax.set_xlabel("position t in the answer (tokens)")
+    ax.set_ylabel("base top-1 probability (%)")
+    ax.set_ylim(-1.5, 101.5)
+    ax.set_xlim(left=0)
+    ax.set_title("Base model's confidence by token position")
+    _legend(ax, stores)
+    return fig, "Base top-1 probability by token position", "Mean probability of the base model's own top-1 token at each token position, 95% interval band: where a nudging threshold would let the aligned model step in."  # fmt: skip
+
+
 def rank_histogram(stores: Stores) -> Drawn:
     hists = [s.get("rank_histogram") for s, _, _ in stores]
     if not all(hists):

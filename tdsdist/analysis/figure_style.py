@@ -21,6 +21,9 @@ KINDS = (
     "categories",
     "shift_by_position",
     "divergence_by_position",
+    "divergences_by_position",
+    "branching_by_position",
+    "base_top1_by_position",
     "rank_histogram",
     "top_shifted_tokens",
 )

@@ -12,6 +12,13 @@ were computed, so a figure cut out of its context still says what it counts.
                             "TDS diminishes over time")
     divergence_by_position  mean KL(aligned || base) at t, interval band (Qi et al.: "a few
                             tokens deep"); the pair head's exact KL, else the top-k lower bound
+    divergences_by_position all four exact divergences at t (two panels: the KLs both ways in
+                            nats; JS and TV, bounded), interval bands (Meng et al.: JS by
+                            position); stores without the pair head's divergences: left out
+    branching_by_position   each model's branching factor exp(mean entropy) at t, log scale,
+                            interval bands (Yang & Holtzman: "alignment shrinks the horizon")
+    base_top1_by_position   the base model's probability of its own top 1 at t, interval band
+                            (the confidence that Fei et al.'s nudging thresholds)
     rank_histogram          base rank of the answer token, binned
     top_shifted_tokens      the tokens most often shifted, one panel per store
 

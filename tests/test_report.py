@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
+from tdsdist.analysis.figure_style import KINDS
 from tdsdist.analysis.report import (
     MARKER,
     TOP_SHOWN,
@@ -506,13 +507,25 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     assert values == sorted(values, reverse=True)
     # The figures (SVG files of the site, drawn from the same summary): every one loaded.
     figures = page.locator("#figures img")
-    assert figures.count() == len(data_of(scored_site, "index.js")[0]["figures"]) == 5
+    assert figures.count() == len(data_of(scored_site, "index.js")[0]["figures"]) == len(KINDS)
     page.wait_for_function("[...document.querySelectorAll('#figures img')].every(i => i.complete)")
     widths = page.evaluate(
         "[...document.querySelectorAll('#figures img')].map(i => i.naturalWidth)"
     )
     assert all(w > 0 for w in widths), widths
     page.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+    # Key numbers: the exact divergences with their intervals; the top-k figure named as a bound.
+    numbers = page.locator("dl.numbers").inner_text()
+    summary = data_of(scored_site, "index.js")[0]["summary"]
+    kl = summary["divergence"]["kl_aligned_base"]
+    assert "KL(aligned \u2016 base), exact" in numbers and "top-k + tail lower bound" in numbers
+    shown = numbers.split("KL(aligned \u2016 base), exact")[1].split("\n")[1]
+    mean, low, high = (float(x) for x in re.findall(r"-?\d[\d.]*(?:e[-+]?\d+)?", shown)[:3])
+    assert mean == pytest.approx(kl["mean"], rel=5e-3) and low <= mean <= high
+    assert [low, high] == pytest.approx(kl["ci"], rel=5e-3)
+    # The position curves draw their intervals: a whisker per bucket that has positions.
+    buckets = [r for r in summary["by_position_bucket"] if r["positions"]]
+    assert page.locator("svg.chart path.ci").count() >= len(buckets) > 0
 
     # Sort by clicking a header, then from the keyboard.
     page.click("th.col-n button")
@@ -547,6 +560,11 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     assert abs(base_box["y"] - aligned_box["y"]) < 2 and aligned_box["x"] > base_box["x"] + 100
     token_ids = store.read("positions/token_id", rows)
     assert f"Token {t + 1} of {store.lengths[1]}" in page.locator("#panel h2").inner_text()
+    header = page.locator("header.top dl.stats").inner_text()
+    exact = float(store.read("positions/kl_aligned_base", rows).astype(np.float64).mean())
+    shown = header.split("mean KL(aligned \u2016 base), exact")[1].split("\n")[1]
+    assert float(shown) == pytest.approx(exact, rel=5e-3)
+    assert "mean KL, top-k + tail lower bound" in header
     assert metric(page, "base rank") == str(store.read("base/rank", rows)[t])
     assert metric(page, "aligned rank") == str(store.read("aligned/rank", rows)[t])
     # The pair head's exact divergences and ties (stores of format 2), as the page rounds them.

@@ -21,7 +21,10 @@ unshifted, 1 marginal, 2 shifted, by the base rank and the summary's thresholds)
 `top1_differs` (the base top 1 is not the aligned top 1), and per model `rank`, `logprob`,
 `entropy`, `top_ids` and `top_logprobs_milli` (the first min(10, k) candidates; log-probabilities
 in integer thousandths); stores of format 2 add `divergence` (`kl_aligned_base`,
-`kl_base_aligned`, `js`, `tv`) and per model `ties`. `text` is the decoded answer and `ends[t]`
+`kl_base_aligned`, `js`, `tv`) and per model `ties`. An example's `stats` (and its index row)
+hold the exact mean divergences where the store has them; `kl` of the stats is the top-k + tail
+lower bound, `kl` of an index row the exact KL(aligned || base) where there is one (`kl_topk`:
+the bound). `text` is the decoded answer and `ends[t]`
 where token t ends in it (UTF-16 units, as JavaScript slices strings). `strings` maps every id
 used to `tokenizer.decode([id])` (SentencePiece's word-initial space restored). Numbers are
 rounded to what the page shows. About 300 bytes per position with k >= 10.
@@ -116,6 +119,7 @@ def write_report(store: Store, out: Path, summary: dict, filters: Filters = Filt
                 "name": store.path.name,
                 "examples": len(store.ids),
                 "top_k": store.top_k,
+                "exact_divergences": store.has_pair,
                 "shown_top": min(TOP_SHOWN, store.top_k),
                 "units": int(store.meta.get("units", 0)),
                 "pending_units": int((~store.committed()).sum()),
@@ -311,7 +315,8 @@ def _example(store, i, data, tokenizer, token_text, thresholds, keep) -> tuple[d
             record[model]["ties"] = data[f"{model}/ties"].tolist()
     if "positions/js" in data:
         record["divergence"] = {n: _significant(data[f"positions/{n}"].astype(np.float64)) for n in DIVERGENCES}  # fmt: skip
-        stats["js"] = _mean(data["positions/js"][keep].astype(np.float64))
+        for name in DIVERGENCES:  # the exact means: the page's headline KL
+            stats[name] = _mean(data[f"positions/{name}"][keep].astype(np.float64))
     # Where the base model's top 1 is not the aligned model's (AlignTDS marks these positions).
     record["top1_differs"] = (data["base/top_ids"][:, 0] != data["aligned/top_ids"][:, 0]).tolist()
     return record, _index_row(store, i, text, stats)
@@ -325,8 +330,9 @@ def _index_row(store: Store, i: int, text: str, stats: dict | None) -> dict[str,
         "text": _preview(text),
         "pending": stats is None,
     }
-    if stats is not None:
-        row.update(shifted=stats["shifted"], kl=stats["kl"])
+    if stats is not None:  # `kl`: the exact KL(aligned || base), else the top-k + tail bound
+        row.update(shifted=stats["shifted"], kl=stats.get("kl_aligned_base", stats["kl"]))
+        row["kl_topk"] = stats["kl"]
     return row
 
 

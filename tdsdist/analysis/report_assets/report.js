@@ -216,7 +216,7 @@
     var W = 520, H = 250;
     var box = { left: 52, right: W - 10, top: 18, bottom: H - 46 };
     var node = frame(opts.title, opts.desc, W, H);
-    var yMax = niceMax(Math.max.apply(null, opts.values.filter(isNum).concat([0])));
+    var yMax = niceMax(Math.max.apply(null, opts.values.concat(opts.highs || []).filter(isNum).concat([0])));
     yAxis(node, box, yMax, opts.yLabel);
     var band = (box.right - box.left) / opts.values.length;
     function center(i) { return box.left + band * (i + 0.5); }
@@ -247,7 +247,7 @@
     var W = 520, H = 250;
     var box = { left: 52, right: W - 14, top: 20, bottom: H - 46 };
     var node = frame(opts.title, opts.desc, W, H);
-    var yMax = niceMax(Math.max.apply(null, opts.values.filter(isNum).concat([0])));
+    var yMax = niceMax(Math.max.apply(null, opts.values.concat(opts.highs || []).filter(isNum).concat([0])));
     yAxis(node, box, yMax, opts.yLabel);
     var band = (box.right - box.left) / opts.values.length;
     function center(i) { return box.left + band * (i + 0.5); }
@@ -258,6 +258,16 @@
       if (!isNum(v)) { pen = false; return; }
       d += (pen ? " L" : " M") + center(i).toFixed(1) + " " + y(v).toFixed(1);
       pen = true;
+    });
+    (opts.lows || []).forEach(function (lo, i) { // 95% intervals: a whisker per point
+      var hi = (opts.highs || [])[i];
+      if (!isNum(lo) || !isNum(hi) || !isNum(opts.values[i])) return;
+      var x = center(i);
+      append(node, svg("path", {
+        class: "ci",
+        d: "M" + (x - 4) + " " + y(lo).toFixed(1) + " H" + (x + 4) + " M" + x + " " + y(lo).toFixed(1) + " V" + y(hi).toFixed(1) + " M" + (x - 4) + " " + y(hi).toFixed(1) + " H" + (x + 4),
+        fill: "none", stroke: COLORS.ink, "stroke-width": 1.2
+      }));
     });
     if (d) append(node, svg("path", { d: d.trim(), fill: "none", stroke: COLORS.shifted, "stroke-width": 2.5 }));
     opts.values.forEach(function (v, i) {
@@ -341,16 +351,38 @@
     }));
   }
 
+  /** "mean [low, high]" of a summary entry {mean, ci} (95% interval over examples). */
+  function withCi(d, format) {
+    d = d || {};
+    format = format || sig;
+    var ci = d.ci || [];
+    return format(d.mean) + (isNum(ci[0]) ? " [" + format(ci[0]) + ", " + format(ci[1]) + "]" : "");
+  }
+
+  var DIVERGENCE_LABELS = [
+    ["kl_aligned_base", "KL(aligned \u2016 base), exact"],
+    ["kl_base_aligned", "KL(base \u2016 aligned), exact"],
+    ["js", "Jensen-Shannon, exact"],
+    ["tv", "total variation, exact"]
+  ];
+
   function keyNumbers(s) {
     var kl = s.kl || {};
     var bp = s.base_prob || {};
+    var dv = s.divergence || {};
+    var m = s.measures || {};
     var rows = [
       ["examples scored", count(s.examples)],
       ["answer positions", count(s.positions)],
       ["aligned model's own top-1", pct(s.aligned_top1_fraction)],
-      ["base probability of the answer token", "mean " + pct(bp.mean) + ", median " + pct(bp.median)],
-      ["KL(aligned \u2016 base)", "mean " + sig(kl.mean) + ", median " + sig(kl.median) + ", p90 " + sig(kl.p90) + ", max " + sig(kl.max)]
+      ["base probability of the answer token", "mean " + pct(bp.mean) + ", median " + pct(bp.median)]
     ];
+    var exact = DIVERGENCE_LABELS.filter(function (d) { return dv[d[0]]; });
+    exact.forEach(function (d) { rows.push([d[1], "mean " + withCi(dv[d[0]]) + " (95% CI over examples)"]); });
+    if (!exact.length) rows.push(["exact divergences", "not measured (a store of format 1)"]);
+    if (m.aligned_branching) rows.push(["branching factor exp(entropy), aligned / base", withCi(m.aligned_branching) + " / " + withCi(m.base_branching)]);
+    if (m.base_top1_prob) rows.push(["base model's top-1 probability", "mean " + withCi(m.base_top1_prob, pct)]);
+    rows.push(["KL(aligned \u2016 base), top-k + tail lower bound", "mean " + sig(kl.mean) + ", median " + sig(kl.median) + ", p90 " + sig(kl.p90) + ", max " + sig(kl.max)]);
     if (s.pending_units) rows.push(["units pending (not counted)", count(s.pending_units)]);
     return el("dl", { class: "numbers" }, rows.map(function (r) {
       return el("div", {}, [el("dt", { text: r[0] }), el("dd", { text: r[1] })]);
@@ -359,13 +391,17 @@
 
   function positionChart(rows, title, xLabel, unit) {
     rows = rows || [];
+    function ci(r, i) { return (r.shifted_ci || [])[i]; }
     return lineChart({
+      lows: rows.map(function (r) { return ci(r, 0); }),
+      highs: rows.map(function (r) { return ci(r, 1); }),
       title: title,
       desc: rows.map(function (r) { return r.bucket + ": " + pct(r.shifted_fraction); }).join(", "),
       labels: rows.map(function (r) { return unit ? String(r.bucket).replace(unit, "") : r.bucket; }),
       values: rows.map(function (r) { return r.shifted_fraction; }),
       tips: rows.map(function (r) {
-        return r.bucket + ": " + pct(r.shifted_fraction) + " shifted of " + count(r.positions) + " positions, mean KL " + sig(r.mean_kl) + ", mean base p " + pct(r.mean_base_prob);
+        var span = isNum(ci(r, 0)) ? " [" + pct(ci(r, 0)) + ", " + pct(ci(r, 1)) + "] 95% CI" : "";
+        return r.bucket + ": " + pct(r.shifted_fraction) + span + " shifted of " + count(r.positions) + " positions, mean KL (top-k bound) " + sig(r.mean_kl) + ", mean base p " + pct(r.mean_base_prob);
       }),
       xLabel: xLabel,
       yLabel: "shifted fraction"
@@ -490,7 +526,7 @@
   /** The figures of `tdsdist figures` (SVG files under figures/; each says in its footnote what
       was filtered), one per card; only files of the site's own figures folder are shown. */
   function figuresSection(figures) {
-    figures = (figures || []).filter(function (f) { return /^figures\/[a-z_]+\.svg$/.test(String(f.src)); });
+    figures = (figures || []).filter(function (f) { return /^figures\/[a-z0-9_]+\.svg$/.test(String(f.src)); });
     if (!figures.length) return null;
     return el("section", { class: "cards figures", id: "figures", "aria-label": "Figures" }, figures.map(function (f) {
       return el("figure", { class: "card" }, [
@@ -503,6 +539,9 @@
   function renderIndex(data) {
     var s = data.summary || {};
     var store = data.store || {};
+    COLUMNS.forEach(function (col) { // the exact KL where the store has it, else the bound
+      if (col.key === "kl") col.label = store.exact_divergences ? "mean KL(aligned \u2016 base)" : "mean KL, top-k bound";
+    });
     var th = data.thresholds || { unshifted_max: 1, marginal_max: 3 };
     var cats = s.categories || {};
     document.title = "Token distribution shift \u00b7 " + (store.name || "report");
@@ -804,10 +843,14 @@
       ["tokens", count(d.n)],
       ["shifted", pct(st.shifted)],
       ["marginal", pct(st.marginal)],
-      ["unshifted", pct(st.unshifted)],
-      ["mean KL", sig(st.kl)],
-      ["mean base p", pct(st.base_prob)]
+      ["unshifted", pct(st.unshifted)]
     ];
+    if (isNum(st.kl_aligned_base) || isNum(st.js)) {
+      stats.push(["mean KL(aligned \u2016 base), exact", sig(st.kl_aligned_base)]);
+      stats.push(["mean JS, exact", sig(st.js)]);
+    }
+    stats.push(["mean KL, top-k + tail lower bound", sig(st.kl)]);
+    stats.push(["mean base p", pct(st.base_prob)]);
     show([
       nav,
       el("header", { class: "top" }, [

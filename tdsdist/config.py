@@ -171,6 +171,9 @@ class ScoreConfig:
     turns: str = field(default="last", metadata={"choices": TURNS})
     """Chat transcripts: score the `last` assistant turn (id ID) or `all` (id ID/N, N the 1-based
     assistant turn number)."""
+    keep_fields: str = "all"
+    """The input's metadata fields kept per example in the store, for `--group-by`: `all` (every
+    scalar field but the texts and the id; long strings left out), `none`, or `a,b`."""
 
     def __post_init__(self) -> None:
         if self.aligned is None and self.aligned_adapter is None:
@@ -244,6 +247,9 @@ class GenerateConfig:
     """With --base: memory budget of one chunk of float32 logits in the scoring head."""
     format: str = field(default="auto", metadata={"choices": FORMATS})
     """Prompts' format (as `score --format`)."""
+    keep_fields: str = "all"
+    """The prompts' metadata fields kept in the answers file and the store, for `--group-by`:
+    `all` (every scalar field but the texts and the id; long strings left out), `none`, `a,b`."""
 
     def __post_init__(self) -> None:
         if self.aligned is None and self.aligned_adapter is None:

@@ -130,3 +130,53 @@ def test_show_json_has_each_models_entropy(scored: Path) -> None:
     for model in ("aligned", "base"):
         want = store.read(f"{model}/entropy", rows).tolist()
         assert [p[model]["entropy"] for p in record["positions"]] == want
+
+
+def test_groups_equal_direct_computations(scored: Path) -> None:
+    records = shown(scored)
+    summary = json.loads(
+        cli("analyze", str(scored), "--json", "--max-t", str(MAX_T), "--group-by", "topic")
+    )
+    groups = {g["group"]: g for g in summary["groups"]["groups"]}
+    assert sorted(groups) == ["benign", "harmful", "rare"]
+    for label, g in groups.items():
+        mine = [r for r, topic in zip(records, GROUPS) if topic == label]
+        assert g["examples"] == len(mine)
+        assert g["positions"] == sum(len(r["positions"]) for r in mine)
+        cats = [p["category"] for r in mine for p in r["positions"]]
+        s = g["statistics"]
+        assert s["shifted"]["fraction"] == pytest.approx(cats.count("shifted") / len(cats))
+        for name in ("js", "kl_aligned_base", "aligned_entropy", "base_top1_prob"):
+            assert s[f"mean_{name}"]["mean"] == pytest.approx(pooled(mine, name), rel=1e-5)
+        assert s["base_branching"]["mean"] == pytest.approx(
+            math.exp(pooled(mine, "base_entropy")), rel=1e-5
+        )
+        for row in g["by_position"][:MAX_T]:
+            assert row["mean_js"]["mean"] == pytest.approx(pooled(mine, "js", row["t"]), rel=1e-5)
+        if label == "rare":  # one example: values, no interval, and the reason said
+            assert g["interval"] == "too few examples for an interval (1 < 5)"
+            assert s["shifted"]["ci"] == [None, None] and s["mean_js"]["ci"] == [None, None]
+        else:
+            assert g["interval"] is None
+            for name in ("shifted", "mean_js", "mean_kl_aligned_base", "base_branching"):
+                assert_in_ci(s[name])
+    # Differences against the first group large enough ("benign"): value and two-sample CI.
+    diffs = {(d["group"], d["statistic"]): d for d in summary["groups"]["differences"]}
+    d = diffs[("harmful", "mean_js")]
+    assert d["reference"] == "benign"
+    want = groups["harmful"]["statistics"]["mean_js"]["mean"] - groups["benign"]["statistics"]["mean_js"]["mean"]  # fmt: skip
+    assert d["difference"] == pytest.approx(want, rel=1e-9)
+    assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+    rare = diffs[("rare", "mean_js")]
+    assert rare["ci"] == [None, None] and "too few examples" in rare["interval"]
+    text = cli("analyze", str(scored), "--group-by", "topic", "--resamples", "50")
+    assert "by topic" in text and "too few examples for an interval (1 < 5)" in text
+
+
+def test_group_by_a_missing_field_is_one_line(scored: Path) -> None:
+    for command in (["analyze"], ["compare"], ["figures", "-o", str(scored.parent / "f")],
+                    ["export", "-o", str(scored.parent / "x.parquet")]):  # fmt: skip
+        result = CliRunner().invoke(main, [command[0], str(scored), *command[1:], "--group-by", "nope"])  # fmt: skip
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "no kept field 'nope'" in lines[0] and "level, topic" in lines[0]

@@ -17,9 +17,12 @@ from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
 from tdsdist.analysis.chunks import BlockReader, committed_blocks, metrics_pool, pool
 from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
+from tdsdist.analysis.groups import by_group
+from tdsdist.analysis.groups import render_lines as group_lines
 from tdsdist.analysis.paired import per_example_sums
 from tdsdist.metrics import categories
 from tdsdist.store import Store
+from tdsdist.store_fields import read_field
 
 BLOCK_ROWS = 1 << 18
 CATEGORY_BY = pub.CATEGORY_BY
@@ -107,6 +110,7 @@ def summarize(
     token_rows: int = 50,
     per_example: dict | None = None,
     groups: dict | None = None,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """All statistics of the committed units (pending units are counted, not included).
 
@@ -117,7 +121,11 @@ def summarize(
     rows of each table of `tokens` (`tokens.py`). `per_example`: a dict filled with the
     per-example sums behind every ratio (`paired.per_example_sums`), for paired comparisons.
     `groups`: a dict filled with the accumulators themselves (`groups.py` splits them by group).
+    `group_by`: a field the store kept; `groups` of the result holds every statistic per group.
     """
+    if group_by is not None:
+        read_field(store, group_by)  # a field the store lacks: one error line, before any work
+        groups = {} if groups is None else groups
     pub.check_category_by(store, category_by, thresholds.marginal_max)
     reader = BlockReader(store)
     read = reader.read
@@ -216,7 +224,7 @@ def summarize(
     for row in curve["by_position"]:
         measures.add_branching(row)
     if groups is not None:  # the per-example sums behind every group's statistics
-        groups.update(curves=curves, published=published_sums, weights_seed=seed)
+        groups.update(curves=curves, published=published_sums)
     if per_example is not None:
         per_example.update(per_example_sums(curves, published_sums))
     done = store.committed()
@@ -292,7 +300,13 @@ def summarize(
             k: store.meta.get("fingerprint", {}).get(k)
             for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
         },
+        **({"groups": by_group(store, group_by, groups, _committed(store, done), resamples, seed)} if group_by else {}),  # fmt: skip
     }
+
+
+def _committed(store: Store, done: np.ndarray) -> np.ndarray:
+    """`[E]` bool: the example's unit is committed."""
+    return done[np.arange(len(store.ids)) // store.meta["unit_size"]]
 
 
 def _with_ci(rows: list[dict], curves: PositionCurves, resamples, seed, weights) -> list[dict]:
@@ -388,6 +402,7 @@ def render_text(summary: dict[str, Any]) -> str:
         )
     if summary["excluded"]["positions"]:
         lines.append(f"left out: {summary['excluded']['positions']} positions (filters)")
+    lines += group_lines(summary.get("groups"))
     lines += pub.render_lines(summary.get("published"))
     lines += token_tables.render_lines(summary.get("tokens"))
     shifted = summary["top_shifted_tokens"][:10]

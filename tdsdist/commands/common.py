@@ -153,17 +153,24 @@ def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             help="AlignTDS's top-k metrics as published (stored per position since store format"
             " 3; computed from both top-k lists in older stores, which doubles the time).",
         ),  # fmt: skip
+        click.option(
+            "--group-by",
+            default=None,
+            metavar="FIELD",
+            help="Every statistic per group of examples: the values of FIELD, an input field the"
+            " store kept (score/generate --keep-fields), with intervals and differences.",
+        ),  # fmt: skip
     ]
     for option in reversed(options):
         fn = option(fn)
     return filter_options(fn)
 
 
-def analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published) -> dict:  # fmt: skip
+def analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published, group_by=None) -> dict:  # fmt: skip
     if max_t < 0 or resamples < 1:
         raise TdsError("--max-t must be >= 0 and --resamples >= 1")
     filters = filters_from(exclude_first, exclude_special_tokens)
-    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published}  # fmt: skip
+    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published, "group_by": group_by}  # fmt: skip
 
 
 def threshold_options(fn: Callable[..., Any]) -> Callable[..., Any]:

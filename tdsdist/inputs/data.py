@@ -56,6 +56,9 @@ class Example:
     prompt: str | None
     answer: str
     messages: tuple[dict[str, str], ...] | None = None
+    #: The record's other fields with a scalar value (str, int, float, bool), in file order:
+    #: what `--keep-fields` may keep in the store for `--group-by` (`store_fields.py`).
+    metadata: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,8 @@ def _example(
     prompt = text_field(fields.prompt, required=False)
     assert instruction is not None
     if not require_answer:
-        return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer="")
+        return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer="",
+                       metadata=_scalars(record, fields))  # fmt: skip
     if fields.answer not in record:
         raise TdsError(f"{where}: field '{fields.answer}' is missing")
     answer = record[fields.answer]
@@ -187,7 +191,18 @@ def _example(
     if not answer.strip():
         raise EmptyAnswer(f"{where}: field '{fields.answer}' is an empty answer{SKIP_HINT}")
     check_unicode(where, fields.answer, answer)
-    return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer=answer)
+    return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer=answer,
+                   metadata=_scalars(record, fields))  # fmt: skip
+
+
+def _scalars(record: dict, fields: Fields) -> tuple[tuple[str, Any], ...]:
+    """The record's scalar fields besides the id and the texts (NaN counts as missing)."""
+    texts = {fields.id, fields.instruction, fields.prompt, fields.answer}
+    return tuple(
+        (k, v)
+        for k, v in record.items()
+        if k not in texts and isinstance(v, (str, int, float, bool)) and v == v
+    )
 
 
 def _chat_examples(

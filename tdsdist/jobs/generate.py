@@ -60,6 +60,7 @@ from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
+from tdsdist.store_fields import ExampleFields, Writers, select
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated.
@@ -264,6 +265,7 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
     settings = {k: getattr(cfg, k) for k in SETTINGS}
     if cfg.aligned_adapter:  # absent without one, as before
         settings.update(aligned_adapter=cfg.aligned_adapter, base=cfg.base)
+    kept = _kept_fields(cfg, examples)  # the prompts' metadata, for score to keep in turn
     records = [
         {
             "id": ex.id,
@@ -271,6 +273,7 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
             "input": tokenizer.decode(contexts[ex.index]),
             "output": [answers[ex.index]["answer"]],
             "generator": settings,
+            **{k: v[j] for k, v in kept.items() if v[j] is not None},
         }
         if ex.messages is None
         else {  # a transcript: the prompt's conversation and the answer as its last turn
@@ -281,7 +284,7 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
             ],
             "generator": settings,
         }
-        for ex in examples
+        for j, ex in enumerate(examples)
     ]
     write_atomic(out, json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8"))
     log(f"tdsdist: wrote {len(records)} answers to {out}")
@@ -297,6 +300,12 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
     shutil.rmtree(parts)
     if cfg.store and len(empty) == len(examples):
         raise TdsError(f"{out}: every generated answer is empty, so no store was recorded")
+
+
+def _kept_fields(cfg: GenerateConfig, examples) -> dict[str, list]:
+    """`--keep-fields` of the prompts' scalar metadata (`store_fields.py`)."""
+    texts = {"id", "pure_input", "input", "output", "generator", "messages"}
+    return select([dict(ex.metadata) for ex in examples], cfg.keep_fields, texts, cfg.data)
 
 
 def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generation, contexts) -> None:  # fmt: skip
@@ -352,8 +361,13 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
         },
         tokenizer=tokenizer,
         overwrite=cfg.overwrite,
-        contexts=ExampleContexts(
-            [ex.instruction for ex in kept], [contexts[ex.index] for ex in kept], None
+        contexts=Writers(
+            (
+                ExampleContexts(
+                    [ex.instruction for ex in kept], [contexts[ex.index] for ex in kept], None
+                ),
+                ExampleFields(_kept_fields(cfg, kept)),
+            )
         ),
     )
     for unit in store.units():

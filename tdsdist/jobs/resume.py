@@ -18,6 +18,7 @@ from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
 from tdsdist.store import Store, StoreExists, create
 from tdsdist.store_contexts import ExampleContexts, StoredContexts, add_contexts
+from tdsdist.store_fields import ExampleFields, Writers, select
 from tdsdist.units import unit_ranges
 
 
@@ -154,9 +155,21 @@ def create_store(prep: Prepared) -> Store:
         },
         tokenizer=prep.tokenizer,
         overwrite=prep.config.overwrite,
-        contexts=ExampleContexts(
-            [it.example.instruction for it in items],
-            [it.aligned_context for it in items],
-            [it.base_context for it in items],
+        contexts=Writers(
+            (
+                ExampleContexts(
+                    [it.example.instruction for it in items],
+                    [it.aligned_context for it in items],
+                    [it.base_context for it in items],
+                ),
+                ExampleFields(_kept_fields(prep.config, [it.example for it in items])),
+            )
         ),
     )
+
+
+def _kept_fields(config, examples) -> dict[str, list]:
+    """`--keep-fields` of the examples' scalar metadata (`store_fields.py`)."""
+    texts = {config.id_field, config.instruction_field, config.input_field, config.output_field}
+    records = [dict(ex.metadata) for ex in examples]
+    return select(records, config.keep_fields, texts, config.data)

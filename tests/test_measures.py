@@ -180,3 +180,41 @@ def test_group_by_a_missing_field_is_one_line(scored: Path) -> None:
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "no kept field 'nope'" in lines[0] and "level, topic" in lines[0]
+
+
+def test_export_has_the_kept_fields_and_the_group(scored: Path, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from tdsdist.analysis.export import COLUMNS
+
+    out = tmp_path / "x.parquet"
+    cli("export", str(scored), "-o", str(out), "--group-by", "level")
+    table = pq.read_table(out)
+    assert table.column_names == [*COLUMNS, "field_level", "field_topic", "group"]
+    assert str(table.schema.field("field_level").type) == "int64"
+    records = _records()
+    example = table.column("example_index").to_pylist()
+    assert table.column("field_topic").to_pylist() == [records[e]["topic"] for e in example]
+    assert table.column("field_level").to_pylist() == [records[e]["level"] for e in example]
+    assert table.column("group").to_pylist() == [str(records[e]["level"]) for e in example]
+
+
+def test_figures_and_compare_by_group(scored: Path, tmp_path: Path) -> None:
+    out = tmp_path / "figs"
+    cli("figures", str(scored), "-o", str(out), "--group-by", "topic", "--resamples", "50")
+    index = json.loads((out / "figures.json").read_text())
+    assert index["labels"] == ["benign", "harmful", "rare"]
+    kinds = [f["kind"] for f in index["figures"]]
+    assert "branching_by_position" in kinds and "divergences_by_position" in kinds
+    assert "rank_histogram" not in kinds  # not kept per group: left out, not drawn store-wide
+    for f in index["figures"]:
+        for name in f["files"]:
+            assert (out / name).stat().st_size > 1000, name
+    result = json.loads(cli("compare", str(scored), str(scored), "--json", "--group-by", "topic",
+                            "--resamples", "50"))  # fmt: skip
+    by_group = {g["group"]: g for g in result["paired_by_group"]}
+    assert by_group["harmful"]["shared_examples"] == 5 and by_group["rare"]["interval"]
+    for g in by_group.values():  # a store against itself: every difference is exactly 0
+        for row in g["rows"]:
+            assert row["difference"] in (0.0, None)
+    assert len(result["summaries"][0]["groups"]["groups"]) == 3

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from tdsdist.analysis import paired
+from tdsdist.analysis.groups import MIN_EXAMPLES, group_indices
+from tdsdist.analysis.groups import render_lines as group_lines
 from tdsdist.analysis.summary import summarize
 from tdsdist.errors import TdsError
 from tdsdist.store import Store
@@ -82,10 +84,35 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
             "method": "differences store [i] - [1]; 95% percentile bootstrap, the shared examples resampled jointly (the same draws for every store)",
             "rows": paired.paired_differences(sums, shared, resamples, seed),
         }
+        if summary.get("group_by"):
+            result["paired_by_group"] = _paired_by_group(stores[0], summary["group_by"], sums, shared, resamples, seed)  # fmt: skip
     else:
         result["paired"] = None
         result["intervals"] = paired.side_by_side(summaries)
     return result
+
+
+def _paired_by_group(store, field, sums, shared, resamples, seed) -> list[dict[str, Any]]:
+    """The paired differences within each group of the shared examples (the same answers in
+    every store, so the same groups); a group too small for an interval says so."""
+    out = []
+    for label, index in group_indices(store, field, shared).items():
+        mask = np.zeros(len(shared), bool)
+        mask[index] = True
+        rows = paired.paired_differences(sums, mask, resamples, seed)
+        small = len(index) < MIN_EXAMPLES
+        if small:
+            for r in rows:
+                r["ci"] = [None, None]
+        out.append(
+            {
+                "group": label,
+                "shared_examples": int(len(index)),
+                "interval": f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})" if small else None,  # fmt: skip
+                "rows": rows,
+            }
+        )
+    return out
 
 
 def same_answers(stores: list[Store]) -> bool:
@@ -127,6 +154,18 @@ def render_text(result: dict[str, Any]) -> str:
         )
     if len(result["stores"]) > 1 and ("paired" in result or "intervals" in result):
         lines += paired.render_lines(result)
+    for i, s in enumerate(result["summaries"]):
+        if s.get("groups"):
+            lines += ["", f"[{i + 1}]"] + group_lines(s["groups"])
+    for g in result.get("paired_by_group") or []:
+        lines.append(f"\npaired differences in group {g['group']} ({g['shared_examples']} shared examples{'; ' + g['interval'] if g['interval'] else ''}):")  # fmt: skip
+        for r in g["rows"]:
+            if r["statistic"] not in ("shifted", "mean_js", "mean_kl_aligned_base", "mean_kl"):
+                continue
+            d, ci = r["difference"], r["ci"]
+            text = "-" if d is None else f"{d:+.4g}"
+            span = f" [{ci[0]:+.4g}, {ci[1]:+.4g}]" if d is not None and ci[0] is not None else ""
+            lines.append(f"  [{r['store'] + 1}] {r['statistic']:<36} {text}{span}")
     return "\n".join(lines)
 
 

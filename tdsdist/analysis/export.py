@@ -14,7 +14,10 @@ units are not rows). Columns, in order (`COLUMNS`):
     category dictionary<int8, string> (unshifted / marginal / shifted by the base rank),
     published_<metric> (AlignTDS's top-k metrics as published, and tdsdist's top-1 ones:
     `published.METRICS`; float32, the ranks int32, `published_top1_differs` bool; null where the
-    store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores).
+    store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores),
+    field_<name> per input field the store kept (`store_fields.py`; bool, int64, float64 or string
+    as the values are; null where an example lacks it), and with `--group-by FIELD` a last
+    column `group` (string: the group's name as `analyze --group-by` prints it).
 
 Filters leave positions out (the same positions `analyze` leaves out), so the table holds exactly
 what the statistics count. The table is streamed one block of store rows at a time, one Parquet
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tdsdist.analysis.chunks import BlockReader, committed_blocks
+from tdsdist.analysis.groups import label_of
 from tdsdist.analysis.published import NAMES as PUBLISHED
 from tdsdist.analysis.published import inputs as published_inputs
 from tdsdist.analysis.published import read_block
@@ -42,6 +46,7 @@ from tdsdist.errors import TdsError
 from tdsdist.files import staged_file
 from tdsdist.metrics import CATEGORIES
 from tdsdist.store import DIVERGENCES, MODELS, Store
+from tdsdist.store_fields import field_names, read_field
 
 MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
 CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())
@@ -75,15 +80,38 @@ COLUMNS = tuple(SCHEMA.names)
 BLOCK_ROWS = 1 << 18  # rows read and written at once: one Parquet row group per block
 
 
+def _field_columns(store: Store, group_by: str | None) -> dict[str, pa.Array]:
+    """`{column: [E] array}`: each kept field, one value per example (taken per row later)."""
+    columns = {}
+    for name in field_names(store):
+        values = read_field(store, name)
+        kinds = {type(v) for v in values if v is not None}
+        if kinds == {bool}:
+            kind = pa.bool_()
+        elif kinds == {int}:
+            kind = pa.int64()
+        elif kinds and kinds <= {int, float}:
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+            values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+        columns[f"field_{name}"] = pa.array(values, kind)
+    if group_by is not None:
+        columns["group"] = pa.array([label_of(v) for v in read_field(store, group_by)], pa.string())
+    return columns
+
+
 def export_parquet(
     store: Store,
     path: Path | str,
     thresholds: Thresholds = Thresholds(),
     filters: Filters = Filters(),
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """Write the table to `path` (replacing a file there, once complete); returns rows and row
     groups written."""
     path = Path(path)
+    fields = _field_columns(store, group_by)  # a missing --group-by field: before any work
     if not path.parent.is_dir():
         raise TdsError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
@@ -100,11 +128,16 @@ def export_parquet(
         "exact_divergences": store.has_pair,
         "config": store.meta.get("fingerprint", {}),
     }
-    schema = SCHEMA.with_metadata({"tdsdist": json.dumps(meta, default=str)})
+    schema = pa.schema([*SCHEMA, *(pa.field(k, v.type) for k, v in fields.items())])
+    schema = schema.with_metadata({"tdsdist": json.dumps(meta, default=str)})
     rows = groups = 0
     with staged_file(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for table in _tables(store, thresholds, special, filters, token_text, ids):
+                rows_of = pa.array(table.column("example_index").to_numpy())
+                for name, values in fields.items():
+                    table = table.append_column(name, values.take(rows_of))
+                table = table.replace_schema_metadata(schema.metadata)
                 writer.write_table(table, row_group_size=max(table.num_rows, 1))
                 rows, groups = rows + table.num_rows, groups + 1
     return {"path": str(path), "rows": rows, "row_groups": groups}

@@ -73,6 +73,14 @@ def _short(name: Any) -> str:
 def store_labels(summaries: list[dict[str, Any]]) -> list[str]:
     """One legend label per store: the pair, then its templates, then its folder where needed to
     tell two stores apart (the same pair scored plain and with URIAL, say)."""
+    groups = [s.get("group") for s in summaries]
+    if any(g is not None for g in groups):  # --group-by: a line per group of each store
+        paths = list(dict.fromkeys(str(s.get("store")) for s in summaries))
+        if len(paths) == 1:
+            return [str(g) for g in groups]
+        first = {str(s.get("store")): s for s in reversed(summaries)}
+        names = dict(zip(paths, store_labels([{**first[p], "group": None} for p in paths])))
+        return [f"{names[str(s.get('store'))]}: {g}" for s, g in zip(summaries, groups)]
     labels = [pair_label(s) for s in summaries]
     for extra in (_templates, lambda s: _short(s.get("store")), lambda s: str(s.get("store"))):
         parts = [extra(s) for s in summaries]

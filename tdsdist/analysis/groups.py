@@ -158,6 +158,26 @@ def _differences(boots: dict[str, tuple[dict, bool]]) -> list[dict[str, Any]]:
     return rows
 
 
+def group_summaries(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary-like dict per group (`group`: its name) with what the figures draw per group:
+    the categories and the curves (no rank histogram or token tables: not kept per group)."""
+    keep = ("store", "config", "thresholds", "excluded", "intervals")
+    out = []
+    for g in summary["groups"]["groups"]:
+        s = g["statistics"]
+        out.append(
+            {
+                **{k: summary.get(k) for k in keep},
+                "group": g["group"],
+                "examples": g["examples"],
+                "positions": g["positions"],
+                "categories": {c: s[c] for c in CATEGORY_NAMES},
+                "by_position": g["by_position"],
+            }
+        )
+    return out
+
+
 HEADLINE = ("shifted", "mean_kl_aligned_base", "mean_js", "mean_kl", "aligned_branching", "base_branching")  # fmt: skip
 
 

@@ -135,6 +135,10 @@ def figures_command(
         summarize(Store(d, mode="r"), thresholds, min_support=min_support, **kwargs)
         for d in store_dirs
     ]
+    if kwargs["group_by"]:  # one line per group of each store (the categories, the curves)
+        from tdsdist.analysis.groups import group_summaries
+
+        summaries = [g for s in summaries for g in group_summaries(s)]
     options = {
         **analysis,
         "unshifted_max": unshifted_max,
@@ -158,6 +162,12 @@ def figures_command(
 )
 @threshold_options
 @filter_options
+@click.option(
+    "--group-by",
+    default=None,
+    metavar="FIELD",
+    help="Add a column `group`: the example's group by FIELD, a field the store kept.",
+)
 @user_errors
 def export_command(
     store_dir: str,
@@ -166,9 +176,10 @@ def export_command(
     marginal_max: int,
     exclude_first: int,
     exclude_special_tokens: bool,
+    group_by: str | None,
 ) -> None:
     """One Parquet row per committed answer position (ids, t, token, both models' statistics,
-    divergences, category); filtered positions are left out."""
+    divergences, category, the kept input fields); filtered positions are left out."""
     import time
 
     from tdsdist.analysis.export import export_parquet
@@ -177,7 +188,7 @@ def export_command(
     start = time.perf_counter()
     thresholds = thresholds_from(unshifted_max, marginal_max)
     filters = filters_from(exclude_first, exclude_special_tokens)
-    result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters)
+    result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters, group_by)
     size = os.path.getsize(out_file) / 1e6
     click.echo(
         f"{out_file}: {result['rows']} rows, {result['row_groups']} row groups,"

@@ -218,3 +218,54 @@ def test_figures_and_compare_by_group(scored: Path, tmp_path: Path) -> None:
         for row in g["rows"]:
             assert row["difference"] in (0.0, None)
     assert len(result["summaries"][0]["groups"]["groups"]) == 3
+
+
+def test_keep_fields_choices_and_resume(tiny_pair, tmp_path: Path) -> None:
+    """`all` leaves out long strings; `none` keeps none; named fields must exist. The fields are
+    outside the fingerprint: a store made without them resumes under any --keep-fields."""
+    from tdsdist.store import Store
+    from tdsdist.store_fields import field_names, read_field
+
+    records = _records()[:4]
+    for r in records:
+        r["notes"] = "x" * 300  # a text, not a label
+        r["tags"] = ["a", "b"]  # not a scalar
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    aligned, base = tiny_pair
+
+    def score(store: str, *extra: str) -> CliRunner:
+        args = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
+                "--store", str(tmp_path / store), "--device", "cpu", "--unit-size", "2", *extra]  # fmt: skip
+        return CliRunner().invoke(main, args)
+
+    assert score("all.zarr").exit_code == 0
+    store = Store(tmp_path / "all.zarr", mode="r")
+    assert field_names(store) == ["level", "topic"]
+    assert read_field(store, "level") == [r["level"] for r in records]
+    assert score("named.zarr", "--keep-fields", "notes").exit_code == 0  # named: kept whatever
+    assert field_names(Store(tmp_path / "named.zarr", mode="r")) == ["notes"]
+    bad = score("bad.zarr", "--keep-fields", "topic,nope")
+    assert bad.exit_code == 2 and "no record has a scalar field 'nope'" in bad.output
+    assert not (tmp_path / "bad.zarr").exists()
+    assert score("none.zarr", "--keep-fields", "none").exit_code == 0
+    assert field_names(Store(tmp_path / "none.zarr", mode="r")) == []
+    again = score("none.zarr")  # resumes (same fingerprint), keeps what it was made with
+    assert again.exit_code == 0, again.output
+    assert field_names(Store(tmp_path / "none.zarr", mode="r")) == []
+
+
+def test_generate_keeps_the_prompts_fields(tiny_pair, tmp_path: Path) -> None:
+    from tdsdist.store import Store
+    from tdsdist.store_fields import read_field
+
+    prompts = [{"id": r["id"], "pure_input": r["pure_input"], "topic": r["topic"]} for r in _records()[:3]]  # fmt: skip
+    data = tmp_path / "prompts.json"
+    data.write_text(json.dumps(prompts), encoding="utf-8")
+    out, store = tmp_path / "answers.json", tmp_path / "g.zarr"
+    cli("generate", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(data),
+        "--out", str(out), "--store", str(store), "--max-new-tokens", "4", "--device", "cpu")  # fmt: skip
+    answers = json.loads(out.read_text())
+    assert [a["topic"] for a in answers] == [p["topic"] for p in prompts]
+    kept = Store(store, mode="r")
+    assert read_field(kept, "topic") == [p["topic"] for p in prompts if p["id"] in kept.ids]

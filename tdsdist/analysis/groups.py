@@ -113,7 +113,9 @@ def by_group(
                 "group": label,
                 "examples": int(len(index)),
                 "positions": int(sums["positions"][index].sum()),
-                "interval": None if enough else f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})",  # fmt: skip
+                "interval": None
+                if enough
+                else f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})",  # fmt: skip
                 "statistics": statistics,
                 "by_position": rows,
             }

@@ -146,54 +146,59 @@ def divergence_by_position(stores: Stores) -> Drawn:
     return fig, "Divergence by token position", f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d."  # fmt: skip
 
 
-def _styled_curves(ax, stores: Stores, keys: list[tuple[str, str, str]], scale: float = 1.0) -> bool:
+def _styled_curves(ax, stores: Stores, keys: list[tuple[str, str]], legend: bool = True) -> bool:
     """Several statistics per store: colour per store, line style per statistic (`keys`:
-    (summary key, its legend name, line style)); interval bands as `_curve`."""
+    (summary key, line style); the title says which is which); interval bands as `_curve`.
+    `legend`: label each store once (the figure's legend above the axes names the colours)."""
     drawn = False
     for summary, label, colour in stores:
         rows = _position_rows(summary)
-        for key, name, style in keys:
+        named = False
+        for key, style in keys:
             if not rows or key not in rows[0]:
                 continue
             t = np.array([r["t"] for r in rows])
-            v, lo, hi = np.array([_ci(r.get(key), scale) for r in rows]).T
+            v, lo, hi = np.array([_ci(r.get(key)) for r in rows]).T
             ax.fill_between(t, lo, hi, color=colour, alpha=0.15, linewidth=0)
-            text = f"{label}: {name}" if len(stores) > 1 else name
+            text = label if legend and not named else "_nolegend_"
             ax.plot(t, v, color=colour, linestyle=style, label=text, linewidth=1.2)
-            drawn = True
+            drawn = named = True
     return drawn
 
 
 def divergences_by_position(stores: Stores) -> Drawn:
     if not any(_position_rows(s) and "mean_js" in _position_rows(s)[0] for s, _, _ in stores):
         return None
-    fig, (top, bottom) = _figure(HEIGHT_IN * 1.6, rows=2, sharex=True)
-    kls = [("mean_kl_aligned_base", "KL(aligned \u2016 base)", "-"),
-           ("mean_kl_base_aligned", "KL(base \u2016 aligned)", "--")]  # fmt: skip
-    _styled_curves(top, stores, kls)
-    _styled_curves(bottom, stores, [("mean_js", "JS", "-"), ("mean_tv", "TV", "--")])
+    fig, (top, bottom) = _figure(HEIGHT_IN * 1.7, rows=2, sharex=True)
+    _styled_curves(top, stores, [("mean_kl_aligned_base", "-"), ("mean_kl_base_aligned", "--")])
+    _styled_curves(bottom, stores, [("mean_js", "-"), ("mean_tv", "--")], legend=False)
     top.set_ylabel("mean KL (nats)")
-    bottom.set_ylabel("mean JS (nats) / TV")
+    bottom.set_ylabel("mean JS (nats), TV")
     bottom.set_xlabel("position t in the answer (tokens)")
     for ax in (top, bottom):
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
-        ax.legend(frameon=False, fontsize=6, loc="upper right")
-    top.set_title("Exact divergences by token position")
+    top.set_title("KL(aligned \u2016 base) solid, KL(base \u2016 aligned) dashed")
+    bottom.set_title("Jensen-Shannon solid, total variation dashed")
+    _legend(top, stores)
     return fig, "Divergences by token position", "Mean exact divergences between the two next-token distributions at each token position (KL both ways, Jensen-Shannon, total variation), 95% interval bands."  # fmt: skip
 
 
 def branching_by_position(stores: Stores) -> Drawn:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, ax = _figure()
-    keys = [("aligned_branching", "aligned", "-"), ("base_branching", "base", "--")]
-    if not _styled_curves(ax, stores, keys):
+    if not _styled_curves(ax, stores, [("aligned_branching", "-"), ("base_branching", "--")]):
         return _close(fig)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: 10, 100
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("position t in the answer (tokens)")
     ax.set_ylabel("branching factor exp(H)")
     ax.set_xlim(left=0)
-    ax.set_title("Branching factor by token position")
-    ax.figure.legend(loc="outside upper center", ncols=2, frameon=False)
+    ax.set_title("Branching factor: aligned solid, base dashed")
+    _legend(ax, stores)
     return fig, "Branching factor by token position", "Each model's branching factor, exp of its mean next-token entropy, at each token position, 95% interval bands: Yang & Holtzman's \u201cgenerative horizon\u201d."  # fmt: skip
 
 

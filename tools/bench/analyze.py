@@ -79,6 +79,10 @@ def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int, f
             "positions/kl": rng.exponential(0.2, n).astype(np.float32),
             "positions/kl_aligned_base": rng.exponential(0.3, n).astype(np.float32),
             "positions/js": rng.exponential(0.05, n).astype(np.float32),
+            "positions/kl_base_aligned": rng.exponential(0.3, n).astype(np.float32),
+            "positions/tv": rng.beta(1, 4, n).astype(np.float32),
+            "aligned/entropy": rng.exponential(0.5, n).astype(np.float32),
+            "base/entropy": rng.exponential(1.5, n).astype(np.float32),
             **top_k_arrays(rng, n, k, vocab),
         }
         if format_version >= 3:  # as `score` writes them

@@ -69,7 +69,8 @@ class TdsStore:
         `base_logprobs_at_aligned_top` and `base_top1_differs` (the base top 1 is not the aligned
         top 1, the positions AlignTDS marks); with `has_divergences` also `kl_aligned_base`,
         `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
-        `aligned_rank_of_base_top1`."""
+        `aligned_rank_of_base_top1`; `{aligned,base}_branching` (exp of the entropy) and
+        `base_top1_prob` (the base model's probability of its own top 1)."""
         index = self._store.example_index(str(example_id))
         if not self._store.example_unit_committed(index):
             raise TdsError(f"{self.path}: example {example_id!r} is not scored yet")
@@ -87,6 +88,9 @@ class TdsStore:
                 for c in columns:
                     key = c.name if group == "positions" else f"{group}_{c.name}"
                     out[key] = self._store.read(f"{group}/{c.name}", rows)
+        for model in MODELS:  # float64: exp of a float32 entropy of up to ~12 nats
+            out[f"{model}_branching"] = np.exp(out[f"{model}_entropy"].astype(np.float64))
+        out["base_top1_prob"] = np.exp(out["base_top_logprobs"][:, 0].astype(np.float64))
         out["category"] = categories(out["base_rank"])
         out["base_top1_differs"] = out["base_top_ids"][:, 0] != out["aligned_top_ids"][:, 0]
         return out
@@ -135,7 +139,15 @@ class TdsStore:
                 out[f"{model}_context_text"] = text
         return out
 
+    def fields(self) -> dict[str, list[Any]]:
+        """The input fields the store kept (`--keep-fields`): `{name: [E] values}` in store
+        order; none for a store made before fields were kept."""
+        from tdsdist.store_fields import field_names, read_field
+
+        return {name: read_field(self._store, name) for name in field_names(self._store)}
+
     def summary(self, **kwargs: Any) -> dict[str, Any]:
+        """What `analyze --json` prints; `summary(group_by="topic")` adds `groups`."""
         from tdsdist.analysis.summary import summarize
 
         return summarize(self._store, **kwargs)

@@ -269,3 +269,21 @@ def test_generate_keeps_the_prompts_fields(tiny_pair, tmp_path: Path) -> None:
     assert [a["topic"] for a in answers] == [p["topic"] for p in prompts]
     kept = Store(store, mode="r")
     assert read_field(kept, "topic") == [p["topic"] for p in prompts if p["id"] in kept.ids]
+
+
+def test_python_api(scored: Path) -> None:
+    import tdsdist
+
+    store = tdsdist.open_store(scored)
+    assert store.fields() == {
+        "level": [r["level"] for r in _records()],
+        "topic": [r["topic"] for r in _records()],
+    }
+    record = shown(scored)[1]
+    ex = store.example("q1")
+    values = position_values(record)
+    np.testing.assert_allclose(ex["base_top1_prob"], values["base_top1_prob"], rtol=1e-12)
+    np.testing.assert_allclose(ex["aligned_branching"], np.exp(values["aligned_entropy"]), rtol=1e-12)  # fmt: skip
+    summary = store.summary(group_by="topic", resamples=50)
+    assert [g["group"] for g in summary["groups"]["groups"]] == ["benign", "harmful", "rare"]
+    assert summary["measures"]["base_branching"]["mean"] > 0

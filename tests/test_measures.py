@@ -167,6 +167,10 @@ def test_groups_equal_direct_computations(scored: Path) -> None:
     want = groups["harmful"]["statistics"]["mean_js"]["mean"] - groups["benign"]["statistics"]["mean_js"]["mean"]  # fmt: skip
     assert d["difference"] == pytest.approx(want, rel=1e-9)
     assert d["ci"][0] <= d["difference"] <= d["ci"][1]
+    bf = diffs[("harmful", "base_branching")]  # exp of each group's mean entropy, differenced
+    h = {g: math.exp(pooled([r for r, t in zip(records, GROUPS) if t == g], "base_entropy")) for g in ("harmful", "benign")}  # fmt: skip
+    assert bf["difference"] == pytest.approx(h["harmful"] - h["benign"], rel=1e-4, abs=1e-6)
+    assert bf["ci"][0] <= bf["difference"] <= bf["ci"][1]
     rare = diffs[("rare", "mean_js")]
     assert rare["ci"] == [None, None] and "too few examples" in rare["interval"]
     text = cli("analyze", str(scored), "--group-by", "topic", "--resamples", "50")

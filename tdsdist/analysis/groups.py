@@ -25,6 +25,7 @@ import numpy as np
 from tdsdist.analysis import measures
 from tdsdist.analysis import published as pub
 from tdsdist.analysis.curves import CATEGORY_NAMES, PositionCurves, bootstrap_weights
+from tdsdist.store import MODELS
 from tdsdist.store_fields import read_field
 
 MIN_EXAMPLES = 5  # examples a group needs for an interval (and for a difference's interval)
@@ -100,6 +101,11 @@ def by_group(
         enough = len(index) >= MIN_EXAMPLES
         weights = bootstrap_weights(len(index), resamples if enough else 0, seed + rank)
         stats = _boot(sums, index, weights.astype(np.float64))
+        for model in MODELS:  # exp(mean entropy), resample by resample: differences too
+            if f"mean_{model}_entropy" in stats:
+                value, boot, infinite = stats[f"mean_{model}_entropy"]
+                branching = None if value is None else float(np.exp(value))
+                stats[f"{model}_branching"] = (branching, np.exp(boot), infinite)
         boots[label] = (stats, enough)
         sub = curves.subset(index).result(resamples if enough else 0, seed + rank, weights)
         rows = [measures.add_branching(r) for r in sub["by_position"]]
@@ -107,7 +113,6 @@ def by_group(
             name: _cell(value, boot, "fraction" if name in CATEGORY_NAMES else "mean")
             for name, (value, boot, _) in stats.items()
         }
-        measures.add_branching(statistics)
         groups.append(
             {
                 "group": label,

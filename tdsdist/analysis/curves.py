@@ -32,6 +32,7 @@ class PositionCurves:
         max_t: int,
         means: tuple[str, ...],
         infinite: tuple[str, ...] | None = None,
+        medians: bool = True,
     ) -> None:
         self.examples, self.bins = examples, max_t + 2  # t = 0 .. max_t, then the tail
         self.max_t, self.means = max_t, means
@@ -43,7 +44,8 @@ class PositionCurves:
         # one answer's positions) and E x bins x cols is the memory.
         cols = 4 + len(means) + len(self.infinite)
         self.sums = np.zeros((examples, self.bins, cols), np.float32)
-        self.rank_hist: np.ndarray | None = np.zeros((self.bins, RANK_CAP + 1), np.int64)
+        # the base-rank histogram per bin behind the medians (`medians=False`: none, no cost)
+        self.rank_hist = np.zeros((self.bins, RANK_CAP + 1), np.int64) if medians else None
 
     def inf_column(self, name: str) -> int | None:
         """The column counting `name`'s +inf values, or None (never infinite)."""
@@ -54,8 +56,8 @@ class PositionCurves:
     def subset(self, index: np.ndarray) -> PositionCurves:
         """The same sums over the examples `index` only (a group of them), without medians:
         the rank histogram behind them is not kept per example."""
-        out = PositionCurves(0, self.max_t, self.means, self.infinite)
-        out.sums, out.examples, out.rank_hist = self.sums[index], len(index), None
+        out = PositionCurves(0, self.max_t, self.means, self.infinite, medians=False)
+        out.sums, out.examples = self.sums[index], len(index)
         return out
 
     def add(
@@ -79,10 +81,14 @@ class PositionCurves:
         for j, name in enumerate(self.means):
             v = values[name]
             finite = np.isfinite(v)
-            flat[:, 4 + j] += np.bincount(cell, weights=np.where(finite, v, 0.0), minlength=size)
+            all_finite = bool(finite.all())
+            weights = v if all_finite else np.where(finite, v, 0.0)
+            flat[:, 4 + j] += np.bincount(cell, weights=weights, minlength=size)
             inf = self.inf_column(name)
-            if not finite.all() and inf is not None:
+            if not all_finite and inf is not None:
                 flat[:, inf] += np.bincount(cell, weights=~finite, minlength=size)
+        if self.rank_hist is None:
+            return
         capped = np.minimum(base_rank, RANK_CAP + 1) - 1  # 0 .. RANK_CAP
         self.rank_hist += np.bincount(
             bins * (RANK_CAP + 1) + capped, minlength=self.bins * (RANK_CAP + 1)

@@ -140,8 +140,8 @@ def summarize(
     divergences = measures.divergences(store)
     curves = PositionCurves(len(store.ids), max_t, *measures.curve_means(store))
     # The position buckets and deciles get intervals from the same per-example resamples.
-    buckets = PositionCurves(len(store.ids), len(POSITION_EDGES) - 2, ())
-    deciles = PositionCurves(len(store.ids), DECILES - 2, ())
+    buckets = PositionCurves(len(store.ids), len(POSITION_EDGES) - 2, (), medians=False)
+    deciles = PositionCurves(len(store.ids), DECILES - 2, (), medians=False)
     excluded = 0
     counts = np.zeros(3, np.int64)
     rank_hist = np.zeros(len(RANK_BINS), np.int64)

@@ -37,8 +37,19 @@ ROWS: list[tuple[str, Any]] = [
     ("aligned top-1", lambda s: s["aligned_top1_fraction"]),
     ("base prob mean", lambda s: s["base_prob"]["mean"]),
     ("base prob median", lambda s: s["base_prob"]["median"]),
-    ("KL mean", lambda s: s["kl"]["mean"]),
-    ("KL median", lambda s: s["kl"]["median"]),
+    *[
+        (f"{label} exact mean", lambda s, n=name: (s.get("divergence", {}).get(n) or {}).get("mean"))
+        for name, label in (("kl_aligned_base", "KL(a||b)"), ("kl_base_aligned", "KL(b||a)"),
+                            ("js", "JS"), ("tv", "TV"))
+    ],  # fmt: skip
+    ("KL mean, top-k bound", lambda s: s["kl"]["mean"]),
+    ("KL median, top-k bound", lambda s: s["kl"]["median"]),
+    *[
+        (label, lambda s, n=name: (s.get("measures", {}).get(n) or {}).get("mean"))
+        for name, label in (("aligned_branching", "branching factor, aligned"),
+                            ("base_branching", "branching factor, base"),
+                            ("base_top1_prob", "base top-1 prob mean"))
+    ],  # fmt: skip
     ("shifted, first 10%", lambda s: s["by_relative_position"][0]["shifted_fraction"]),
     ("shifted, last 10%", lambda s: s["by_relative_position"][-1]["shifted_fraction"]),
 ]

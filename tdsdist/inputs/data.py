@@ -222,7 +222,8 @@ def _chat_examples(
     messages = check_messages(where, record)
     if not require_answer:
         prompt = prompt_messages(where, messages)
-        return [(Example(index, id_, prompt[-1]["content"], None, "", tuple(prompt)), False)]
+        ex = Example(index, id_, prompt[-1]["content"], None, "", tuple(prompt), _scalars(record, fields))  # fmt: skip
+        return [(ex, False)]
     examples = []
     for number, at in assistant_turns(where, messages, turns):
         answer = messages[at]["content"]
@@ -238,6 +239,7 @@ def _chat_examples(
             prompt=None,
             answer=answer,
             messages=tuple(messages[:at]),
+            metadata=_scalars(record, fields),  # the transcript's own fields, for every turn
         )
         examples.append((ex, not answer.strip()))
     return examples

@@ -283,6 +283,7 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
                 {"role": "assistant", "content": answers[ex.index]["answer"]},
             ],
             "generator": settings,
+            **{k: v[j] for k, v in kept.items() if v[j] is not None},
         }
         for j, ex in enumerate(examples)
     ]

@@ -291,3 +291,19 @@ def test_python_api(scored: Path) -> None:
     summary = store.summary(group_by="topic", resamples=50)
     assert [g["group"] for g in summary["groups"]["groups"]] == ["benign", "harmful", "rare"]
     assert summary["measures"]["base_branching"]["mean"] > 0
+
+
+def test_every_record_kind_carries_its_scalar_fields(tmp_path: Path) -> None:
+    from tdsdist.inputs.data import read_data
+
+    chat = [{"id": "c", "topic": "harmful", "n": 2, "tags": ["x"], "messages": [
+        {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye."}]}]  # fmt: skip
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(chat), encoding="utf-8")
+    for ex in read_data(path, turns="all").examples:
+        assert ex.metadata == (("topic", "harmful"), ("n", 2))
+    path = tmp_path / "je.json"
+    path.write_text(json.dumps(_records()[:1]), encoding="utf-8")
+    (ex,) = read_data(path).examples
+    assert ex.metadata == (("topic", "harmful"), ("level", 0))

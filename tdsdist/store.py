@@ -21,11 +21,36 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     contexts/...                   optional: the instruction and both contexts' ids per example
                                    (`store_contexts.py`; absent in older stores: "not recorded")
 
-Each unit's rows start on a chunk boundary and span whole chunks, so two writers never touch the
-same chunk (no sharding: zarr 3 loses concurrent writes to different chunks of one shard). From
-format 2 on every chunk of a per-position array ends in a crc32c checksum. Everything
-that is known before scoring (ids, offsets, tokens) is written once, by the creator. A unit's flag is
-set only after its data is written, so a crash leaves it pending and a re-run rewrites it.
+Formats 1-3: each unit's rows start on a chunk boundary and span whole chunks (4,096 positions),
+one file per array and chunk, so two writers never touch the same file. Format 4: one file per
+array and unit (Zarr v3's sharding codec). The store's shard length `S` is fixed at creation from
+the plan: the largest unit's positions rounded up to the inner chunk (4,096 positions), at least
+one chunk (`shard_positions`). Unit `u` owns rows `[u * S, (u + 1) * S)`, exactly one shard of
+every per-position array, and nothing else: data-parallel ranks, array tasks and resumed runs
+never write the same file (zarr-python warns that concurrent partial writes into one shard are
+read-modify-write races that lose data). A unit's shard is written in one write of the whole
+shard region (`Store.write_rows` pads the rows to `S` with the fill value), so zarr never merges
+into an old shard; the rows past the unit's positions are fill, and an inner chunk that holds
+only fill is not stored (an unscored unit, a short unit's tail and the padding cost no bytes).
+From format 2 on every chunk of a per-position array (format 4: every inner chunk, and each
+shard's index) ends in a crc32c checksum, so a damaged chunk is one error naming the array and
+the unit. Everything that is known before scoring (ids, offsets, tokens) is written once, by the
+creator. A unit's flag is set only after its data is written, so a crash leaves it pending and a
+re-run rewrites it.
+
+What a unit size costs in format 4 (per-position arrays: 29; `units/committed`: one file per
+unit; about 20 further files of examples, tokenizer and metadata): files = 30 x units + a
+constant (1M answers at unit size 256: about 118,000 files; format 3 needs a file per 4,096
+positions whatever the unit size: about 2.1M). The largest file is the shard of the largest
+per-position array (`[P, k]` log-probabilities, about 15 B per position at k=5): about 1.2 MB
+for a unit of 256 answers of 300 tokens, 4.6 MB at 1,024. A kill loses the units being scored
+(each rank's current unit): at most `unit_size` answers per rank. While scoring, a unit's rows
+are held on the host until its shard is written (about 400 B per position, the same in format 3:
+`score` writes a unit once, at its end): 31 MB at 256 x 300, 123 MB at 1,024 x 300; the
+accelerator's memory is bounded by the batch and the head's chunk, not by the unit. Since the
+shard length is the largest unit's, the logical position axis is `units x S` (a few per cent
+over the positions when units are alike, since the padding costs no bytes; readers allocate
+masks over it).
 """
 
 from __future__ import annotations
@@ -61,7 +86,9 @@ class GroupWriter(Protocol):
 #: 3: AlignTDS's top-k metrics per position (`published/...`), computed when a unit is scored
 #: (`analysis/published.py`) so that the analysis reads 8 small arrays instead of four [P, k]
 #: tables; in stores of format 1 and 2 the analysis computes them from those tables.
-FORMAT_VERSION = 3
+#: 4: one shard per per-position array and unit (see above); inner chunks and every array as in 3.
+#: Stores of formats 1-3 keep opening and resume in their own format.
+FORMAT_VERSION = 4
 CHUNK_POSITIONS = 4096
 MODELS = ("aligned", "base")
 
@@ -136,8 +163,19 @@ class UnitRows:
     positions: int
 
 
-def layout(lengths: np.ndarray, unit_size: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Example offsets and unit starts, each unit starting on a multiple of `chunk`.
+def shard_positions(lengths: np.ndarray, unit_size: int, chunk: int) -> int:
+    """Format 4's shard length: the largest unit's positions rounded up to `chunk` (at least one
+    chunk), so that each unit fits one shard and every shard has the same shape (Zarr's grid)."""
+    starts = np.arange(0, len(lengths), unit_size)
+    per_unit = np.add.reduceat(np.asarray(lengths, np.int64), starts) if len(starts) else [0]
+    return max(-(-int(max(per_unit)) // chunk), 1) * chunk
+
+
+def layout(
+    lengths: np.ndarray, unit_size: int, chunk: int, shard: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Example offsets and unit starts, each unit starting on a multiple of `chunk` (formats
+    1-3), or unit `u` at `u * shard` (format 4: one shard per unit).
 
     Returns `(offsets [E], unit_starts [U + 1])`; the last entry is the padded total length.
     """
@@ -148,7 +186,10 @@ def layout(lengths: np.ndarray, unit_size: int, chunk: int) -> tuple[np.ndarray,
         lo, hi = u * unit_size, min((u + 1) * unit_size, len(lengths))
         within = np.concatenate([[0], np.cumsum(lengths[lo:hi])])
         offsets[lo:hi] = unit_starts[u] + within[:-1]
-        unit_starts[u + 1] = unit_starts[u] + -(-int(within[-1]) // chunk) * chunk
+        if shard is not None:
+            unit_starts[u + 1] = (u + 1) * shard
+        else:
+            unit_starts[u + 1] = unit_starts[u] + -(-int(within[-1]) // chunk) * chunk
     return offsets, unit_starts
 
 
@@ -161,8 +202,11 @@ def _array(
     fill=0,
     dims=None,
     checksum: bool = False,
+    shard: int | None = None,
 ):
-    """A compressed array chunked along its first axis; `dims` names the axes (for xarray)."""
+    """A compressed array chunked along its first axis; `dims` names the axes (for xarray).
+    With `shard`, the chunks are the inner chunks of shards of `shard` rows (format 4); the
+    shard index ends in a crc32c checksum too (the sharding codec's default index codecs)."""
     chunks = (chunk,) + shape[1:]
     compressors = [COMPRESSOR, CHECKSUM] if checksum else COMPRESSOR
     if dims is None:
@@ -171,6 +215,7 @@ def _array(
         name,
         shape=shape,
         chunks=chunks,
+        shards=None if shard is None else (shard,) + shape[1:],
         dtype=dtype,
         fill_value=fill,
         compressors=compressors,
@@ -216,15 +261,16 @@ def create(
 
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
     `contexts` (what each model saw) is optional: stores without it keep working.
-    `format_version` 2 makes the layout of the previous release (tests and benchmarks of the
+    `format_version` 2 or 3 makes the layout of an earlier release (tests and benchmarks of the
     readers' older-store paths).
     """
-    if format_version not in (2, FORMAT_VERSION):
+    if format_version not in (2, 3, FORMAT_VERSION):
         raise ValueError(f"cannot create stores of format {format_version}")
     path = Path(path)
+    shard = shard_positions(lengths, unit_size, chunk) if format_version >= 4 else None
     with staged_folder(path) as tmp:
         root = zarr.open_group(tmp, mode="w")
-        offsets, unit_starts = layout(lengths, unit_size, chunk)
+        offsets, unit_starts = layout(lengths, unit_size, chunk, shard)
         total = int(unit_starts[-1])
         n = len(ids)
         ex = root.create_group("examples")
@@ -243,7 +289,7 @@ def create(
             group = root.create_group(group_name)
             for c in columns:
                 shape = (total, top_k) if c.per_candidate else (total,)
-                _array(group, c.name, shape, c.dtype, chunk, fill=c.fill, checksum=True)
+                _array(group, c.name, shape, c.dtype, chunk, c.fill, checksum=True, shard=shard)
         root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
         _save_tokenizer(root.create_group("tokenizer"), tokenizer)
         if contexts is not None:
@@ -254,6 +300,7 @@ def create(
             "unit_size": unit_size,
             "top_k": top_k,
             "chunk_positions": chunk,
+            **({} if shard is None else {"shard_positions": shard}),
             "examples": n,
             "units": n_units,
             "positions": int(lengths.sum()),
@@ -332,18 +379,32 @@ class Store:
     def write_rows(self, unit: UnitRows, arrays: dict[str, np.ndarray]) -> None:
         """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed.
 
-        The unit's old chunks of each array are removed first: a write that covers part of a
-        chunk makes zarr read the chunk back, and a chunk torn by a crash (or damaged on disk)
-        would fail its checksum there instead of being replaced."""
+        The unit's old chunks (format 4: its shard) of each array are removed first: a write
+        that covers part of a chunk makes zarr read the chunk back, and a chunk torn by a crash
+        (or damaged on disk) would fail its checksum there instead of being replaced. In format
+        4 each array's shard is written whole, in one write (`_whole_shard`): zarr encodes it
+        from these rows alone, without reading anything back."""
         lo, hi = unit.start, unit.start + unit.positions
+        shard = self.meta.get("shard_positions")
         for name, values in arrays.items():
             if values.shape[0] != unit.positions:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
             self._remove_chunks(name, unit)
-            self.root[name][lo:hi] = values
+            if shard is None:
+                self.root[name][lo:hi] = values
+            else:
+                self.root[name][lo : lo + shard] = self._whole_shard(name, values, shard)
+
+    def _whole_shard(self, name: str, values: np.ndarray, shard: int) -> np.ndarray:
+        """`values` `[positions, ...]` followed by the array's fill up to `[shard, ...]` (one
+        more copy of one array's rows of the unit, then freed)."""
+        arr = self.root[name]
+        out = np.full((shard,) + values.shape[1:], arr.fill_value, arr.dtype)
+        out[: values.shape[0]] = values
+        return out
 
     def _remove_chunks(self, name: str, unit: UnitRows) -> None:
-        chunk = self.meta["chunk_positions"]
+        chunk = self.meta.get("shard_positions", self.meta["chunk_positions"])  # rows per file
         first, stop = unit.start // chunk, self.meta["unit_starts"][unit.index + 1] // chunk
         for c in range(first, stop):  # a unit's chunks are its own (see the module docstring)
             folder = self.path / name / "c" / str(c)

@@ -14,7 +14,7 @@ import numpy as np
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
 
 from tdsdist.analysis.published import stored_arrays
-from tdsdist.store import FORMAT_VERSION, Store, create
+from tdsdist.store import CHUNK_POSITIONS, FORMAT_VERSION, Store, create
 
 CANDIDATES = 12  # ids drawn from [FIRST_ID, FIRST_ID + CANDIDATES): heavy overlap at k = 5
 FIRST_ID = 40
@@ -45,11 +45,12 @@ def _rank_and_logprob(ids, logprobs, token):
 def build(
     path: Path, lengths: list[int], k: int = 5, seed: int = 0, sampled: float = 0.4,
     commit: list[bool] | None = None, unit_size: int = 2, candidates: list[int] | None = None,
-    format_version: int = FORMAT_VERSION,
+    format_version: int = FORMAT_VERSION, chunk: int = CHUNK_POSITIONS,
 ) -> Store:  # fmt: skip
     """A store of `len(lengths)` answers; `commit[u]` False leaves unit u pending; top-k ids
     drawn from `candidates` (default: `CANDIDATES` ids from `FIRST_ID`). In format 3 the
-    published metrics are stored as `score` stores them; in format 2 the analysis computes them."""
+    published metrics are stored as `score` stores them; in format 2 the analysis computes them.
+    `chunk`: rows per chunk (format 4: per inner chunk of each unit's shard)."""
     rng = np.random.default_rng(seed)
     total = int(sum(lengths))
     pool = np.array(candidates or range(FIRST_ID, FIRST_ID + CANDIDATES))
@@ -62,7 +63,7 @@ def build(
         path, ids=[f"ex{i}" for i in range(len(lengths))], lengths=np.array(lengths, np.int32),
         token_ids=token, flags={}, unit_size=unit_size, top_k=k,
         meta={"fingerprint": {"aligned": "a", "base": "b", "data_sha256": "d", "limit": None}, "vocab_size": 300},
-        tokenizer=tokenizer, overwrite=True, format_version=format_version,
+        tokenizer=tokenizer, overwrite=True, format_version=format_version, chunk=chunk,
     )  # fmt: skip
     base_rank, base_logprob = _rank_and_logprob(b_ids, b_lp, token)
     aligned_rank, aligned_logprob = _rank_and_logprob(a_ids, a_lp, token)

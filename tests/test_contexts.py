@@ -91,7 +91,7 @@ def test_a_scored_store_holds_the_plans_instruction_and_contexts(scored) -> None
     for name in ("instruction", "aligned/ids", "aligned/offset", "base/ids", "base/offset"):
         codecs = json.loads((store_path / GROUP / name / "zarr.json").read_text())["codecs"]
         assert codecs[-1]["name"] == "crc32c", name
-    assert store.format_version == 3
+    assert store.format_version == 4
 
 
 def test_a_damaged_context_chunk_is_an_error_naming_the_array(scored, tmp_path: Path) -> None:

@@ -33,9 +33,10 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
 
 
 def corrupt(store: Path, array: str, unit: int) -> Path:
-    """Flip bytes in the middle of the chunk file that holds the start of `unit`'s rows."""
+    """Flip bytes in the middle of the chunk file (format 4: the shard; these units' shards
+    hold one inner chunk, whose bytes are the middle) that holds the start of `unit`'s rows."""
     s = Store(store, mode="r")
-    chunk = s.meta["unit_starts"][unit] // s.meta["chunk_positions"]
+    chunk = s.meta["unit_starts"][unit] // s.meta.get("shard_positions", s.meta["chunk_positions"])
     path = store / array / "c" / str(chunk)
     if s.root[array].ndim == 2:
         path = path / "0"

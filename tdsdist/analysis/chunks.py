@@ -9,12 +9,19 @@ exactly that layout the chunk files are read and decoded here with the same code
 (numcodecs' Blosc, google_crc32c). Any other layout, and any chunk that does not decode or fails
 its checksum, goes through `Store.read`, which returns zarr's answer or raises its
 `DamagedChunk` error: never silent numbers.
+
+Format 4 keeps each unit's rows of an array in one shard file (`store.py`): the same inner chunks,
+then the shard index at the end (`[chunks, 2]` little-endian uint64 offset and length, all ones
+for a chunk never written, then a crc32c checksum). The reader reads a shard's index once per
+read (one small `pread` from the end of the file, checked), then each inner chunk it needs
+(one `pread` each, checked and decoded as above), from a file opened once per read.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,19 +33,22 @@ from tdsdist.store import Store
 from tdsdist.threads import pool  # noqa: F401  (re-exported: the analysis's threads)
 
 _BLOSC = Blosc()
+_NEVER_WRITTEN = 2**64 - 1  # the shard index's offset and length of an inner chunk not stored
+_UNREADABLE = object()  # the fast path cannot vouch for these bytes: zarr decides
 
 
 class _Layout:
     """What the fast path needs of one array (from its zarr.json), or None if it does not apply."""
 
-    def __init__(self, folder: Path, meta: dict) -> None:
+    def __init__(self, folder: Path, meta: dict, codecs: list, chunk: int, shard: int | None):
         self.folder = folder
         self.shape = tuple(meta["shape"])
-        self.chunk = int(meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+        self.chunk = chunk  # rows of a chunk (format 4: of an inner chunk)
+        self.shard = shard  # rows of a shard file (format 4), or None: one file per chunk
+        self.per_shard = 1 if shard is None else shard // chunk
         self.dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         self.fill = meta["fill_value"]
-        names = [c["name"] for c in meta["codecs"]]
-        self.checksum = names[-1] == "crc32c"
+        self.checksum = codecs[-1]["name"] == "crc32c"
         self.suffix = "/0" * (len(self.shape) - 1)  # [P, k]: one chunk along k
 
     @classmethod
@@ -48,8 +58,23 @@ class _Layout:
         except (OSError, ValueError):
             return None
         codecs = meta.get("codecs", [])
-        names = [c.get("name") for c in codecs]
         grid = meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", [])
+        shard = None
+        if [c.get("name") for c in codecs] == ["sharding_indexed"]:
+            config = codecs[0].get("configuration", {})
+            index = config.get("index_codecs", [])
+            inner = list(config.get("chunk_shape", []))
+            if not (
+                [c.get("name") for c in index] == ["bytes", "crc32c"]
+                and index[0].get("configuration", {}).get("endian", "little") == "little"
+                and config.get("index_location", "end") == "end"
+                and len(inner) == len(grid) >= 1
+                and inner[1:] == list(grid[1:])
+                and grid[0] % inner[0] == 0
+            ):
+                return None
+            shard, grid, codecs = int(grid[0]), inner, config.get("codecs", [])
+        names = [c.get("name") for c in codecs]
         keys = meta.get("chunk_key_encoding", {})
         simple = (
             names in (["bytes", "blosc"], ["bytes", "blosc", "crc32c"])
@@ -61,7 +86,7 @@ class _Layout:
             in ("int8", "int32", "int64", "float32", "float64", "uint8", "bool")
             and not meta.get("storage_transformers")
         )
-        return cls(folder, meta) if simple else None
+        return cls(folder, meta, codecs, int(grid[0]), shard) if simple else None
 
 
 @functools.cache
@@ -106,30 +131,53 @@ class BlockReader:
         lo, hi, _ = rows.indices(layout.shape[0])
         out = np.empty((max(hi - lo, 0),) + layout.shape[1:], layout.dtype)
         chunk = layout.chunk
-        for c in range(lo // chunk, -(-hi // chunk)):
-            a, b = max(c * chunk, lo), min((c + 1) * chunk, hi, layout.shape[0])
-            whole = a == c * chunk and b - a == chunk
-            target = out[a - lo : b - lo] if whole else None  # decoded in place: no copy
-            values = self._chunk(layout, c, target)
-            if values is None:  # damaged or unusual: zarr decides (and names the unit)
-                out[a - lo : b - lo] = self.store.read(name, slice(a, b))
-            elif not whole:
-                out[a - lo : b - lo] = values[a - c * chunk : b - c * chunk]
+        shards: dict[int, object] = {}  # format 4: the shard files this read opened
+        try:
+            for c in range(lo // chunk, -(-hi // chunk)):
+                a, b = max(c * chunk, lo), min((c + 1) * chunk, hi, layout.shape[0])
+                whole = a == c * chunk and b - a == chunk
+                target = out[a - lo : b - lo] if whole else None  # decoded in place: no copy
+                values = self._chunk(layout, c, target, shards)
+                if values is None:  # damaged or unusual: zarr decides (and names the unit)
+                    out[a - lo : b - lo] = self.store.read(name, slice(a, b))
+                elif not whole:
+                    out[a - lo : b - lo] = values[a - c * chunk : b - c * chunk]
+        finally:
+            for shard in shards.values():
+                if isinstance(shard, _Shard):
+                    shard.close()
         return out
 
     @staticmethod
-    def _chunk(layout: _Layout, c: int, target: np.ndarray | None) -> np.ndarray | None:
+    def _encoded(layout: _Layout, c: int, shards: dict[int, object]):
+        """Chunk `c`'s stored bytes, None where it was never written, or `_UNREADABLE`."""
+        if layout.shard is None:
+            try:
+                return (layout.folder / "c" / f"{c}{layout.suffix}").read_bytes()
+            except FileNotFoundError:
+                return None
+            except OSError:
+                return _UNREADABLE
+        s, i = divmod(c, layout.per_shard)
+        if s not in shards:
+            shards[s] = _Shard.open(layout.folder / "c" / f"{s}{layout.suffix}", layout.per_shard)
+        shard = shards[s]
+        return shard.chunk(i) if isinstance(shard, _Shard) else shard  # None or _UNREADABLE
+
+    @classmethod
+    def _chunk(
+        cls, layout: _Layout, c: int, target: np.ndarray | None, shards: dict[int, object]
+    ) -> np.ndarray | None:
         """Chunk `c` decoded (`[chunk, ...]`, into `target` when given), the fill value where it
         was never written, or None where the fast path cannot vouch for it."""
         rows = (layout.chunk,) + layout.shape[1:]
         if target is None:
             target = np.empty(rows, layout.dtype)
-        try:
-            data = (layout.folder / "c" / f"{c}{layout.suffix}").read_bytes()
-        except FileNotFoundError:
+        data = cls._encoded(layout, c, shards)
+        if data is None:
             target[...] = layout.fill
             return target
-        except OSError:
+        if data is _UNREADABLE:
             return None
         if layout.checksum:
             stored = data[-4:]
@@ -141,6 +189,48 @@ class BlockReader:
         except Exception:  # not a Blosc frame of this size: let zarr report it
             return None
         return target
+
+
+class _Shard:
+    """One shard file opened for a read: its checked index, and its inner chunks by `pread`."""
+
+    def __init__(self, fd: int, index: np.ndarray, end: int) -> None:
+        self.fd = fd
+        self.index = index  # [chunks per shard, 2] uint64: offset, length
+        self.end = end  # where the index starts: no chunk reaches past it
+
+    @classmethod
+    def open(cls, path: Path, chunks: int):
+        """The shard, None if the file does not exist (never written: all fill), or
+        `_UNREADABLE` (a short file, an index that fails its checksum)."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return _UNREADABLE
+        size = 16 * chunks + 4
+        try:
+            end = os.fstat(fd).st_size - size
+            raw = os.pread(fd, size, end) if end >= 0 else b""
+        except OSError:
+            raw = b""
+        if len(raw) != size or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+            os.close(fd)
+            return _UNREADABLE
+        return cls(fd, np.frombuffer(raw[:-4], "<u8").reshape(chunks, 2), end)
+
+    def chunk(self, i: int):
+        offset, length = (int(x) for x in self.index[i])
+        if offset == _NEVER_WRITTEN and length == _NEVER_WRITTEN:
+            return None
+        if offset + length > self.end:
+            return _UNREADABLE
+        data = os.pread(self.fd, length, offset)
+        return data if len(data) == length else _UNREADABLE
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def committed_blocks(store: Store, block_rows: int):

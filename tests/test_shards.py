@@ -179,3 +179,125 @@ def test_writing_a_large_unit_holds_one_shard_beside_its_rows(tmp_path, examples
     # and far under the unit's rows (29 arrays, about 120 B per position here at k=5)
     assert peak < 3 * largest + (1 << 20), (peak, largest, unit_bytes)
     assert peak < unit_bytes / 2, (peak, unit_bytes)
+
+
+TORN_WRITE = """
+import os, runpy, signal, sys
+from zarr.storage import LocalStore
+
+real_set, kill_at, seen = LocalStore.set, int(os.environ["KILL_AT_SHARD"]), []
+
+
+async def torn_set(self, key, value, *args, **kwargs):
+    '''The `kill_at`-th shard unit 1 writes: half its bytes land at the final path (a file
+    system without atomic rename), then SIGKILL.'''
+    shard = key.split("/c/")[1].split("/")[0] if "/c/" in key else None
+    if shard == "1" and not key.startswith(("units/", "positions/token_id", "contexts/")):
+        seen.append(key)
+        if len(seen) == kill_at:
+            path = os.path.join(str(self.root), key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            data = value.to_bytes()
+            with open(path, "wb") as f:
+                f.write(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+    return await real_set(self, key, value, *args, **kwargs)
+
+
+LocalStore.set = torn_set
+sys.argv = ["tdsdist.score", *sys.argv[1:]]
+runpy.run_module("tdsdist.score", run_name="__main__")
+"""
+
+
+def test_sigkill_during_a_shard_write_then_resume_is_identical(tiny_pair, tmp_path) -> None:
+    import os
+    import subprocess
+
+    from tdsdist.jobs.demo import demo_data_path
+
+    def score(store: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
+        args = [
+            "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+            str(demo_data_path()), "--store", str(store), "--device", "cpu", "--top-k", "5",
+            "--limit", "6", "--unit-size", "2", "--max-output-tokens", "30",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_SHARD": str(kill_at or 0)}
+        code = TORN_WRITE if kill_at else "import runpy, sys; sys.argv[0] = 'tdsdist.score'; runpy.run_module('tdsdist.score', run_name='__main__')"  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+        )
+
+    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
+    assert score(clean).returncode == 0
+    first = score(killed, kill_at=10)  # the 10th shard of the second unit
+    assert first.returncode == -9, first.stderr[-2000:]
+    store = Store(killed, mode="r")
+    assert store.committed().tolist() == [True, False, False]
+    torn = [
+        name for name in store.array_names()
+        if any((killed / name / "c").glob("1*")) and name != "positions/token_id"
+    ]  # fmt: skip
+    assert len(torn) == 10  # nine whole shards of unit 1 and the torn one, all uncommitted
+    second = score(killed)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "1 already committed, 2 to do" in second.stderr
+    a, b = Store(killed, mode="r"), Store(clean, mode="r")
+    assert a.committed().all() and damaged_units(a) == {}
+    for name in b.array_names():
+        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+
+
+SHARD_SPY = """
+import os
+
+if os.environ.get("SHARD_LOG"):
+    import zarr.storage
+
+    _real_set = zarr.storage.LocalStore.set
+
+    async def _logged_set(self, key, value, *args, **kwargs):
+        with open(f"{os.environ['SHARD_LOG']}.{os.getpid()}", "a") as log:
+            log.write(f"{os.environ.get('RANK', '-')} {self.root} {key}\\n")
+        return await _real_set(self, key, value, *args, **kwargs)
+
+    zarr.storage.LocalStore.set = _logged_set
+"""
+
+
+def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair, tmp_path) -> None:  # fmt: skip
+    """torchrun dp=2 on one store: every write of every process is logged (a `sitecustomize`
+    on the workers' path); each unit's shards come from one process, each exactly once."""
+    import os
+
+    from test_distributed import args, launch
+
+    spy = tmp_path / "spy"
+    spy.mkdir()
+    (spy / "sitecustomize.py").write_text(SHARD_SPY)
+    store = tmp_path / "dp.zarr"
+    path = os.pathsep.join([str(spy), os.environ.get("PYTHONPATH", "")])
+    result = launch(args(tiny_pair, store), env={"PYTHONPATH": path, "SHARD_LOG": str(tmp_path / "log")}, NPROC=2)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2 = tp 1 x dp 2" in result.stderr
+    s = Store(store, mode="r")
+    names = [n for n in s.array_names() if n != "positions/token_id"]  # also written at creation
+    writes: dict[tuple[str, int], list[str]] = {}
+    for log in tmp_path.glob("log.*"):
+        pid = log.suffix
+        for line in log.read_text().splitlines():
+            rank, root, key = line.split(" ")
+            if Path(root) != store or "/c/" not in key:
+                continue
+            name, shard = key.split("/c/")
+            if name in names:
+                assert rank in ("0", "1"), line
+                writes.setdefault((name, int(shard.split("/")[0])), []).append(pid)
+    units = len(s.units())
+    assert units == 6 and s.committed().all()
+    assert sorted(writes) == sorted((n, u) for n in names for u in range(units))
+    assert all(len(pids) == 1 for pids in writes.values()), writes  # each shard written once
+    for u in range(units):  # a unit's shards all come from the process that scored it
+        assert len({writes[(n, u)][0] for n in names}) == 1, u
+    for name in s.array_names():  # one file per unit, nothing left half-written
+        assert sorted(p.name for p in (store / name / "c").iterdir()) == [str(u) for u in range(units)]  # fmt: skip

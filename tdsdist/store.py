@@ -39,18 +39,18 @@ creator. A unit's flag is set only after its data is written, so a crash leaves 
 re-run rewrites it.
 
 What a unit size costs in format 4 (per-position arrays: 29; `units/committed`: one file per
-unit; about 20 further files of examples, tokenizer and metadata): files = 30 x units + a
-constant (1M answers at unit size 256: about 118,000 files; format 3 needs a file per 4,096
-positions whatever the unit size: about 2.1M). The largest file is the shard of the largest
-per-position array (`[P, k]` log-probabilities, about 15 B per position at k=5): about 1.2 MB
-for a unit of 256 answers of 300 tokens, 4.6 MB at 1,024. A kill loses the units being scored
+unit; about 50 further files of examples, tokenizer and metadata): files = 30 x units + a
+constant (1M answers at unit size 256: about 117,000 files; format 3 needs a file per 4,096
+positions whatever the unit size: about 2.2M). The largest file is the shard of a `[P, k]`
+float32 array (about 70 B per position at k=20): 5.3 MB measured for a unit of 256 answers of
+300 tokens (`tools/bench/scale.py`), four times that at 1,024. A kill loses the units being scored
 (each rank's current unit): at most `unit_size` answers per rank. While scoring, a unit's rows
 are held on the host until its shard is written (about 400 B per position, the same in format 3:
 `score` writes a unit once, at its end): 31 MB at 256 x 300, 123 MB at 1,024 x 300; the
 accelerator's memory is bounded by the batch and the head's chunk, not by the unit. Since the
-shard length is the largest unit's, the logical position axis is `units x S` (a few per cent
-over the positions when units are alike, since the padding costs no bytes; readers allocate
-masks over it).
+shard length is the largest unit's, the logical position axis is `units x S`: 13% over the
+positions measured for units of 256 answers of varied lengths (the padding costs no bytes, but
+readers' masks cover every row).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Builds (once, reused if present) a store of `--positions` answer positions with 
 distributions (base ranks mostly 1, a heavy tail; KL mostly small), writing only the arrays the
 analysis reads, then times `tdsdist.analysis.summary.summarize` over it, each repeat in a fresh process. With
 `--before DIR` (an earlier commit's package) both codes run on the same store, alternately.
-The store is of today's format (3: AlignTDS's metrics stored per position, as `score` stores
-them); `--format2` also builds the same data in format 2 (the metrics then computed from the
+The store is of today's format (4: a shard per array and unit, AlignTDS's metrics stored per
+position, as `score` stores them); `--format2` also builds the same data in format 2 (the metrics then computed from the
 top-k tables, as for stores of earlier releases) and times today's code on it in the same rounds.
 
     python -m tools.bench.analyze --positions 10000000 --repeats 3

@@ -10,7 +10,8 @@ same run, alternating formats:
 - files and bytes (apparent: the sum of file sizes; allocated: what `du` counts), per position;
 - `open`: `Store(path)` with its metadata, examples and committed flags (what every command does);
 - `analyze` (`summarize`), `export` (`export_parquet` to a scratch file) and `verify`
-  (`damaged_units`): positions per second, wall clock, each in a fresh process;
+  (`damaged_units`): positions per second, wall clock, each in a fresh process (with
+  `--zarr-analyze`, `analyze` reading through zarr too, without tdsdist's chunk and shard reader);
 - `status` with `--status-units` units (a second pair of small stores: one example per unit).
 
 It then projects a run of `--project-answers` answers of `--project-length` positions at this unit
@@ -140,8 +141,11 @@ if what == "open":
     store.meta, store.ids, store.offsets, store.lengths, store.committed(), store.units()
 elif what == "status":
     store.committed()
-elif what == "analyze":
+elif what in ("analyze", "analyze-zarr"):
+    from tdsdist.analysis import chunks
     from tdsdist.analysis.summary import summarize
+    if what == "analyze-zarr":  # every read through zarr, not tdsdist's chunk and shard reader
+        chunks._Layout.of = classmethod(lambda cls, folder: None)
     summarize(store)
 elif what == "export":
     from tdsdist.analysis.export import export_parquet
@@ -184,6 +188,9 @@ def main() -> None:
     parser.add_argument("--project-length", type=int, default=300)
     parser.add_argument("--create-ms", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="Keep the stores afterwards.")
+    parser.add_argument(
+        "--zarr-analyze", action="store_true", help="Also time `analyze` reading through zarr."
+    )
     args = parser.parse_args()
     shutil.rmtree(args.folder, ignore_errors=True)
     args.folder.mkdir(parents=True)
@@ -207,6 +214,7 @@ def main() -> None:
         status_store(args.folder / f"status{v}.zarr", v, args.status_units)
     times: dict[tuple[int, str], list[float]] = {}
     commands = ("open", "analyze", "export", "verify")
+    commands += ("analyze-zarr",) if args.zarr_analyze else ()
     for _ in range(args.repeats):  # alternated: a busy machine slows both alike
         for what in commands + ("status",):
             for v in versions:
@@ -247,11 +255,10 @@ def main() -> None:
                 lambda v, w=what: positions / median[(v, w)] / 1e6,
                 "{:.2f}",
             )  # fmt: skip
-            for what in ("analyze", "export", "verify")
+            for what in commands[1:]
         ],
         *[
-            (f"{what} s", lambda v, w=what: median[(v, w)], "{:.2f}")
-            for what in ("analyze", "export", "verify")
+            (f"{what} s", lambda v, w=what: median[(v, w)], "{:.2f}") for what in commands[1:]
         ],  # fmt: skip
         (f"status s ({args.status_units:,} units)", lambda v: median[(v, "status")], "{:.2f}"),
     ]

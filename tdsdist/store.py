@@ -311,6 +311,14 @@ def create(
     return Store(path)
 
 
+def _whole_shard(arr: zarr.Array, values: np.ndarray, shard: int) -> np.ndarray:
+    """`values` `[positions, ...]` followed by the array's fill up to `[shard, ...]` (one more
+    copy of one array's rows of the unit, freed after its write)."""
+    out = np.full((shard,) + values.shape[1:], arr.fill_value, arr.dtype)
+    out[: values.shape[0]] = values
+    return out
+
+
 def _scatter(values, offsets, lengths, total, fill, dtype):
     out = np.full(total, fill, dtype=dtype)
     for off, ln, start in zip(offsets, lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
@@ -390,18 +398,11 @@ class Store:
             if values.shape[0] != unit.positions:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
             self._remove_chunks(name, unit)
+            arr = self.root[name]
             if shard is None:
-                self.root[name][lo:hi] = values
+                arr[lo:hi] = values
             else:
-                self.root[name][lo : lo + shard] = self._whole_shard(name, values, shard)
-
-    def _whole_shard(self, name: str, values: np.ndarray, shard: int) -> np.ndarray:
-        """`values` `[positions, ...]` followed by the array's fill up to `[shard, ...]` (one
-        more copy of one array's rows of the unit, then freed)."""
-        arr = self.root[name]
-        out = np.full((shard,) + values.shape[1:], arr.fill_value, arr.dtype)
-        out[: values.shape[0]] = values
-        return out
+                arr[lo : lo + shard] = _whole_shard(arr, values, shard)
 
     def _remove_chunks(self, name: str, unit: UnitRows) -> None:
         chunk = self.meta.get("shard_positions", self.meta["chunk_positions"])  # rows per file

@@ -21,10 +21,14 @@ START_TIMEOUT_S = 120
 class Server:
     """One server process; `url`, `stderr_text()`, `terminate()` (SIGTERM, returns the exit code)."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, launcher: list[str] | None = None
+    ) -> None:
+        """`launcher`: the command before the arguments (default `python -m tdsdist.serve`)."""
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        launcher = launcher or [sys.executable, "-m", "tdsdist.serve"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tdsdist.serve", "--port", "0", "--device", "cpu", *args],
+            [*launcher, "--port", "0", "--device", "cpu", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -54,9 +58,16 @@ class Server:
     def stderr_text(self) -> str:
         return "".join(self._stderr)
 
-    def terminate(self, timeout: float = 60) -> int:
+    def terminate(self, timeout: float = 60, workers: bool = False) -> int:
+        """SIGTERM to the server, or with `workers` to each process torchrun started (as a
+        cluster's scheduler signals every rank); the launcher's exit code."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            if workers:
+                children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)  # fmt: skip
+                for pid in children.stdout.split():
+                    os.kill(int(pid), signal.SIGTERM)
+            else:
+                self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

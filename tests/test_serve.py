@@ -6,6 +6,7 @@ SIGTERM drains and exits 0."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -123,8 +124,8 @@ def test_messages_score_as_a_transcript(server, tiny_pair, tmp_path) -> None:
     assert_positions_match(r.json()["positions"], _show(store, "c")["positions"])
 
 
-def _generate(server, prompt: str, **options) -> dict:
-    r = post(server.url, "/v1/generate", {"instruction": prompt, **options})
+def _generate(server, instruction: str, **options) -> dict:
+    r = post(server.url, "/v1/generate", {"instruction": instruction, **options})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -314,3 +315,25 @@ def test_non_loopback_host_needs_an_api_key_before_any_model_loads(tmp_path) -> 
     result = CliRunner().invoke(main, ["serve", "--aligned", str(missing), "--base", str(missing), "--host", "0.0.0.0"], env={"TDSDIST_API_KEY": ""})  # fmt: skip
     assert result.exit_code == 2
     assert "api_key" in result.output and "no-such-model" not in result.output
+
+
+@pytest.mark.slow
+def test_tensor_parallel_two_ranks_serve_as_one_process(server, tiny_pair) -> None:
+    """`--tp 2` under torchrun (gloo): rank 1 follows rank 0's batches; the same answers."""
+    launcher = ["bash", str(Path(__file__).resolve().parent.parent / "launch" / "torchrun.sh")]
+    env = {"JOB": "serve", "NPROC": "2", "PYTHON": sys.executable}
+    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)  # fmt: skip
+    try:
+        for q, a in SCORED:
+            body = {"instruction": q, "answer": a}
+            want = post(server.url, "/v1/score", body).json()["positions"]
+            assert_positions_match(post(tp.url, "/v1/score", body).json()["positions"], want)
+        for prompt in PROMPTS[:2]:
+            body = {"instruction": prompt, "max_new_tokens": 6}
+            want = _generate(server, **body)
+            got = post(tp.url, "/v1/generate", body).json()
+            assert got["token_ids"] == want["token_ids"]
+            assert_positions_match(got["positions"], want["positions"])
+        assert tp.terminate(workers=True) == 0, tp.stderr_text()[-3000:]
+    finally:
+        tp.terminate()

@@ -43,9 +43,10 @@ def run_serve(config: Any, log=print) -> None:
         scorer = PairScorer(aligned, base, config.top_k, chunk, config.max_tokens_per_batch)
         end = end_of_answer_ids(aligned.model, inputs.tokenizer)
         decoder = LockstepDecoder(aligned, base, config.top_k, chunk, end)
-        if not d.is_main:
-            engine = Engine(scorer, decoder, d, 1, 1, 0.0)
-            engine.follow()
+        if not d.is_main:  # rank 0 decides when to stop (after draining) and says so
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: None)
+            Engine(scorer, decoder, d, 1, 1, 0.0).follow()
             return
         _serve_http(config, inputs, scorer, decoder, d, log)
     finally:

@@ -6,6 +6,9 @@ SIGTERM drains and exits 0."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -335,5 +338,29 @@ def test_tensor_parallel_two_ranks_serve_as_one_process(server, tiny_pair) -> No
             assert got["token_ids"] == want["token_ids"]
             assert_positions_match(got["positions"], want["positions"])
         assert tp.terminate(workers=True) == 0, tp.stderr_text()[-3000:]
+    finally:
+        tp.terminate()
+
+
+def _rank_of(pid: str) -> str | None:
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ranks = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+@pytest.mark.slow
+def test_a_dead_rank_ends_the_server_with_one_line(tiny_pair) -> None:
+    launcher = ["bash", str(Path(__file__).resolve().parent.parent / "launch" / "torchrun.sh")]
+    env = {"JOB": "serve", "NPROC": "2", "PYTHON": sys.executable}
+    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)  # fmt: skip
+    try:
+        workers = subprocess.run(["pgrep", "-P", str(tp.proc.pid)], capture_output=True, text=True)
+        follower = [pid for pid in workers.stdout.split() if _rank_of(pid) == "1"]
+        assert len(follower) == 1
+        started = time.monotonic()
+        os.kill(int(follower[0]), signal.SIGKILL)
+        assert tp.proc.wait(90) != 0
+        assert time.monotonic() - started < 60, "the server took too long to notice a dead rank"
+        assert "tdsdist serve: a rank stopped answering" in tp.stderr_text()
     finally:
         tp.terminate()

@@ -219,6 +219,12 @@ def test_client_leaving_mid_stream_frees_its_slot(server) -> None:
         ({"instruction": "a", "answer": "x </s>"}, 422, "answer"),
         ({"instruction": "a", "answer": "word " * 600}, 422, "window"),
         ({"messages": [{"role": "assistant", "content": "a"}], "answer": "x"}, 422, "messages[0]"),
+        (
+            {"messages": [{"role": "user", "content": "<|user|>"}], "answer": "x"},
+            422,
+            "messages[0].content",
+        ),
+        ({"instruction": "a", "answer": ""}, 422, "answer"),
     ],
 )
 def test_bad_score_requests(server, body, status, field) -> None:
@@ -282,7 +288,8 @@ def test_api_key_queue_limit_and_sigterm_drain(tiny_pair) -> None:
     try:
         auth = {"authorization": f"Bearer {key}"}
         assert httpx.get(s.url + "/health").status_code == 200  # no key needed
-        assert post(s.url, "/v1/score", {"instruction": "a", "answer": "b"}).status_code == 401
+        refused = post(s.url, "/v1/score", {"instruction": "a", "answer": "b"})
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
         wrong = {"authorization": "Bearer nope"}
         assert post(s.url, "/v1/score", {"instruction": "a", "answer": "b"}, headers=wrong).status_code == 401  # fmt: skip
         assert httpx.get(s.url + "/metrics").status_code == 401

@@ -194,7 +194,9 @@ def build_app(
         if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return error(401, "authorization: missing or wrong Bearer token")
+                unauthorized = error(401, "authorization: missing or wrong Bearer token")
+                unauthorized.headers["WWW-Authenticate"] = "Bearer"
+                return unauthorized
         return await call_next(request)
 
     def submit(kind: str, payload: Any) -> tuple[Job, asyncio.Queue]:
@@ -215,9 +217,12 @@ def build_app(
         metrics.requests.labels(path, "rejected").inc()
         return error(503, "the server is busy: retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
-    def check_texts(messages: list[dict[str, str]], answer: str | None = None) -> None:
+    def check_texts(
+        body: Prompt, messages: list[dict[str, str]], answer: str | None = None
+    ) -> None:
         for n, m in enumerate(messages):
-            inputs.check_text(f"messages[{n}].content" if len(messages) > 1 else "instruction", m["content"])  # fmt: skip
+            where = "instruction" if body.instruction is not None else f"messages[{n}].content"
+            inputs.check_text(where, m["content"])
         if answer is not None:
             inputs.check_text("answer", answer)
 
@@ -234,7 +239,7 @@ def build_app(
     async def score(body: ScoreRequest) -> JSON:
         started = time.perf_counter()
         messages = body.conversation()
-        check_texts(messages, body.answer)
+        check_texts(body, messages, body.answer)
         pair = inputs.answer_pair(messages, body.answer)
         try:
             job, events = submit("score", pair)
@@ -263,7 +268,7 @@ def build_app(
         if limit > max_new_tokens:
             raise RequestError(f"max_new_tokens: {limit} is above the server's {max_new_tokens}")
         messages = body.conversation()
-        check_texts(messages)
+        check_texts(body, messages)
         contexts = inputs.contexts(messages, limit)
         request = LockstepRequest("", contexts, limit, body.temperature, body.top_p, body.seed)
         try:

@@ -19,7 +19,7 @@ from tdsdist.engine.scorer import AnswerPair
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
 from tdsdist.inputs.plan import make_plan, tokenize_context
-from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
+from tdsdist.inputs.templates import ContextFn, aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import compare_vocabularies, load_tokenizer
 from tdsdist.jobs.prepare import check_union_layout
 from tdsdist.parallel.dist import Dist
@@ -38,6 +38,10 @@ class PairInputs:
     base_tokenizer: Any
     union: Any
     windows: dict[str, int]
+    aligned_context: ContextFn
+    base_context: ContextFn
+    special: set[str]
+    """Texts of both tokenizers' special tokens, refused in requests."""
 
     @classmethod
     def load(cls, config: ScoreConfig) -> PairInputs:
@@ -58,18 +62,23 @@ class PairInputs:
         if not config.aligned_adapter:
             aligned_cfg = load_model_config(name, revision, config.trust_remote_code)
         windows = {"aligned": model_window(aligned_cfg, tok), "base": model_window(base_cfg, base_tok)}  # fmt: skip
-        inputs = cls(config, tok, base_tok, union, windows)
-        inputs._aligned_context = aligned_context_fn(config.aligned_template, tok)
-        inputs._base_context = base_context_fn(config.base_template)
-        inputs._special = _special_texts(tok) | _special_texts(base_tok)
-        return inputs
+        return cls(
+            config,
+            tok,
+            base_tok,
+            union,
+            windows,
+            aligned_context_fn(config.aligned_template, tok),
+            base_context_fn(config.base_template),
+            _special_texts(tok) | _special_texts(base_tok),
+        )
 
     def vocab_size(self, model: str) -> int:
         return len(self.tokenizer) if self.union is None else getattr(self.union, model)
 
     def check_text(self, field: str, text: str) -> None:
         """Refuse text that holds a special token's text (module docstring)."""
-        for special in self._special:
+        for special in self.special:
             if special in text:
                 raise RequestError(f"{field}: holds the special token text {special!r}")
 
@@ -91,8 +100,8 @@ class PairInputs:
             plan = make_plan(
                 [self.example(messages, answer)],
                 self.tokenizer,
-                self._aligned_context,
-                self._base_context,
+                self.aligned_context,
+                self.base_context,
                 aligned_special_tokens=config.aligned_template in ("input", "input-verbatim"),
                 aligned_keep_double_bos=config.aligned_template == "input-verbatim",
                 aligned_window=self.windows["aligned"],
@@ -114,9 +123,9 @@ class PairInputs:
         keep_double = self.config.aligned_template == "input-verbatim"
         contexts = {
             "aligned": tokenize_context(
-                self.tokenizer, self._aligned_context(ex), special, keep_double
+                self.tokenizer, self.aligned_context(ex), special, keep_double
             ),  # fmt: skip
-            "base": tokenize_context(self.base_tokenizer, self._base_context(ex), True),
+            "base": tokenize_context(self.base_tokenizer, self.base_context(ex), True),
         }
         for model, ids in contexts.items():
             if not ids:

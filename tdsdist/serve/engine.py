@@ -137,9 +137,9 @@ class Engine:
                     return
                 self._execute(work)
         except _CollectiveError as e:
-            print(f"tdsdist serve: a rank stopped answering ({e}); exiting", file=sys.stderr)
-            sys.stderr.flush()
-            os._exit(1)
+            _exit(f"a rank stopped answering ({e})")
+        except Exception as e:  # noqa: BLE001 - a broken loop must end the server, not hang it
+            _exit(f"the engine loop failed ({e.__class__.__name__}: {e})")
 
     def _finish(self, job: Job) -> None:
         with self._lock:
@@ -320,3 +320,10 @@ class Engine:
 
 class _CollectiveError(RuntimeError):
     pass
+
+
+def _exit(reason: str) -> None:
+    """One line, then out: requests waiting on a dead engine would otherwise hang."""
+    print(f"tdsdist serve: {reason}; exiting", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(1)

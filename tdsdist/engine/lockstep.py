@@ -229,6 +229,7 @@ class LockstepDecoder:
             self.top_k,
             self.chunk_bytes,
             shard,
+            (logits_cache.get("aligned"), logits_cache.get("base")),  # what the policy projected
         ).to_cpu()
         return self._record(tokens.tolist(), stats.split([1] * len(self.active)))
 

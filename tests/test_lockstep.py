@@ -67,7 +67,7 @@ def test_lockstep_equals_decoder_and_pair_scorer(pair, temperature):
         LockstepRequest(str(i), _contexts(tok, p), 4 + 2 * i, temperature, 0.9, seed=10 + i)
         for i, p in enumerate(PROMPTS)
     ]
-    got, finish = _run(decoder, requests, join_at=[0, 2, 3])
+    got, finish = _run(decoder, requests, join_at=[0, 2, 2])  # two join together
     scorer = PairScorer(runners["aligned"], runners["base"], K, CHUNK, 4096)
     for r in requests:
         sampling = Sampling(r.max_new_tokens, temperature, 0.9, top_k=K)

@@ -14,9 +14,9 @@ token for `a_0`, `a_{j-1}` after), the alignment of `scorer.py`'s diagram:
     step j: feed a_{j-1} to both bodies     -> row at a_{j-1}  -> choose a_j, pair head at a_j
 
 Continuous batching (Orca's iteration-level scheduling): `add` queues a request, which is
-prefilled on its own at the next `step` and then merged into the running batch (both caches are
-left-padded to a common length; position ids are tracked per row); a finished or `remove`d
-request leaves the batch at the next step. Who chooses the token is a `TokenPolicy`: the aligned
+prefilled (in one forward with the others that joined) at the next `step` and then merged into
+the running batch (both caches are left-padded to a common length; position ids are tracked per
+row); a finished or `remove`d request leaves the batch at the next step. Who chooses the token is a `TokenPolicy`: the aligned
 model writes (`AlignedWrites`, the sampling of `decoder.Decoder`, so greedy output equals
 `tdsdist generate`); a nudging policy can let the base write and the aligned model step in.
 """
@@ -122,25 +122,22 @@ class _BatchCache:
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
 
-    def append(self, cache: Any, length: int) -> None:
-        """Merge a prefilled one-row cache of `length` positions below the running rows."""
-        device = cache.layers[0].keys.device
+    def append(self, cache: Any, mask: torch.Tensor) -> None:
+        """Merge prefilled rows (their cache and left-padded mask `[k, L]`) below the running
+        rows, both left-padded to the longer width."""
         if self.cache is None:
-            self.cache = cache
-            self.mask = torch.ones(1, length, dtype=torch.long, device=device)
-            self.next_position = torch.tensor([length], device=device)
+            self.cache, self.mask, self.next_position = cache, mask, mask.sum(-1)
             return
-        width = max(self.mask.shape[1], length)
-        old_pad, new_pad = width - self.mask.shape[1], width - length
+        width = max(self.mask.shape[1], mask.shape[1])
+        old_pad, new_pad = width - self.mask.shape[1], width - mask.shape[1]
         for mine, theirs in zip(self.cache.layers, cache.layers):
             mine.keys = torch.cat([_left_pad(mine.keys, old_pad), _left_pad(theirs.keys, new_pad)])
             mine.values = torch.cat(
                 [_left_pad(mine.values, old_pad), _left_pad(theirs.values, new_pad)]
             )
-        new_mask = torch.zeros(1, width, dtype=torch.long, device=device)
-        new_mask[:, new_pad:] = 1
-        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (old_pad, 0)), new_mask])
-        self.next_position = torch.cat([self.next_position, torch.tensor([length], device=device)])
+        pad = torch.nn.functional.pad
+        self.mask = torch.cat([pad(self.mask, (old_pad, 0)), pad(mask, (new_pad, 0))])
+        self.next_position = torch.cat([self.next_position, mask.sum(-1)])
 
 
 def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -205,9 +202,9 @@ class LockstepDecoder:
             for m in MODELS:
                 rows[m].append(self._advance(m))  # [B_run, H]
         joined, self.pending = self.pending, []
-        for request in joined:
+        if joined:
             for m in MODELS:
-                rows[m].append(self._prefill(m, request))  # [1, H]
+                rows[m].append(self._prefill(m, joined))  # [k, H]
         self.active += joined
         hidden = {m: torch.cat(rows[m]) for m in MODELS}  # [B, H] in `self.active` order
         shard = self.runners["base"].shard
@@ -261,20 +258,27 @@ class LockstepDecoder:
         batch.next_position = batch.next_position + 1
         return hidden
 
-    def _prefill(self, model: str, request: LockstepRequest) -> torch.Tensor:
-        """The request's context through `model` on its own (no padding, as `generate` runs one
-        prompt); its cache joins the batch. `[1, H]`: the row at the last context token."""
+    def _prefill(self, model: str, requests: list[LockstepRequest]) -> torch.Tensor:
+        """The joining requests' contexts through `model` in one left-padded forward (as
+        `Decoder.generate` runs a batch; one request alone runs unpadded, as `generate` runs one
+        prompt); their cache joins the batch. `[k, H]`: each row at its last context token."""
         from transformers import DynamicCache
 
-        runner, context = self.runners[model], request.contexts[model]
-        device = runner.device
-        ids = torch.tensor([context], device=device)  # [1, C]
+        runner = self.runners[model]
+        contexts = [r.contexts[model] for r in requests]
+        width = max(len(c) for c in contexts)
+        ids = torch.zeros(len(contexts), width, dtype=torch.long)  # [k, W] left-padded
+        mask = torch.zeros(len(contexts), width, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c) :] = torch.tensor(c)
+            mask[i, width - len(c) :] = 1
+        ids, mask = ids.to(runner.device), mask.to(runner.device)
         cache = DynamicCache()
         hidden = runner.hidden_states(
             ids,
             cache=cache,
-            position_ids=torch.arange(len(context), device=device).unsqueeze(0),
-            attention_mask=torch.ones_like(ids),
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            attention_mask=mask,
         )[:, -1]
-        self._batches[model].append(cache, len(context))
+        self._batches[model].append(cache, mask)
         return hidden

@@ -255,6 +255,13 @@ def test_bad_generate_requests(server, body, field) -> None:
     assert field in r.json()["error"]
 
 
+def test_unknown_paths_and_methods(server) -> None:
+    missing = httpx.get(server.url + "/v1/nothing")
+    assert missing.status_code == 404 and "/v1/nothing" in missing.json()["error"]
+    wrong = httpx.get(server.url + "/v1/score")
+    assert wrong.status_code == 405 and "GET /v1/score" in wrong.json()["error"]
+
+
 def test_body_above_the_limit(server) -> None:
     r = post(server.url, "/v1/score", {"instruction": "a", "answer": "x" * (1 << 20)})
     assert r.status_code == 413 and "body" in r.json()["error"]

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tdsdist.analysis.show import position_records
 from tdsdist.engine.lockstep import LockstepRequest
@@ -177,6 +178,10 @@ def build_app(
         status, message = _field_error(exc)
         metrics.requests.labels(request.url.path, "invalid").inc()
         return error(status, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSON:  # 404, 405
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)  # fmt: skip
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError) -> JSON:

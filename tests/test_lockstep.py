@@ -11,7 +11,7 @@ from tdsdist_testkit import assert_pair_arrays
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.engine.decoder import Decoder, Sampling, end_of_answer_ids
-from tdsdist.engine.lockstep import LockstepDecoder, LockstepRequest
+from tdsdist.engine.lockstep import AlignedWrites, LockstepDecoder, LockstepRequest
 from tdsdist.engine.pair_head import PairOutput
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.engine.scorer import AnswerPair, PairScorer
@@ -96,3 +96,38 @@ def test_remove_leaves_the_others_unchanged(pair):
         assert a.tokens == b.tokens
         assert_pair_arrays(PairOutput.cat(cut_got[b.id]).arrays(), PairOutput.cat(full_got[a.id]).arrays())  # fmt: skip
     assert np.all(np.isfinite(PairOutput.cat(cut_got["1"]).arrays()["positions/js"]))
+
+
+class ForcedAt:
+    """A policy that writes `token` at answer position `t` and lets the aligned model write the
+    rest (the shape of a nudging policy: another choice at chosen steps)."""
+
+    def __init__(self, t: int, token: int) -> None:
+        self.t, self.token, self.aligned = t, token, AlignedWrites()
+
+    def choose(self, logits, requests, shard):
+        out = self.aligned.choose(logits, requests, shard)
+        for i, r in enumerate(requests):
+            if len(r.tokens) == self.t:
+                out[i] = self.token
+        return out
+
+
+def test_a_policy_choosing_an_aligned_only_token_ends_the_answer_there(tmp_path) -> None:
+    from test_vocab_union import V_BASE, V_UNION, save_union_pair
+
+    folders = save_union_pair(tmp_path)
+    tok = AutoTokenizer.from_pretrained(folders[1])
+    models = [AutoModelForCausalLM.from_pretrained(f).eval() for f in folders]
+    runners = [ModelRunner(m, v, torch.device("cpu")) for m, v in zip(models, (V_UNION, V_BASE))]
+    decoder = LockstepDecoder(*runners, K, CHUNK, set(), policy=ForcedAt(2, V_BASE + 1))
+    context = tok("the cat sat")["input_ids"]
+    request = LockstepRequest("u", {"aligned": context + [V_BASE], "base": context}, 8)
+    got, finish = _run(decoder, [request], [0])
+    assert finish["u"] == "base_vocabulary" and request.tokens[2] == V_BASE + 1
+    assert len(request.tokens) == 3 and len(decoder) == 0
+    arrays = PairOutput.cat(got["u"]).arrays()
+    assert np.isneginf(arrays["base/logprob"][2]) and np.isfinite(arrays["base/logprob"][:2]).all()
+    answer = AnswerPair(request.contexts["aligned"], context, request.tokens[:2])
+    want = PairScorer(*runners, K, CHUNK, 4096).score([answer])
+    assert_pair_arrays({k: v[:2] for k, v in arrays.items()}, want)

@@ -57,8 +57,9 @@ class LockstepRequest:
 class StepOutput:
     """What one request got from one step: a new answer position (`token` and its pair-head
     row `stats`, a one-row `PairOutput` on the CPU) unless the step ended it with an end-of-answer
-    token; `finish_reason` is `stop` (end of answer), `length` (max_new_tokens reached) or None
-    (it goes on)."""
+    token; `finish_reason` is `stop` (end of answer), `length` (max_new_tokens reached),
+    `base_vocabulary` (an aligned-only token was chosen: the base cannot follow) or None (it goes
+    on)."""
 
     id: str
     token: int | None
@@ -167,6 +168,10 @@ class LockstepDecoder:
         self.runners = {"aligned": aligned, "base": base}
         self.top_k, self.chunk_bytes, self.end_ids = top_k, chunk_bytes, set(end_ids)
         self.policy: TokenPolicy = policy or AlignedWrites()
+        #: Ids the base model has (fewer than the aligned one's when its vocabulary appends tokens,
+        #: `pair_head.py`): a chosen id past them is recorded (base log-probability -inf) and ends
+        #: the answer, since the base cannot be fed it.
+        self.base_vocabulary = base.vocab_size
         self.active: list[LockstepRequest] = []  # rows of the running batch, in order
         self.pending: list[LockstepRequest] = []
         self._batches = {m: _BatchCache() for m in MODELS}
@@ -237,9 +242,11 @@ class LockstepDecoder:
                 outputs.append(StepOutput(request.id, None, None, "stop"))
                 continue
             request.tokens.append(token)
-            done = len(request.tokens) >= request.max_new_tokens
-            outputs.append(StepOutput(request.id, token, row, "length" if done else None))
-            if not done:
+            reason = "length" if len(request.tokens) >= request.max_new_tokens else None
+            if token >= self.base_vocabulary:  # an appended aligned token the base cannot read
+                reason = "base_vocabulary"
+            outputs.append(StepOutput(request.id, token, row, reason))
+            if reason is None:
                 keep.append(i)
         if len(keep) != len(self.active):
             self._keep(keep)

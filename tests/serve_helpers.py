@@ -22,13 +22,17 @@ class Server:
     """One server process; `url`, `stderr_text()`, `terminate()` (SIGTERM, returns the exit code)."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str] | None = None, launcher: list[str] | None = None
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        launcher: list[str] | None = None,
+        defaults: tuple[str, ...] = ("--port", "0", "--device", "cpu"),
     ) -> None:
         """`launcher`: the command before the arguments (default `python -m tdsdist.serve`)."""
         full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         launcher = launcher or [sys.executable, "-m", "tdsdist.serve"]
         self.proc = subprocess.Popen(
-            [*launcher, "--port", "0", "--device", "cpu", *args],
+            [*launcher, *defaults, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

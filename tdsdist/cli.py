@@ -18,6 +18,7 @@ from tdsdist.commands.analysis import (
 )
 from tdsdist.commands.common import PREEMPTED_EXIT, user_errors  # noqa: F401  (re-exported)
 from tdsdist.commands.jobs import demo_command, generate_command, score_command
+from tdsdist.commands.serve import serve_command
 from tdsdist.commands.stores import status_command, verify_command
 
 
@@ -39,6 +40,7 @@ for _command in (
     verify_command,
     report_command,
     demo_command,
+    serve_command,
 ):
     main.add_command(_command)
 

@@ -269,9 +269,17 @@ REQUIRED = {
 }
 
 
+def required_fields(cls: type) -> tuple[str, ...]:
+    """`REQUIRED[cls]`, or the class's own `required_` (a configuration defined elsewhere)."""
+    return REQUIRED.get(cls) or getattr(cls, "required_", ())
+
+
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field (Python keeps none at run time: read from the source)."""
+    """The docstring under each field (Python keeps none at run time: read from the source).
+    A class built from other classes' fields carries its docs as `field_docs_` instead."""
+    if hasattr(cls, "field_docs_"):
+        return dict(cls.field_docs_)
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -314,7 +322,7 @@ def load_yaml(path: Path | str, cls: type = ScoreConfig) -> dict[str, Any]:
     if unknown:
         raise TdsError(f"{path}: unknown option(s): {', '.join(unknown)}")
     # Check the file's values on their own, so that a bad one is reported with the file's name.
-    required = {name: "-" for name in REQUIRED[cls]}
+    required = {name: "-" for name in required_fields(cls)}
     given = {k: v for k, v in values.items() if not (k in required and v in (None, ""))}
     try:
         cls(**{**required, **given})
@@ -328,7 +336,7 @@ def build_config(
 ) -> Any:
     """Merge file and flags (flags win) and validate; a bad value is one `TdsError` line."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    missing = [n for n in REQUIRED[cls] if merged.get(n) in (None, "")]
+    missing = [n for n in required_fields(cls) if merged.get(n) in (None, "")]
     if merged.get("aligned_adapter") and "aligned" in missing:  # the adapter is the aligned model
         missing.remove("aligned")
     if missing:

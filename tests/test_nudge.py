@@ -1,0 +1,207 @@
+"""`nudge`: the two limits exactly, the rules against the stored distributions, the store against
+`score` of its answers, `show --json`'s `nudged`, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from tdsdist_testkit import assert_float32_close
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tdsdist.cli import main
+from tdsdist.config import ScoreConfig
+from tdsdist.engine.decoder import Decoder, Sampling
+from tdsdist.engine.runner import ModelRunner
+from tdsdist.inputs.data import load_examples
+from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.templates import base_context_fn
+from tdsdist.jobs.demo import demo_data_path
+from tdsdist.jobs.prepare import prepare
+from tdsdist.store import Store
+from tdsdist.store_contexts import StoredContexts
+
+K, LIMIT, NEW = 5, 5, 12
+
+
+def invoke(*args: str, code: int = 0):
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == code, result.output
+    return result
+
+
+def nudge(pair, folder: Path, name: str, *extra: str) -> tuple[Path, Path]:
+    out, store = folder / f"{name}.json", folder / f"{name}.zarr"
+    invoke("nudge", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data",
+           str(demo_data_path()), "--out", str(out), "--store", str(store), "--limit", str(LIMIT),
+           "--unit-size", "2", "--batch-size", "3", "--max-new-tokens", str(NEW), "--top-k",
+           str(K), "--device", "cpu", *extra)  # fmt: skip
+    return out, store
+
+
+def store_answers(store: Store) -> dict[str, list[int]]:
+    return {i: store.read("positions/token_id", store.rows(e)).tolist() for e, i in enumerate(store.ids)}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nudged(tiny_pair, tmp_path_factory):
+    return nudge(tiny_pair, tmp_path_factory.mktemp("nudge"), "n", "--nudge-threshold", "0.4", "--compare")  # fmt: skip
+
+
+def test_threshold_one_is_the_aligned_models_generate(tiny_pair, tmp_path: Path) -> None:
+    out, store = nudge(tiny_pair, tmp_path, "one", "--nudge-threshold", "1")
+    gen = tmp_path / "gen.json"
+    invoke("generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()), "--out",
+           str(gen), "--limit", str(LIMIT), "--max-new-tokens", str(NEW), "--device", "cpu")  # fmt: skip
+    got, want = json.loads(out.read_text()), json.loads(gen.read_text())
+    assert [r["output"] for r in got] == [r["output"] for r in want]
+    assert [r["input"] for r in got] == [r["input"] for r in want]
+    assert all(r["nudged_fraction"] == 1.0 for r in got if r["output"][0])
+    s = Store(store, mode="r")
+    assert s.nudged and bool(np.all(s.read("positions/nudged")[s.valid_rows()] == 1))
+
+
+def test_threshold_zero_is_the_base_models_own_greedy_answer(tiny_pair, tmp_path: Path) -> None:
+    out, store = nudge(tiny_pair, tmp_path, "zero", "--nudge-threshold", "0")
+    tok = AutoTokenizer.from_pretrained(tiny_pair[1])
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32).eval()
+    runner = ModelRunner(model, len(tok), torch.device("cpu"), head_dtype="float32")
+    decoder = Decoder(runner, tok, Sampling(NEW, top_k=K))
+    plain = base_context_fn("plain")
+    s = Store(store, mode="r")
+    recorded = store_answers(s)
+    for ex, record in zip(load_examples(demo_data_path(), limit=LIMIT), json.loads(out.read_text())):  # fmt: skip
+        want = decoder.generate([tokenize_context(tok, plain(ex), True)], 0)[0].ids
+        assert recorded.get(ex.id, []) == want
+        assert record["output"] == [tok.decode(want)] and record["nudged_fraction"] == 0.0
+    assert bool(np.all(s.read("positions/nudged")[s.valid_rows()] == 0))
+
+
+def test_threshold_rule_and_compare_against_the_stored_distributions(nudged) -> None:
+    out, path = nudged
+    s = Store(path, mode="r")
+    rows = s.valid_rows()
+    flags = s.read("positions/nudged")[rows]
+    top1 = np.exp(s.read("base/top_logprobs")[rows][:, 0].astype(np.float64))
+    clear = np.abs(top1 - 0.4) > 1e-4  # away from the threshold: float32 error cannot flip it
+    np.testing.assert_array_equal(flags[clear], (top1 < 0.4)[clear])
+    assert 0 < flags.mean() < 1  # both models wrote
+    records = json.loads(out.read_text())
+    for e, example_id in enumerate(s.ids):
+        record = next(r for r in records if r["id"] == example_id)
+        f = s.read("positions/nudged", s.rows(e))
+        assert record["nudged_fraction"] == pytest.approx(f.mean())
+        assert record["nudged_tokens"] == int(f.sum())
+        # --compare: the aligned model's mean log-probability of the nudged answer's tokens
+        mean = s.read("examples/aligned_mean_nudged_logprob")[e]
+        assert_float32_close(np.float32(mean), np.float32(s.read("aligned/logprob", s.rows(e)).mean()))  # fmt: skip
+    assert "base_only_output" in records[0]
+    compare = s.meta["nudge"]["compare"]
+    assert compare["nudged_logprob"] > compare["base_only_logprob"]
+
+
+def test_shifted_rule(tiny_pair, tmp_path: Path) -> None:
+    _, path = nudge(tiny_pair, tmp_path, "shifted", "--nudge-rule", "shifted")
+    s = Store(path, mode="r")
+    rows = s.valid_rows()
+    aligned_top1 = s.read("aligned/top_ids")[rows][:, 0]
+    base_top3 = s.read("base/top_ids")[rows][:, :3]
+    want = ~(base_top3 == aligned_top1[:, None]).any(-1)
+    np.testing.assert_array_equal(s.read("positions/nudged")[rows], want.astype(np.int8))
+
+
+def test_the_store_equals_score_of_its_answers(tiny_pair, nudged, tmp_path: Path) -> None:
+    """`score` with the same contexts re-scores every unit of a copy (teacher-forced, on the
+    decoded ids, which the answers' text need not re-tokenize to): the same numbers."""
+    out, path = nudged
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)
+    redo = Store(copy)
+    for unit in redo.units():
+        redo.mark_pending(unit.index)
+    for name in redo.array_names():  # nothing left of the decoded numbers but the ids, flags
+        if name not in ("positions/token_id", "positions/nudged"):
+            redo.root[name][:] = redo.root[name].fill_value
+    invoke("score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+           str(out), "--store", str(copy), "--aligned-template", "chat", "--base-template",
+           "plain", "--top-k", str(K), "--unit-size", "2", "--skip-empty-answers", "--device",
+           "cpu")  # fmt: skip
+    got, want = Store(path, mode="r"), Store(copy, mode="r")
+    assert want.committed().all() and got.committed().all()
+    rows = got.valid_rows()
+    for name in want.array_names():
+        a, b = got.read(name)[rows], want.read(name)[rows]
+        assert np.isfinite(b.astype(np.float64)).any(), name
+        if a.dtype.kind in "iu":
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        else:
+            assert_float32_close(a, b, scale=8.0, err_msg=name)
+    contexts = StoredContexts(got)
+    prep = prepare(ScoreConfig(aligned=str(tiny_pair[0]), base=str(tiny_pair[1]), data=str(out), store="-", aligned_template="chat", base_template="plain", skip_empty_answers=True))  # fmt: skip
+    for e, item in enumerate(prep.plan.items):  # the contexts `score` makes from the answers
+        assert contexts.ids(e, "aligned").tolist() == item.aligned_context
+        assert contexts.ids(e, "base").tolist() == item.base_context
+
+
+def test_show_json_has_nudged_only_for_nudged_stores(tiny_pair, nudged, tmp_path: Path) -> None:
+    _, path = nudged
+    s = Store(path, mode="r")
+    record = json.loads(invoke("show", str(path), "--example", s.ids[0], "--json").output)
+    want = s.read("positions/nudged", s.rows(0)).astype(bool).tolist()
+    assert [p["nudged"] for p in record["positions"]] == want
+    _, generated = tmp_path / "g.json", tmp_path / "g.zarr"
+    invoke("generate", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+           str(demo_data_path()), "--out", str(tmp_path / "g.json"), "--store", str(generated),
+           "--limit", "2", "--max-new-tokens", "4", "--device", "cpu")  # fmt: skip
+    other = Store(generated, mode="r")
+    record = json.loads(invoke("show", str(generated), "--example", other.ids[0], "--json").output)
+    assert all("nudged" not in p for p in record["positions"]) and not other.nudged
+
+
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_pair, nudged, tmp_path, monkeypatch) -> None:  # fmt: skip
+    import tdsdist.jobs.nudge as job
+
+    save, calls = job._save_unit, []
+
+    def dies_after_one_unit(results, tokenizer, unit, n, parts):
+        if calls:
+            raise RuntimeError("killed")  # while decoding the second unit
+        calls.append(n)
+        save(results, tokenizer, unit, n, parts)
+
+    monkeypatch.setattr(job, "_save_unit", dies_after_one_unit)
+    with pytest.raises(AssertionError):
+        nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
+    out = tmp_path / "n.json"
+    assert not out.exists() and len(list(Path(str(out) + ".parts").glob("unit-*.json"))) == 1
+    decoded = []
+    monkeypatch.setattr(job, "_save_unit", lambda r, t, u, n, p: (decoded.append(n), save(r, t, u, n, p)))  # fmt: skip
+    nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
+    assert sorted(decoded) == [1, 2]  # only the pending units
+    assert json.loads(out.read_text()) == json.loads(nudged[0].read_text())
+    a, b = Store(tmp_path / "n.zarr", mode="r"), Store(nudged[1], mode="r")
+    for name in a.array_names():
+        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--nudge-threshold", "1.5"), "nudge_threshold must be in [0, 1]"),
+        (("--nudge-rule", "never"), "is not one of"),
+    ],
+)
+def test_bad_options_are_one_line(tiny_pair, tmp_path: Path, flags, message) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["nudge", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+         str(demo_data_path()), "--out", str(tmp_path / "o.json"), "--store",
+         str(tmp_path / "o.zarr"), *flags],
+    )  # fmt: skip
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "o.json").exists()

@@ -15,7 +15,7 @@ from tdsdist_testkit import assert_float32_close
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
-from tdsdist.config import ScoreConfig
+from tdsdist.config import NudgeConfig, ScoreConfig, build_config, load_yaml
 from tdsdist.engine.decoder import Decoder, Sampling
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.inputs.data import load_examples
@@ -205,3 +205,59 @@ def test_bad_options_are_one_line(tiny_pair, tmp_path: Path, flags, message) -> 
     )  # fmt: skip
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "o.json").exists()
+
+
+def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path) -> None:
+    _, path = nudged
+    s = Store(path, mode="r")
+    shown = [json.loads(invoke("show", str(path), "--example", i, "--json").output) for i in s.ids]
+    summary = json.loads(invoke("analyze", str(path), "--json", "--min-support", "1").output)
+    n = summary["nudge"]
+    flags = [[p["nudged"] for p in r["positions"]] for r in shown]
+    total = sum(map(len, flags))
+    assert n["nudged_positions"] == sum(map(sum, flags)) and n["positions"] == total
+    assert n["fraction"]["mean"] == pytest.approx(sum(map(sum, flags)) / total)
+    lo, hi = n["fraction"]["ci"]
+    assert lo <= n["fraction"]["mean"] <= hi
+    assert summary["measures"]["nudged"]["mean"] == pytest.approx(n["fraction"]["mean"])
+    for row in summary["by_position"][:NEW]:  # the fraction at each position t
+        at_t = [f[row["t"]] for f in flags if len(f) > row["t"]]
+        assert row["mean_nudged"]["mean"] == pytest.approx(np.mean(at_t))
+    counts: dict[int, list[int]] = {}
+    for r in shown:
+        for p in r["positions"]:
+            c = counts.setdefault(p["token_id"], [0, 0])
+            c[0] += p["nudged"]
+            c[1] += 1
+    top = n["top_nudged_tokens"]
+    assert [(t["count"], t["seen"]) for t in top] == [tuple(counts[t["token_id"]]) for t in top]
+    assert [t["count"] for t in top] == sorted((c[0] for c in counts.values() if c[0]), reverse=True)[: len(top)]  # fmt: skip
+    means = [np.mean([p["aligned"]["logprob"] for p in r["positions"]]) for r in shown]
+    assert n["compare"]["nudged"]["mean"] == pytest.approx(np.mean(means), rel=1e-5)
+    diff = n["compare"]["difference"]
+    assert diff["mean"] == pytest.approx(n["compare"]["nudged"]["mean"] - n["compare"]["base_only"]["mean"], rel=1e-5)  # fmt: skip
+    text = invoke("analyze", str(path)).output
+    assert "nudged fraction" in text and "aligned log-prob per token" in text
+    folder = tmp_path / "figs"
+    invoke("figures", str(path), "--out", str(folder))
+    assert (folder / "nudged_by_position.png").exists() and (folder / "top_nudged_tokens.png").exists()  # fmt: skip
+    # a store that was not nudged: no nudge section, no nudged curve or figure
+    plain = tmp_path / "plain.zarr"
+    invoke("score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
+           str(demo_data_path()), "--store", str(plain), "--limit", "2", "--max-output-tokens",
+           "6", "--top-k", str(K), "--device", "cpu")  # fmt: skip
+    other = json.loads(invoke("analyze", str(plain), "--json").output)
+    assert "nudge" not in other and "mean_nudged" not in other["by_position"][0]
+    invoke("figures", str(plain), "--out", str(tmp_path / "plain-figs"))
+    assert not (tmp_path / "plain-figs" / "nudged_by_position.png").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(Path(__file__).parent.parent.joinpath("configs", "nudge").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_nudge_config_files_build(path: Path) -> None:
+    config = build_config(load_yaml(path, NudgeConfig), {}, NudgeConfig)
+    assert isinstance(config, NudgeConfig) and config.compare
+    assert not config.aligned.startswith("~")

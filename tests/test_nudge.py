@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -44,6 +45,11 @@ def nudge(pair, folder: Path, name: str, *extra: str) -> tuple[Path, Path]:
     return out, store
 
 
+def invoke_export(store: Path, parquet: Path) -> Path:
+    invoke("export", str(store), "-o", str(parquet))
+    return parquet
+
+
 def store_answers(store: Store) -> dict[str, list[int]]:
     return {i: store.read("positions/token_id", store.rows(e)).tolist() for e, i in enumerate(store.ids)}  # fmt: skip
 
@@ -66,17 +72,22 @@ def test_threshold_one_is_the_aligned_models_generate(tiny_pair, tmp_path: Path)
     assert s.nudged and bool(np.all(s.read("positions/nudged")[s.valid_rows()] == 1))
 
 
-def test_threshold_zero_is_the_base_models_own_greedy_answer(tiny_pair, tmp_path: Path) -> None:
-    out, store = nudge(tiny_pair, tmp_path, "zero", "--nudge-threshold", "0")
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_threshold_zero_is_the_base_models_own_answer(tiny_pair, tmp_path: Path, sampled) -> None:
+    """Greedy: the base model's own greedy answer; sampled: its own sampling from the prompt's
+    seeded generator (`seed * 1_000_003 + index`), one prompt at a time."""
+    sampling = ["--temperature", "0.8", "--top-p", "0.9", "--seed", "3"] if sampled else []
+    out, store = nudge(tiny_pair, tmp_path, "zero", "--nudge-threshold", "0", *sampling)
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32).eval()
     runner = ModelRunner(model, len(tok), torch.device("cpu"), head_dtype="float32")
-    decoder = Decoder(runner, tok, Sampling(NEW, top_k=K))
+    decoder = Decoder(runner, tok, Sampling(NEW, 0.8 if sampled else 0.0, 0.9 if sampled else 1.0, top_k=K))  # fmt: skip
     plain = base_context_fn("plain")
     s = Store(store, mode="r")
     recorded = store_answers(s)
     for ex, record in zip(load_examples(demo_data_path(), limit=LIMIT), json.loads(out.read_text())):  # fmt: skip
-        want = decoder.generate([tokenize_context(tok, plain(ex), True)], 0)[0].ids
+        seed = 3 * 1_000_003 + ex.index if sampled else 0
+        want = decoder.generate([tokenize_context(tok, plain(ex), True)], seed)[0].ids
         assert recorded.get(ex.id, []) == want
         assert record["output"] == [tok.decode(want)] and record["nudged_fraction"] == 0.0
     assert bool(np.all(s.read("positions/nudged")[s.valid_rows()] == 0))
@@ -236,6 +247,9 @@ def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path
     assert n["compare"]["nudged"]["mean"] == pytest.approx(np.mean(means), rel=1e-5)
     diff = n["compare"]["difference"]
     assert diff["mean"] == pytest.approx(n["compare"]["nudged"]["mean"] - n["compare"]["base_only"]["mean"], rel=1e-5)  # fmt: skip
+    table = pq.read_table(invoke_export(path, tmp_path / "n.parquet"))
+    assert table.column("nudged").to_pylist() == [f for r in flags for f in r]  # export, in order
+    assert "none damaged" in invoke("verify", str(path)).output  # positions/nudged too
     text = invoke("analyze", str(path)).output
     assert "nudged fraction" in text and "aligned log-prob per token" in text
     folder = tmp_path / "figs"

@@ -275,3 +275,28 @@ def test_nudge_config_files_build(path: Path) -> None:
     config = build_config(load_yaml(path, NudgeConfig), {}, NudgeConfig)
     assert isinstance(config, NudgeConfig) and config.compare
     assert not config.aligned.startswith("~")
+
+
+def test_a_run_killed_after_publishing_the_store_finishes(tiny_pair, nudged, tmp_path, monkeypatch) -> None:  # fmt: skip
+    """Killed between the store's rename and the parts' removal: the same command assembles
+    again from the parts (no decoding) and replaces the store it had published."""
+    import tdsdist.jobs.nudge as job
+
+    rmtree = shutil.rmtree
+
+    def killed(path, *args, **kwargs):
+        if str(path).endswith(".parts"):
+            raise RuntimeError("killed")
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(job.shutil, "rmtree", killed)
+    with pytest.raises(AssertionError):
+        nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
+    assert (tmp_path / "n.zarr").exists() and (tmp_path / "n.json.parts").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(job, "_nudge_unit", lambda *a: pytest.fail("decoded again"))
+    nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
+    assert not (tmp_path / "n.json.parts").exists()
+    a, b = Store(tmp_path / "n.zarr", mode="r"), Store(nudged[1], mode="r")
+    for name in a.array_names():
+        np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)

@@ -240,7 +240,7 @@ def _nudge(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, 
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
         todo = [units[n] for n in pending]
-        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, _nudge_unit, _save_unit)  # fmt: skip
+        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, _nudge_unit, _save_unit, "nudging")  # fmt: skip
     stopped = any_rank(d, stopped)
     result: dict[str, Any] = {"examples": len(examples)}
     if not stopped:
@@ -384,7 +384,9 @@ def _write_store(kept, answers, arrays, contexts, out, cfg, tokenizer, empty, su
             "config": {"aligned": cfg.aligned, "base": cfg.base, "nudge": dataclasses.asdict(cfg)},
         },
         tokenizer=tokenizer,
-        overwrite=cfg.overwrite,
+        # `prepare` refused a store there without this run's parts: one there now is this run's,
+        # published by an assembly killed before it removed the parts. Made again from them.
+        overwrite=True,
         contexts=Writers(
             (
                 ExampleContexts(

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from tdsdist_testkit import assert_float32_close
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import tdsdist
 from tdsdist.cli import main
 from tdsdist.config import NudgeConfig, ScoreConfig, build_config, load_yaml
 from tdsdist.engine.decoder import Decoder, Sampling
@@ -247,6 +248,8 @@ def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path
     assert n["compare"]["nudged"]["mean"] == pytest.approx(np.mean(means), rel=1e-5)
     diff = n["compare"]["difference"]
     assert diff["mean"] == pytest.approx(n["compare"]["nudged"]["mean"] - n["compare"]["base_only"]["mean"], rel=1e-5)  # fmt: skip
+    api = tdsdist.open_store(path)
+    assert [api.example(i)["nudged"].tolist() for i in s.ids] == flags  # the API too
     table = pq.read_table(invoke_export(path, tmp_path / "n.parquet"))
     assert table.column("nudged").to_pylist() == [f for r in flags for f in r]  # export, in order
     assert "none damaged" in invoke("verify", str(path)).output  # positions/nudged too

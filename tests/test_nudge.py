@@ -303,3 +303,33 @@ def test_a_run_killed_after_publishing_the_store_finishes(tiny_pair, nudged, tmp
     a, b = Store(tmp_path / "n.zarr", mode="r"), Store(nudged[1], mode="r")
     for name in a.array_names():
         np.testing.assert_array_equal(a.read(name), b.read(name), err_msg=name)
+
+
+def test_the_policy_against_float64_on_fresh_logits() -> None:
+    """`Nudging` row by row: the base top-1 probability against a float64 softmax, the choice
+    against each model's own argmax, the `shifted` rule against the base top 3 (no ties)."""
+    from tdsdist.engine.head import VocabShard
+    from tdsdist.engine.lockstep import LockstepRequest
+    from tdsdist.engine.nudging import Nudging, base_top1_probability
+
+    gen = torch.Generator().manual_seed(7)
+    logits = {m: torch.randn(6, 301, generator=gen) * s for m, s in (("aligned", 3.0), ("base", 2.0))}  # fmt: skip
+    logits["base"][:3] *= 4  # some confident rows, some not
+    want = torch.softmax(logits["base"].double(), -1).amax(-1)
+    shard = VocabShard()
+    np.testing.assert_allclose(base_top1_probability(logits["base"], shard), want, rtol=1e-5)
+    requests = [LockstepRequest(str(i), {"aligned": [1], "base": [1]}, 4) for i in range(6)]
+    for policy, expected in (
+        (Nudging("threshold", 0.5), want < 0.5),
+        (Nudging("threshold", 1.0), torch.ones(6, dtype=torch.bool)),
+        (Nudging("threshold", 0.0), torch.zeros(6, dtype=torch.bool)),
+        (
+            Nudging("shifted"),
+            ~(logits["base"].topk(3).indices == logits["aligned"].argmax(-1, keepdim=True)).any(-1),
+        ),  # fmt: skip
+    ):
+        tokens = policy.choose(lambda m: logits[m], requests, shard)
+        assert policy.last_nudged.tolist() == expected.tolist()
+        chosen = torch.where(expected, logits["aligned"].argmax(-1), logits["base"].argmax(-1))
+        assert tokens.tolist() == chosen.tolist()
+    assert 0 < (want < 0.5).sum() < 6

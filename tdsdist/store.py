@@ -46,7 +46,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.safe_replace import check_replaceable_store
-from tdsdist.store_checks import DamagedChunk, check_chunks_present
+from tdsdist.store_checks import DamagedChunk, check_chunks_present, check_metadata
 from tdsdist.units import unit_ranges
 
 
@@ -301,6 +301,7 @@ class Store:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
+        check_metadata(self.path)
         self.root = zarr.open_group(self.path, mode=mode)
         self._arrays: dict[str, zarr.Array] = {}
         if "tdsdist" not in self.root.attrs:

@@ -327,10 +327,10 @@ class Store:
     def lengths(self) -> np.ndarray:
         return self._table("examples/length")
 
-    def _table(self, name: str) -> np.ndarray:
-        """A small array read whole; a checksum that fails is one line naming it."""
+    def _table(self, name: str, index: int | None = None) -> np.ndarray:
+        """A small array read whole (or one entry); a checksum that fails is one line naming it."""
         try:
-            return self.root[name][:]
+            return self.root[name][:] if index is None else self.root[name][index]
         except ValueError as e:
             if "checksum" not in str(e) and "decompress" not in str(e).lower():
                 raise
@@ -455,7 +455,7 @@ class Store:
         self.__dict__.pop("committed_when_opened", None)
 
     def example_unit_committed(self, index: int) -> bool:
-        return bool(self.root["units/committed"][index // self.meta["unit_size"]])
+        return bool(self._table("units/committed", index // self.meta["unit_size"]))
 
     def tokenizer(self):
         """The tokenizer saved at creation, loaded without any model or network."""

@@ -149,7 +149,9 @@ def check_metadata(path: Path) -> None:
         except ValueError:
             parsed = None
         except OSError as e:
-            raise TdsError(f"{meta}: cannot be read ({e.strerror}); check its permissions") from None
+            raise TdsError(
+                f"{meta}: cannot be read ({e.strerror}); check its permissions"
+            ) from None
         if not isinstance(parsed, dict) or "node_type" not in parsed:
             raise TdsError(
                 f"{meta}: damaged store metadata (not a complete zarr.json, e.g. truncated);"

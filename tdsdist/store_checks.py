@@ -13,14 +13,21 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from tdsdist.errors import TdsError
 
-if TYPE_CHECKING:
-    from tdsdist.store import Store
+
+class Store(Protocol):
+    """What these checks read of `store.Store` (which imports this module, so not imported)."""
+
+    path: Path
+    root: Any
+    meta: dict[str, Any]
+    lengths: np.ndarray
+    committed_when_opened: np.ndarray
 
 
 class DamagedChunk(TdsError):

@@ -272,3 +272,24 @@ def test_a_secret_file_as_data_echoes_nothing(tiny_pair, tmp_path) -> None:
     result = tdsdist(*args)
     assert result.returncode == 2 and "hunter2" not in result.stderr + result.stdout
     assert not (tmp_path / "n.zarr").exists()
+
+
+# --- several plain processes on one store -------------------------------------------------------
+
+
+def test_two_processes_on_one_new_store_share_the_units(tiny_pair, scored, tmp_path) -> None:
+    new = tmp_path / "n.zarr"
+    runs = [
+        subprocess.Popen(
+            [*CLI, *score_args(tiny_pair, new)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=ENV,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    positions = [int(line.split()[2]) for out, err in outputs for line in err.splitlines() if line.startswith("tdsdist: scored")]  # fmt: skip
+    assert sum(positions) == 96  # each unit scored once, whoever won it
+    arrays = [k for k in digest(scored) if not k.endswith("zarr.json")]
+    assert {k: digest(new)[k] for k in arrays} == {k: digest(scored)[k] for k in arrays}
+    assert not list((new / ".claims").iterdir())  # every claim released

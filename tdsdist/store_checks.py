@@ -69,6 +69,8 @@ def missing_chunks(store: Store, name: str, rows: slice | None = None) -> dict[i
     lo = 0 if rows is None or rows.start is None else rows.start
     hi = total if rows is None or rows.stop is None else min(rows.stop, total)
     missing: dict[int, list[int]] = {}
+    if not (store.path / name / "c").is_dir():
+        return missing  # never written (a synthetic store leaves arrays out): reads as its fill
     for u, a, b in _committed_ranges(store, lo, hi):
         for c in range(a // chunk, (b - 1) // chunk + 1):
             if not chunk_file(store, name, c).exists():

@@ -126,9 +126,11 @@ def test_export_refuses_to_replace_a_file_it_did_not_write(store, tmp_path) -> N
 def test_a_deleted_chunk_is_named_by_every_reader_and_repaired(tiny_pair, store, array) -> None:
     before = digest(store)
     chunk(store, array).unlink()
-    readers = [["export", store, "-o", store.parent / "x.parquet"]]
-    if not array.startswith("published/"):  # `show` and `analyze` read others (not this one)
-        readers += [["show", store, "--example", "0"], ["analyze", store]]
+    readers = [["show", store, "--example", "0"], ["analyze", store]]
+    if array.startswith("published/"):  # read by `export` (`show` and `analyze` read others)
+        readers = [["export", store, "-o", store.parent / "x.parquet"]]
+    if array == "aligned/top_ids":  # the top-k table: `show` lists it (format 3 analyzes without)
+        readers = readers[:1]
     for command in readers:
         result = tdsdist(*command)
         assert result.returncode == 2

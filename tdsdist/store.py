@@ -46,6 +46,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
+from tdsdist.safe_replace import check_replaceable_store
+from tdsdist.store_checks import DamagedChunk, check_chunks_present, check_metadata
 from tdsdist.units import unit_ranges
 
 
@@ -200,10 +202,6 @@ def per_position_arrays(
     return groups
 
 
-class DamagedChunk(TdsError):
-    """A chunk of a per-position array failed its checksum (a damaged disk, a truncated copy)."""
-
-
 def create(
     path: Path,
     *,
@@ -231,6 +229,8 @@ def create(
     if format_version not in (2, FORMAT_VERSION):
         raise ValueError(f"cannot create stores of format {format_version}")
     path = Path(path)
+    if overwrite:
+        check_replaceable_store(path)  # never delete what is not a store
     with staged_folder(path) as tmp:
         root = zarr.open_group(tmp, mode="w")
         offsets, unit_starts = layout(lengths, unit_size, chunk)
@@ -238,16 +238,24 @@ def create(
         n = len(ids)
         ex = root.create_group("examples")
         ex.create_array(
-            "id", shape=(n,), chunks=(max(n, 1),), dtype=str, dimension_names=("example",)
+            "id",
+            shape=(n,),
+            chunks=(max(n, 1),),
+            dtype=str,
+            dimension_names=("example",),
+            compressors=[COMPRESSOR, CHECKSUM],
         )[:] = np.array(ids)
         example = ("example",)
-        _array(ex, "offset", (n,), "int64", max(n, 1), dims=example)[:] = offsets
-        _array(ex, "length", (n,), "int32", max(n, 1), dims=example)[:] = lengths
-        _array(ex, "unit", (n,), "int32", max(n, 1), dims=example)[:] = np.arange(n) // unit_size
+        # Every array carries a checksum: a flipped byte in an offset must not move an answer.
+        sums = {"dims": example, "checksum": True}
+        _array(ex, "offset", (n,), "int64", max(n, 1), **sums)[:] = offsets
+        _array(ex, "length", (n,), "int32", max(n, 1), **sums)[:] = lengths
+        _array(ex, "unit", (n,), "int32", max(n, 1), **sums)[:] = np.arange(n) // unit_size
         for name, values in flags.items():
-            _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
+            _array(ex, name, (n,), values.dtype, max(n, 1), **sums)[:] = values
         n_units = len(unit_starts) - 1
-        _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
+        units = root.create_group("units")
+        _array(units, "committed", (n_units,), "uint8", 1, dims=("unit",), checksum=True)
         for group_name, columns in per_position_arrays(format_version, nudged).items():
             group = root.create_group(group_name)
             for c in columns:
@@ -291,7 +299,7 @@ def _save_tokenizer(group: zarr.Group, tokenizer) -> None:
                 shape=data.shape,
                 chunks=(max(len(data), 1),),
                 dtype="uint8",
-                compressors=COMPRESSOR,
+                compressors=[COMPRESSOR, CHECKSUM],
             )
             arr[:] = data
 
@@ -303,6 +311,7 @@ class Store:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
+        check_metadata(self.path)
         self.root = zarr.open_group(self.path, mode=mode)
         self._arrays: dict[str, zarr.Array] = {}
         if "tdsdist" not in self.root.attrs:
@@ -318,15 +327,28 @@ class Store:
 
     @cached_property
     def ids(self) -> list[str]:
-        return [str(x) for x in self.root["examples/id"][:]]
+        return [str(x) for x in self._table("examples/id")]
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        return self.root["examples/offset"][:]
+        return self._table("examples/offset")
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        return self.root["examples/length"][:]
+        return self._table("examples/length")
+
+    def _table(self, name: str, index: int | None = None) -> np.ndarray:
+        """A small array read whole (or one entry); a checksum that fails is one line naming it."""
+        try:
+            return self.root[name][:] if index is None else self.root[name][index]
+        except ValueError as e:
+            if "checksum" not in str(e) and "decompress" not in str(e).lower():
+                raise
+            raise TdsError(
+                f"{self.path}: {name}: damaged (checksum mismatch); it is written once with the"
+                f" store: restore the store from a copy (`tdsdist verify {self.path}` lists the"
+                " damage)"
+            ) from None
 
     def units(self) -> list[UnitRows]:
         starts = self.meta["unit_starts"]
@@ -337,7 +359,7 @@ class Store:
         ]
 
     def committed(self) -> np.ndarray:
-        return self.root["units/committed"][:].astype(bool)
+        return self._table("units/committed").astype(bool)
 
     def write_rows(self, unit: UnitRows, arrays: dict[str, np.ndarray]) -> None:
         """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed.
@@ -350,7 +372,10 @@ class Store:
             if values.shape[0] != unit.positions:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
             self._remove_chunks(name, unit)
-            self.root[name][lo:hi] = values
+            # Every chunk of a committed unit is on disk, even one that equals the fill value
+            # (never in practice): a missing chunk file is then always damage (`Store.read`).
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                self.root[name][lo:hi] = values
 
     def _remove_chunks(self, name: str, unit: UnitRows) -> None:
         chunk = self.meta["chunk_positions"]
@@ -409,6 +434,8 @@ class Store:
         if name not in self._arrays:
             self._arrays[name] = self.root[name]
         arr = self._arrays[name]
+        if name in self._position_arrays:
+            check_chunks_present(self, name, rows)  # zarr would read a lost chunk as its fill
         try:
             return arr[:] if rows is None else arr[rows]
         except ValueError as e:
@@ -428,12 +455,22 @@ class Store:
         last = int(np.searchsorted(starts, max(hi - 1, lo), side="right")) - 1
         return str(first) if first == last else f"{first}-{last}"
 
+    @cached_property
+    def _position_arrays(self) -> frozenset[str]:
+        return frozenset(self.array_names())
+
+    @cached_property
+    def committed_when_opened(self) -> np.ndarray:
+        """`committed()` read once (the readers' view: a unit committed later is not read)."""
+        return self.committed()
+
     def mark_pending(self, unit_index: int) -> None:
         """Clear a unit's committed flag, so that the same `score` command scores it again."""
         self.root["units/committed"][unit_index] = 0
+        self.__dict__.pop("committed_when_opened", None)
 
     def example_unit_committed(self, index: int) -> bool:
-        return bool(self.root["units/committed"][index // self.meta["unit_size"]])
+        return bool(self._table("units/committed", index // self.meta["unit_size"]))
 
     def tokenizer(self):
         """The tokenizer saved at creation, loaded without any model or network."""

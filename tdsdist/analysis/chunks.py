@@ -126,10 +126,7 @@ class BlockReader:
             target = np.empty(rows, layout.dtype)
         try:
             data = (layout.folder / "c" / f"{c}{layout.suffix}").read_bytes()
-        except FileNotFoundError:
-            target[...] = layout.fill
-            return target
-        except OSError:
+        except OSError:  # absent: never written, or lost from a committed unit (`Store.read`)
             return None
         if layout.checksum:
             stored = data[-4:]

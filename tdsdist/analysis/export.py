@@ -46,6 +46,7 @@ from tdsdist.analysis.token_text import TokenText
 from tdsdist.errors import TdsError
 from tdsdist.files import staged_file
 from tdsdist.metrics import CATEGORIES
+from tdsdist.safe_replace import check_replaceable_parquet
 from tdsdist.store import DIVERGENCES, MODELS, Store
 from tdsdist.store_fields import field_names, read_field
 
@@ -117,6 +118,7 @@ def export_parquet(
         raise TdsError(f"{path}: the folder {path.parent} does not exist")
     if path.is_dir():
         raise TdsError(f"{path}: is a folder; give a file name (e.g. {path / 'positions.parquet'})")
+    check_replaceable_parquet(path)
     tokenizer = store.tokenizer()
     special = np.array(sorted(tokenizer.all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
     token_text = TokenText(tokenizer)

@@ -58,6 +58,11 @@ from tdsdist.parallel.dist import (
 )
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
+from tdsdist.safe_replace import (
+    check_replaceable_answers,
+    check_replaceable_parts,
+    check_replaceable_store,
+)
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
@@ -239,6 +244,10 @@ def _save_unit(results: dict[int, Generated], tokenizer, unit, n: int, parts: Pa
 def _prepare_parts(parts: Path, out: Path, cfg: GenerateConfig, fingerprint: dict) -> None:
     marker = parts / "fingerprint.json"
     if cfg.overwrite:
+        check_replaceable_parts(parts, marker.name)
+        check_replaceable_answers(out)
+        if cfg.store:
+            check_replaceable_store(Path(cfg.store))
         shutil.rmtree(parts, ignore_errors=True)
     if marker.exists():
         diffs = differences(json.loads(marker.read_text()), fingerprint, where="before")

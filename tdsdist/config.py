@@ -131,6 +131,12 @@ class ScoreConfig:
     """Precision of the output projection of the answer rows: `float32` (from the model's hidden
     states; the default for a new store) or `model` (the weights' dtype, as tdsdist 0.1.0 did;
     the default when resuming a store made so). Matters only for bfloat16 / float16 weights."""
+    special_tokens_in_text: str | None = field(
+        default=None, metadata={"choices": ("split", "parse")}
+    )
+    """A special-token string inside an answer (`<|im_end|>`): `split` tokenizes it as text (the
+    default for a new store), `parse` as the control token (earlier releases; the default when
+    resuming a store made so). Only the template's markers and --answer-eos map give special ids."""
     max_tokens_per_batch: int = 8192
     """Token budget of one forward batch (padded length times batch size)."""
     logits_chunk_mib: int = 64
@@ -262,16 +268,107 @@ class GenerateConfig:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
 
+@dataclass(kw_only=True)
+class NudgeConfig:
+    aligned: str
+    """The aligned model (hub id or local folder): it steps in where the rule fires."""
+    base: str
+    """The base model: it writes the answers (one vocabulary with the aligned model)."""
+    data: str
+    """Prompts: any format `generate` reads."""
+    out: str
+    """Answers file to write (a just-eval JSON list, which `score` reads), with each answer's
+    nudged fraction."""
+    store: str
+    """The pair head's store of the answers (complete), with which model chose each token."""
+    base_template: str = "plain"
+    """The base model's context: `plain`, `urial:FILE`, `none`, or a Jinja template file."""
+    aligned_template: str = field(default="chat", metadata={"choices": ("chat", "input")})
+    """The aligned model's context: `chat` (its chat template) or `input` (the prompt verbatim)."""
+    nudge_rule: str = field(default="threshold", metadata={"choices": ("threshold", "shifted")})
+    """`threshold`: the aligned model chooses where the base top-1 probability is below
+    --nudge-threshold; `shifted`: where the aligned top-1 token is outside the base top 3."""
+    nudge_threshold: float = 0.4
+    """gamma of the `threshold` rule: 1 (or more) always nudges (the aligned model's answer), 0
+    never (the base model's own answer)."""
+    compare: bool = False
+    """Also decode the base-only answers (threshold 0) on the same prompts and record the
+    aligned model's mean log-probability per token of both (a cheap likelihood comparison)."""
+    max_new_tokens: int = 512
+    """Longest answer, in tokens."""
+    temperature: float = 0.0
+    """0: greedy (lowest id among equal maxima); otherwise sample at this temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (with temperature > 0)."""
+    seed: int = 0
+    """Sampling seed (per prompt, so a resumed run samples what an uninterrupted one would)."""
+    batch_size: int = 16
+    """Answers decoded together (continuous batching)."""
+    top_k: int = 20
+    """Candidates recorded per position and model."""
+    limit: int | None = None
+    """Decode for the first N prompts only."""
+    unit_size: int = 32
+    """Prompts per work unit: the unit of resumption and (when distributed) of work."""
+    dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    """Model weights' dtype; the recorded statistics are float32 whatever this is."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (cuda when available)."""
+    head_dtype: str | None = field(default=None, metadata={"choices": HEAD_DTYPES})
+    """Precision of the head's projection (as `score --head-dtype`; default float32)."""
+    logits_chunk_mib: int = 64
+    """Memory budget of one chunk of float32 logits in the pair head."""
+    overwrite: bool = False
+    """Decode again over an existing answers file and store (and an unfinished run's parts)."""
+    trust_remote_code: bool = False
+    """Let transformers run code shipped with the model (off: never run remote code unless asked)."""
+    aligned_revision: str | None = None
+    """Hub revision of the aligned model."""
+    base_revision: str | None = None
+    """Hub revision of the base model."""
+    tp: int = 1
+    """Tensor-parallel size: ranks that hold one replica of the pair."""
+    dist_timeout: int = 600
+    """Seconds any collective may wait for a peer before the job fails (no hang on a dead rank)."""
+    format: str = field(default="auto", metadata={"choices": FORMATS})
+    """Prompts' format (as `score --format`)."""
+    keep_fields: str = "all"
+    """The prompts' metadata fields kept in the answers file and the store, for `--group-by`:
+    `all` (every scalar field but the texts and the id; long strings left out), `none`, `a,b`."""
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        _check_positive(self, "logits_chunk_mib", "max_new_tokens", "batch_size", "top_k", "unit_size", "limit", "tp", "dist_timeout")  # fmt: skip
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        if not 0 <= self.nudge_threshold <= 1:
+            raise ValueError(f"nudge_threshold must be in [0, 1], got {self.nudge_threshold!r}")
+
+    @property
+    def aligned_adapter(self) -> None:
+        """No adapters here (`_check_common` asks every job)."""
+        return None
+
+
 #: The fields each job cannot run without (on the command line or in --config).
 REQUIRED = {
     ScoreConfig: ("aligned", "base", "data", "store"),
     GenerateConfig: ("aligned", "data", "out"),
+    NudgeConfig: ("aligned", "base", "data", "out", "store"),
 }
+
+
+def required_fields(cls: type) -> tuple[str, ...]:
+    """`REQUIRED[cls]`, or the class's own `required_` (a configuration defined elsewhere)."""
+    return REQUIRED.get(cls) or getattr(cls, "required_", ())
 
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field (Python keeps none at run time: read from the source)."""
+    """The docstring under each field (Python keeps none at run time: read from the source).
+    A class built from other classes' fields carries its docs as `field_docs_` instead."""
+    if hasattr(cls, "field_docs_"):
+        return dict(cls.field_docs_)
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -314,7 +411,7 @@ def load_yaml(path: Path | str, cls: type = ScoreConfig) -> dict[str, Any]:
     if unknown:
         raise TdsError(f"{path}: unknown option(s): {', '.join(unknown)}")
     # Check the file's values on their own, so that a bad one is reported with the file's name.
-    required = {name: "-" for name in REQUIRED[cls]}
+    required = {name: "-" for name in required_fields(cls)}
     given = {k: v for k, v in values.items() if not (k in required and v in (None, ""))}
     try:
         cls(**{**required, **given})
@@ -328,7 +425,7 @@ def build_config(
 ) -> Any:
     """Merge file and flags (flags win) and validate; a bad value is one `TdsError` line."""
     merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
-    missing = [n for n in REQUIRED[cls] if merged.get(n) in (None, "")]
+    missing = [n for n in required_fields(cls) if merged.get(n) in (None, "")]
     if merged.get("aligned_adapter") and "aligned" in missing:  # the adapter is the aligned model
         missing.remove("aligned")
     if missing:

@@ -12,6 +12,7 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     positions/token_id             [P] int32  the answer tokens (written at creation)
     positions/kl                   [P] float32  top-k KL (a lower bound of kl_aligned_base)
     positions/{kl_aligned_base, kl_base_aligned, js, tv}   [P] float32  (format 2)
+    positions/nudged               [P] int8  1: the aligned model chose the token (`nudge` only)
     aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
     aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
     base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
@@ -70,6 +71,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
+from tdsdist.safe_replace import check_replaceable_store
+from tdsdist.store_checks import DamagedChunk, check_chunks_present, check_metadata
 from tdsdist.units import unit_ranges
 
 
@@ -141,6 +144,9 @@ PUBLISHED_ARRAYS = (
     Column("aligned_top1_base_rank", "int32", -1),
     Column("top1_differs", "int8", -1),
 )
+#: Nudged decoding only (`tdsdist nudge`): 1 where the aligned model chose the position's token,
+#: 0 where the base model did. Absent from every other store (`Store.nudged`).
+NUDGED = Column("nudged", "int8", -1)
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 #: After compression: a damaged chunk fails its checksum on read instead of decoding to numbers.
 CHECKSUM = Crc32cCodec()
@@ -223,8 +229,10 @@ def _array(
     )
 
 
-def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
-    """Every per-position array of a store of this format, by group."""
+def per_position_arrays(
+    format_version: int, nudged: bool = False
+) -> dict[str, tuple[Column, ...]]:
+    """Every per-position array of a store of this format (and of a nudged store), by group."""
     groups = {
         "positions": POSITION_ARRAYS,
         "aligned": MODEL_ARRAYS,
@@ -234,11 +242,9 @@ def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
         groups = {g: columns + PAIR_ARRAYS[g] for g, columns in groups.items()}
     if format_version >= 3:
         groups["published"] = PUBLISHED_ARRAYS
+    if nudged:
+        groups["positions"] = groups["positions"] + (NUDGED,)
     return groups
-
-
-class DamagedChunk(TdsError):
-    """A chunk of a per-position array failed its checksum (a damaged disk, a truncated copy)."""
 
 
 def create(
@@ -256,18 +262,21 @@ def create(
     chunk: int = CHUNK_POSITIONS,
     contexts: GroupWriter | None = None,
     format_version: int = FORMAT_VERSION,
+    nudged: bool = False,
 ) -> Store:
     """Write the store's skeleton into a temporary folder, then move it into place.
 
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
     `contexts` (what each model saw) is optional: stores without it keep working.
     `format_version` 2 or 3 makes the layout of an earlier release (tests and benchmarks of the
-    readers' older-store paths).
+    readers' older-store paths). `nudged`: the store of `tdsdist nudge` (`positions/nudged`).
     """
     if format_version not in (2, 3, FORMAT_VERSION):
         raise ValueError(f"cannot create stores of format {format_version}")
     path = Path(path)
     shard = shard_positions(lengths, unit_size, chunk) if format_version >= 4 else None
+    if overwrite:
+        check_replaceable_store(path)  # never delete what is not a store
     with staged_folder(path) as tmp:
         root = zarr.open_group(tmp, mode="w")
         offsets, unit_starts = layout(lengths, unit_size, chunk, shard)
@@ -275,17 +284,25 @@ def create(
         n = len(ids)
         ex = root.create_group("examples")
         ex.create_array(
-            "id", shape=(n,), chunks=(max(n, 1),), dtype=str, dimension_names=("example",)
+            "id",
+            shape=(n,),
+            chunks=(max(n, 1),),
+            dtype=str,
+            dimension_names=("example",),
+            compressors=[COMPRESSOR, CHECKSUM],
         )[:] = np.array(ids)
         example = ("example",)
-        _array(ex, "offset", (n,), "int64", max(n, 1), dims=example)[:] = offsets
-        _array(ex, "length", (n,), "int32", max(n, 1), dims=example)[:] = lengths
-        _array(ex, "unit", (n,), "int32", max(n, 1), dims=example)[:] = np.arange(n) // unit_size
+        # Every array carries a checksum: a flipped byte in an offset must not move an answer.
+        sums = {"dims": example, "checksum": True}
+        _array(ex, "offset", (n,), "int64", max(n, 1), **sums)[:] = offsets
+        _array(ex, "length", (n,), "int32", max(n, 1), **sums)[:] = lengths
+        _array(ex, "unit", (n,), "int32", max(n, 1), **sums)[:] = np.arange(n) // unit_size
         for name, values in flags.items():
-            _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
+            _array(ex, name, (n,), values.dtype, max(n, 1), **sums)[:] = values
         n_units = len(unit_starts) - 1
-        _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
-        for group_name, columns in per_position_arrays(format_version).items():
+        units = root.create_group("units")
+        _array(units, "committed", (n_units,), "uint8", 1, dims=("unit",), checksum=True)
+        for group_name, columns in per_position_arrays(format_version, nudged).items():
             group = root.create_group(group_name)
             for c in columns:
                 shape = (total, top_k) if c.per_candidate else (total,)
@@ -305,10 +322,18 @@ def create(
             "units": n_units,
             "positions": int(lengths.sum()),
             "unit_starts": unit_starts.tolist(),
+            **({"nudged": True} if nudged else {}),
         }
         if not publish(tmp, path, replace=overwrite):  # another array task made it: resume it
             raise StoreExists(path)
     return Store(path)
+
+
+def _all_fill(values: np.ndarray, fill) -> bool:
+    """Whether every row equals the array's fill value (NaN counts as equal to a NaN fill)."""
+    if np.issubdtype(np.asarray(fill).dtype, np.floating) and np.isnan(fill):
+        return bool(np.isnan(values).all())
+    return bool((values == fill).all())
 
 
 def _whole_shard(arr: zarr.Array, values: np.ndarray, shard: int) -> np.ndarray:
@@ -336,7 +361,7 @@ def _save_tokenizer(group: zarr.Group, tokenizer) -> None:
                 shape=data.shape,
                 chunks=(max(len(data), 1),),
                 dtype="uint8",
-                compressors=COMPRESSOR,
+                compressors=[COMPRESSOR, CHECKSUM],
             )
             arr[:] = data
 
@@ -348,6 +373,7 @@ class Store:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
+        check_metadata(self.path)
         self.root = zarr.open_group(self.path, mode=mode)
         self._arrays: dict[str, zarr.Array] = {}
         if "tdsdist" not in self.root.attrs:
@@ -363,15 +389,28 @@ class Store:
 
     @cached_property
     def ids(self) -> list[str]:
-        return [str(x) for x in self.root["examples/id"][:]]
+        return [str(x) for x in self._table("examples/id")]
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        return self.root["examples/offset"][:]
+        return self._table("examples/offset")
 
     @cached_property
     def lengths(self) -> np.ndarray:
-        return self.root["examples/length"][:]
+        return self._table("examples/length")
+
+    def _table(self, name: str, index: int | None = None) -> np.ndarray:
+        """A small array read whole (or one entry); a checksum that fails is one line naming it."""
+        try:
+            return self.root[name][:] if index is None else self.root[name][index]
+        except ValueError as e:
+            if "checksum" not in str(e) and "decompress" not in str(e).lower():
+                raise
+            raise TdsError(
+                f"{self.path}: {name}: damaged (checksum mismatch); it is written once with the"
+                f" store: restore the store from a copy (`tdsdist verify {self.path}` lists the"
+                " damage)"
+            ) from None
 
     def units(self) -> list[UnitRows]:
         starts = self.meta["unit_starts"]
@@ -382,7 +421,7 @@ class Store:
         ]
 
     def committed(self) -> np.ndarray:
-        return self.root["units/committed"][:].astype(bool)
+        return self._table("units/committed").astype(bool)
 
     def write_rows(self, unit: UnitRows, arrays: dict[str, np.ndarray]) -> None:
         """Write a unit's rows (`"aligned/rank"` -> `[positions, ...]`); not yet committed.
@@ -399,10 +438,17 @@ class Store:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
             self._remove_chunks(name, unit)
             arr = self.root[name]
-            if shard is None:
-                arr[lo:hi] = values
-            else:
-                arr[lo : lo + shard] = _whole_shard(arr, values, shard)
+            # Every chunk of a committed unit is on disk, even one that equals the fill value
+            # (never in practice): a missing chunk file is then always damage (`Store.read`).
+            # Format 4: the shard file is always on disk (a unit of nothing but fill writes
+            # every inner chunk); inside it an inner chunk of fill (the padding) is not stored,
+            # which the shard's checksummed index records.
+            everything = shard is None or _all_fill(values, arr.fill_value)
+            with zarr.config.set({"array.write_empty_chunks": everything}):
+                if shard is None:
+                    arr[lo:hi] = values
+                else:
+                    arr[lo : lo + shard] = _whole_shard(arr, values, shard)
 
     def _remove_chunks(self, name: str, unit: UnitRows) -> None:
         chunk = self.meta.get("shard_positions", self.meta["chunk_positions"])  # rows per file
@@ -442,11 +488,16 @@ class Store:
         """Whether AlignTDS's top-k metrics were stored when scoring (format 3)."""
         return self.format_version >= 3
 
+    @property
+    def nudged(self) -> bool:
+        """Whether the store was written by `tdsdist nudge` (it has `positions/nudged`)."""
+        return bool(self.meta.get("nudged", False))
+
     def array_names(self) -> list[str]:
         """`group/name` of every per-position array this store's format has."""
         return [
             f"{g}/{c.name}"
-            for g, cs in per_position_arrays(self.format_version).items()
+            for g, cs in per_position_arrays(self.format_version, self.nudged).items()
             for c in cs
         ]
 
@@ -456,6 +507,8 @@ class Store:
         if name not in self._arrays:
             self._arrays[name] = self.root[name]
         arr = self._arrays[name]
+        if name in self._position_arrays:
+            check_chunks_present(self, name, rows)  # zarr would read a lost chunk as its fill
         try:
             return arr[:] if rows is None else arr[rows]
         except ValueError as e:
@@ -475,12 +528,22 @@ class Store:
         last = int(np.searchsorted(starts, max(hi - 1, lo), side="right")) - 1
         return str(first) if first == last else f"{first}-{last}"
 
+    @cached_property
+    def _position_arrays(self) -> frozenset[str]:
+        return frozenset(self.array_names())
+
+    @cached_property
+    def committed_when_opened(self) -> np.ndarray:
+        """`committed()` read once (the readers' view: a unit committed later is not read)."""
+        return self.committed()
+
     def mark_pending(self, unit_index: int) -> None:
         """Clear a unit's committed flag, so that the same `score` command scores it again."""
         self.root["units/committed"][unit_index] = 0
+        self.__dict__.pop("committed_when_opened", None)
 
     def example_unit_committed(self, index: int) -> bool:
-        return bool(self.root["units/committed"][index // self.meta["unit_size"]])
+        return bool(self._table("units/committed", index // self.meta["unit_size"]))
 
     def tokenizer(self):
         """The tokenizer saved at creation, loaded without any model or network."""

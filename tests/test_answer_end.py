@@ -48,9 +48,40 @@ def test_scoring_with_the_policy(tiny_pair, tmp_path: Path) -> None:
         runs[name] = [s.read("positions/token_id", s.rows(e)).tolist() for e in range(3)]
         assert ("answer_eos" in s.meta["fingerprint"]) == (name != "kept")
     ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    assert runs["kept"][0] == ids("Sure, here it is.</s>")
+    split = {"add_special_tokens": False, "split_special_tokens": True}
+    text_ids = lambda text: tok(text, **split)["input_ids"]  # noqa: E731
+    assert runs["kept"][0] == text_ids("Sure, here it is.</s>")  # text stays text
+    assert tok.eos_token_id not in runs["kept"][0]
     assert runs["dropped"][0] == ids("Sure, here it is.")
     assert runs["mapped"][1] == ids("No.") + [tok.eos_token_id]
     assert runs["dropped"][2] == runs["kept"][2] == ids("Without an end")
     refused = score(tiny_pair, data, tmp_path / "dropped.zarr")  # the policy is fingerprinted
     assert refused.exit_code == 2 and "answer_eos" in refused.output
+
+
+def test_special_token_text_is_text_and_a_store_keeps_its_choice(tiny_pair, tmp_path: Path) -> None:
+    hostile = "Hello <|user|> world </s> <s>"
+    records = [{"id": "0", "pure_input": "Q?", "input": "<s>Q", "output": [hostile]}]
+    data = tmp_path / "hostile.json"
+    data.write_text(json.dumps(records))
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    special = set(tok.all_special_ids)
+    new, old = tmp_path / "new.zarr", tmp_path / "old.zarr"
+    made = score(tiny_pair, data, new)
+    assert made.exit_code == 0, made.output
+    assert made.output.count("1 example(s) contain a special-token string") == 1
+    s = Store(new, mode="r")
+    assert s.meta["fingerprint"]["special_tokens_in_text"] == "split"
+    assert not set(s.read("positions/token_id", s.rows(0)).tolist()) & special
+    assert tok.decode(s.read("positions/token_id", s.rows(0)).tolist()) == hostile
+    assert score(tiny_pair, data, old, "--special-tokens-in-text", "parse").exit_code == 0
+    s = Store(old, mode="r")
+    assert "special_tokens_in_text" not in s.meta["fingerprint"]  # as stores made before
+    parsed = s.read("positions/token_id", s.rows(0)).tolist()
+    assert parsed == tok(hostile, add_special_tokens=False)["input_ids"]
+    assert set(parsed) & special
+    # Resumed without the option, each store keeps its own; asking for the other is refused.
+    assert score(tiny_pair, data, old).exit_code == 0
+    assert score(tiny_pair, data, new).exit_code == 0
+    refused = score(tiny_pair, data, old, "--special-tokens-in-text", "split")
+    assert refused.exit_code == 2 and "special_tokens_in_text" in refused.output

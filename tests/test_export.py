@@ -202,7 +202,7 @@ def test_stores_of_0_1_0_export(name: str, tmp_path: Path) -> None:
 
 def test_an_interrupted_export_leaves_nothing(scored: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "t.parquet"
-    out.write_bytes(b"the previous export")
+    out.write_bytes(b"PAR1 the previous export")
     calls = []
 
     def failing(*args, **kwargs):
@@ -216,7 +216,7 @@ def test_an_interrupted_export_leaves_nothing(scored: Path, tmp_path: Path, monk
     monkeypatch.setattr(export, "_table", failing)
     with pytest.raises(KeyboardInterrupt):
         export_parquet(Store(scored, mode="r"), out)
-    assert out.read_bytes() == b"the previous export"
+    assert out.read_bytes() == b"PAR1 the previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.parquet"]  # no temporary left
 
 

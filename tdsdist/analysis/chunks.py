@@ -150,19 +150,19 @@ class BlockReader:
 
     @staticmethod
     def _encoded(layout: _Layout, c: int, shards: dict[int, object]):
-        """Chunk `c`'s stored bytes, None where it was never written, or `_UNREADABLE`."""
+        """Chunk `c`'s stored bytes, None where a shard's index says it was never written (the
+        padding, a unit's fill), or `_UNREADABLE` (an absent chunk or shard file: `Store.read`
+        tells a unit never scored from a committed one that lost it)."""
         if layout.shard is None:
             try:
                 return (layout.folder / "c" / f"{c}{layout.suffix}").read_bytes()
-            except FileNotFoundError:
-                return None
-            except OSError:
+            except OSError:  # absent: never written, or lost from a committed unit (`Store.read`)
                 return _UNREADABLE
         s, i = divmod(c, layout.per_shard)
         if s not in shards:
             shards[s] = _Shard.open(layout.folder / "c" / f"{s}{layout.suffix}", layout.per_shard)
         shard = shards[s]
-        return shard.chunk(i) if isinstance(shard, _Shard) else shard  # None or _UNREADABLE
+        return shard.chunk(i) if isinstance(shard, _Shard) else shard
 
     @classmethod
     def _chunk(
@@ -201,12 +201,10 @@ class _Shard:
 
     @classmethod
     def open(cls, path: Path, chunks: int):
-        """The shard, None if the file does not exist (never written: all fill), or
-        `_UNREADABLE` (a short file, an index that fails its checksum)."""
+        """The shard, or `_UNREADABLE` (no such file, a short file, an index that fails its
+        checksum)."""
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
         except OSError:
             return _UNREADABLE
         size = 16 * chunks + 4

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
@@ -24,62 +26,77 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     rows = store.rows(index)
     tokenizer = store.tokenizer()
     token_ids = store.read("positions/token_id", rows)
-    kl = store.read("positions/kl", rows)
     names = ["logprob", "rank", "entropy", "top_ids", "top_logprobs"]
     names += ["ties"] if store.has_pair else []
-    stats = {model: {n: store.read(f"{model}/{n}", rows) for n in names} for model in MODELS}
-    pair = {}
+    arrays = {f"{m}/{n}": store.read(f"{m}/{n}", rows) for m in MODELS for n in names}
+    arrays["positions/kl"] = store.read("positions/kl", rows)
     if store.has_pair:
-        pair = {n: store.read(f"positions/{n}", rows) for n in DIVERGENCES}
-        pair["at_base_top"] = store.read("aligned/logprobs_at_base_top", rows)
-        pair["rank_of_base_top1"] = store.read("aligned/rank_of_base_top1", rows)
-    cats = categories(stats["base"]["rank"])
-    positions = []
-    for t, token_id in enumerate(token_ids.tolist()):
-        entry: dict[str, Any] = {
-            "t": t,
-            "token_id": token_id,
-            "token": tokenizer.decode([token_id]),
-        }
-        for model in MODELS:
-            s = stats[model]
-            entry[model] = {
-                "logprob": float(s["logprob"][t]),
-                "rank": int(s["rank"][t]),
-                "entropy": float(s["entropy"][t]),
-                "top_ids": s["top_ids"][t].tolist(),
-                "top_logprobs": [float(x) for x in s["top_logprobs"][t]],
-                "ties": int(s["ties"][t]) if store.has_pair else None,
-            }
-        entry["category"] = CATEGORIES[cats[t]]
-        entry["kl"] = float(kl[t])
-        entry["divergence"] = (
-            {n: float(pair[n][t]) for n in DIVERGENCES} if store.has_pair else None
-        )
-        if store.has_pair:
-            base_top1 = int(stats["base"]["top_ids"][t][0])
-            entry["aligned"]["logprobs_at_base_top"] = [float(x) for x in pair["at_base_top"][t]]
-            entry["base_top1"] = {
-                "token_id": base_top1,
-                "aligned_rank": int(pair["rank_of_base_top1"][t]),
-                "aligned_logprob": float(pair["at_base_top"][t][0]),
-                "differs_from_aligned_top1": base_top1 != int(stats["aligned"]["top_ids"][t][0]),
-            }
-        else:  # format 1: both top-k lists are there, the aligned view of the base top 1 is not
-            base_top1 = int(stats["base"]["top_ids"][t][0])
-            entry["base_top1"] = {
-                "token_id": base_top1,
-                "aligned_rank": None,
-                "aligned_logprob": None,
-                "differs_from_aligned_top1": base_top1 != int(stats["aligned"]["top_ids"][t][0]),
-            }
-        positions.append(entry)
+        arrays.update({f"positions/{n}": store.read(f"positions/{n}", rows) for n in DIVERGENCES})
+        for n in ("logprobs_at_base_top", "rank_of_base_top1"):
+            arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
+    if store.nudged:  # which model chose each token (`tdsdist nudge`)
+        arrays["positions/nudged"] = store.read("positions/nudged", rows)
+    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair)
     return {
         "id": store.ids[index],
         "format_version": store.format_version,
         **inputs_record(store, index, tokenizer),
         "positions": positions,
     }
+
+
+def position_records(
+    token_ids: list[int], arrays: dict[str, np.ndarray], tokenizer, exact: bool = True
+) -> list[dict[str, Any]]:
+    """The `show --json` position objects of one answer from its per-position arrays under the
+    store's names (`aligned/rank`, `positions/js`, ...), as a store holds them or the pair head
+    gives them (`PairOutput.arrays()` plus `positions/kl`): `show` and `serve` answer with the
+    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences. With
+    `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
+    cats = categories(np.asarray(arrays["base/rank"]))
+    positions = []
+    for t, token_id in enumerate(token_ids):
+        entry: dict[str, Any] = {
+            "t": t,
+            "token_id": token_id,
+            "token": tokenizer.decode([token_id]),
+        }
+        for model in MODELS:
+            entry[model] = {
+                "logprob": float(arrays[f"{model}/logprob"][t]),
+                "rank": int(arrays[f"{model}/rank"][t]),
+                "entropy": float(arrays[f"{model}/entropy"][t]),
+                "top_ids": arrays[f"{model}/top_ids"][t].tolist(),
+                "top_logprobs": [float(x) for x in arrays[f"{model}/top_logprobs"][t]],
+                "ties": int(arrays[f"{model}/ties"][t]) if exact else None,
+            }
+        if "positions/nudged" in arrays:
+            entry["nudged"] = bool(arrays["positions/nudged"][t])
+        entry["category"] = CATEGORIES[cats[t]]
+        entry["kl"] = float(arrays["positions/kl"][t])
+        entry["divergence"] = (
+            {n: float(arrays[f"positions/{n}"][t]) for n in DIVERGENCES} if exact else None
+        )
+        base_top1 = int(arrays["base/top_ids"][t][0])
+        differs = base_top1 != int(arrays["aligned/top_ids"][t][0])
+        if exact:
+            at_base_top = arrays["aligned/logprobs_at_base_top"][t]
+            entry["aligned"]["logprobs_at_base_top"] = [float(x) for x in at_base_top]
+            entry["base_top1"] = {
+                "token_id": base_top1,
+                "aligned_rank": int(arrays["aligned/rank_of_base_top1"][t]),
+                "aligned_logprob": float(at_base_top[0]),
+                "differs_from_aligned_top1": differs,
+            }
+        else:  # format 1: both top-k lists are there, the aligned view of the base top 1 is not
+            entry["base_top1"] = {
+                "token_id": base_top1,
+                "aligned_rank": None,
+                "aligned_logprob": None,
+                "differs_from_aligned_top1": differs,
+            }
+        positions.append(entry)
+    return positions
 
 
 def inputs_record(store: Store, index: int, tokenizer) -> dict[str, Any]:

@@ -29,8 +29,32 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except TdsError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # a full disk, a read-only or immutable folder: the user can fix it
+            line = environment_fault(e)
+            if line is None:
+                raise
+            click.echo(f"error: {line}", err=True)
+            sys.exit(2)
 
     return wrapper
+
+
+def environment_fault(e: OSError) -> str | None:
+    """One line for an OS error the user can fix (what to do next), None for any other."""
+    import errno
+
+    where = e.filename or "the store"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            f"{where}: no space left on the device (or quota); free space and re-run the same"
+            " command: committed units are kept, the rest is scored again"
+        )
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (
+            f"{where}: cannot write here ({e.strerror}: a read-only mount, an immutable folder"
+            " or missing permissions); give a writable --store, or make it writable"
+        )
+    return None
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from tdsdist.commands.common import user_errors
-from tdsdist.errors import TdsError
 
 
 @click.command("status")
@@ -62,10 +61,21 @@ def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
     from tdsdist.integrity import damaged_contexts, damaged_units
     from tdsdist.store import Store
+    from tdsdist.store_checks import damaged_tables, layout_problems
 
     store = Store(store_dir, mode="r+" if repair else "r")
     if store.format_version < 2:
-        raise TdsError(f"{store.path}: a store of format 1 (tdsdist 0.1.0) has no checksums")
+        click.echo(
+            f"{store.path}: format 1 (tdsdist 0.1.0) has no checksums: checking the example"
+            " layout and that every committed chunk file is present"
+        )
+    # Every store, checksums or not: the example layout, the tables, each committed chunk's file.
+    tables = layout_problems(store) + [f"{n}: damaged" for n in damaged_tables(store)]
+    for line in tables:
+        click.echo(f"{line} (written once with the store: restore it from a copy)")
+    if tables:
+        click.echo(f"{store.path}: {len(tables)} damaged table(s); units not read")
+        sys.exit(1)
     damaged = damaged_units(store)
     contexts = damaged_contexts(store)
     done = int(store.committed().sum())

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tdsdist.engine.head import HeadOutput, gather_vocabulary, global_argmax, logit_statistics
+from tdsdist.engine.head import (
+    HeadOutput,
+    VocabShard,
+    gather_vocabulary,
+    global_argmax,
+    logit_statistics,
+)
 from tdsdist.engine.runner import ModelRunner
 
 
@@ -50,6 +56,27 @@ def end_of_answer_ids(model: torch.nn.Module, tokenizer) -> set[int]:
     return ids
 
 
+def choose_tokens(
+    logits: torch.Tensor,  # [B, V_local] raw logits of this rank's vocabulary slice
+    shard: VocabShard,
+    temperature: float,
+    top_p: float,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """`[B]` global ids: greedy (lowest id among equal maxima) or temperature / top-p sampling
+    from the whole vocabulary. Shared by `Decoder` and the lockstep decoder (`lockstep.py`), so
+    that both pick the same token from the same logits and generator state."""
+    if temperature == 0:
+        return global_argmax(logits, shard)
+    probs = torch.softmax(gather_vocabulary(logits, shard) / temperature, -1)
+    if top_p < 1:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest nucleus
+        sorted_p[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
 class Decoder:
     """Decodes batches of contexts with one model; statistics from the raw logits of each step."""
 
@@ -60,18 +87,9 @@ class Decoder:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _choose(self, logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """`[B, V_local] -> [B]`: greedy (lowest id among equal maxima) or temperature / top-p
-        sampling from the whole vocabulary."""
-        s, shard = self.sampling, self.runner.shard
-        if s.temperature == 0:
-            return global_argmax(logits, shard)
-        probs = torch.softmax(gather_vocabulary(logits, shard) / s.temperature, -1)
-        if s.top_p < 1:
-            sorted_p, order = probs.sort(-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > s.top_p  # keep the smallest nucleus
-            sorted_p[drop] = 0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+        """`[B, V_local] -> [B]` (see `choose_tokens`)."""
+        s = self.sampling
+        return choose_tokens(logits, self.runner.shard, s.temperature, s.top_p, gen)
 
     @torch.inference_mode()
     def generate(self, contexts: list[list[int]], seed: int) -> list[Generated]:

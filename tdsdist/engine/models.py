@@ -12,6 +12,7 @@ import torch
 
 from tdsdist.config import DTYPES
 from tdsdist.errors import TdsError, first_line
+from tdsdist.model_paths import check_model_source
 
 #: The torch dtype of each `--dtype` name (`config.DTYPES`).
 DTYPE = {name: getattr(torch, name) for name in DTYPES}
@@ -32,6 +33,7 @@ def resolve_device(name: str) -> torch.device:
 def load_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    check_model_source(name)  # a file, a folder without weights, no hub: one line, before loading
     try:
         return AutoConfig.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code

@@ -132,16 +132,25 @@ def pair_rows(
     k: int,
     shard: VocabShard = VocabShard(),
     buffers: list[torch.Tensor] | None = None,  # BUFFERS x [>= n, V_local] float32
+    known_logits: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> PairOutput:
-    """Everything in the module docstring, for one chunk of rows."""
+    """Everything in the module docstring, for one chunk of rows. `known_logits`: either model's
+    raw logits of these rows `[n, V_local]` if the caller projected them already (the lockstep
+    decoder chooses its token from them): copied, not projected again."""
     n = hidden_a.shape[0]
     v_local, v_base = projection_a[0].shape[0], projection_b[0].shape[0]
     if buffers is None:
         buffers = [hidden_a.new_empty(n, v_local, dtype=torch.float32) for _ in range(BUFFERS)]
     la, lb, p, q, t1, t2 = (b[:n] for b in buffers)
-    project(hidden_a, *projection_a[:2], projection_a[2], la)
+    if known_logits[0] is not None:
+        la.copy_(known_logits[0])
+    else:
+        project(hidden_a, *projection_a[:2], projection_a[2], la)
     # The base's rows fill the first V_b columns (a strided view: BLAS writes it in place).
-    project(hidden_b, *projection_b[:2], projection_b[2], lb[:, :v_base])
+    if known_logits[1] is not None:
+        lb[:, :v_base].copy_(known_logits[1])
+    else:
+        project(hidden_b, *projection_b[:2], projection_b[2], lb[:, :v_base])
     if v_base < v_local:  # appended aligned tokens: probability 0 under the base
         lb[:, v_base:].fill_(float("-inf"))
         # exp(lp) > 0 for a finite lp, however float32 rounds it: KL(aligned || base) is +inf.
@@ -254,6 +263,7 @@ def pair_positions(
     k: int,
     chunk_bytes: int,
     shard: VocabShard = VocabShard(),
+    known_logits: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),  # [N, V_local]
 ) -> PairOutput:
     """`pair_rows` over chunks of rows with reused buffers; every rank takes the same chunks.
 
@@ -278,6 +288,7 @@ def pair_positions(
                 k,
                 shard,
                 buffers,
+                tuple(None if t is None else t[i : i + rows] for t in known_logits),  # type: ignore[arg-type]
             )
             for i in range(0, hidden_a.shape[0], rows)
         ]

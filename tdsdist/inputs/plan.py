@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
+from tdsdist.inputs.special_text import encode_text
 from tdsdist.inputs.templates import ContextFn
 from tdsdist.units import unit_ranges
 
@@ -125,6 +126,7 @@ def make_plan(
     answer_end: AnswerEnd | None = None,
     base_tokenizer=None,
     aligned_keep_double_bos: bool = False,
+    split_special_text: bool = False,
 ) -> Plan:
     """Items for every example and units of `unit_size` consecutive examples.
 
@@ -136,13 +138,14 @@ def make_plan(
     id exists in both models; `tokenizer` (the aligned one) keeps the aligned context, whose
     chat tokens may be appended ones.
     `aligned_keep_double_bos` keeps a verbatim prompt's doubled BOS (`input-verbatim`).
+    `split_special_text`: a special-token string in an answer is text (`special_text.py`).
     """
     items: list[Item] = []
     base_tok = tokenizer if base_tokenizer is None else base_tokenizer
     bos, base_bos = tokenizer.bos_token_id, base_tok.bos_token_id
     for ex in examples:
         text, eos = answer_end.apply(ex.answer, base_tok) if answer_end else (ex.answer, [])
-        answer = list(base_tok(text, add_special_tokens=False)["input_ids"]) + eos
+        answer = encode_text(base_tok, text, split_special_text) + eos
         if not answer:
             raise TdsError(f"example {ex.index} (id {ex.id!r}): the answer tokenizes to no tokens")
         cut = max_output_tokens is not None and len(answer) > max_output_tokens

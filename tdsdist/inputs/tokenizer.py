@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from tdsdist.errors import TdsError, first_line
+from tdsdist.model_paths import check_model_source
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -22,6 +23,7 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     # transformers' "longer than the maximum sequence length" warning would only be noise.
     hf_logging.set_verbosity_error()
 
+    check_model_source(name, weights=False)  # never minutes of hub retries for a local typo
     try:
         return AutoTokenizer.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code

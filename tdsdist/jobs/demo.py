@@ -69,3 +69,18 @@ def run_demo(
     echo(f"store: {store}   (tdsdist show {store} --example 0)")
     echo(f"report: open file://{index.resolve()} in a browser (works offline)")
     return summary
+
+
+def serve_demo(host: str, port: int, echo: Callable[[str], None]) -> None:
+    """`tdsdist demo --serve`: the demo pair (as `demo_config` scores it) as a service."""
+    from tdsdist.engine.smollm2 import prepare_smollm2
+    from tdsdist.serve.config import ServeConfig
+    from tdsdist.serve.run import run_serve
+
+    model = str(prepare_smollm2())
+    echo("tdsdist demo: serving SmolLM2-135M-Instruct under its chat template ('aligned') and the")
+    echo("published 'plain' template ('base'); once it says `serving on`, try:")
+    echo(f"  curl -s http://{host}:{port or 'PORT'}/v1/generate -H 'content-type: application/json' \\")
+    echo('       -d \'{"instruction": "What is the capital of France?", "max_new_tokens": 32}\'')
+    config = ServeConfig(aligned=model, base=model, aligned_template="chat", base_template="plain", host=host, port=port)  # fmt: skip
+    run_serve(config, log=echo)

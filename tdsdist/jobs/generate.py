@@ -58,6 +58,11 @@ from tdsdist.parallel.dist import (
 )
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.progress import Progress
+from tdsdist.safe_replace import (
+    check_replaceable_answers,
+    check_replaceable_parts,
+    check_replaceable_store,
+)
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
@@ -196,15 +201,17 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
     return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
-def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist) -> bool:
+def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating") -> bool:  # fmt: skip
     """The claim loop (as `score`'s): leaders claim units, their groups decode them together,
-    leaders save them. Returns whether SIGTERM stopped it."""
+    leaders save them. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
+    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s."""
+    decode, save = decode or _generate_unit, save or _save_unit
     claims, stop = WorkClaims(d, len(units)), StopFlag()
-    progress = Progress(sum(len(u) for u in units), "generating", "ex", d.is_main)
+    progress = Progress(sum(len(u) for u in units), label, "ex", d.is_main)
     for index in claimed_indices(d, claims, stop):
-        results = _generate_unit(decoder, contexts, units[index], numbers[index], cfg)
+        results = decode(decoder, contexts, units[index], numbers[index], cfg)
         if d.is_leader:
-            _save_unit(results, decoder.tokenizer, units[index], numbers[index], parts)
+            save(results, decoder.tokenizer, units[index], numbers[index], parts)
             progress.reach(claims.add_done(len(units[index])))
     progress.close()
     return stop.requested
@@ -237,6 +244,10 @@ def _save_unit(results: dict[int, Generated], tokenizer, unit, n: int, parts: Pa
 def _prepare_parts(parts: Path, out: Path, cfg: GenerateConfig, fingerprint: dict) -> None:
     marker = parts / "fingerprint.json"
     if cfg.overwrite:
+        check_replaceable_parts(parts, marker.name)
+        check_replaceable_answers(out)
+        if cfg.store:
+            check_replaceable_store(Path(cfg.store))
         shutil.rmtree(parts, ignore_errors=True)
     if marker.exists():
         diffs = differences(json.loads(marker.read_text()), fingerprint, where="before")

@@ -19,6 +19,7 @@ from tdsdist.engine.adapters import (
 )
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
+from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import data_sha256, fingerprinted_head_dtype, score_fingerprint
 from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
@@ -107,6 +108,16 @@ def prepare(config: ScoreConfig) -> Prepared:
     answer_end = None
     if config.answer_eos_text:
         answer_end = AnswerEnd(config.answer_eos_text, config.answer_eos)
+    special = special_text.resolve(config.special_tokens_in_text, config.store, config.overwrite)
+    quoting = special_text.count_with_special(
+        [f"{ex.instruction}\n{ex.answer}" for ex in examples], base_tok
+    )
+    if quoting:
+        notes.append(
+            f"tdsdist: {quoting} example(s) contain a special-token string in their text; their"
+            f" answers are tokenized with it as {'text' if special == 'split' else 'the control token'}"
+            f" (--special-tokens-in-text {special})"
+        )
     try:
         plan = make_plan(
             examples,
@@ -122,6 +133,7 @@ def prepare(config: ScoreConfig) -> Prepared:
             unit_size=config.unit_size,
             answer_end=answer_end,
             base_tokenizer=None if union is None else base_tok,
+            split_special_text=special == special_text.SPLIT,
         )
     except TdsError as e:  # per-example problems found while tokenizing: name the data file too
         raise TdsError(f"{config.data}: {e}") from None
@@ -137,6 +149,8 @@ def prepare(config: ScoreConfig) -> Prepared:
         fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
     if answer_end is not None:  # absent: answers scored as written, as in 0.1.0
         fingerprint["answer_eos"] = f"{answer_end.mode}:{answer_end.text}"
+    if special == special_text.SPLIT:  # absent: special-token strings parsed, as before
+        fingerprint[special_text.KEY] = special_text.SPLIT
     if union is not None:  # absent: one shared vocabulary, as in 0.1.0
         fingerprint["base_tokenizer_sha256"] = tokenizer_hash(base_tok)
     fingerprint.update(info.fingerprint_keys())  # none for a just-eval JSON/JSONL file with ids

@@ -16,6 +16,7 @@ from tdsdist.errors import TdsError
 from tdsdist.inputs.fingerprint import BASE_KEYS, differences
 from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
+from tdsdist.safe_replace import check_replaceable_store
 from tdsdist.store import Store, StoreExists, create
 from tdsdist.store_contexts import ExampleContexts, StoredContexts, add_contexts
 from tdsdist.store_fields import ExampleFields, Writers, select
@@ -27,6 +28,8 @@ def open_or_create_store(prep: Prepared) -> Store:
     path = Path(prep.config.store)
     if path.exists() and not prep.config.overwrite:
         return resume_store(path, prep)
+    if prep.config.overwrite:
+        check_replaceable_store(path)
     try:
         return create_store(prep)
     except StoreExists:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from tdsdist.jobs.resume import (
     recorded,
 )
 from tdsdist.metrics import topk_kl
+from tdsdist.parallel.claims import claim_unit
 from tdsdist.parallel.dist import (
     Dist,
     StopFlag,
@@ -282,17 +284,24 @@ def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict
     stop = StopFlag()
     progress = Progress(passes * sum(u.positions for u in pending), "scoring", "pos", d.is_main)
     start = time.perf_counter()
+    # Other processes on this store (array tasks, a job submitted twice) claim units by file;
+    # tensor-parallel groups rely on their leader's broadcast only (`parallel/claims.py`).
+    by_file = d.dims.tp == 1
     for n_done, index in enumerate(claimed_indices(d, claims, stop)):
         unit = pending[index]
-        arrays = score_fn(unit, progress.update)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if d.is_leader:
-            store.write_rows(unit, arrays)
-            if n_done == fault_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            store.mark_committed(unit)
-            progress.reach(claims.add_done(passes * unit.positions))
+        committed = lambda u=unit.index: bool(store.root["units/committed"][u])  # noqa: E731
+        with claim_unit(store.path, unit.index, committed) if by_file else nullcontext(True) as mine:
+            if not mine:
+                continue  # another process holds it, or has committed it meanwhile
+            arrays = score_fn(unit, progress.update)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if d.is_leader:
+                store.write_rows(unit, arrays)
+                if n_done == fault_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                store.mark_committed(unit)
+                progress.reach(claims.add_done(passes * unit.positions))
     progress.close()
     elapsed = time.perf_counter() - start
     if d.distributed:

@@ -437,14 +437,16 @@ class Store:
             if values.shape[0] != unit.positions:
                 raise ValueError(f"{name}: {values.shape[0]} rows for a unit of {unit.positions}")
             self._remove_chunks(name, unit)
-            arr = self.root[name]
             # Every chunk of a committed unit is on disk, even one that equals the fill value
             # (never in practice): a missing chunk file is then always damage (`Store.read`).
             # Format 4: the shard file is always on disk (a unit of nothing but fill writes
             # every inner chunk); inside it an inner chunk of fill (the padding) is not stored,
-            # which the shard's checksummed index records.
-            everything = shard is None or _all_fill(values, arr.fill_value)
+            # which the shard's checksummed index records. (An array takes the setting when
+            # opened: it is opened inside the `with`.)
+            fill = self.root[name].fill_value if shard is not None else None
+            everything = shard is None or _all_fill(values, fill)
             with zarr.config.set({"array.write_empty_chunks": everything}):
+                arr = self.root[name]
                 if shard is None:
                     arr[lo:hi] = values
                 else:

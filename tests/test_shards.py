@@ -301,3 +301,24 @@ def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair,
         assert len({writes[(n, u)][0] for n in names}) == 1, u
     for name in s.array_names():  # one file per unit, nothing left half-written
         assert sorted(p.name for p in (store / name / "c").iterdir()) == [str(u) for u in range(units)]  # fmt: skip
+
+
+def test_a_lost_shard_is_damage_and_a_unit_of_fill_still_writes_its_shard(sharded: Store, tmp_path) -> None:  # fmt: skip
+    import shutil
+
+    shutil.copytree(sharded.path, tmp_path / "s.zarr")
+    store = Store(tmp_path / "s.zarr")
+    shard_file(store, "base/rank", 2).unlink()  # a committed unit's shard, lost
+    store = Store(store.path)
+    with pytest.raises(DamagedChunk, match=r"base/rank: chunk file c/2 of committed unit 2"):
+        store.read("base/rank", slice(8192, 9000))
+    with pytest.raises(DamagedChunk, match="committed unit 2"):
+        BlockReader(store).read("base/rank", slice(8000, 9000))
+    assert store.read("base/rank", slice(4096, 4200)).tolist() == [0] * 104  # unit 1: pending
+    unit = store.units()[1]
+    nan = np.full(unit.positions, np.nan, np.float32)  # every row equals the fill value
+    store.write_rows(unit, {"positions/kl": nan})
+    store.mark_committed(unit)
+    assert shard_file(store, "positions/kl", 1).exists()
+    store = Store(store.path, mode="r")
+    assert np.isnan(BlockReader(store).read("positions/kl", slice(4096, 8192))).all()

@@ -34,17 +34,17 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """`--config FILE` and one flag per field of the config dataclass `cls`.
+    """`--config FILE` and one flag per field of the config dataclass `cls` (`options.py`).
 
     Derived from the fields, so flags, YAML keys and the dataclass cannot drift apart: the type
     gives the click type (`bool` a `--x/--no-x` pair, or a plain flag for a `no_*` field;
-    `list[str]` a repeatable flag), `metadata["choices"]` a choice, the field's docstring the help
+    `list[str]` a repeatable flag; `Literal[...]` a choice), the field's docstring the help
     text, followed by the default. Every flag defaults to None: unset flags fall back to the
     file, then to the dataclass.
     """
-    from tdsdist.config import field_docs
+    from tdsdist.options import base_type, choices, field_docs, option_fields, type_hints
 
-    docs = field_docs(cls)
+    docs, hints = field_docs(cls), type_hints(cls)
     options = [
         click.option(
             "--config",
@@ -53,26 +53,8 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
             help="YAML file of options (flags override it).",
         )
     ]
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = docs.get(f.name, "")
-        default = None if f.default is dataclasses.MISSING else f.default
-        if default not in (None, False, ""):
-            help_text += f" [{default}]"
-        kind = str(f.type).removesuffix(" | None")
-        kwargs: dict[str, Any] = {"help": help_text, "default": None}
-        if kind == "bool":
-            decl = flag if f.name.startswith("no_") else f"{flag}/--no-{flag[2:]}"
-            options.append(click.option(decl, f.name, is_flag=True, default=None, help=help_text))
-            continue
-        if "choices" in f.metadata:
-            kwargs["type"] = click.Choice(f.metadata["choices"])
-        elif kind in ("int", "float"):
-            kwargs["type"] = {"int": int, "float": float}[kind]
-        elif kind == "list[str]":
-            kwargs["multiple"] = True
-            kwargs["default"] = ()
-        options.append(click.option(flag, f.name, **kwargs))
+    for f in option_fields(cls):
+        options.append(_field_option(f, docs.get(f.name, ""), hints[f.name], choices, base_type))
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed(options):
@@ -82,8 +64,35 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
     return decorate
 
 
+def _field_option(
+    f: dataclasses.Field[Any],
+    help_text: str,
+    hint: Any,
+    choices: Callable[[Any], tuple[Any, ...] | None],
+    base_type: Callable[[Any], Any],
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one field (see `config_options`)."""
+    flag = "--" + f.name.replace("_", "-")
+    default = None if f.default is dataclasses.MISSING else f.default
+    if default not in (None, False, ""):
+        help_text += f" [{default}]"
+    kind, allowed = base_type(hint), choices(hint)
+    if kind is bool:
+        decl = flag if f.name.startswith("no_") else f"{flag}/--no-{flag[2:]}"
+        return click.option(decl, f.name, is_flag=True, default=None, help=help_text)
+    kwargs: dict[str, Any] = {"help": help_text, "default": None}
+    if allowed is not None:
+        kwargs["type"] = click.Choice(allowed)
+    elif kind in (int, float):
+        kwargs["type"] = kind
+    elif kind == list[str]:
+        kwargs["multiple"] = True
+        kwargs["default"] = ()
+    return click.option(flag, f.name, **kwargs)
+
+
 def job_config(cls: type, config_file: str | None, flags: dict[str, Any]) -> Any:
-    from tdsdist.config import build_config, load_yaml
+    from tdsdist.options import build_config, load_yaml
 
     flags = {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items()}
     flags = {k: v for k, v in flags.items() if v != []}  # a repeatable flag not given

@@ -117,17 +117,17 @@ def test_types_come_from_the_real_annotations() -> None:
     assert build_config({}, {**PAIR, "head_dtype": None}, ScoreConfig).head_dtype is None
 
 
-def test_no_two_sections_declare_the_same_field() -> None:
-    """A field lives in one section; only a composition may redeclare it (another default)."""
-    sections = [
-        c
-        for c in vars(config).values()
-        if isinstance(c, type) and issubclass(c, Section) and c.__bases__ == (Section,)
-    ]
-    assert len(sections) >= 10
-    for a, b in itertools.combinations(sections, 2):
-        common = {f.name for f in dataclasses.fields(a)} & {f.name for f in dataclasses.fields(b)}
-        assert not common, (a.__name__, b.__name__, common)
+def test_no_two_sections_of_a_composition_declare_the_same_field() -> None:
+    """A field lives in one section; only the composition itself may redeclare it (another
+    default or choice), never two of its sections by accident."""
+    from tdsdist.serve.config import ServeConfig
+
+    for composition in (ScoreConfig, GenerateConfig, ServeConfig):
+        sections = [c for c in composition.__mro__[1:] if c is not Section and issubclass(c, Section)]  # fmt: skip
+        assert len(sections) >= 5
+        for a, b in itertools.combinations(sections, 2):
+            common = {f.name for f in dataclasses.fields(a)} & {f.name for f in dataclasses.fields(b)}  # fmt: skip
+            assert not common, (composition.__name__, a.__name__, b.__name__, common)
 
 
 def test_literals_match_the_readers_choices() -> None:
@@ -149,3 +149,17 @@ def test_generate_scores_with_its_pair_sections() -> None:
     # the answers file is read as written, and the store generate made is resumed
     assert (scoring.limit, scoring.format, scoring.overwrite) == (None, "auto", False)
     assert scoring.skip_empty_answers
+
+
+def test_analysis_flags_come_from_their_sections() -> None:
+    from tdsdist.cli import main
+
+    analyze = main.commands["analyze"]
+    params = {p.name: p for p in analyze.params}
+    for section in (config.Filters, config.Thresholds, config.Analysis, config.Grouping):
+        for f in dataclasses.fields(section):
+            assert params[f.name].default == f.default, f.name
+    assert list(params["category_by"].type.choices) == ["answer", "aligned-top1"]
+    assert "--no-published" in params["published"].secondary_opts
+    export = {p.name for p in main.commands["export"].params}
+    assert {"unshifted_max", "marginal_max", "exclude_first", "group_by"} <= export

@@ -108,90 +108,86 @@ def print_result(result: dict[str, Any]) -> None:
         click.echo(json.dumps(result))
 
 
-def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`--exclude-first N` and `--exclude-special-tokens`: the same positions left out by every
-    command that reads a store (`filters_from` makes them a `summary.Filters`)."""
-    fn = click.option(
-        "--exclude-special-tokens",
-        is_flag=True,
-        help="Leave out EOS and every special token of the stored tokenizer.",
-    )(fn)
-    return click.option(
-        "--exclude-first", default=0, show_default=True, help="Leave out each answer's first N positions."
-    )(fn)  # fmt: skip
+def section_options(*sections: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """One flag per field of each section, defaulting to the field's default (for the commands
+    that read stores and take no --config): the analysis options are derived as the jobs' are."""
+    from tdsdist.options import base_type, choices, field_docs, option_fields, type_hints
+
+    options = []
+    for cls in sections:
+        docs, hints = field_docs(cls), type_hints(cls)
+        for f in option_fields(cls):
+            flag, hint = "--" + f.name.replace("_", "-"), hints[f.name]
+            kwargs: dict[str, Any] = {"default": f.default, "help": docs.get(f.name, "")}
+            if base_type(hint) is bool:
+                decl = f"{flag}/--no-{flag[2:]}" if f.default else flag
+                options.append(click.option(decl, f.name, is_flag=True, show_default=f.default, **kwargs))  # fmt: skip
+                continue
+            allowed = choices(hint)
+            if allowed is not None:
+                kwargs["type"] = click.Choice(allowed)
+            elif base_type(hint) in (int, float):
+                kwargs["type"] = base_type(hint)
+            options.append(click.option(flag, f.name, show_default=f.default is not None, **kwargs))
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
-def filters_from(exclude_first: int, exclude_special_tokens: bool):
-    from tdsdist.analysis.summary import Filters
-
+def section_from(cls: type, flags: dict[str, Any]) -> Any:
+    """The section `cls` from the command's flags (its own; the others are left); a bad value is
+    one `TdsError` line."""
+    names = {f.name for f in dataclasses.fields(cls)}
     try:
-        return Filters(exclude_first, exclude_special_tokens)
+        return cls(**{k: v for k, v in flags.items() if k in names})
     except ValueError as e:
         raise TdsError(str(e)) from None
+
+
+def _analysis_sections() -> tuple[type, ...]:
+    from tdsdist.config import Analysis, Filters, Grouping
+
+    return Filters, Analysis, Grouping
+
+
+def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--exclude-first N` and `--exclude-special-tokens` (`summary.Filters`): the same positions
+    left out by every command that reads a store."""
+    from tdsdist.config import Filters
+
+    return section_options(Filters)(fn)
+
+
+def filters_from(**flags: Any) -> Any:
+    from tdsdist.config import Filters
+
+    return section_from(Filters, flags)
 
 
 def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The filters, the per-position intervals, the category rule and the published metrics,
-    shared by `analyze`, `compare` and `figures`."""
-    options = [
-        click.option(
-            "--max-t",
-            default=100,
-            show_default=True,
-            help="Per-position curve up to this t, then one tail bin.",
-        ),  # fmt: skip
-        click.option(
-            "--resamples",
-            default=1000,
-            show_default=True,
-            help="Bootstrap resamples of examples for the 95% intervals.",
-        ),  # fmt: skip
-        click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap."),
-        click.option(
-            "--category-by",
-            type=click.Choice(["answer", "aligned-top1"]),
-            default="answer",
-            show_default=True,
-            help="Whose base rank makes the categories: the answer token's (tdsdist), or the"
-            " aligned model's top 1 (AlignTDS); the same for greedy answers.",
-        ),  # fmt: skip
-        click.option(
-            "--published/--no-published",
-            default=True,
-            show_default=True,
-            help="AlignTDS's top-k metrics as published (stored per position since store format"
-            " 3; computed from both top-k lists in older stores, which doubles the time).",
-        ),  # fmt: skip
-        click.option(
-            "--group-by",
-            default=None,
-            metavar="FIELD",
-            help="Every statistic per group of examples: the values of FIELD, an input field the"
-            " store kept (score/generate --keep-fields), with intervals and differences.",
-        ),  # fmt: skip
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return filter_options(fn)
+    """The filters, the per-position intervals, the category rule, the published metrics and
+    the grouping (`config.py`), shared by `analyze`, `compare` and `figures`."""
+    return section_options(*_analysis_sections())(fn)
 
 
-def analysis_kwargs(exclude_first, exclude_special_tokens, max_t, resamples, seed, category_by, published, group_by=None) -> dict:  # fmt: skip
-    if max_t < 0 or resamples < 1:
-        raise TdsError("--max-t must be >= 0 and --resamples >= 1")
-    filters = filters_from(exclude_first, exclude_special_tokens)
-    return {"filters": filters, "max_t": max_t, "resamples": resamples, "seed": seed, "category_by": category_by, "published": published, "group_by": group_by}  # fmt: skip
+def analysis_kwargs(**flags: Any) -> dict[str, Any]:
+    """`summarize`'s keyword arguments from the analysis flags."""
+    filters, analysis, grouping = (section_from(c, flags) for c in _analysis_sections())
+    return {"filters": filters, **vars(analysis), **vars(grouping)}
 
 
 def threshold_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`--unshifted-max` and `--marginal-max`, as `analyze` has them (for `figures`, `export`)."""
-    fn = click.option("--marginal-max", default=3, show_default=True, help="Highest base rank counted marginal.")(fn)  # fmt: skip
-    return click.option("--unshifted-max", default=1, show_default=True, help="Highest base rank counted unshifted.")(fn)  # fmt: skip
+    """`--unshifted-max` and `--marginal-max` (`summary.Thresholds`)."""
+    from tdsdist.config import Thresholds
+
+    return section_options(Thresholds)(fn)
 
 
-def thresholds_from(unshifted_max: int, marginal_max: int):
-    from tdsdist.analysis.summary import Thresholds
+def thresholds_from(**flags: Any) -> Any:
+    from tdsdist.config import Thresholds
 
-    try:
-        return Thresholds(unshifted_max, marginal_max)
-    except ValueError as e:
-        raise TdsError(str(e)) from None
+    return section_from(Thresholds, flags)

@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from tdsdist import options
-from tdsdist.options import Section, field_docs, opt
-
-__all__ = ["ScoreConfig", "GenerateConfig", "build_config", "field_docs", "field_names", "load_yaml"]
+from tdsdist.options import Section, field_docs, opt  # noqa: F401  (field_docs re-exported)
 
 if TYPE_CHECKING:
     import numpy as np

@@ -48,19 +48,16 @@ from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
 from tdsdist.jobs.score import score_on
 from tdsdist.options import fingerprint_fields, section_values
+from tdsdist.parallel.claims import claim_loop
 from tdsdist.parallel.dist import (
     Dist,
-    StopFlag,
-    WorkClaims,
     any_rank,
     broadcast_ints,
     checked_on_main,
-    claimed_indices,
     destroy,
     init_distributed,
 )
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
-from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
@@ -207,17 +204,21 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
 
 
 def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist) -> bool:
-    """The claim loop (as `score`'s): leaders claim units, their groups decode them together,
-    leaders save them. Returns whether SIGTERM stopped it."""
-    claims, stop = WorkClaims(d, len(units)), StopFlag()
-    progress = Progress(sum(len(u) for u in units), "generating", "ex", d.is_main)
-    for index in claimed_indices(d, claims, stop):
-        results = _generate_unit(decoder, contexts, units[index], numbers[index], cfg)
-        if d.is_leader:
-            _save_unit(results, decoder.tokenizer, units[index], numbers[index], parts)
-            progress.reach(claims.add_done(len(units[index])))
-    progress.close()
-    return stop.requested
+    """`claim_loop` over the pending units: the group decodes a claimed unit together, its
+    leader saves it. Returns whether SIGTERM stopped it."""
+    pending = list(zip(units, numbers))  # (example indices, unit number)
+
+    def generate(unit: tuple[Any, int], advance: Any) -> dict[int, Generated]:
+        return _generate_unit(decoder, contexts, unit[0], unit[1], cfg)
+
+    def save(unit: tuple[Any, int], results: dict[int, Generated]) -> None:
+        _save_unit(results, decoder.tokenizer, unit[0], unit[1], parts)
+
+    def size(unit: tuple[Any, int]) -> int:
+        return len(unit[0])
+
+    loop = claim_loop(d, pending, generate, save, size=size, label=("generating", "ex"))
+    return loop.stopped
 
 
 def _generate_unit(decoder, contexts, unit, n, cfg) -> dict[int, Generated]:

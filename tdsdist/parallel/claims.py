@@ -1,0 +1,67 @@
+"""The one claim loop every job runs over its pending units (`score`, `generate`, and what comes
+next): group leaders claim units one at a time (`dist.WorkClaims`), the whole tensor-parallel
+group works each one together (`dist.claimed_indices`), and the leader commits it.
+
+Kept as one function so that a change to how units are claimed (another claim source, such as
+file-based claims for plain processes) is made here once, for every job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import torch.distributed as dist
+
+from tdsdist.parallel.dist import Dist, StopFlag, WorkClaims, claimed_indices
+from tdsdist.progress import Progress
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    seconds: float
+    """Wall time of the loop on this rank (from the first claim to the last commit)."""
+    done: int
+    """Work done by the whole job (the sum of `size` over committed units, every rank's)."""
+    stopped: bool
+    """Whether SIGTERM stopped the loop before every unit was claimed."""
+
+
+def claim_loop(
+    d: Dist,
+    pending: Sequence[U],
+    unit_fn: Callable[[U, Callable[[int], None]], R],
+    commit_fn: Callable[[U, R], None],
+    *,
+    size: Callable[[U], int],
+    label: tuple[str, str] = ("working", "units"),
+) -> LoopResult:
+    """Run `unit_fn(unit, advance)` on every rank of the group for each claimed unit, then
+    `commit_fn(unit, result)` on the group's leader only; returns once no unit is left (or
+    SIGTERM asked to stop) and, when distributed, every rank is done.
+
+    `size(unit)`: the unit's work in the progress bar's unit (`label`: what, and its unit);
+    `advance(n)` lets `unit_fn` move the bar within a unit on rank 0; the job-wide count is
+    reached after each commit."""
+    claims, stop = WorkClaims(d, len(pending)), StopFlag()
+    progress = Progress(sum(size(u) for u in pending), *label, d.is_main)
+    start = time.perf_counter()
+    for index in claimed_indices(d, claims, stop):
+        unit = pending[index]
+        result = unit_fn(unit, progress.update)
+        if d.is_leader:
+            commit_fn(unit, result)
+            progress.reach(claims.add_done(size(unit)))
+    progress.close()
+    seconds = time.perf_counter() - start
+    if d.distributed:
+        dist.barrier()  # every leader's last commit is counted
+        done = claims.add_done(0)
+    else:
+        done = claims.done_local
+    return LoopResult(seconds, done, stop.requested)

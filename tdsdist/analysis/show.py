@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.published import NAMES as PUBLISHED
+from tdsdist.analysis.published import published_rows
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
@@ -14,7 +16,8 @@ from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
     """The `show --json` record: per position, both models' statistics, the category, the top-k
-    KL and (stores of format 2) the exact divergences and tie counts; for a format-1 store
+    KL, the published top-k metrics (`published`, as `export`'s `published_*` columns) and
+    (stores of format 2) the exact divergences and tie counts; for a format-1 store
     (tdsdist 0.1.0) those are null: not measured. Also what the models saw: the `instruction`
     and, per model, the context ids and their text (special tokens kept), null where the store
     did not record them (stores of earlier releases)."""
@@ -35,12 +38,30 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
         for n in ("logprobs_at_base_top", "rank_of_base_top1"):
             arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
     positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair)
+    for entry, published in zip(positions, published_records(store, rows)):
+        entry["published"] = published
     return {
         "id": store.ids[index],
         "format_version": store.format_version,
         **inputs_record(store, index, tokenizer),
         "positions": positions,
     }
+
+
+def published_records(store: Store, rows: slice) -> list[dict[str, Any]]:
+    """Per position, AlignTDS's top-k metrics as published and tdsdist's top-1 ones, as `export`
+    has them in its `published_*` columns (`published.NAMES`): read from a format-3 store,
+    computed from both top-k lists in older ones; null where the store lacks an input (the exact
+    aligned rank of the base top 1 before format 2)."""
+    values = published_rows(store, rows)
+    n = rows.stop - rows.start
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name in PUBLISHED:
+        column = values.get(name)
+        convert = bool if name == "top1_differs" else int if name.endswith("rank") else float
+        for t in range(n):
+            out[t][name] = None if column is None else convert(column[t])
+    return out
 
 
 def position_records(

@@ -14,7 +14,7 @@ RDZV_ENDPOINT=${RDZV_ENDPOINT:-}    # host:port of the rendezvous (multi-node); 
 RDZV_ID=${RDZV_ID:-tdsdist}         # the same on every node of one job
 MAX_RESTARTS=${MAX_RESTARTS:-0}     # a failed rank ends the job; re-running resumes it
 PYTHON=${PYTHON:-python}
-JOB=${JOB:-score}                   # score | generate
+JOB=${JOB:-score}                   # score | generate | nudge
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 if [[ -z "$RDZV_ENDPOINT" ]]; then

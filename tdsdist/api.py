@@ -70,7 +70,8 @@ class TdsStore:
         top 1, the positions AlignTDS marks); with `has_divergences` also `kl_aligned_base`,
         `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
         `aligned_rank_of_base_top1`; `{aligned,base}_branching` (exp of the entropy) and
-        `base_top1_prob` (the base model's probability of its own top 1)."""
+        `base_top1_prob` (the base model's probability of its own top 1); a nudged store
+        (`tdsdist nudge`) also `nudged` (bool: the aligned model chose the token)."""
         index = self._store.example_index(str(example_id))
         if not self._store.example_unit_committed(index):
             raise TdsError(f"{self.path}: example {example_id!r} is not scored yet")
@@ -93,6 +94,8 @@ class TdsStore:
         out["base_top1_prob"] = np.exp(out["base_top_logprobs"][:, 0].astype(np.float64))
         out["category"] = categories(out["base_rank"])
         out["base_top1_differs"] = out["base_top_ids"][:, 0] != out["aligned_top_ids"][:, 0]
+        if self._store.nudged:
+            out["nudged"] = self._store.read("positions/nudged", rows).astype(bool)
         return out
 
     def dataframe(self, example_id: str | int):

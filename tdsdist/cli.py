@@ -17,7 +17,7 @@ from tdsdist.commands.analysis import (
     show_command,
 )
 from tdsdist.commands.common import PREEMPTED_EXIT, user_errors  # noqa: F401  (re-exported)
-from tdsdist.commands.jobs import demo_command, generate_command, score_command
+from tdsdist.commands.jobs import demo_command, generate_command, nudge_command, score_command
 from tdsdist.commands.serve import serve_command
 from tdsdist.commands.stores import status_command, verify_command
 
@@ -31,6 +31,7 @@ def main() -> None:
 for _command in (
     score_command,
     generate_command,
+    nudge_command,
     show_command,
     analyze_command,
     compare_command,

@@ -17,13 +17,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from tdsdist import options
 from tdsdist.options import Section, field_docs, opt  # noqa: F401  (field_docs re-exported)
-
-if TYPE_CHECKING:
-    import numpy as np
 
 Dtype = Literal["float32", "bfloat16", "float16", "float64"]
 AlignedTemplate = Literal["input", "chat", "input-verbatim"]
@@ -45,9 +42,6 @@ class ModelPair(Section):
     --aligned-adapter: optional, where the aligned tokenizer comes from (no weights load)."""
     base: str = field(metadata=opt(fingerprint="as-is", path=True))
     """The base model: a hub id or a local folder."""
-    aligned_adapter: str | None = field(default=None, metadata=opt(path=True))
-    """A local LoRA adapter folder (peft): the aligned model is --base plus it, one copy of the
-    base weights; the aligned tokenizer is --aligned's, else the adapter folder's, else --base's."""
     aligned_revision: str | None = field(default=None, metadata=opt(fingerprint="as-is"))
     """Hub revision (branch, tag or commit) of the aligned model."""
     base_revision: str | None = field(default=None, metadata=opt(fingerprint="as-is"))
@@ -60,17 +54,29 @@ class ModelPair(Section):
     """Let transformers run code shipped with the model (off: never run remote code unless asked)."""
 
     def check(self) -> None:
-        if self.aligned is None and self.aligned_adapter is None:
+        if self.aligned is None and getattr(self, "aligned_adapter", None) is None:
             raise ValueError("aligned is required (or aligned_adapter, with base)")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.aligned_adapter is not None:  # the aligned model is `base` plus the adapter
-            if self.base is None:
-                raise ValueError("aligned_adapter needs base: the model the adapter is applied to")
-            if self.aligned is None and self.aligned_revision is not None:
-                raise ValueError(
-                    "aligned_revision needs aligned (with aligned_adapter, the tokenizer's)"
-                )
+
+
+@dataclass(kw_only=True)
+class Adapter(Section):
+    """The aligned model as the base model plus a LoRA adapter (with `ModelPair`)."""
+
+    aligned_adapter: str | None = field(default=None, metadata=opt(path=True))
+    """A local LoRA adapter folder (peft): the aligned model is --base plus it, one copy of the
+    base weights; the aligned tokenizer is --aligned's, else the adapter folder's, else --base's."""
+
+    def check(self) -> None:
+        if self.aligned_adapter is None:
+            return
+        if getattr(self, "base", None) is None:
+            raise ValueError("aligned_adapter needs base: the model the adapter is applied to")
+        if getattr(self, "aligned", None) is None and getattr(self, "aligned_revision", None):
+            raise ValueError(
+                "aligned_revision needs aligned (with aligned_adapter, the tokenizer's)"
+            )
 
 
 @dataclass(kw_only=True)
@@ -204,8 +210,8 @@ class StoreOptions(Section):
 
 
 @dataclass(kw_only=True)
-class Generation(Section):
-    """How the aligned model decodes its answers."""
+class Decoding(Section):
+    """How answers are decoded (`generate`, `nudge`)."""
 
     max_new_tokens: int = field(default=512, metadata=opt(fingerprint="as-is", minimum=1))
     """Longest answer, in tokens."""
@@ -215,8 +221,6 @@ class Generation(Section):
     """Nucleus sampling mass (with temperature > 0)."""
     seed: int = field(default=0, metadata=opt(fingerprint="as-is"))
     """Sampling seed (per unit, so a resumed run samples what an uninterrupted one would)."""
-    stop: list[str] = field(default_factory=list, metadata=opt(fingerprint="as-is"))
-    """Stop string (repeatable): the answer ends before the token that completes one."""
     batch_size: int = field(default=16, metadata=opt(minimum=1))
     """Sequences decoded together."""
 
@@ -225,13 +229,49 @@ class Generation(Section):
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
 
 
+@dataclass(kw_only=True)
+class Stops(Section):
+    """Where an answer ends besides its EOS."""
+
+    stop: list[str] = field(default_factory=list, metadata=opt(fingerprint="as-is"))
+    """Stop string (repeatable): the answer ends before the token that completes one."""
+
+
+@dataclass(kw_only=True)
+class Answers(Section):
+    """The answers file a decoding job writes."""
+
+    out: str = field(metadata=opt(path=True))
+    """Answers file to write (a just-eval JSON list, which `score` reads)."""
+
+
+@dataclass(kw_only=True)
+class Nudging(Section):
+    """Where the aligned model steps in while the base model writes (`nudge`)."""
+
+    nudge_rule: Literal["threshold", "shifted"] = field(default="threshold", metadata=opt(fingerprint="as-is"))  # fmt: skip
+    """`threshold`: the aligned model chooses where the base top-1 probability is below
+    --nudge-threshold; `shifted`: where the aligned top-1 token is outside the base top 3."""
+    nudge_threshold: float = field(default=0.4, metadata=opt(fingerprint="as-is"))
+    """gamma of the `threshold` rule: 1 (or more) always nudges (the aligned model's answer), 0
+    never (the base model's own answer)."""
+    compare: bool = field(default=False, metadata=opt(fingerprint="as-is"))
+    """Also decode the base-only answers (threshold 0) on the same prompts and record the
+    aligned model's mean log-probability per token of both (a cheap likelihood comparison)."""
+
+    def check(self) -> None:
+        if not 0 <= self.nudge_threshold <= 1:
+            raise ValueError(f"nudge_threshold must be in [0, 1], got {self.nudge_threshold!r}")
+
+
 #: The sections `score` runs its pair with: what `generate --base` and `serve` share with it.
-PAIR_SECTIONS = (ModelPair, Templates, Head, Batching, Parallel)
+PAIR_SECTIONS = (ModelPair, Adapter, Templates, Head, Batching, Parallel)
 
 
 @dataclass(kw_only=True)
 class ScoreConfig(
     ModelPair,
+    Adapter,
     Templates,
     Contexts,
     Head,
@@ -247,7 +287,17 @@ class ScoreConfig(
 
 @dataclass(kw_only=True)
 class GenerateConfig(
-    ModelPair, Templates, Head, Batching, Parallel, Data, StoreOptions, Generation
+    ModelPair,
+    Adapter,
+    Templates,
+    Head,
+    Batching,
+    Parallel,
+    Data,
+    StoreOptions,
+    Answers,
+    Decoding,
+    Stops,
 ):
     """The options of `tdsdist generate`. Its fingerprint (what the answers depend on) takes the
     sections' fingerprinted fields but those of the base model, which only the scoring with
@@ -265,8 +315,6 @@ class GenerateConfig(
     """Prompts' format (as `score --format`)."""
     store: str | None = field(default=None, metadata=opt(path=True))
     """Also record the answers into this store, ready for `score` (or scored here with --base)."""
-    out: str = field(metadata=opt(path=True))
-    """Answers file to write (a just-eval JSON list, which `score` reads)."""
 
     field_help: ClassVar[dict[str, str]] = {
         "aligned": "The aligned model: a hub id or a local folder (with --aligned-adapter:"
@@ -285,69 +333,35 @@ class GenerateConfig(
             raise ValueError("base needs store: the scores of both models go into --store")
 
 
-# The analysis commands' sections (no --config: their flags default to the fields' defaults).
+@dataclass(kw_only=True)
+class NudgeConfig(
+    ModelPair, Templates, Head, Parallel, Data, StoreOptions, Answers, Decoding, Nudging
+):
+    """The options of `tdsdist nudge`: the pair decodes together (one vocabulary, no adapter).
+    Its fingerprint also takes the prompts' format and the head's precision as they are."""
 
+    aligned_template: Literal["chat", "input"] = field(default="chat", metadata=opt(fingerprint="template"))  # fmt: skip
+    """The aligned model's context: `chat` (its chat template) or `input` (the prompt verbatim)."""
+    format: DataFormat = field(default="auto", metadata=opt(fingerprint="as-is"))
+    """Prompts' format (as `score --format`)."""
+    head_dtype: HeadDtype | None = field(default=None, metadata=opt(fingerprint="as-is"))
+    """Precision of the head's projection (as `score --head-dtype`; default float32)."""
 
-@dataclass(frozen=True)
-class Thresholds(Section):
-    """Categories by the base rank of the answer token: unshifted <= a < marginal <= b < shifted."""
-
-    unshifted_max: int = 1
-    """Highest base rank counted unshifted."""
-    marginal_max: int = 3
-    """Highest base rank counted marginal."""
-
-    def check(self) -> None:
-        if not 1 <= self.unshifted_max < self.marginal_max:
-            raise ValueError("thresholds must satisfy 1 <= unshifted_max < marginal_max")
-
-    def categorize(self, rank: np.ndarray) -> np.ndarray:
-        """0 unshifted, 1 marginal, 2 shifted (`[P] -> [P]` int8)."""
-        from tdsdist.metrics import categories  # numpy: not imported for `--help`
-
-        return categories(rank, self.unshifted_max, self.marginal_max)
-
-
-@dataclass(frozen=True)
-class Filters(Section):
-    """Positions left out of every statistic: the first `exclude_first` of each answer, and
-    (`exclude_special_tokens`) every special token of the stored tokenizer (EOS among them)."""
-
-    exclude_first: int = 0
-    """Leave out each answer's first N positions."""
-    exclude_special_tokens: bool = False
-    """Leave out EOS and every special token of the stored tokenizer."""
-
-    def check(self) -> None:
-        if self.exclude_first < 0:
-            raise ValueError("exclude_first must be >= 0")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Analysis(Section):
-    """How `analyze`, `compare` and `figures` estimate and categorize."""
-
-    max_t: int = field(default=100, metadata=opt(minimum=0))
-    """Per-position curve up to this t, then one tail bin."""
-    resamples: int = field(default=1000, metadata=opt(minimum=1))
-    """Bootstrap resamples of examples for the 95% intervals."""
-    seed: int = 0
-    """Seed of the bootstrap."""
-    category_by: Literal["answer", "aligned-top1"] = "answer"
-    """Whose base rank makes the categories: the answer token's (tdsdist), or the aligned model's
-    top 1 (AlignTDS); the same for greedy answers."""
-    published: bool = True
-    """AlignTDS's top-k metrics as published (stored per position since store format 3; computed
-    from both top-k lists in older stores, which doubles the time)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Grouping(Section):
-    """Statistics per group of examples."""
-
-    group_by: str | None = None
-    """Every statistic per group of examples (`export`: a column `group`): the values of FIELD,
-    an input field the store kept (score/generate --keep-fields), with intervals and differences."""
+    field_help: ClassVar[dict[str, str]] = {
+        "aligned": "The aligned model (hub id or local folder): it steps in where the rule fires.",
+        "base": "The base model: it writes the answers (one vocabulary with the aligned model).",
+        "data": "Prompts: any format `generate` reads.",
+        "out": "Answers file to write (a just-eval JSON list, which `score` reads), with each"
+        " answer's nudged fraction.",
+        "store": "The pair head's store of the answers (complete), with which model chose each"
+        " token.",
+        "seed": "Sampling seed (per prompt, so a resumed run samples what an uninterrupted one"
+        " would).",
+        "batch_size": "Answers decoded together (continuous batching).",
+        "top_k": "Candidates recorded per position and model.",
+        "overwrite": "Decode again over an existing answers file and store (and an unfinished"
+        " run's parts).",
+    }
 
 
 def field_names(cls: type = ScoreConfig) -> list[str]:

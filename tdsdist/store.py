@@ -12,6 +12,7 @@ Layout (P = positions, including the alignment gaps between units; k = top-k):
     positions/token_id             [P] int32  the answer tokens (written at creation)
     positions/kl                   [P] float32  top-k KL (a lower bound of kl_aligned_base)
     positions/{kl_aligned_base, kl_base_aligned, js, tv}   [P] float32  (format 2)
+    positions/nudged               [P] int8  1: the aligned model chose the token (`nudge` only)
     aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
     aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
     base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
@@ -114,6 +115,9 @@ PUBLISHED_ARRAYS = (
     Column("aligned_top1_base_rank", "int32", -1),
     Column("top1_differs", "int8", -1),
 )
+#: Nudged decoding only (`tdsdist nudge`): 1 where the aligned model chose the position's token,
+#: 0 where the base model did. Absent from every other store (`Store.nudged`).
+NUDGED = Column("nudged", "int8", -1)
 COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 #: After compression: a damaged chunk fails its checksum on read instead of decoding to numbers.
 CHECKSUM = Crc32cCodec()
@@ -178,8 +182,10 @@ def _array(
     )
 
 
-def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
-    """Every per-position array of a store of this format, by group."""
+def per_position_arrays(
+    format_version: int, nudged: bool = False
+) -> dict[str, tuple[Column, ...]]:
+    """Every per-position array of a store of this format (and of a nudged store), by group."""
     groups = {
         "positions": POSITION_ARRAYS,
         "aligned": MODEL_ARRAYS,
@@ -189,6 +195,8 @@ def per_position_arrays(format_version: int) -> dict[str, tuple[Column, ...]]:
         groups = {g: columns + PAIR_ARRAYS[g] for g, columns in groups.items()}
     if format_version >= 3:
         groups["published"] = PUBLISHED_ARRAYS
+    if nudged:
+        groups["positions"] = groups["positions"] + (NUDGED,)
     return groups
 
 
@@ -211,13 +219,14 @@ def create(
     chunk: int = CHUNK_POSITIONS,
     contexts: GroupWriter | None = None,
     format_version: int = FORMAT_VERSION,
+    nudged: bool = False,
 ) -> Store:
     """Write the store's skeleton into a temporary folder, then move it into place.
 
     Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
     `contexts` (what each model saw) is optional: stores without it keep working.
     `format_version` 2 makes the layout of the previous release (tests and benchmarks of the
-    readers' older-store paths).
+    readers' older-store paths). `nudged`: the store of `tdsdist nudge` (`positions/nudged`).
     """
     if format_version not in (2, FORMAT_VERSION):
         raise ValueError(f"cannot create stores of format {format_version}")
@@ -239,7 +248,7 @@ def create(
             _array(ex, name, (n,), values.dtype, max(n, 1), dims=example)[:] = values
         n_units = len(unit_starts) - 1
         _array(root.create_group("units"), "committed", (n_units,), "uint8", 1, dims=("unit",))
-        for group_name, columns in per_position_arrays(format_version).items():
+        for group_name, columns in per_position_arrays(format_version, nudged).items():
             group = root.create_group(group_name)
             for c in columns:
                 shape = (total, top_k) if c.per_candidate else (total,)
@@ -258,6 +267,7 @@ def create(
             "units": n_units,
             "positions": int(lengths.sum()),
             "unit_starts": unit_starts.tolist(),
+            **({"nudged": True} if nudged else {}),
         }
         if not publish(tmp, path, replace=overwrite):  # another array task made it: resume it
             raise StoreExists(path)
@@ -380,11 +390,16 @@ class Store:
         """Whether AlignTDS's top-k metrics were stored when scoring (format 3)."""
         return self.format_version >= 3
 
+    @property
+    def nudged(self) -> bool:
+        """Whether the store was written by `tdsdist nudge` (it has `positions/nudged`)."""
+        return bool(self.meta.get("nudged", False))
+
     def array_names(self) -> list[str]:
         """`group/name` of every per-position array this store's format has."""
         return [
             f"{g}/{c.name}"
-            for g, cs in per_position_arrays(self.format_version).items()
+            for g, cs in per_position_arrays(self.format_version, self.nudged).items()
             for c in cs
         ]
 

@@ -302,3 +302,25 @@ def test_generate_tensor_parallel_equals_one_process(
         np.testing.assert_array_equal(got.read(name), want.read(name), err_msg=name)
     for name in ("aligned/top_logprobs", "aligned/logprob", "aligned/entropy"):
         assert_float32_close(got.read(name), want.read(name), err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [["--tp", "2"], []], ids=["tp 2", "dp 2"])
+def test_nudge_under_torchrun_equals_one_process(three_head_pair, tmp_path: Path, layout) -> None:
+    """`nudge` with tp 2 (vocabulary-parallel rule: the base row's normaliser by all-reduce) or
+    two data-parallel ranks claiming units: the answers, flags and store of one process."""
+    single, ranks = tmp_path / "single.json", tmp_path / "ranks.json"
+    extra = ["--base", str(three_head_pair[1]), "--nudge-threshold", "0.5"]
+    result = CliRunner().invoke(main, ["nudge", *generate_args(three_head_pair, single, *extra)])
+    assert result.exit_code == 0, result.output
+    run = launch(generate_args(three_head_pair, ranks, *extra, *layout), NPROC=2, JOB="nudge")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"world 2 = tp {2 if layout else 1} x dp {1 if layout else 2}" in run.stderr
+    answers = [json.loads(p.read_text()) for p in (single, ranks)]
+    assert answers[0] == answers[1]
+    got, want = (Store(p.with_suffix(".zarr"), mode="r") for p in (ranks, single))
+    assert 0 < want.read("positions/nudged")[want.valid_rows()].mean() < 1
+    for name in ("positions/token_id", "positions/nudged", "aligned/top_ids", "base/rank"):
+        np.testing.assert_array_equal(got.read(name), want.read(name), err_msg=name)
+    for name in ("aligned/logprob", "base/entropy", "positions/js"):
+        assert_float32_close(got.read(name), want.read(name), err_msg=name)

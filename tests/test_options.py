@@ -152,11 +152,12 @@ def test_generate_scores_with_its_pair_sections() -> None:
 
 
 def test_analysis_flags_come_from_their_sections() -> None:
+    from tdsdist.analysis_options import Analysis, Filters, Grouping, Thresholds
     from tdsdist.cli import main
 
     analyze = main.commands["analyze"]
     params = {p.name: p for p in analyze.params}
-    for section in (config.Filters, config.Thresholds, config.Analysis, config.Grouping):
+    for section in (Filters, Thresholds, Analysis, Grouping):
         for f in dataclasses.fields(section):
             assert params[f.name].default == f.default, f.name
     assert list(params["category_by"].type.choices) == ["answer", "aligned-top1"]

@@ -15,6 +15,7 @@ units are not rows). Columns, in order (`COLUMNS`):
     published_<metric> (AlignTDS's top-k metrics as published, and tdsdist's top-1 ones:
     `published.METRICS`; float32, the ranks int32, `published_top1_differs` bool; null where the
     store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores),
+    nudged bool (a nudged store only, `tdsdist nudge`: the aligned model chose the token),
     field_<name> per input field the store kept (`store_fields.py`; bool, int64, float64 or string
     as the values are; null where an example lacks it), and with `--group-by FIELD` a last
     column `group` (string: the group's name as `analyze --group-by` prints it).
@@ -128,7 +129,8 @@ def export_parquet(
         "exact_divergences": store.has_pair,
         "config": store.meta.get("fingerprint", {}),
     }
-    schema = pa.schema([*SCHEMA, *(pa.field(k, v.type) for k, v in fields.items())])
+    nudged = [pa.field("nudged", pa.bool_())] if store.nudged else []
+    schema = pa.schema([*SCHEMA, *nudged, *(pa.field(k, v.type) for k, v in fields.items())])
     schema = schema.with_metadata({"tdsdist": json.dumps(meta, default=str)})
     rows = groups = 0
     with staged_file(path) as tmp:
@@ -149,13 +151,18 @@ def _tables(store, thresholds, special, filters, token_text, ids):
     names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
     names += [f"positions/{n}" for n in DIVERGENCES] if store.has_pair else []
     names += ["base/top_logprobs"] + published_inputs(store)
+    names += ["positions/nudged"] if store.nudged else []
     for rows, valid, t, _, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(names, rows)
         tokens = reader.read("positions/token_id", rows)[valid]
         keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
         if keep.any():
             where = np.flatnonzero(valid)[keep]  # rows of the block that become table rows
-            yield _table(store, reader.read, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+            table = _table(store, reader.read, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+            if store.nudged:
+                nudged = reader.read("positions/nudged", rows)[where].astype(bool)
+                table = table.append_column("nudged", pa.array(nudged))
+            yield table
         else:
             reader.forget()
 

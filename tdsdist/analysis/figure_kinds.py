@@ -259,6 +259,45 @@ def top_shifted_tokens(stores: Stores) -> Drawn:
     return fig, "Most shifted tokens", "Tokens most often shifted (among those seen often enough), with times shifted / times seen."  # fmt: skip
 
 
+def nudged_by_position(stores: Stores) -> Drawn:
+    """Nudged stores only (`tdsdist nudge`): where the aligned model had to step in."""
+    keys = {j: "mean_nudged" if s.get("nudge") else None for j, (s, _, _) in enumerate(stores)}
+    if not any(keys.values()):
+        return None
+    fig, ax = _figure()
+    if not _curve(ax, stores, None, 100, keys):
+        return _close(fig)
+    ax.set_xlabel("position t in the answer (tokens)")
+    ax.set_ylabel("tokens chosen by the aligned model (%)")
+    ax.set_ylim(-1.5, 101.5)
+    ax.set_xlim(left=0)
+    ax.set_title("Nudged fraction by token position")
+    _legend(ax, stores)
+    return fig, "Nudged fraction by token position", "Share of positions whose token the aligned model chose in nudged decoding (the base model writes the rest) at each token position, 95% interval band: Fei et al.'s nudging."  # fmt: skip
+
+
+def top_nudged_tokens(stores: Stores) -> Drawn:
+    """Nudged stores only: the tokens the aligned model chose most often, one panel per store."""
+    nudged = [(s, label, colour) for s, label, colour in stores if s.get("nudge")]
+    tables = [s["nudge"]["top_nudged_tokens"][:TOKENS_SHOWN] for s, _, _ in nudged]
+    if not any(tables):
+        return None
+    heights = [max(len(t), 1) * 0.16 + 0.45 for t in tables]
+    fig, axes = _figure(sum(heights) + 0.25, rows=len(nudged), sharex=True, height_ratios=heights)
+    axes = np.atleast_1d(axes)
+    for ax, table, (_, label, colour) in zip(axes, tables, nudged):
+        y = np.arange(len(table))
+        ax.barh(y, [r["count"] for r in table], color=colour, height=0.7)
+        ax.set_yticks(y, [visible_token(r["token"] or str(r["token_id"])) for r in table])
+        ax.invert_yaxis()
+        for yi, r in zip(y, table):
+            ax.text(r["count"], yi, f" {100 * r['rate']:.0f}% of {r['seen']}", va="center", fontsize=5.5)  # fmt: skip
+        ax.set_xlim(0, 1.35 * max([r["count"] for r in table], default=1))  # room for the labels
+        ax.set_title(label if len(nudged) > 1 else f"Most nudged tokens ({label})", loc="left")
+    axes[-1].set_xlabel("times the aligned model chose the token")
+    return fig, "Most nudged tokens", "Tokens the aligned model chose most often in nudged decoding, with the share of the token's occurrences it chose."  # fmt: skip
+
+
 def _close(fig) -> None:
     """Nothing to draw: the figure is dropped (not registered anywhere, so nothing to close)."""
     return None

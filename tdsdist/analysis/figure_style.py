@@ -27,6 +27,8 @@ KINDS = (
     "rank_histogram",
     "top_shifted_tokens",
 )
+#: Drawn only for nudged stores (`tdsdist nudge`), after `KINDS`.
+NUDGE_KINDS = ("nudged_by_position", "top_nudged_tokens")
 CATEGORY_NAMES = ("unshifted", "marginal", "shifted")
 RC = {
     "font.size": FONT_PT,

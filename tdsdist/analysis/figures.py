@@ -21,6 +21,9 @@ were computed, so a figure cut out of its context still says what it counts.
                             (the confidence that Fei et al.'s nudging thresholds)
     rank_histogram          base rank of the answer token, binned
     top_shifted_tokens      the tokens most often shifted, one panel per store
+    nudged_by_position      nudged stores (`tdsdist nudge`): the fraction of tokens the aligned
+                            model chose at t, interval band (Fei et al.'s nudging)
+    top_nudged_tokens       nudged stores: the tokens the aligned model chose most often
 
 Only the summaries are read (no store), so `tdsdist report` draws the same figures from the
 summary it already has; keys a summary lacks leave their figure out instead of failing.
@@ -43,6 +46,7 @@ from tdsdist.analysis.figure_style import (  # noqa: F401  (re-exported: the fig
     FOOTNOTE_PT,
     HEIGHT_IN,
     KINDS,
+    NUDGE_KINDS,
     OKABE_ITO,
     RC,
     TOKEN_CHARS,
@@ -136,7 +140,7 @@ def write_figures(
     entries = []
     with matplotlib.rc_context(RC), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        for kind in KINDS:
+        for kind in KINDS + NUDGE_KINDS:
             drawn = getattr(figure_kinds, kind)(kept)
             if drawn is None:
                 continue

@@ -20,6 +20,9 @@ the category fractions (`curves.py`).
                                               the exact divergences (pair head, format >= 2);
                                               format 1 has only `mean_kl`, the top-k + tail
                                               lower bound of KL(aligned || base)
+    mean_nudged                               a nudged store only (`tdsdist nudge`): the
+                                              fraction of positions whose token the aligned
+                                              model chose
 """
 
 from __future__ import annotations
@@ -51,12 +54,15 @@ def curve_means(store) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(every mean statistic of the curves, those that may be +inf)."""
     divs = divergences(store)
     means = ("base_rank", "base_prob", "base_top1_prob", *ENTROPIES, *divs)
+    if getattr(store, "nudged", False):
+        means += ("nudged",)
     return means, tuple(d for d in divs if d in MAY_BE_INFINITE)
 
 
 def arrays(store) -> list[str]:
     """The store arrays `block_values` reads (for the reader's prefetch)."""
     names = [f"{m}/entropy" for m in MODELS] + ["base/top_logprobs"]
+    names += ["positions/nudged"] if getattr(store, "nudged", False) else []
     return names + [f"positions/{d}" for d in divergences(store)]
 
 
@@ -67,6 +73,8 @@ def block_values(read, rows: slice, valid: np.ndarray, store) -> dict[str, np.nd
     out["base_top1_prob"] = np.exp(top1.astype(np.float64))
     for d in divergences(store):
         out[d] = read(f"positions/{d}", rows)[valid].astype(np.float64)
+    if getattr(store, "nudged", False):  # 1 where the aligned model chose the token
+        out["nudged"] = read("positions/nudged", rows)[valid].astype(np.float64)
     return out
 
 
@@ -89,7 +97,7 @@ def _exp(x: float | None) -> float | None:
 def headline(overall: dict[str, Any]) -> dict[str, Any]:
     """The measures over all positions (`summary["measures"]`), each `{"mean", "ci"}`."""
     out = {}
-    for name in ("base_top1_prob", "base_prob", *ENTROPIES):
+    for name in ("base_top1_prob", "base_prob", *ENTROPIES, "nudged"):
         if f"mean_{name}" in overall:
             out[name] = overall[f"mean_{name}"]
     add_branching(overall)

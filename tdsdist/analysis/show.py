@@ -37,6 +37,8 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
         arrays.update({f"positions/{n}": store.read(f"positions/{n}", rows) for n in DIVERGENCES})
         for n in ("logprobs_at_base_top", "rank_of_base_top1"):
             arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
+    if store.nudged:  # which model chose each token (`tdsdist nudge`)
+        arrays["positions/nudged"] = store.read("positions/nudged", rows)
     positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair)
     for entry, published in zip(positions, published_records(store, rows)):
         entry["published"] = published
@@ -70,7 +72,8 @@ def position_records(
     """The `show --json` position objects of one answer from its per-position arrays under the
     store's names (`aligned/rank`, `positions/js`, ...), as a store holds them or the pair head
     gives them (`PairOutput.arrays()` plus `positions/kl`): `show` and `serve` answer with the
-    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences."""
+    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences. With
+    `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
     cats = categories(np.asarray(arrays["base/rank"]))
     positions = []
     for t, token_id in enumerate(token_ids):
@@ -88,6 +91,8 @@ def position_records(
                 "top_logprobs": [float(x) for x in arrays[f"{model}/top_logprobs"][t]],
                 "ties": int(arrays[f"{model}/ties"][t]) if exact else None,
             }
+        if "positions/nudged" in arrays:
+            entry["nudged"] = bool(arrays["positions/nudged"][t])
         entry["category"] = CATEGORIES[cats[t]]
         entry["kl"] = float(arrays["positions/kl"][t])
         entry["divergence"] = (

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tdsdist.analysis import measures
+from tdsdist.analysis import nudging as nudge_stats
 from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
 from tdsdist.analysis.chunks import BlockReader, committed_blocks, metrics_pool, pool
@@ -19,7 +20,7 @@ from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
 from tdsdist.analysis.groups import by_group
 from tdsdist.analysis.paired import per_example_sums
 from tdsdist.analysis.summary_text import render_text  # noqa: F401  (re-exported: analyze's text)
-from tdsdist.config import Filters, Thresholds
+from tdsdist.analysis_options import Filters, Thresholds
 from tdsdist.store import Store
 from tdsdist.store_fields import read_field
 
@@ -271,6 +272,7 @@ def summarize(
             for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
         },
         **({"groups": by_group(store, group_by, groups, _committed(store, done), resamples, seed)} if group_by else {}),  # fmt: skip
+        **({"nudge": nudge_stats.summary(store, curve["overall"], tokenizer, min_support, top_tokens, resamples, seed)} if store.nudged else {}),  # fmt: skip
     }
 
 

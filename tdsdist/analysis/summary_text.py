@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tdsdist.analysis import measures
+from tdsdist.analysis import nudging as nudge_stats
 from tdsdist.analysis import published as pub
 from tdsdist.analysis import tokens as token_tables
 from tdsdist.analysis.groups import render_lines as group_lines
@@ -43,6 +44,8 @@ def render_text(summary: dict[str, Any]) -> str:
                 f" [{d['ci'][0]:.4g}, {d['ci'][1]:.4g}]"
             )
     lines += measures.render_lines(summary)
+    if summary.get("nudge"):
+        lines += nudge_stats.render_lines(summary["nudge"])
     lines.append(
         "shifted fraction by position: "
         + "  ".join(

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from tdsdist.analysis_options import Filters, Grouping
 from tdsdist.commands.common import (
     analysis_kwargs,
     analysis_options,
@@ -20,7 +21,6 @@ from tdsdist.commands.common import (
     thresholds_from,
     user_errors,
 )
-from tdsdist.config import Filters, Grouping
 
 
 @click.command("show")

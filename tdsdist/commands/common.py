@@ -149,7 +149,7 @@ def section_from(cls: type, flags: dict[str, Any]) -> Any:
 
 
 def _analysis_sections() -> tuple[type, ...]:
-    from tdsdist.config import Analysis, Filters, Grouping
+    from tdsdist.analysis_options import Analysis, Filters, Grouping
 
     return Filters, Analysis, Grouping
 
@@ -157,20 +157,20 @@ def _analysis_sections() -> tuple[type, ...]:
 def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`--exclude-first N` and `--exclude-special-tokens` (`summary.Filters`): the same positions
     left out by every command that reads a store."""
-    from tdsdist.config import Filters
+    from tdsdist.analysis_options import Filters
 
     return section_options(Filters)(fn)
 
 
 def filters_from(**flags: Any) -> Any:
-    from tdsdist.config import Filters
+    from tdsdist.analysis_options import Filters
 
     return section_from(Filters, flags)
 
 
 def analysis_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The filters, the per-position intervals, the category rule, the published metrics and
-    the grouping (`config.py`), shared by `analyze`, `compare` and `figures`."""
+    the grouping (`analysis_options.py`), shared by `analyze`, `compare` and `figures`."""
     return section_options(*_analysis_sections())(fn)
 
 
@@ -182,12 +182,12 @@ def analysis_kwargs(**flags: Any) -> dict[str, Any]:
 
 def threshold_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`--unshifted-max` and `--marginal-max` (`summary.Thresholds`)."""
-    from tdsdist.config import Thresholds
+    from tdsdist.analysis_options import Thresholds
 
     return section_options(Thresholds)(fn)
 
 
 def thresholds_from(**flags: Any) -> Any:
-    from tdsdist.config import Thresholds
+    from tdsdist.analysis_options import Thresholds
 
     return section_from(Thresholds, flags)

@@ -1,4 +1,4 @@
-"""The job commands: `score`, `generate` (their flags derived from the config dataclasses) and
+"""The job commands: `score`, `generate`, `nudge` (their flags derived from the config dataclasses) and
 `demo`. Torch and transformers are imported inside each, so `--help` answers at once."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tdsdist.commands.common import (
     print_result,
     user_errors,
 )
-from tdsdist.config import GenerateConfig, ScoreConfig
+from tdsdist.config import GenerateConfig, NudgeConfig, ScoreConfig
 from tdsdist.errors import TdsError
 
 
@@ -41,6 +41,20 @@ def generate_command(config_file: str | None, **flags: Any) -> None:
     from tdsdist.jobs.generate import run_generate
 
     result = run_generate(job_config(GenerateConfig, config_file, flags), log=echo_log)
+    print_result(result)
+    if result.get("stopped"):
+        sys.exit(PREEMPTED_EXIT)
+
+
+@click.command("nudge")
+@config_options(NudgeConfig)
+@user_errors
+def nudge_command(config_file: str | None, **flags: Any) -> None:
+    """The base model writes; the aligned model chooses where the rule fires (Fei et al. 2025's
+    nudging). Answers file and a complete store, with which model chose each token."""
+    from tdsdist.jobs.nudge import run_nudge
+
+    result = run_nudge(job_config(NudgeConfig, config_file, flags), log=echo_log)
     print_result(result)
     if result.get("stopped"):
         sys.exit(PREEMPTED_EXIT)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsdist.config import PAIR_SECTIONS, GenerateConfig, Generation, ScoreConfig
+from tdsdist.config import PAIR_SECTIONS, Decoding, GenerateConfig, ScoreConfig, Stops
 from tdsdist.engine.adapters import (
     Adapter,
     adapter_fingerprint,
@@ -64,8 +64,8 @@ from tdsdist.store_fields import ExampleFields, Writers, select
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated: the model, its template
-#: and the decoding options that change the answers (the fingerprinted ones of `Generation`).
-SETTINGS = ("aligned", "aligned_template", *fingerprint_fields(Generation))
+#: and the decoding options that change the answers (the fingerprinted ones of `Decoding`, `Stops`).
+SETTINGS = ("aligned", "aligned_template", *fingerprint_fields(Decoding), *fingerprint_fields(Stops))
 
 
 def _part(parts: Path, n: int, suffix: str) -> Path:
@@ -203,22 +203,23 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
     return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
-def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist) -> bool:
+def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating") -> bool:  # fmt: skip
     """`claim_loop` over the pending units: the group decodes a claimed unit together, its
-    leader saves it. Returns whether SIGTERM stopped it."""
+    leader saves it. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
+    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s."""
+    decode, save = decode or _generate_unit, save or _save_unit
     pending = list(zip(units, numbers))  # (example indices, unit number)
 
-    def generate(unit: tuple[Any, int], advance: Any) -> dict[int, Generated]:
-        return _generate_unit(decoder, contexts, unit[0], unit[1], cfg)
+    def work(unit: tuple[Any, int], advance: Any) -> dict[int, Any]:
+        return decode(decoder, contexts, unit[0], unit[1], cfg)
 
-    def save(unit: tuple[Any, int], results: dict[int, Generated]) -> None:
-        _save_unit(results, decoder.tokenizer, unit[0], unit[1], parts)
+    def commit(unit: tuple[Any, int], results: dict[int, Any]) -> None:
+        save(results, decoder.tokenizer, unit[0], unit[1], parts)
 
     def size(unit: tuple[Any, int]) -> int:
         return len(unit[0])
 
-    loop = claim_loop(d, pending, generate, save, size=size, label=("generating", "ex"))
-    return loop.stopped
+    return claim_loop(d, pending, work, commit, size=size, label=(label, "ex")).stopped
 
 
 def _generate_unit(decoder, contexts, unit, n, cfg) -> dict[int, Generated]:

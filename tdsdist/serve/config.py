@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from tdsdist.config import (
     PAIR_SECTIONS,
+    Adapter,
     AlignedTemplate,
     Batching,
     Head,
@@ -72,7 +73,7 @@ def _is_loopback(host: str) -> bool:
 
 
 @dataclass(kw_only=True)
-class ServeConfig(ModelPair, Templates, Head, Batching, Parallel, Service):
+class ServeConfig(ModelPair, Adapter, Templates, Head, Batching, Parallel, Service):
     """The options of `tdsdist serve`."""
 
     aligned_template: AlignedTemplate = field(default="chat", metadata=opt(fingerprint="template"))

@@ -91,6 +91,15 @@ def test_the_score_fingerprint_keys_are_those_of_0_1_0() -> None:
     assert set(keys) == {"aligned", "aligned_revision", "base", "base_revision", "aligned_template", "base_template", "top_k", "dtype", "max_output_tokens", "limit", "unit_size", "truncate_context"}  # fmt: skip
 
 
+def test_the_nudge_fingerprint_keys_are_those_of_before() -> None:
+    from tdsdist.config import NudgeConfig
+
+    cfg = NudgeConfig(aligned="a", base="b", data="d", out="o", store="s")
+    keys = options_fingerprint(NudgeConfig, vars(cfg))
+    assert set(keys) == {"aligned", "aligned_revision", "base", "base_revision", "nudge_rule", "nudge_threshold", "compare", "max_new_tokens", "temperature", "top_p", "seed", "top_k", "limit", "unit_size", "dtype", "head_dtype", "format", "aligned_template", "base_template"}  # fmt: skip
+    assert required_fields(NudgeConfig) == ("aligned", "base", "data", "store", "out")
+
+
 def test_the_generation_fingerprint_keys_are_those_of_before() -> None:
     cfg = GenerateConfig(aligned="a", data="d", out="o")
     keys = options_fingerprint(GenerateConfig, vars(cfg))
@@ -120,9 +129,10 @@ def test_types_come_from_the_real_annotations() -> None:
 def test_no_two_sections_of_a_composition_declare_the_same_field() -> None:
     """A field lives in one section; only the composition itself may redeclare it (another
     default or choice), never two of its sections by accident."""
+    from tdsdist.config import NudgeConfig
     from tdsdist.serve.config import ServeConfig
 
-    for composition in (ScoreConfig, GenerateConfig, ServeConfig):
+    for composition in (ScoreConfig, GenerateConfig, NudgeConfig, ServeConfig):
         sections = [c for c in composition.__mro__[1:] if c is not Section and issubclass(c, Section)]  # fmt: skip
         assert len(sections) >= 5
         for a, b in itertools.combinations(sections, 2):

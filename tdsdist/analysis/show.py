@@ -12,6 +12,7 @@ from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
 from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
+from tdsdist.topk_metrics import published_block
 
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
@@ -39,9 +40,8 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
             arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
     if store.nudged:  # which model chose each token (`tdsdist nudge`)
         arrays["positions/nudged"] = store.read("positions/nudged", rows)
-    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair)
-    for entry, published in zip(positions, published_records(store, rows)):
-        entry["published"] = published
+    published = published_rows(store, rows)  # as `export` reads them (stored in format 3)
+    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair, published)
     return {
         "id": store.ids[index],
         "format_version": store.format_version,
@@ -50,13 +50,10 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     }
 
 
-def published_records(store: Store, rows: slice) -> list[dict[str, Any]]:
+def published_records(values: dict[str, np.ndarray | None], n: int) -> list[dict[str, Any]]:
     """Per position, AlignTDS's top-k metrics as published and tdsdist's top-1 ones, as `export`
-    has them in its `published_*` columns (`published.NAMES`): read from a format-3 store,
-    computed from both top-k lists in older ones; null where the store lacks an input (the exact
-    aligned rank of the base top 1 before format 2)."""
-    values = published_rows(store, rows)
-    n = rows.stop - rows.start
+    has them in its `published_*` columns (`published.NAMES`), from `{name: [n] or None}`; null
+    where the store lacks an input (the exact aligned rank of the base top 1 before format 2)."""
     out: list[dict[str, Any]] = [{} for _ in range(n)]
     for name in PUBLISHED:
         column = values.get(name)
@@ -67,14 +64,25 @@ def published_records(store: Store, rows: slice) -> list[dict[str, Any]]:
 
 
 def position_records(
-    token_ids: list[int], arrays: dict[str, np.ndarray], tokenizer, exact: bool = True
+    token_ids: list[int],
+    arrays: dict[str, np.ndarray],
+    tokenizer,
+    exact: bool = True,
+    published: dict[str, np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The `show --json` position objects of one answer from its per-position arrays under the
     store's names (`aligned/rank`, `positions/js`, ...), as a store holds them or the pair head
     gives them (`PairOutput.arrays()` plus `positions/kl`): `show` and `serve` answer with the
-    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences. With
+    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences.
+    `published`: the published metrics of these positions (`published_rows`), else computed
+    from both top-k lists here (`published` of each object). With
     `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
     cats = categories(np.asarray(arrays["base/rank"]))
+    if published is None:
+        tables = [np.asarray(arrays[f"{m}/{n}"]) for m in MODELS for n in ("top_ids", "top_logprobs")]  # fmt: skip
+        pair = arrays.get("aligned/rank_of_base_top1") if exact else None
+        published = published_block(*tables, None if pair is None else np.asarray(pair))
+    published_at = published_records(published, len(token_ids))
     positions = []
     for t, token_id in enumerate(token_ids):
         entry: dict[str, Any] = {
@@ -116,6 +124,7 @@ def position_records(
                 "aligned_logprob": None,
                 "differs_from_aligned_top1": differs,
             }
+        entry["published"] = published_at[t]
         positions.append(entry)
     return positions
 

@@ -29,11 +29,16 @@ from tdsdist.inputs.transcripts import check_messages
 from tdsdist.metrics import CATEGORIES
 from tdsdist.serve.engine import Engine, EngineFull, Job
 from tdsdist.serve.metrics import ServeMetrics
+from tdsdist.serve.page import PAGE_ASSETS, page_response
 from tdsdist.serve.pair import PairInputs, RequestError
 from tdsdist.serve.record import Recorder
 from tdsdist.store import DIVERGENCES
 
 RETRY_AFTER_S = 1
+#: Paths served without the API key: the health check and the page (it holds no data; it asks
+#: for the key and sends it with its own requests).
+PUBLIC_PATHS = ("/health", "/", *(f"/static/{name}" for name in PAGE_ASSETS))
+MAX_TOKEN_IDS = 4096
 
 
 class Message(BaseModel):
@@ -77,6 +82,11 @@ class GenerateRequest(Prompt):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0, lt=2**63)
     stream: bool = False
+
+
+class TokensRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ids: list[int] = Field(max_length=MAX_TOKEN_IDS)
 
 
 class JSON(JSONResponse):
@@ -191,7 +201,7 @@ def build_app(
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
-        if api_key and request.url.path != "/health":
+        if api_key and request.url.path not in PUBLIC_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error(401, "authorization: missing or wrong Bearer token")
@@ -224,6 +234,22 @@ def build_app(
     @app.get("/health")
     async def health() -> JSON:
         return JSON({"status": "ok", "queue_depth": engine.depth()})
+
+    @app.get("/")
+    async def page() -> Response:
+        return page_response("index.html")
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        return page_response(name)
+
+    @app.post("/v1/tokens")
+    async def tokens(body: TokensRequest) -> JSON:
+        """Each id's text alone (`show --json`'s `token`): the page's top-k lists."""
+        for n, i in enumerate(body.ids):
+            if not 0 <= i < len(tokenizer):
+                raise RequestError(f"ids[{n}]: {i} is not a token id (0..{len(tokenizer) - 1})")
+        return JSON({"tokens": [tokenizer.decode([i]) for i in body.ids]})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

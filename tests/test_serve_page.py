@@ -153,7 +153,7 @@ def test_page(browser, server, tiny_pair) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_pair[0])
     r = httpx.get(server.url + "/")  # the page itself needs no key; its data does
     assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
-    assert httpx.get(server.url + "/static/app.py", headers=AUTH).status_code == 404
+    assert httpx.get(server.url + "/static/app.py").status_code == 404  # only the three files
     w = Watch(browser, server.url)
     page = w.page
     page.goto(server.url + "/")

@@ -29,16 +29,12 @@ from tdsdist.inputs.transcripts import check_messages
 from tdsdist.metrics import CATEGORIES
 from tdsdist.serve.engine import Engine, EngineFull, Job
 from tdsdist.serve.metrics import ServeMetrics
-from tdsdist.serve.page import PAGE_ASSETS, page_response
+from tdsdist.serve.page import MAX_TOKEN_IDS, WithPage
 from tdsdist.serve.pair import PairInputs, RequestError
 from tdsdist.serve.record import Recorder
 from tdsdist.store import DIVERGENCES
 
 RETRY_AFTER_S = 1
-#: Paths served without the API key: the health check and the page (it holds no data; it asks
-#: for the key and sends it with its own requests).
-PUBLIC_PATHS = ("/health", "/", *(f"/static/{name}" for name in PAGE_ASSETS))
-MAX_TOKEN_IDS = 4096
 
 
 class Message(BaseModel):
@@ -201,7 +197,7 @@ def build_app(
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
-        if api_key and request.url.path not in PUBLIC_PATHS:
+        if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return error(401, "authorization: missing or wrong Bearer token")
@@ -234,14 +230,6 @@ def build_app(
     @app.get("/health")
     async def health() -> JSON:
         return JSON({"status": "ok", "queue_depth": engine.depth()})
-
-    @app.get("/")
-    async def page() -> Response:
-        return page_response("index.html")
-
-    @app.get("/static/{name}")
-    async def static(name: str) -> Response:
-        return page_response(name)
 
     @app.post("/v1/tokens")
     async def tokens(body: TokensRequest) -> JSON:
@@ -348,4 +336,4 @@ def build_app(
         last.pop("done")
         return JSON({**last, "positions": positions})
 
-    return BodyLimit(app, max_body_bytes)
+    return BodyLimit(WithPage(app), max_body_bytes)

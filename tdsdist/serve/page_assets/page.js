@@ -340,7 +340,8 @@
           return;
         }
         addPosition(event);
-        paint(state.spans[event.t], event, colorBy(), heatMax(colorBy()));
+        if (colorBy() === "category") paint(state.spans[event.t], event, "category", 0);
+        else repaint(); // a new largest value rescales the heat of every token
         summary();
         status("Generating\u2026 " + state.positions.length + " tokens");
       }

@@ -290,10 +290,10 @@ def main() -> None:
     for c, v in report["serve_score"].items():
         ratios[f"score_{c}_clients_over_score"] = v["positions_per_s"] / report["score"]["positions_per_s"]  # fmt: skip
     gen = report["serve_generate"]
+    one = gen[str(min(args.streams))]["tokens_per_s"]
     for s in gen:
-        if s == str(min(args.streams)):
-            continue
-        ratios[f"generate_{s}_streams_over_1"] = gen[s]["tokens_per_s"] / gen[str(min(args.streams))]["tokens_per_s"]  # fmt: skip
+        if s != str(min(args.streams)):
+            ratios[f"generate_{s}_streams_over_1"] = gen[s]["tokens_per_s"] / one
         if s in report["generate"]:
             ratios[f"lockstep_{s}_over_aligned_only"] = gen[s]["tokens_per_s"] / report["generate"][s]["tokens_per_s"]  # fmt: skip
     ratios["server_idle_rss_over_score_peak"] = report["server_idle_rss_mib"] / report["score"]["peak_rss_mib"]  # fmt: skip

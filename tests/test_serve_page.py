@@ -228,7 +228,7 @@ def test_page(browser, server, tiny_pair) -> None:
     page.locator("#answer .tok").nth(min(5, n - 1)).click()
     page.wait_for_selector("#panel table.top.aligned")
     shot = page.screenshot(full_page=True)
-    if os.environ.get("TDSDIST_SCREENSHOT") == "1":  # docs/serve-screenshot.png, on request
+    if os.environ.get("TDSDIST_SCREENSHOT") == "1":  # on request (the committed one: SmolLM2)
         SCREENSHOT.write_bytes(shot)
     w.check()
 

@@ -226,3 +226,32 @@ def test_bad_output_paths(scored: Path, tmp_path: Path) -> None:
     assert len(result.output.strip().splitlines()) == 1
     with pytest.raises(TdsError, match="is a folder"):
         export_parquet(Store(scored, mode="r"), tmp_path)
+
+
+@pytest.mark.parametrize("which", ["scored", "0.1.0"])
+def test_show_json_has_the_published_metrics_of_export(which: str, scored: Path, tmp_path: Path) -> None:  # fmt: skip
+    """`show --json`'s per-position `published` object holds export's `published_*` columns
+    (format 3: stored; format 1: computed from the top-k lists, the format-2-only rank null)."""
+    from tdsdist.analysis.show import example_record
+
+    store = Store(scored if which == "scored" else FIXTURES / "complete.zarr", mode="r")
+    export_parquet(store, tmp_path / "p.parquet")
+    table = pq.read_table(tmp_path / "p.parquet").to_pydict()
+    checked = 0
+    for index, example_id in enumerate(store.ids):
+        record = example_record(store, example_id)
+        rows = [r for r, e in enumerate(table["example_index"]) if e == index]
+        assert [table["t"][r] for r in rows] == [p["t"] for p in record["positions"]]
+        for r, position in zip(rows, record["positions"]):
+            for name in PUBLISHED:
+                got, want = position["published"][name], table[f"published_{name}"][r]
+                if want is None or isinstance(want, (bool, int)):
+                    assert got == want, name
+                elif which == "scored":  # stored in format 3: read, the same float32
+                    assert np.float32(got) == np.float32(want), name
+                else:  # computed from float32 top-k lists over other blocks of rows
+                    assert_float32_close(np.array([got]), np.array([want]), 1.0, name)
+                checked += 1
+    assert checked >= len(PUBLISHED) * 10
+    if which == "0.1.0":
+        assert table["published_base_top1_aligned_rank"][0] is None

@@ -111,3 +111,27 @@ def test_softcap_changes_probabilities_not_order() -> None:
 
 def test_vocab_shard_defaults_to_one_process() -> None:
     assert VocabShard().world == 1
+
+
+def test_the_runners_projection_is_all_the_head_needs(tiny_pair_odd_vocab) -> None:
+    """`ModelRunner.projection()` (the seam): scoring through it equals the float64 reference
+    over the model's own capped logits, trimmed to the tokenizer's rows."""
+    from transformers import AutoModelForCausalLM
+
+    from tdsdist.engine.runner import ModelRunner
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair_odd_vocab[0], dtype=torch.float32).eval()
+    runner = ModelRunner(model, 301, torch.device("cpu"))
+    projection = runner.projection()
+    assert projection.rows == 301 and projection.shard == runner.shard
+    gen = torch.Generator().manual_seed(3)
+    hidden = torch.randn(6, model.config.hidden_size, generator=gen)
+    targets = torch.randint(0, 301, (6,), generator=gen)
+    with torch.inference_mode():  # as the jobs run it
+        got = projection.score(hidden, targets, 4, chunk_bytes=1 << 20)
+        logits = model.get_output_embeddings()(hidden)[:, :301]
+        same = torch.equal(runner.logits(hidden), projection.logits(hidden))
+    ref = reference(logits, targets, 4)
+    assert torch.equal(got.rank, ref["rank"])
+    np.testing.assert_allclose(got.logprob.double(), ref["logprob"], atol=1e-5, rtol=1e-5)
+    assert same

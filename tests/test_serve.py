@@ -78,6 +78,12 @@ def assert_positions_match(got: list[dict], want: list[dict]) -> None:
             np.array(g["aligned"]["logprobs_at_base_top"]),
             np.array(w["aligned"]["logprobs_at_base_top"]),
         )
+        assert set(g["published"]) == set(w["published"])  # the published metrics, as show's
+        for key, value in w["published"].items():
+            if isinstance(value, float):
+                assert_float32_close(np.array([g["published"][key]]), np.array([value]), 1.0, key)
+            else:
+                assert g["published"][key] == value, key
         for key, value in w["divergence"].items():
             assert_float32_close(np.array(g["divergence"][key]), np.array(value), err_msg=key)
         assert_float32_close(np.array(g["kl"]), np.array(w["kl"]))

@@ -88,3 +88,21 @@ def test_bench_memory_runs_its_variants_in_fresh_processes() -> None:
     for variant in ("bare body forward", "tdsdist Scorer.score, chunk 1 MiB", "naive:"):
         assert variant in text
     assert "prototype" not in text
+
+
+def test_bench_serve_runs_tiny(tmp_path: Path, tiny_pair) -> None:
+    """The serving benchmark end to end on the tiny pair: a server, its loads, the batch
+    commands in their own processes; the server scores exactly the positions `score` scores."""
+    out = tmp_path / "serve.json"
+    run_tool("tools.bench.serve", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]),
+             "--examples", "3", "--passes", "1", "--clients", "2", "--streams", "1", "2",
+             "--gen-tokens", "4", "--repeats", "1", "--threads", "1", "--answer-chars", "60",
+             "--out", str(out), timeout=600)  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["serve_score"]["2"]["positions"] == report["score"]["positions"] > 0
+    for streams in ("1", "2"):
+        g = report["serve_generate"][streams]
+        assert 0 < g["tokens"] <= 4 * int(streams) and g["itl_ms_p99"] >= g["itl_ms_p50"] > 0
+    assert set(report["generate"]) == {"1"} and report["generate"]["1"]["tokens_per_s"] > 0
+    assert report["server_idle_rss_mib"] > 0 and report["score"]["peak_rss_mib"] > 0
+    assert {"score_2_clients_over_score", "lockstep_1_over_aligned_only"} <= set(report["ratios"])

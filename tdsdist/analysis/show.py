@@ -6,15 +6,19 @@ from typing import Any
 
 import numpy as np
 
+from tdsdist.analysis.published import NAMES as PUBLISHED
+from tdsdist.analysis.published import published_rows
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
 from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
+from tdsdist.topk_metrics import published_block
 
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
     """The `show --json` record: per position, both models' statistics, the category, the top-k
-    KL and (stores of format 2) the exact divergences and tie counts; for a format-1 store
+    KL, the published top-k metrics (`published`, as `export`'s `published_*` columns) and
+    (stores of format 2) the exact divergences and tie counts; for a format-1 store
     (tdsdist 0.1.0) those are null: not measured. Also what the models saw: the `instruction`
     and, per model, the context ids and their text (special tokens kept), null where the store
     did not record them (stores of earlier releases)."""
@@ -36,7 +40,8 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
             arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
     if store.nudged:  # which model chose each token (`tdsdist nudge`)
         arrays["positions/nudged"] = store.read("positions/nudged", rows)
-    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair)
+    published = published_rows(store, rows)  # as `export` reads them (stored in format 3)
+    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair, published)
     return {
         "id": store.ids[index],
         "format_version": store.format_version,
@@ -45,15 +50,39 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     }
 
 
+def published_records(values: dict[str, np.ndarray | None], n: int) -> list[dict[str, Any]]:
+    """Per position, AlignTDS's top-k metrics as published and tdsdist's top-1 ones, as `export`
+    has them in its `published_*` columns (`published.NAMES`), from `{name: [n] or None}`; null
+    where the store lacks an input (the exact aligned rank of the base top 1 before format 2)."""
+    out: list[dict[str, Any]] = [{} for _ in range(n)]
+    for name in PUBLISHED:
+        column = values.get(name)
+        convert = bool if name == "top1_differs" else int if name.endswith("rank") else float
+        for t in range(n):
+            out[t][name] = None if column is None else convert(column[t])
+    return out
+
+
 def position_records(
-    token_ids: list[int], arrays: dict[str, np.ndarray], tokenizer, exact: bool = True
+    token_ids: list[int],
+    arrays: dict[str, np.ndarray],
+    tokenizer,
+    exact: bool = True,
+    published: dict[str, np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
     """The `show --json` position objects of one answer from its per-position arrays under the
     store's names (`aligned/rank`, `positions/js`, ...), as a store holds them or the pair head
     gives them (`PairOutput.arrays()` plus `positions/kl`): `show` and `serve` answer with the
-    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences. With
+    same objects. `exact=False` (a format-1 store): no tie counts nor exact divergences.
+    `published`: the published metrics of these positions (`published_rows`), else computed
+    from both top-k lists here (`published` of each object). With
     `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
     cats = categories(np.asarray(arrays["base/rank"]))
+    if published is None:
+        tables = [np.asarray(arrays[f"{m}/{n}"]) for m in MODELS for n in ("top_ids", "top_logprobs")]  # fmt: skip
+        pair = arrays.get("aligned/rank_of_base_top1") if exact else None
+        published = published_block(*tables, None if pair is None else np.asarray(pair))
+    published_at = published_records(published, len(token_ids))
     positions = []
     for t, token_id in enumerate(token_ids):
         entry: dict[str, Any] = {
@@ -95,6 +124,7 @@ def position_records(
                 "aligned_logprob": None,
                 "differs_from_aligned_top1": differs,
             }
+        entry["published"] = published_at[t]
         positions.append(entry)
     return positions
 

@@ -7,7 +7,6 @@ stated per key) or a per-vocabulary-token count. No Python loop runs per positio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,7 @@ from tdsdist.analysis.curves import PositionCurves, bootstrap_weights
 from tdsdist.analysis.groups import by_group
 from tdsdist.analysis.paired import per_example_sums
 from tdsdist.analysis.summary_text import render_text  # noqa: F401  (re-exported: analyze's text)
-from tdsdist.metrics import categories
+from tdsdist.analysis_options import Filters, Thresholds
 from tdsdist.store import Store
 from tdsdist.store_fields import read_field
 
@@ -32,22 +31,6 @@ POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets:
 DECILES = 10
 PROB_BINS = 10_000  # base probability histogram on [0, 1]: medians exact to 1e-4
 KL_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 1801), [np.inf]])  # 0.5% relative bins
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Categories by the base rank of the answer token: unshifted <= a < marginal <= b < shifted."""
-
-    unshifted_max: int = 1
-    marginal_max: int = 3
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.unshifted_max < self.marginal_max:
-            raise ValueError("thresholds must satisfy 1 <= unshifted_max < marginal_max")
-
-    def categorize(self, rank: np.ndarray) -> np.ndarray:
-        """0 unshifted, 1 marginal, 2 shifted (`[P] -> [P]` int8)."""
-        return categories(rank, self.unshifted_max, self.marginal_max)
 
 
 class _Acc:
@@ -82,19 +65,6 @@ class _Acc:
                 }
             )
         return out
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Positions left out of every statistic: the first `exclude_first` of each answer, and
-    (`exclude_special_tokens`) every special token of the stored tokenizer (EOS among them)."""
-
-    exclude_first: int = 0
-    exclude_special_tokens: bool = False
-
-    def __post_init__(self) -> None:
-        if self.exclude_first < 0:
-            raise ValueError("exclude_first must be >= 0")
 
 
 def summarize(

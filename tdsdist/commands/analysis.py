@@ -10,16 +10,17 @@ from typing import Any
 
 import click
 
+from tdsdist.analysis_options import Filters, Grouping
 from tdsdist.commands.common import (
     analysis_kwargs,
     analysis_options,
     filter_options,
     filters_from,
+    section_options,
     threshold_options,
     thresholds_from,
     user_errors,
 )
-from tdsdist.errors import TdsError
 
 
 @click.command("show")
@@ -39,12 +40,7 @@ def show_command(store_dir: str, example_id: str, as_json: bool) -> None:
 @click.command("analyze")
 @click.argument("store_dir", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option(
-    "--unshifted-max", default=1, show_default=True, help="Highest base rank counted unshifted."
-)
-@click.option(
-    "--marginal-max", default=3, show_default=True, help="Highest base rank counted marginal."
-)
+@threshold_options
 @click.option(
     "--min-support", default=5, show_default=True, help="Occurrences a token needs to be listed."
 )
@@ -64,13 +60,10 @@ def analyze_command(
 ) -> None:
     """Summary statistics of a store: categories with 95% intervals, per-position curves, rank
     histogram, divergences, tokens."""
-    from tdsdist.analysis.summary import Thresholds, render_text, summarize
+    from tdsdist.analysis.summary import render_text, summarize
     from tdsdist.store import Store
 
-    try:
-        thresholds = Thresholds(unshifted_max, marginal_max)
-    except ValueError as e:
-        raise TdsError(str(e)) from None
+    thresholds = thresholds_from(unshifted_max=unshifted_max, marginal_max=marginal_max)
     kwargs = analysis_kwargs(**analysis)
     store = Store(store_dir, mode="r")
     summary = summarize(store, thresholds, min_support=min_support, token_rows=token_rows, **kwargs)
@@ -129,7 +122,7 @@ def figures_command(
     from tdsdist.analysis.summary import summarize
     from tdsdist.store import Store
 
-    thresholds = thresholds_from(unshifted_max, marginal_max)
+    thresholds = thresholds_from(unshifted_max=unshifted_max, marginal_max=marginal_max)
     kwargs = analysis_kwargs(**analysis)
     summaries = [
         summarize(Store(d, mode="r"), thresholds, min_support=min_support, **kwargs)
@@ -161,13 +154,7 @@ def figures_command(
     help="Parquet file (replaced once the new one is complete).",
 )
 @threshold_options
-@filter_options
-@click.option(
-    "--group-by",
-    default=None,
-    metavar="FIELD",
-    help="Add a column `group`: the example's group by FIELD, a field the store kept.",
-)
+@section_options(Filters, Grouping)
 @user_errors
 def export_command(
     store_dir: str,
@@ -186,8 +173,8 @@ def export_command(
     from tdsdist.store import Store
 
     start = time.perf_counter()
-    thresholds = thresholds_from(unshifted_max, marginal_max)
-    filters = filters_from(exclude_first, exclude_special_tokens)
+    thresholds = thresholds_from(unshifted_max=unshifted_max, marginal_max=marginal_max)
+    filters = filters_from(exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens)  # fmt: skip
     result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters, group_by)
     size = os.path.getsize(out_file) / 1e6
     click.echo(
@@ -220,7 +207,7 @@ def report_command(
     from tdsdist.analysis.summary import summarize
     from tdsdist.store import Store
 
-    filters = filters_from(exclude_first, exclude_special_tokens)
+    filters = filters_from(exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens)  # fmt: skip
     start = time.perf_counter()
     store = Store(store_dir, mode="r")
     index = write_report(store, Path(out_dir), summarize(store, filters=filters), filters)

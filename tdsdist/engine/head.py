@@ -18,6 +18,7 @@ all-reduces and all-gathers over `group`, with traffic O(k x tp) per position, n
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -283,6 +284,39 @@ def score_positions(
             for i in range(0, hidden.shape[0], rows)
         ]
     )
+
+
+class Projection(NamedTuple):
+    """What the scoring head needs of one model, handed over by `ModelRunner.projection()` (the
+    one seam): this rank's rows of the output projection, its logit cap and its vocabulary
+    slice. A tuple, so that `(weight, bias, softcap)` given by hand (tests, tools) still works."""
+
+    weight: torch.Tensor  # [V_local, H] (vocabulary padding trimmed)
+    bias: torch.Tensor | None  # [V_local]
+    softcap: float | None = None
+    shard: VocabShard = VocabShard()
+
+    @property
+    def rows(self) -> int:
+        return self.weight.shape[0]
+
+    def logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`[N, H] -> [N, V_local]` float32 logits (`project`)."""
+        return project(hidden, self.weight, self.bias, self.softcap, out)
+
+    def score(
+        self,
+        hidden: torch.Tensor,  # [N, H]
+        targets: torch.Tensor,  # [N]
+        k: int,
+        chunk_bytes: int,
+        support: torch.Tensor | None = None,  # [N, k]
+    ) -> HeadOutput:
+        """`score_positions` of these rows under this projection."""
+        weight, bias = self.weight, self.bias
+        return score_positions(
+            hidden, weight, bias, targets, k, chunk_bytes, support, self.shard, self.softcap
+        )
 
 
 def global_argmax(logits: torch.Tensor, shard: VocabShard = VocabShard()) -> torch.Tensor:

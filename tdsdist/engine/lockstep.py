@@ -225,8 +225,8 @@ class LockstepDecoder:
         stats = pair_positions(
             a.head_input(hidden["aligned"]),
             b.head_input(hidden["base"]),
-            (a.weight, a.bias, a.softcap),
-            (b.weight, b.bias, b.softcap),
+            a.projection(),
+            b.projection(),
             tokens,
             self.top_k,
             self.chunk_bytes,

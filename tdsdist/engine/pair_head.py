@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tdsdist.engine.head import VocabShard, all_reduce, gather_top, logits_at, project
+from tdsdist.engine.head import Projection, VocabShard, all_reduce, gather_top, logits_at
 
 #: float32 buffers of one chunk: both logits (then log-softmax), both probabilities, two scratch.
 BUFFERS = 6
@@ -126,8 +126,8 @@ def _normalise(
 def pair_rows(
     hidden_a: torch.Tensor,  # [n, H_a] aligned model's final hidden states
     hidden_b: torch.Tensor,  # [n, H_b] base model's, same rows
-    projection_a: tuple[torch.Tensor, torch.Tensor | None, float | None],  # weight, bias, softcap
-    projection_b: tuple[torch.Tensor, torch.Tensor | None, float | None],
+    projection_a: Projection,  # or a (weight, bias, softcap) tuple
+    projection_b: Projection,
     targets: torch.Tensor,  # [n] global ids of the answer tokens
     k: int,
     shard: VocabShard = VocabShard(),
@@ -145,12 +145,12 @@ def pair_rows(
     if known_logits[0] is not None:
         la.copy_(known_logits[0])
     else:
-        project(hidden_a, *projection_a[:2], projection_a[2], la)
+        Projection(*projection_a).logits(hidden_a, la)
     # The base's rows fill the first V_b columns (a strided view: BLAS writes it in place).
     if known_logits[1] is not None:
         lb[:, :v_base].copy_(known_logits[1])
     else:
-        project(hidden_b, *projection_b[:2], projection_b[2], lb[:, :v_base])
+        Projection(*projection_b).logits(hidden_b, lb[:, :v_base])
     if v_base < v_local:  # appended aligned tokens: probability 0 under the base
         lb[:, v_base:].fill_(float("-inf"))
         # exp(lp) > 0 for a finite lp, however float32 rounds it: KL(aligned || base) is +inf.
@@ -257,8 +257,8 @@ def _local_top(
 def pair_positions(
     hidden_a: torch.Tensor,  # [N, H_a]
     hidden_b: torch.Tensor,  # [N, H_b]
-    projection_a: tuple[torch.Tensor, torch.Tensor | None, float | None],
-    projection_b: tuple[torch.Tensor, torch.Tensor | None, float | None],
+    projection_a: Projection,  # `ModelRunner.projection()`, or (weight, bias, softcap)
+    projection_b: Projection,
     targets: torch.Tensor,  # [N]
     k: int,
     chunk_bytes: int,

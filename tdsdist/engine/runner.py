@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tdsdist.engine.attention import RIGHT_PADDED, use_causal_attention
-from tdsdist.engine.head import VocabShard, project
+from tdsdist.engine.head import Projection, VocabShard
 from tdsdist.engine.models import logit_softcap, output_projection
 from tdsdist.engine.prefix_cache import cache_bytes, compute_prefix_cache
 from tdsdist.errors import TdsError
@@ -109,7 +109,12 @@ class ModelRunner:
     ) -> torch.Tensor:
         """Float32 logits `[N, V_local]` of this rank's vocabulary rows, soft-capped if the
         model caps them."""
-        return project(self.head_input(hidden), self.weight, self.bias, self.softcap, out)
+        return self.projection().logits(self.head_input(hidden), out)
+
+    def projection(self) -> Projection:
+        """Everything the scoring head needs of this model: this rank's projection rows (in the
+        head's dtype), the logit cap and the vocabulary slice."""
+        return Projection(self.weight, self.bias, self.softcap, self.shard)
 
     def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden rows in the projection's dtype (float32 under `head_dtype="float32"`)."""

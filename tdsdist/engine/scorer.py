@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tdsdist.engine.head import HeadOutput, score_positions
+from tdsdist.engine.head import HeadOutput
 from tdsdist.engine.pair_head import PairOutput, pair_positions
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.errors import TdsError
@@ -133,17 +133,7 @@ class Scorer:
         sup = None
         if support is not None:
             sup = torch.from_numpy(np.concatenate([support[i] for i in batch])).long().to(device)
-        out = score_positions(
-            answer_hidden,
-            runner.weight,
-            runner.bias,
-            targets,
-            self.top_k,
-            self.chunk_bytes,
-            sup,
-            runner.shard,
-            runner.softcap,
-        )
+        out = runner.projection().score(answer_hidden, targets, self.top_k, self.chunk_bytes, sup)
         return out.to_cpu().split([len(s.answer) for s in seqs])
 
 
@@ -207,11 +197,12 @@ class PairScorer:
     ) -> None:
         for runner in (aligned, base):
             runner.check_top_k(top_k)
-        rows_a, rows_b = aligned.weight.shape[0], base.weight.shape[0]
+        proj_a, proj_b = aligned.projection(), base.projection()
+        rows_a, rows_b = proj_a.rows, proj_b.rows
         # A base vocabulary that the aligned one extends by appended tokens is padded to the
         # union in the pair head (one process only: `jobs.prepare.check_union_layout`).
-        appended = rows_b < rows_a and aligned.shard.group is None and base.shard.group is None
-        if (rows_a != rows_b and not appended) or aligned.shard.start != base.shard.start:
+        appended = rows_b < rows_a and proj_a.shard.group is None and proj_b.shard.group is None
+        if (rows_a != rows_b and not appended) or proj_a.shard.start != proj_b.shard.start:
             raise ValueError("the two models must hold the same vocabulary slice")
         if appended and rows_a < aligned.vocab_size:  # the appended tokens need their rows
             raise TdsError(
@@ -243,15 +234,16 @@ class PairScorer:
                 for name, runner in (("aligned", self.aligned), ("base", self.base))
             }  # each [N, H]
             targets = torch.tensor([t for p in pairs for t in p.answer], device=self.device)
+            base = self.base.projection()
             out = pair_positions(
                 hidden["aligned"],
                 hidden["base"],
-                (self.aligned.weight, self.aligned.bias, self.aligned.softcap),
-                (self.base.weight, self.base.bias, self.base.softcap),
+                self.aligned.projection(),
+                base,
                 targets,
                 self.top_k,
                 self.chunk_bytes,
-                self.base.shard,
+                base.shard,
             )
             for i, part in zip(batch, out.to_cpu().split([len(p.answer) for p in pairs])):
                 results[i] = part

@@ -20,48 +20,43 @@ from tdsdist.files import file_sha256
 from tdsdist.inputs.data import Fields
 from tdsdist.inputs.templates import template_fingerprint
 from tdsdist.inputs.tokenizer import tokenizer_hash
+from tdsdist.options import fingerprint_fields
 
 #: The keys a store recorded by `generate` leaves open, filled in once by the `score` that
 #: completes it with a base model.
 BASE_KEYS = ("base", "base_revision", "base_template")
 
 
+def options_fingerprint(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprinted options of the configuration class `cls` (`opt(fingerprint=...)` on
+    its fields), their values from `values` (else the field's default): a template by its
+    fingerprint, an `unless-default` option only when it is not its default."""
+    out: dict[str, Any] = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, how in fingerprint_fields(cls).items():
+        value = values.get(name, defaults[name])
+        if how == "template":
+            out[name] = None if value is None else template_fingerprint(value)
+        elif how == "as-is" or value != defaults[name]:
+            out[name] = value
+    return out
+
+
 def score_fingerprint(
+    options: dict[str, Any],
     *,
-    aligned: str,
-    aligned_revision: str | None,
-    base: str | None,
-    base_revision: str | None,
-    aligned_template: str,
-    base_template: str | None,
-    top_k: int,
-    dtype: str,
-    max_output_tokens: int | None,
-    limit: int | None,
-    unit_size: int,
-    truncate_context: bool,
     fields: Fields,
     data_sha256: str,
     tokenizer: Any,
     skipped_empty_answers: list[str] | None = None,
     head_dtype: str | None = None,
 ) -> dict[str, Any]:
-    """The fingerprint of a scoring store (the base keys None while only the aligned side is
-    recorded). `head_dtype`: given only where it changes the numbers (a float32 projection of a
+    """The fingerprint of a scoring store: `options_fingerprint(ScoreConfig, ...)` (the base
+    keys None while only the aligned side is recorded) and what the inputs make of them.
+    `head_dtype`: given only where it changes the numbers (a float32 projection of a
     half-precision model); absent means the projection in the model's dtype, as in 0.1.0."""
     fingerprint = {
-        "aligned": aligned,
-        "aligned_revision": aligned_revision,
-        "base": base,
-        "base_revision": base_revision,
-        "aligned_template": template_fingerprint(aligned_template),
-        "base_template": None if base_template is None else template_fingerprint(base_template),
-        "top_k": top_k,
-        "dtype": dtype,
-        "max_output_tokens": max_output_tokens,
-        "limit": limit,
-        "unit_size": unit_size,
-        "truncate_context": truncate_context,
+        **options,
         "fields": dataclasses.asdict(fields),
         "data_sha256": data_sha256,
         "tokenizer_sha256": tokenizer_hash(tokenizer),
@@ -97,16 +92,12 @@ def data_sha256(path: Path | str) -> str:
 def generation_fingerprint(config: Any, tokenizer: Any) -> dict[str, Any]:
     """What generated answers depend on (`GenerateConfig`): an unfinished `generate` resumes
     only with the same."""
-    keys = ("aligned", "aligned_revision", "max_new_tokens", "temperature", "top_p", "seed", "stop", "top_k", "limit", "unit_size", "dtype")  # fmt: skip
-    fingerprint = {k: getattr(config, k) for k in keys}
+    fingerprint = options_fingerprint(type(config), dataclasses.asdict(config))
     fingerprint.update(
-        aligned_template=template_fingerprint(config.aligned_template),
         data_sha256=data_sha256(config.data),
         tokenizer_sha256=tokenizer_hash(tokenizer),
         tdsdist_version=__version__,
     )
-    if getattr(config, "format", "auto") != "auto":  # absent: detected, as before
-        fingerprint["format"] = config.format
     return fingerprint
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsdist.config import GenerateConfig, ScoreConfig
+from tdsdist.config import PAIR_SECTIONS, Decoding, GenerateConfig, ScoreConfig, Stops
 from tdsdist.engine.adapters import (
     Adapter,
     adapter_fingerprint,
@@ -36,28 +36,28 @@ from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
 from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
+    BASE_KEYS,
     differences,
     fingerprinted_head_dtype,
     generation_fingerprint,
+    options_fingerprint,
     score_fingerprint,
 )
 from tdsdist.inputs.plan import tokenize_context
 from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
 from tdsdist.jobs.score import score_on
+from tdsdist.options import fingerprint_fields, section_values
+from tdsdist.parallel.claims import claim_loop
 from tdsdist.parallel.dist import (
     Dist,
-    StopFlag,
-    WorkClaims,
     any_rank,
     broadcast_ints,
     checked_on_main,
-    claimed_indices,
     destroy,
     init_distributed,
 )
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
-from tdsdist.progress import Progress
 from tdsdist.safe_replace import (
     check_replaceable_answers,
     check_replaceable_parts,
@@ -68,8 +68,9 @@ from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
 from tdsdist.units import unit_ranges
 
-#: What the answers file records about how each answer was generated.
-SETTINGS = ("aligned", "aligned_template", "max_new_tokens", "temperature", "top_p", "seed", "stop")
+#: What the answers file records about how each answer was generated: the model, its template
+#: and the decoding options that change the answers (the fingerprinted ones of `Decoding`, `Stops`).
+SETTINGS = ("aligned", "aligned_template", *fingerprint_fields(Decoding), *fingerprint_fields(Stops))
 
 
 def _part(parts: Path, n: int, suffix: str) -> Path:
@@ -148,11 +149,17 @@ def tokenizer_name(cfg: GenerateConfig) -> tuple[str, str | None]:
     return name, (cfg.base_revision if name == cfg.base else cfg.aligned_revision)
 
 
+def scoring_values(cfg: GenerateConfig) -> dict[str, Any]:
+    """The options `score` completes the store with: the pair's sections as generated (the data
+    is the answers file as written: no limit, format or fields of the prompts), into --store,
+    resumed (never overwritten: `generate` just made it), unit for unit."""
+    return {**section_values(cfg, *PAIR_SECTIONS), "store": cfg.store, "unit_size": cfg.unit_size}
+
+
 def scoring_config(cfg: GenerateConfig) -> ScoreConfig:
     """The `score` configuration that completes the store `generate --base` recorded: its
     fingerprint is the one the recorded store was made with (`_record_store`)."""
-    same = ("aligned", "base", "store", "top_k", "base_template", "aligned_template", "unit_size", "dtype", "device", "max_tokens_per_batch", "logits_chunk_mib", "trust_remote_code", "aligned_revision", "base_revision", "tp", "dist_timeout", "head_dtype", "aligned_adapter")  # fmt: skip
-    return ScoreConfig(data=cfg.out, skip_empty_answers=True, **{k: getattr(cfg, k) for k in same})
+    return ScoreConfig(data=cfg.out, skip_empty_answers=True, **scoring_values(cfg))
 
 
 def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d: Dist, log):
@@ -202,19 +209,22 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
 
 
 def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating") -> bool:  # fmt: skip
-    """The claim loop (as `score`'s): leaders claim units, their groups decode them together,
-    leaders save them. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
+    """`claim_loop` over the pending units: the group decodes a claimed unit together, its
+    leader saves it. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
     (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s."""
     decode, save = decode or _generate_unit, save or _save_unit
-    claims, stop = WorkClaims(d, len(units)), StopFlag()
-    progress = Progress(sum(len(u) for u in units), label, "ex", d.is_main)
-    for index in claimed_indices(d, claims, stop):
-        results = decode(decoder, contexts, units[index], numbers[index], cfg)
-        if d.is_leader:
-            save(results, decoder.tokenizer, units[index], numbers[index], parts)
-            progress.reach(claims.add_done(len(units[index])))
-    progress.close()
-    return stop.requested
+    pending = list(zip(units, numbers))  # (example indices, unit number)
+
+    def work(unit: tuple[Any, int], advance: Any) -> dict[int, Any]:
+        return decode(decoder, contexts, unit[0], unit[1], cfg)
+
+    def commit(unit: tuple[Any, int], results: dict[int, Any]) -> None:
+        save(results, decoder.tokenizer, unit[0], unit[1], parts)
+
+    def size(unit: tuple[Any, int]) -> int:
+        return len(unit[0])
+
+    return claim_loop(d, pending, work, commit, size=size, label=(label, "ex")).stopped
 
 
 def _generate_unit(decoder, contexts, unit, n, cfg) -> dict[int, Generated]:
@@ -330,19 +340,9 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
     kept = [ex for ex in examples if answers[ex.index]["ids"]]
     lengths = np.array([len(answers[ex.index]["ids"]) for ex in kept], dtype=np.int32)
     answers_sha256 = file_sha256(out)
+    options = options_fingerprint(ScoreConfig, {**scoring_values(cfg), **dict.fromkeys(BASE_KEYS)})  # fmt: skip
     fingerprint = score_fingerprint(
-        aligned=cfg.aligned,
-        aligned_revision=cfg.aligned_revision,
-        base=None,
-        base_revision=None,
-        aligned_template=cfg.aligned_template,
-        base_template=None,
-        top_k=cfg.top_k,
-        dtype=cfg.dtype,
-        max_output_tokens=None,
-        limit=None,
-        unit_size=cfg.unit_size,
-        truncate_context=False,
+        options,
         fields=Fields(),
         data_sha256=answers_sha256,
         tokenizer=tokenizer,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tdsdist import __version__
-from tdsdist.config import NudgeConfig
+from tdsdist.config import PAIR_SECTIONS, NudgeConfig, ScoreConfig
 from tdsdist.engine.decoder import end_of_answer_ids
 from tdsdist.engine.lockstep import LockstepDecoder, LockstepRequest
 from tdsdist.engine.models import resolve_device
@@ -37,13 +37,15 @@ from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
     data_sha256,
     fingerprinted_head_dtype,
+    options_fingerprint,
     score_fingerprint,
 )
 from tdsdist.inputs.plan import tokenize_context
-from tdsdist.inputs.templates import aligned_context_fn, base_context_fn, template_fingerprint
+from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import compare_vocabularies, load_tokenizer, tokenizer_hash
 from tdsdist.jobs.generate import _generate_units, _kept_fields, _part, _prepare_parts
 from tdsdist.metrics import topk_kl
+from tdsdist.options import section_values
 from tdsdist.parallel.dist import (
     Dist,
     any_rank,
@@ -154,12 +156,10 @@ def _save_unit(results: dict[int, Nudged], tokenizer, unit, n: int, parts: Path)
 
 
 def nudge_fingerprint(cfg: NudgeConfig, tokenizer) -> dict[str, Any]:
-    """What nudged answers depend on: an unfinished `nudge` resumes only with the same."""
-    keys = ("aligned", "aligned_revision", "base", "base_revision", "nudge_rule", "nudge_threshold", "compare", "max_new_tokens", "temperature", "top_p", "seed", "top_k", "limit", "unit_size", "dtype", "head_dtype", "format")  # fmt: skip
+    """What nudged answers depend on (`NudgeConfig`'s fingerprinted options): an unfinished
+    `nudge` resumes only with the same."""
     return {
-        **{k: getattr(cfg, k) for k in keys},
-        "aligned_template": template_fingerprint(cfg.aligned_template),
-        "base_template": template_fingerprint(cfg.base_template),
+        **options_fingerprint(NudgeConfig, vars(cfg)),
         "data_sha256": data_sha256(cfg.data),
         "tokenizer_sha256": tokenizer_hash(tokenizer),
         "tdsdist_version": __version__,
@@ -331,19 +331,10 @@ def _write_store(kept, answers, arrays, contexts, out, cfg, tokenizer, empty, su
     """The store `score` of the answers file makes with the same contexts (its fingerprint too,
     base template included), complete, plus `positions/nudged` and the rule in `nudge`."""
     answers_sha256 = file_sha256(out)
+    # As `score` will compute it for the answers file (the pair's own options, no cut).
+    scoring = {**section_values(cfg, *PAIR_SECTIONS), "unit_size": cfg.unit_size}
     fingerprint = score_fingerprint(
-        aligned=cfg.aligned,
-        aligned_revision=cfg.aligned_revision,
-        base=cfg.base,
-        base_revision=cfg.base_revision,
-        aligned_template=cfg.aligned_template,
-        base_template=cfg.base_template,
-        top_k=cfg.top_k,
-        dtype=cfg.dtype,
-        max_output_tokens=None,
-        limit=None,
-        unit_size=cfg.unit_size,
-        truncate_context=False,
+        options_fingerprint(ScoreConfig, scoring),
         fields=Fields(),
         data_sha256=answers_sha256,
         tokenizer=tokenizer,

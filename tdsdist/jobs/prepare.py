@@ -21,7 +21,12 @@ from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.errors import TdsError
 from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Fields, read_data
-from tdsdist.inputs.fingerprint import data_sha256, fingerprinted_head_dtype, score_fingerprint
+from tdsdist.inputs.fingerprint import (
+    data_sha256,
+    fingerprinted_head_dtype,
+    options_fingerprint,
+    score_fingerprint,
+)
 from tdsdist.inputs.plan import AnswerEnd, Plan, make_plan, shared_prefix
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import (
@@ -30,9 +35,6 @@ from tdsdist.inputs.tokenizer import (
     load_tokenizer,
     tokenizer_hash,
 )
-
-#: The configuration fields that go into the fingerprint as they are.
-FINGERPRINTED = ("aligned", "aligned_revision", "base", "base_revision", "aligned_template", "base_template", "top_k", "dtype", "max_output_tokens", "limit", "unit_size", "truncate_context")  # fmt: skip
 
 
 @dataclass
@@ -138,7 +140,7 @@ def prepare(config: ScoreConfig) -> Prepared:
     except TdsError as e:  # per-example problems found while tokenizing: name the data file too
         raise TdsError(f"{config.data}: {e}") from None
     fingerprint = score_fingerprint(
-        **{k: getattr(config, k) for k in FINGERPRINTED},
+        options_fingerprint(ScoreConfig, vars(config)),
         fields=info.fields,
         data_sha256=data_sha256(config.data),
         tokenizer=tok,

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
@@ -33,20 +32,17 @@ from tdsdist.jobs.resume import (
     recorded,
 )
 from tdsdist.metrics import topk_kl
-from tdsdist.parallel.claims import claim_unit
+from tdsdist.parallel.claims import claim_loop
 from tdsdist.parallel.dist import (
     Dist,
-    StopFlag,
-    WorkClaims,
     broadcast_ints,
     checked_on_main,
-    claimed_indices,
     destroy,
     init_distributed,
     task_share,
 )
+from tdsdist.parallel.file_claims import claim_unit
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
-from tdsdist.progress import Progress
 from tdsdist.store import MODEL_STATS, Store, UnitRows
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import in_task_share
@@ -274,39 +270,41 @@ def _run(
 
 
 def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict[str, Any]:
-    """The claim loop: leaders claim and write units, their groups follow; rank 0 shows progress.
-
-    Progress counts scored positions of every pass (`passes` per answer position)."""
+    """`claim_loop` over the pending units: every rank of a group scores a claimed unit, its
+    leader writes and commits it. Progress counts scored positions of every pass (`passes` per
+    answer position)."""
     fault_at = int(os.environ.get(FAULT_ENV, "-1"))
     if os.environ.get(FAULT_RANK_ENV, str(d.rank)) != str(d.rank):
         fault_at = -1
-    claims = WorkClaims(d, len(pending))
-    stop = StopFlag()
-    progress = Progress(passes * sum(u.positions for u in pending), "scoring", "pos", d.is_main)
-    start = time.perf_counter()
+    committed = 0
+
+    def score_unit(unit: Any, advance: Callable[[int], None]) -> dict[str, Any]:
+        arrays = score_fn(unit, advance)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return arrays
+
+    def commit(unit: Any, arrays: dict[str, Any]) -> None:
+        nonlocal committed
+        store.write_rows(unit, arrays)
+        if committed == fault_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        store.mark_committed(unit)
+        committed += 1
+
+    def size(unit: Any) -> int:
+        return passes * unit.positions
+
+    def guard(unit: Any) -> Any:
+        def done() -> bool:
+            return bool(store.root["units/committed"][unit.index])
+
+        return claim_unit(store.path, unit.index, done)
+
     # Other processes on this store (array tasks, a job submitted twice) claim units by file;
-    # tensor-parallel groups rely on their leader's broadcast only (`parallel/claims.py`).
-    by_file = d.dims.tp == 1
-    for n_done, index in enumerate(claimed_indices(d, claims, stop)):
-        unit = pending[index]
-        committed = lambda u=unit.index: bool(store.root["units/committed"][u])  # noqa: E731
-        with claim_unit(store.path, unit.index, committed) if by_file else nullcontext(True) as mine:
-            if not mine:
-                continue  # another process holds it, or has committed it meanwhile
-            arrays = score_fn(unit, progress.update)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if d.is_leader:
-                store.write_rows(unit, arrays)
-                if n_done == fault_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
-                store.mark_committed(unit)
-                progress.reach(claims.add_done(passes * unit.positions))
-    progress.close()
-    elapsed = time.perf_counter() - start
-    if d.distributed:
-        dist.barrier()
-        positions = claims.add_done(0) // passes
-    else:
-        positions = claims.done_local // passes
-    return {"score_seconds": elapsed, "positions": positions, "stopped": stop.requested}
+    # tensor-parallel groups rely on their leader's broadcast only (`parallel/file_claims.py`).
+    by_file = guard if d.dims.tp == 1 else None
+    loop = claim_loop(
+        d, pending, score_unit, commit, size=size, label=("scoring", "pos"), guard=by_file
+    )
+    return {"score_seconds": loop.seconds, "positions": loop.done // passes, "stopped": loop.stopped}

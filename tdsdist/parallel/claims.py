@@ -1,101 +1,75 @@
-"""Unit claims between plain processes on one store: each unit is scored once.
+"""The one claim loop every job runs over its pending units (`score`, `generate`, and what comes
+next): group leaders claim units one at a time (`dist.WorkClaims`), the whole tensor-parallel
+group works each one together (`dist.claimed_indices`), and the leader commits it.
 
-Why: array tasks of a job submitted twice, or two `score` commands on one store, share no
-process group; without claims each scores every unit (the store ends right, the work doubles).
-A process claims a unit by creating `<store>/.claims/unit-<N>` with `O_CREAT | O_EXCL` (atomic
-on local and NFSv3+ file systems), writing its host, pid and time into it, and removes the file
-once the unit is committed. While it scores, a thread touches the file every `REFRESH_S`.
-
-A claim expires (and any process may take the unit over) when its process is gone:
-- on the same host, at once, when its pid is no longer alive (a SIGKILLed run, then a rerun);
-- on any host, when the file was not refreshed for `STALE_S` seconds (a dead node).
+Kept as one function so that a change to how units are claimed is made here once, for every job:
+plain processes on one store (array tasks, a job submitted twice) share no process group, so a
+job also passes `guard`, a per-unit claim by file (`parallel/file_claims.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import TypeVar
 
-FOLDER = ".claims"
-#: Seconds between refreshes of a held claim, and without one after which a claim is stale.
-REFRESH_S = 30.0
-STALE_S = 600.0
+import torch.distributed as dist
 
+from tdsdist.parallel.dist import Dist, StopFlag, WorkClaims, claimed_indices
+from tdsdist.progress import Progress
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+U = TypeVar("U")
+R = TypeVar("R")
 
 
-def _stale(path: Path) -> bool:
-    try:
-        host, pid, _ = path.read_text().split("\n", 2)
-        age = time.time() - path.stat().st_mtime
-    except (OSError, ValueError):
-        return False  # being written (or just removed): not ours to judge
-    if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-        return True
-    return age > STALE_S
+@dataclass(frozen=True)
+class LoopResult:
+    seconds: float
+    """Wall time of the loop on this rank (from the first claim to the last commit)."""
+    done: int
+    """Work done by the whole job (the sum of `size` over committed units, every rank's)."""
+    stopped: bool
+    """Whether SIGTERM stopped the loop before every unit was claimed."""
 
 
-def try_claim(store: Path, unit: int) -> Path | None:
-    """The claim file if this process now holds `unit`'s claim, else None (another holds it)."""
-    folder = Path(store) / FOLDER
-    folder.mkdir(exist_ok=True)
-    path = folder / f"unit-{unit}"
-    for _ in range(2):  # a stale claim is removed once, then claimed afresh
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if not _stale(path):
-                return None
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{socket.gethostname()}\n{os.getpid()}\n{time.time():.0f}\n")
-        return path
-    return None
+def claim_loop(
+    d: Dist,
+    pending: Sequence[U],
+    unit_fn: Callable[[U, Callable[[int], None]], R],
+    commit_fn: Callable[[U, R], None],
+    *,
+    size: Callable[[U], int],
+    label: tuple[str, str] = ("working", "units"),
+    guard: Callable[[U], AbstractContextManager[bool]] | None = None,
+) -> LoopResult:
+    """Run `unit_fn(unit, advance)` on every rank of the group for each claimed unit, then
+    `commit_fn(unit, result)` on the group's leader only; returns once no unit is left (or
+    SIGTERM asked to stop) and, when distributed, every rank is done.
 
-
-@contextlib.contextmanager
-def held(path: Path) -> Iterator[None]:
-    """Keep a claim fresh while the block runs; release it after (committed or failed)."""
-    done = threading.Event()
-
-    def refresh() -> None:
-        while not done.wait(REFRESH_S):
-            with contextlib.suppress(OSError):
-                os.utime(path)
-
-    thread = threading.Thread(target=refresh, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-@contextlib.contextmanager
-def claim_unit(store: Path, unit: int, committed) -> Iterator[bool]:
-    """Whether this process holds `unit` for the block (claimed, and `committed()` still false:
-    another process may have finished it since the pending list was read)."""
-    path = try_claim(store, unit)
-    if path is None:
-        yield False
-        return
-    with held(path):
-        yield not committed()
+    `size(unit)`: the unit's work in the progress bar's unit (`label`: what, and its unit);
+    `advance(n)` lets `unit_fn` move the bar within a unit on rank 0; the job-wide count is
+    reached after each commit. `guard(unit)`: a context that says whether this process holds
+    the unit (another process may hold it, or have committed it); only for groups of one rank
+    (tp 1), since every rank of a group must take the same units."""
+    claims, stop = WorkClaims(d, len(pending)), StopFlag()
+    progress = Progress(sum(size(u) for u in pending), *label, d.is_main)
+    start = time.perf_counter()
+    for index in claimed_indices(d, claims, stop):
+        unit = pending[index]
+        with guard(unit) if guard is not None else nullcontext(True) as mine:
+            if not mine:
+                continue  # another process holds it, or has committed it meanwhile
+            result = unit_fn(unit, progress.update)
+            if d.is_leader:
+                commit_fn(unit, result)
+                progress.reach(claims.add_done(size(unit)))
+    progress.close()
+    seconds = time.perf_counter() - start
+    if d.distributed:
+        dist.barrier()  # every leader's last commit is counted
+        done = claims.add_done(0)
+    else:
+        done = claims.done_local
+    return LoopResult(seconds, done, stop.requested)

@@ -6,6 +6,7 @@ work units and writes them; the other ranks of the group follow its broadcasts. 
 through torchrun's own key-value store (`store.add` on one counter hands out disjoint indices), so
 a slow group never stalls the others: it just claims fewer units.
 
+The groups come from one `init_device_mesh` (dims `dp`, `tp`), as torchtitan builds them.
 Everything here also runs without torchrun (world size 1, no process group).
 """
 
@@ -20,6 +21,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 
 from tdsdist.errors import TdsError
 
@@ -60,6 +62,8 @@ class Dist:
     dims: ParallelDims
     local_rank: int
     tp_group: dist.ProcessGroup | None
+    store: dist.Store | None = None
+    """The job's key-value store (torchrun's), where units are claimed; None on one process."""
 
     @property
     def tp_rank(self) -> int:
@@ -104,13 +108,31 @@ def init_distributed(tp: int, timeout_s: int, device: torch.device) -> Dist:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
-    tp_group = None
-    for start in range(0, world, tp):  # every rank must create every group, in the same order
-        group = dist.new_group(list(range(start, start + tp)))
-        if start <= rank < start + tp:
-            tp_group = group
-    return Dist(rank=rank, dims=dims, local_rank=local_rank, tp_group=tp_group if tp > 1 else None)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = job_store(rank, world, timeout)
+    dist.init_process_group(
+        backend=backend, store=store, rank=rank, world_size=world, timeout=timeout
+    )
+    # Ranks [dp x tp], tp the inner dimension: a tensor-parallel group is consecutive ranks.
+    mesh = init_device_mesh(device.type, (dims.dp, tp), mesh_dim_names=("dp", "tp"))
+    tp_group = mesh["tp"].get_group() if tp > 1 else None
+    return Dist(rank=rank, dims=dims, local_rank=local_rank, tp_group=tp_group, store=store)
+
+
+def job_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.TCPStore:
+    """The key-value store at torchrun's MASTER_ADDR:MASTER_PORT, made here (public API) so that
+    the claims can use it, as `init_process_group`'s env:// rendezvous would make it: under
+    torchrun's agent (TORCHELASTIC_USE_AGENT_STORE) every rank is a client of the agent's store
+    (a new one per restart); launched otherwise, rank 0 hosts it."""
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    try:
+        host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    except (KeyError, ValueError):
+        message = "WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (launch with torchrun)"
+        raise TdsError(message) from None
+    return dist.TCPStore(
+        host, port, world, is_master=rank == 0 and not agent, timeout=timeout, multi_tenant=True
+    )
 
 
 def destroy(d: Dist) -> None:
@@ -172,7 +194,7 @@ class WorkClaims:
         self.count = count
         self.next_local = 0
         self.done_local = 0
-        self.store = dist.distributed_c10d._get_default_store() if d.distributed else None
+        self.store = d.store if d.distributed else None
 
     def claim(self) -> int:
         """The next unclaimed index, or -1 when all are taken."""

@@ -30,6 +30,7 @@ from tdsdist.inputs.transcripts import check_messages
 from tdsdist.metrics import CATEGORIES
 from tdsdist.serve.engine import Engine, EngineFull, Job
 from tdsdist.serve.metrics import ServeMetrics
+from tdsdist.serve.page import MAX_TOKEN_IDS, WithPage
 from tdsdist.serve.pair import PairInputs, RequestError
 from tdsdist.serve.record import Recorder
 from tdsdist.store import DIVERGENCES
@@ -78,6 +79,11 @@ class GenerateRequest(Prompt):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0, lt=2**63)
     stream: bool = False
+
+
+class TokensRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ids: list[int] = Field(max_length=MAX_TOKEN_IDS)
 
 
 class JSON(JSONResponse):
@@ -235,6 +241,14 @@ def build_app(
     async def health() -> JSON:
         return JSON({"status": "ok", "queue_depth": engine.depth()})
 
+    @app.post("/v1/tokens")
+    async def tokens(body: TokensRequest) -> JSON:
+        """Each id's text alone (`show --json`'s `token`): the page's top-k lists."""
+        for n, i in enumerate(body.ids):
+            if not 0 <= i < len(tokenizer):
+                raise RequestError(f"ids[{n}]: {i} is not a token id (0..{len(tokenizer) - 1})")
+        return JSON({"tokens": [tokenizer.decode([i]) for i in body.ids]})
+
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.queue_depth.set(engine.depth())
@@ -332,4 +346,4 @@ def build_app(
         last.pop("done")
         return JSON({**last, "positions": positions})
 
-    return BodyLimit(app, max_body_bytes)
+    return BodyLimit(WithPage(app), max_body_bytes)

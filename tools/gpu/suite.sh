@@ -3,7 +3,9 @@
 #   1. correctness on CUDA against the float64 per-token reference (python -m tools.gpu.correctness);
 #   2. scoring vs bare-forward throughput and MFU, Llama-2-7B shape in bf16 (python -m tools.gpu.check),
 #      and the pair head against two bare forwards (--pair);
-#   3. the shared-prefix cache with URIAL on a Llama-2-7B-shaped model (python -m tools.bench.prefix).
+#   3. the shared-prefix cache with URIAL on a Llama-2-7B-shaped model (python -m tools.bench.prefix);
+#   4. `tdsdist serve` under load, a random Llama-2-7B-shaped pair in bf16 (python -m tools.bench.serve):
+#      /v1/score under 8 and 32 clients against `score`, 1/8/32 generate streams, lockstep cost, RSS.
 # Needs torch and transformers (and jinja2, numpy, tokenizers); not deepspeed or zarr.
 #
 #   bash tools/gpu/suite.sh OUT_DIR DATA_DIR
@@ -31,4 +33,8 @@ $py -m tools.bench.prefix --device cuda --dtype bfloat16 --random-shape llama2-7
   --model "$data/tokenizer" --data "$data/just_eval_llama2_7b_chat.json" \
   --urial "$data/urial_inst_1k_v4.txt" --examples 128 --repeats 3 \
   --max-tokens-per-batch "$budget" --compare-masked --out "$out/gpu_prefix_$budget.json" 2>&1 | grep -v Warning | tail -n 12 || status=1
+$py -m tools.bench.serve --device cuda --dtype bfloat16 --random-shape llama2-7b \
+  --tokenizer "$data/tokenizer" --data "$data/just_eval_llama2_7b_chat.json" --examples 64 \
+  --passes 2 --gen-tokens 128 --repeats 3 --threads 4 \
+  --out "$out/gpu_serve.json" 2>&1 | grep -v Warning | tail -n 80 || status=1
 exit $status

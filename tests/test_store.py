@@ -141,7 +141,8 @@ def test_show_json_schema(scored: Path) -> None:
     assert len(record["positions"]) == s.lengths[3]
     base_rank = s.read("base/rank", s.rows(3))
     for t, p in enumerate(record["positions"]):
-        assert set(p) == {"t", "token_id", "token", "aligned", "base", "category", "kl", "divergence", "base_top1"}  # fmt: skip
+        expected = {"t", "token_id", "token", "aligned", "base", "category", "kl", "divergence"}
+        assert set(p) == expected | {"base_top1", "published"}
         assert p["t"] == t and isinstance(p["token_id"], int) and isinstance(p["token"], str)
         # The contract tests and tools rely on (issue 11): exact divergences, tie counts.
         assert set(p["divergence"]) == {"kl_aligned_base", "kl_base_aligned", "js", "tv"}

@@ -134,9 +134,10 @@ class ScoreConfig:
     special_tokens_in_text: str | None = field(
         default=None, metadata={"choices": ("split", "parse")}
     )
-    """A special-token string inside an answer (`<|im_end|>`): `split` tokenizes it as text (the
-    default for a new store), `parse` as the control token (earlier releases; the default when
-    resuming a store made so). Only the template's markers and --answer-eos map give special ids."""
+    """A special-token string inside an answer, instruction or message (`<|im_end|>`): `split`
+    tokenizes it as text (the default for a new store), `parse` as the control token (earlier
+    releases; the default when resuming a store made so). Only the template's markers and
+    --answer-eos map give special ids."""
     max_tokens_per_batch: int = 8192
     """Token budget of one forward batch (padded length times batch size)."""
     logits_chunk_mib: int = 64

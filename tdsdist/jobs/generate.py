@@ -34,6 +34,7 @@ from tdsdist.engine.decoder import Decoder, Generated, Sampling
 from tdsdist.engine.models import load_model_config, resolve_device
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
+from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
     differences,
@@ -41,7 +42,7 @@ from tdsdist.inputs.fingerprint import (
     generation_fingerprint,
     score_fingerprint,
 )
-from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.plan import context_tokens
 from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
 from tdsdist.jobs.score import score_on
@@ -90,12 +91,15 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     adapter, notes = check_adapter(cfg)
     tokenizer = load_tokenizer(*tokenizer_name(cfg), cfg.trust_remote_code)
     context_fn = aligned_context_fn(cfg.aligned_template, tokenizer)
+    # A special token's text in a prompt is text (`special_text`); only such prompts change.
     contexts = [
-        tokenize_context(tokenizer, context_fn(ex), cfg.aligned_template == "input")
+        context_tokens(tokenizer, context_fn, ex, cfg.aligned_template == "input", False, True)
         for ex in examples
     ]
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = generation_fingerprint(cfg, tokenizer)
+    if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
+        fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
     if adapter is not None:  # absent: no adapter, as before
         fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
     device = resolve_device(cfg.device)
@@ -351,6 +355,7 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
     )
     if any(ex.messages is not None for ex in examples):  # as `score` reads the answers file
         fingerprint.update(data_format="json/chat", turns="last")
+    fingerprint[special_text.KEY] = special_text.SPLIT  # as `prepare` records a new store's
     if cfg.aligned_adapter:  # as `prepare` records it, so that `score` resumes this store
         fingerprint["aligned_adapter"] = adapter_fingerprint(read_adapter(cfg.aligned_adapter))
     store = create(

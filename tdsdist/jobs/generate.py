@@ -67,6 +67,7 @@ from tdsdist.safe_replace import (
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
+from tdsdist.store_space import check_store_writable
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated.
@@ -102,6 +103,8 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
         fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
     if adapter is not None:  # absent: no adapter, as before
         fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
+    for place in (out, parts, *([cfg.store] if cfg.store else [])):
+        check_store_writable(place)  # before minutes of model loading
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)

@@ -57,6 +57,7 @@ from tdsdist.parallel.loading import load_runner
 from tdsdist.store import create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers
+from tdsdist.store_space import check_store_writable
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import unit_ranges
 
@@ -201,6 +202,8 @@ def run_nudge(cfg: NudgeConfig, log=print) -> dict[str, Any]:
     fingerprint = nudge_fingerprint(cfg, tokenizer)
     if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
         fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
+    for place in (out, parts, cfg.store):
+        check_store_writable(place)  # before minutes of model loading
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)

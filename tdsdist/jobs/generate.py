@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from tdsdist.inputs.plan import context_tokens
 from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
 from tdsdist.jobs.score import score_on
+from tdsdist.parallel.claims import claim_unit, held, try_claim
 from tdsdist.parallel.dist import (
     Dist,
     StopFlag,
@@ -185,15 +187,14 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
         sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k)  # fmt: skip
         decoder = Decoder(runners["aligned"], tokenizer, sampling)
         todo = [units[n] for n in pending]
-        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d)
+        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, by_file=d.dims.tp == 1)  # fmt: skip
     stopped = any_rank(d, stopped)  # also waits for every rank's last unit
     if not stopped:  # rank 0 assembles; a failure there reaches every rank, no one waits
-        checked_on_main(
-            d,
-            lambda: _assemble(
-                examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log
-            ),
-        )
+        assemble = lambda: _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log)  # noqa: E731  # fmt: skip
+        if d.distributed:
+            checked_on_main(d, assemble)
+        else:  # plain processes on one parts folder: one assembles, the others wait for it
+            _assemble_once(parts, out, assemble)
     # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
     result = {"load_seconds": load_seconds, "generate_seconds": time.perf_counter() - start}
     return ({**result, "stopped": True} if stopped else result), runners
@@ -208,20 +209,64 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
     return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
-def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating") -> bool:  # fmt: skip
+def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating", by_file=False) -> bool:  # fmt: skip
     """The claim loop (as `score`'s): leaders claim units, their groups decode them together,
     leaders save them. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
-    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s."""
+    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s.
+
+    `by_file` (tp 1): other processes on the same parts folder (array tasks, a job submitted
+    twice) claim units by file too (`parallel/claims.py`); a single process then waits for the
+    units others hold (taking over a stale claim), so that every part exists when it returns."""
     decode, save = decode or _generate_unit, save or _save_unit
     claims, stop = WorkClaims(d, len(units)), StopFlag()
     progress = Progress(sum(len(u) for u in units), label, "ex", d.is_main)
+
+    def run(index: int) -> None:
+        n = numbers[index]
+        try:
+            with claim_unit(parts, n, lambda: _part(parts, n, "json").exists()) if by_file else nullcontext(True) as mine:  # fmt: skip
+                if not mine:
+                    return  # another process holds it, or has saved it meanwhile
+                results = decode(decoder, contexts, units[index], n, cfg)
+                if d.is_leader:
+                    save(results, decoder.tokenizer, units[index], n, parts)
+                    progress.reach(claims.add_done(len(units[index])))
+        except FileNotFoundError:
+            if not by_file or parts.exists():
+                raise  # else another process has assembled every unit and removed the parts
+
     for index in claimed_indices(d, claims, stop):
-        results = decode(decoder, contexts, units[index], numbers[index], cfg)
-        if d.is_leader:
-            save(results, decoder.tokenizer, units[index], numbers[index], parts)
-            progress.reach(claims.add_done(len(units[index])))
+        run(index)
+    while by_file and not d.distributed and not stop.requested:
+        missing = [k for k, n in enumerate(numbers) if not _part(parts, n, "json").exists()]
+        missing = missing if parts.exists() else []  # assembled by another process
+        if not missing:
+            break
+        for index in missing:
+            run(index)
+        time.sleep(WAIT_S)
     progress.close()
     return stop.requested
+
+
+#: Seconds between looks at the units or the assembly another process holds.
+WAIT_S = 0.5
+
+
+def _assemble_once(parts: Path, out: Path, assemble) -> None:
+    """`assemble()` in one of the processes sharing `parts` (whoever claims it); the others wait
+    until it is done (the answers file written, the parts folder removed)."""
+    while not (out.exists() and not parts.exists()):
+        try:
+            claim = try_claim(parts, -1)
+        except FileNotFoundError:  # the parts folder was just removed: assembled
+            continue
+        if claim is not None:
+            with held(claim):
+                if parts.exists():
+                    assemble()
+            return
+        time.sleep(WAIT_S)
 
 
 def _generate_unit(decoder, contexts, unit, n, cfg) -> dict[int, Generated]:

@@ -106,3 +106,13 @@ def test_score_keeps_the_instruction_text_and_counts_it(tiny_pair, tmp_path: Pat
     base = StoredContexts(Store(store, mode="r")).ids(0, "base").tolist()
     assert base == tok("Say <|user|> hi", split_special_tokens=True)["input_ids"]
     assert not set(base[1:]) & set(tok.all_special_ids)  # BOS, then the text's own ids
+
+
+def test_an_instruction_that_is_a_marker_leaves_the_prompt_markers(tiny_pair) -> None:
+    """A verbatim prompt whose instruction is itself a marker, found more than once: the
+    prompt's markers stay markers (its place cannot be told), exactly as before."""
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    prompt = "<s><|user|>\n<|user|>\n<|assistant|>\n"
+    ex = Example(0, "a", "<|user|>", prompt, "x")
+    render = aligned_context_fn("input", tok)
+    assert context_tokens(tok, render, ex, True, False, True) == tokenize_context(tok, prompt, True)

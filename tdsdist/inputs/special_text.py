@@ -99,8 +99,8 @@ def has_special(texts: Sequence[str], strings: Sequence[str]) -> bool:
 
 
 def _marked(ex: Example) -> tuple[Example, list[str]]:
-    """`ex` with a sentinel in place of each user text (also where the instruction appears in a
-    verbatim prompt), and the texts by sentinel number."""
+    """`ex` with a sentinel in place of each user text (also where the instruction appears once
+    in a verbatim prompt), and the texts by sentinel number."""
     texts: list[str] = []
 
     def mark(text: str) -> str:
@@ -112,7 +112,9 @@ def _marked(ex: Example) -> tuple[Example, list[str]]:
     if ex.messages is not None:
         messages = tuple({**m, "content": mark(m["content"])} for m in ex.messages)
     prompt = ex.prompt
-    if prompt is not None and ex.instruction and ex.instruction in prompt:
+    # A verbatim prompt: the instruction's place is known only where it occurs once (an
+    # instruction that is just a marker, `<|im_end|>`, would otherwise turn markers into text).
+    if prompt is not None and ex.instruction and prompt.count(ex.instruction) == 1:
         prompt = prompt.replace(ex.instruction, instruction)
     return replace(ex, instruction=instruction, messages=messages, prompt=prompt), texts
 

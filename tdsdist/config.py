@@ -109,9 +109,10 @@ class Contexts(Section):
     no_prefix_cache: bool = False
     """Recompute the contexts' shared token prefix in every batch instead of caching it once."""
     special_tokens_in_text: Literal["split", "parse"] | None = None
-    """A special-token string inside an answer (`<|im_end|>`): `split` tokenizes it as text (the
-    default for a new store), `parse` as the control token (earlier releases; the default when
-    resuming a store made so). Only the template's markers and --answer-eos map give special ids.
+    """A special-token string inside an answer, instruction or message (`<|im_end|>`): `split`
+    tokenizes it as text (the default for a new store), `parse` as the control token (earlier
+    releases; the default when resuming a store made so). Only the template's markers and
+    --answer-eos map give special ids.
     (Recorded by `inputs/special_text.py`, not by the generic fingerprint.)"""
 
 

@@ -93,6 +93,12 @@ class GroupWriter(Protocol):
 #: Stores of formats 1-3 keep opening and resume in their own format.
 FORMAT_VERSION = 4
 CHUNK_POSITIONS = 4096
+#: About what one answer position takes on disk in format 3 (both models' statistics, top-k ids
+#: and log-probabilities, divergences; compressed): what a disk-full message says a run needs.
+BYTES_PER_POSITION = 400
+#: A new store's own files before any position (metadata, empty arrays, tokenizer files): about
+#: 1 MB on a file system of 4 KB blocks (measured on the tests' tiny store), one block a file.
+NEW_STORE_BYTES = 1_000_000
 MODELS = ("aligned", "base")
 
 

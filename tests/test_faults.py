@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tdsdist.jobs.demo import demo_data_path
+from tdsdist.store import BYTES_PER_POSITION
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 CLI = [sys.executable, "-c", "from tdsdist.cli import entry; entry()"]
@@ -244,7 +246,38 @@ def test_an_immutable_store_is_one_line_and_keeps_its_bytes(tiny_pair, store) ->
     finally:
         subprocess.run(["chattr", "-i", *map(str, locked)], check=True)
     assert result.returncode == 2 and "cannot write here" in error_line(result)
+    assert "already committed" not in result.stderr  # refused before any model loads
     assert digest(store) == before
+
+
+def _immutable(folder: Path) -> None:
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (root ignores chmod, so nothing to test)")
+
+
+@pytest.mark.parametrize("command", ["score", "generate"])
+def test_an_immutable_parent_is_one_line_before_loading(tiny_pair, tmp_path, command) -> None:
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    args = score_args(tiny_pair, parent / "s.zarr")
+    if command == "generate":
+        args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()),
+                "--out", str(parent / "a.json"), "--device", "cpu", "--limit", "2"]  # fmt: skip
+    _immutable(parent)
+    try:
+        result = tdsdist(*args)
+    finally:
+        subprocess.run(["chattr", "-i", str(parent)], check=True)
+    line = error_line(result)
+    assert result.returncode == 2 and line.startswith(f"error: {parent}: cannot write here")
+    assert not list(parent.iterdir())
+
+
+def test_a_store_under_a_file_is_one_line(tiny_pair, tmp_path) -> None:
+    (tmp_path / "f").write_text("x")
+    result = tdsdist(*score_args(tiny_pair, tmp_path / "f" / "s.zarr"))
+    assert result.returncode == 2
+    assert error_line(result).endswith(f"{tmp_path / 'f'} is a file, not a folder")
 
 
 def test_a_full_disk_is_one_line_and_a_rerun_recovers(tiny_pair, scored, tmp_path) -> None:
@@ -257,7 +290,13 @@ def test_a_full_disk_is_one_line_and_a_rerun_recovers(tiny_pair, scored, tmp_pat
         pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or 'not permitted'})")
     try:
         result = tdsdist(*score_args(tiny_pair, mount / "s.zarr"))
-        assert result.returncode == 2 and "no space left" in error_line(result)
+        line = error_line(result)
+        assert result.returncode == 2 and "no space left" in line
+        # How much the rest needs (BYTES_PER_POSITION each) against what is free, in the line.
+        found = re.search(r"the (\d+) positions still to score need about ([\d.]+) KB", line)
+        assert found and 0 < int(found[1]) <= 96, line
+        assert float(found[2]) == round(int(found[1]) * BYTES_PER_POSITION / 1000, 1)
+        assert re.search(r"need about [\d.]+ KB and a new store 1.0 MB more, [\d.]+ (B|KB) free", line), line  # fmt: skip
         assert not [p for p in mount.iterdir() if p.name != "s.zarr"]  # no staging folder left
     finally:
         subprocess.run(["umount", str(mount)], check=True)

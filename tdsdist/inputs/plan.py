@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
-from tdsdist.inputs.special_text import encode_text
+from tdsdist.inputs.special_text import encode_context, encode_text
 from tdsdist.inputs.templates import ContextFn
 from tdsdist.units import unit_ranges
 
@@ -75,6 +75,29 @@ def tokenize_context(
     original AlignTDS pipeline tokenized it so, and `input-verbatim` reproduces its contexts.
     """
     ids = list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
+    return _single_bos(tokenizer, ids, special_tokens, keep_double_bos)
+
+
+def context_tokens(
+    tokenizer,
+    render: ContextFn,
+    ex: Example,
+    special_tokens: bool,
+    keep_double_bos: bool = False,
+    split_special_text: bool = False,
+) -> list[int]:
+    """`tokenize_context` of `render(ex)`; with `split_special_text`, a special-token string in
+    the instruction or a message stays text (`special_text.encode_context`), and an example
+    without one gets exactly the ids it always got."""
+    text = render(ex)
+    if split_special_text:
+        ids = encode_context(tokenizer, render, ex, text, special_tokens)
+        if ids is not None:
+            return _single_bos(tokenizer, ids, special_tokens, keep_double_bos)
+    return tokenize_context(tokenizer, text, special_tokens, keep_double_bos)
+
+
+def _single_bos(tokenizer, ids: list[int], special_tokens: bool, keep_double_bos: bool) -> list[int]:
     bos = tokenizer.bos_token_id
     doubled = bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos
     if special_tokens and doubled and not keep_double_bos:
@@ -138,7 +161,8 @@ def make_plan(
     id exists in both models; `tokenizer` (the aligned one) keeps the aligned context, whose
     chat tokens may be appended ones.
     `aligned_keep_double_bos` keeps a verbatim prompt's doubled BOS (`input-verbatim`).
-    `split_special_text`: a special-token string in an answer is text (`special_text.py`).
+    `split_special_text`: a special-token string in an answer, an instruction or a message is
+    text (`special_text.py`).
     """
     items: list[Item] = []
     base_tok = tokenizer if base_tokenizer is None else base_tokenizer
@@ -151,10 +175,15 @@ def make_plan(
         cut = max_output_tokens is not None and len(answer) > max_output_tokens
         if cut:
             answer = answer[:max_output_tokens]
-        a_ctx = tokenize_context(
-            tokenizer, aligned_context(ex), aligned_special_tokens, aligned_keep_double_bos
+        a_ctx = context_tokens(
+            tokenizer,
+            aligned_context,
+            ex,
+            aligned_special_tokens,
+            aligned_keep_double_bos,
+            split_special_text,
         )
-        b_ctx = tokenize_context(base_tok, base_context(ex), True)
+        b_ctx = context_tokens(base_tok, base_context, ex, True, False, split_special_text)
         for ctx, what in ((a_ctx, "aligned"), (b_ctx, "base")):
             if not ctx:
                 raise TdsError(

@@ -17,6 +17,8 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from tdsdist.engine.decoder import Decoder, Generated, Sampling
 from tdsdist.engine.models import load_model_config, resolve_device
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
+from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
     BASE_KEYS,
@@ -43,7 +46,7 @@ from tdsdist.inputs.fingerprint import (
     options_fingerprint,
     score_fingerprint,
 )
-from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.plan import context_tokens
 from tdsdist.inputs.templates import aligned_context_fn
 from tdsdist.inputs.tokenizer import load_tokenizer
 from tdsdist.jobs.score import score_on
@@ -57,6 +60,7 @@ from tdsdist.parallel.dist import (
     destroy,
     init_distributed,
 )
+from tdsdist.parallel.file_claims import claim_unit, held, try_claim
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.safe_replace import (
     check_replaceable_answers,
@@ -66,6 +70,7 @@ from tdsdist.safe_replace import (
 from tdsdist.store import MODEL_STATS, create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers, select
+from tdsdist.store_space import check_store_writable
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated: the model, its template
@@ -91,14 +96,19 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     adapter, notes = check_adapter(cfg)
     tokenizer = load_tokenizer(*tokenizer_name(cfg), cfg.trust_remote_code)
     context_fn = aligned_context_fn(cfg.aligned_template, tokenizer)
+    # A special token's text in a prompt is text (`special_text`); only such prompts change.
     contexts = [
-        tokenize_context(tokenizer, context_fn(ex), cfg.aligned_template == "input")
+        context_tokens(tokenizer, context_fn, ex, cfg.aligned_template == "input", False, True)
         for ex in examples
     ]
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = generation_fingerprint(cfg, tokenizer)
+    if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
+        fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
     if adapter is not None:  # absent: no adapter, as before
         fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
+    for place in (out, parts, *([cfg.store] if cfg.store else [])):
+        check_store_writable(place)  # before minutes of model loading
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)
@@ -185,15 +195,14 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
         sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k)  # fmt: skip
         decoder = Decoder(runners["aligned"], tokenizer, sampling)
         todo = [units[n] for n in pending]
-        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d)
+        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, by_file=d.dims.tp == 1)  # fmt: skip
     stopped = any_rank(d, stopped)  # also waits for every rank's last unit
     if not stopped:  # rank 0 assembles; a failure there reaches every rank, no one waits
-        checked_on_main(
-            d,
-            lambda: _assemble(
-                examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log
-            ),
-        )
+        assemble = lambda: _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log)  # noqa: E731  # fmt: skip
+        if d.distributed:
+            checked_on_main(d, assemble)
+        else:  # plain processes on one parts folder: one assembles, the others wait for it
+            _assemble_once(parts, out, assemble)
     # generate_seconds: decoding, saving and assembling (answers file, store); loading apart.
     result = {"load_seconds": load_seconds, "generate_seconds": time.perf_counter() - start}
     return ({**result, "stopped": True} if stopped else result), runners
@@ -208,10 +217,14 @@ def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
     return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
-def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating") -> bool:  # fmt: skip
+def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating", by_file=False) -> bool:  # fmt: skip
     """`claim_loop` over the pending units: the group decodes a claimed unit together, its
     leader saves it. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
-    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s."""
+    (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s.
+
+    `by_file` (tp 1): other processes on the same parts folder (array tasks, a job submitted
+    twice) claim units by file too (`parallel/file_claims.py`); a single process then waits for
+    the units others hold (taking over a stale claim), so that every part exists when it returns."""
     decode, save = decode or _generate_unit, save or _save_unit
     pending = list(zip(units, numbers))  # (example indices, unit number)
 
@@ -224,7 +237,56 @@ def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, deco
     def size(unit: tuple[Any, int]) -> int:
         return len(unit[0])
 
-    return claim_loop(d, pending, work, commit, size=size, label=(label, "ex")).stopped
+    @contextmanager
+    def guard(unit: tuple[Any, int]) -> Iterator[bool]:
+        n = unit[1]
+        with ExitStack() as stack:
+            try:
+                saved = _part(parts, n, "json").exists
+                mine = stack.enter_context(claim_unit(parts, n, saved))
+            except FileNotFoundError:  # another process assembled every unit, removed the parts
+                if parts.exists():
+                    raise
+                mine = False
+            try:
+                yield mine
+            except FileNotFoundError:
+                if parts.exists():
+                    raise
+
+    by = guard if by_file else None
+    stopped = claim_loop(d, pending, work, commit, size=size, label=(label, "ex"), guard=by).stopped
+    while by_file and not d.distributed and not stopped:
+        missing = [u for u in pending if not _part(parts, u[1], "json").exists()]
+        missing = missing if parts.exists() else []  # assembled by another process
+        if not missing:
+            break
+        for unit in missing:
+            with guard(unit) as mine:
+                if mine:
+                    commit(unit, work(unit, None))
+        time.sleep(WAIT_S)
+    return stopped
+
+
+#: Seconds between looks at the units or the assembly another process holds.
+WAIT_S = 0.5
+
+
+def _assemble_once(parts: Path, out: Path, assemble) -> None:
+    """`assemble()` in one of the processes sharing `parts` (whoever claims it); the others wait
+    until it is done (the answers file written, the parts folder removed)."""
+    while not (out.exists() and not parts.exists()):
+        try:
+            claim = try_claim(parts, -1)
+        except FileNotFoundError:  # the parts folder was just removed: assembled
+            continue
+        if claim is not None:
+            with held(claim):
+                if parts.exists():
+                    assemble()
+            return
+        time.sleep(WAIT_S)
 
 
 def _generate_unit(decoder, contexts, unit, n, cfg) -> dict[int, Generated]:
@@ -351,6 +413,7 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
     )
     if any(ex.messages is not None for ex in examples):  # as `score` reads the answers file
         fingerprint.update(data_format="json/chat", turns="last")
+    fingerprint[special_text.KEY] = special_text.SPLIT  # as `prepare` records a new store's
     if cfg.aligned_adapter:  # as `prepare` records it, so that `score` resumes this store
         fingerprint["aligned_adapter"] = adapter_fingerprint(read_adapter(cfg.aligned_adapter))
     store = create(

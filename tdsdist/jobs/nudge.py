@@ -33,6 +33,7 @@ from tdsdist.engine.nudging import Nudging
 from tdsdist.engine.pair_head import PairOutput
 from tdsdist.errors import TdsError
 from tdsdist.files import file_sha256, write_atomic
+from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Fields, read_data
 from tdsdist.inputs.fingerprint import (
     data_sha256,
@@ -40,7 +41,7 @@ from tdsdist.inputs.fingerprint import (
     options_fingerprint,
     score_fingerprint,
 )
-from tdsdist.inputs.plan import tokenize_context
+from tdsdist.inputs.plan import context_tokens
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import compare_vocabularies, load_tokenizer, tokenizer_hash
 from tdsdist.jobs.generate import _generate_units, _kept_fields, _part, _prepare_parts
@@ -58,6 +59,7 @@ from tdsdist.parallel.loading import load_runner
 from tdsdist.store import create
 from tdsdist.store_contexts import ExampleContexts
 from tdsdist.store_fields import ExampleFields, Writers
+from tdsdist.store_space import check_store_writable
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import unit_ranges
 
@@ -190,14 +192,18 @@ def run_nudge(cfg: NudgeConfig, log=print) -> dict[str, Any]:
     contexts = []
     for ex in examples:  # as `generate` (aligned) and `score`'s plan (base) tokenize them
         both = {
-            "aligned": tokenize_context(tokenizer, aligned_fn(ex), cfg.aligned_template == "input"),
-            "base": tokenize_context(base_tok, base_fn(ex), True),
+            "aligned": context_tokens(tokenizer, aligned_fn, ex, cfg.aligned_template == "input", False, True),  # fmt: skip
+            "base": context_tokens(base_tok, base_fn, ex, True, False, True),
         }
         if not both["aligned"] or not both["base"]:
             raise TdsError(f"{cfg.data}: example {ex.index} (id {ex.id!r}): an empty context")
         contexts.append(both)
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = nudge_fingerprint(cfg, tokenizer)
+    if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
+        fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
+    for place in (out, parts, cfg.store):
+        check_store_writable(place)  # before minutes of model loading
     device = resolve_device(cfg.device)
     d = init_distributed(cfg.tp, cfg.dist_timeout, device)
     log = log if d.is_main else (lambda m: None)

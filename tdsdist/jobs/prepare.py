@@ -112,12 +112,16 @@ def prepare(config: ScoreConfig) -> Prepared:
         answer_end = AnswerEnd(config.answer_eos_text, config.answer_eos)
     special = special_text.resolve(config.special_tokens_in_text, config.store, config.overwrite)
     quoting = special_text.count_with_special(
-        [f"{ex.instruction}\n{ex.answer}" for ex in examples], base_tok
+        ["\n".join([*special_text.user_texts(ex), ex.answer]) for ex in examples], base_tok
     )
     if quoting:
+        asked = special_text.count_with_special(
+            ["\n".join(special_text.user_texts(ex)) for ex in examples], base_tok
+        )
         notes.append(
-            f"tdsdist: {quoting} example(s) contain a special-token string in their text; their"
-            f" answers are tokenized with it as {'text' if special == 'split' else 'the control token'}"
+            f"tdsdist: {quoting} example(s) contain a special-token string in their text ({asked}"
+            " in the instruction or messages); it is tokenized as"
+            f" {'text' if special == 'split' else 'the control token'}"
             f" (--special-tokens-in-text {special})"
         )
     try:

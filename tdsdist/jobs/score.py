@@ -44,6 +44,7 @@ from tdsdist.parallel.dist import (
 from tdsdist.parallel.file_claims import claim_unit
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.store import MODEL_STATS, Store, UnitRows
+from tdsdist.store_space import check_store_writable, no_space
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import in_task_share
 
@@ -208,7 +209,15 @@ def _run(
 ) -> dict[str, Any]:
     def create() -> tuple[Prepared, Store]:
         prep = prepare(config)
-        return prep, open_or_create_store(prep)
+        check_store_writable(config.store)  # before minutes of model loading
+        try:
+            return prep, open_or_create_store(prep)
+        except OSError as e:
+            new = not os.path.exists(os.path.join(config.store, "zarr.json"))
+            full = no_space(e, config.store, sum(it.positions for it in prep.plan.items), new)
+            if full is None:
+                raise
+            raise full from None
 
     made = checked_on_main(d, create)
     if made is None:  # same data, same plan: deterministic on every rank
@@ -252,7 +261,14 @@ def _run(
         start = time.perf_counter()
         score_fn, passes = load_scoring(config, prep, store, device, d, preloaded)
         timing["load_seconds"] = time.perf_counter() - start
-        timing.update(_score_units(score_fn, store, [units[i] for i in pending], d, passes, device))
+        try:
+            timing.update(_score_units(score_fn, store, [units[i] for i in pending], d, passes, device))  # fmt: skip
+        except OSError as e:
+            left = store.committed()
+            full = no_space(e, store.path, sum(u.positions for u in units if not left[u.index]))
+            if full is None:
+                raise
+            raise full from None
     stopped = timing.pop("stopped", False)
     if d.is_main:
         if task_count == 1:

@@ -228,15 +228,6 @@ def build_app(
         metrics.requests.labels(path, "rejected").inc()
         return error(503, "the server is busy: retry later", {"Retry-After": str(RETRY_AFTER_S)})
 
-    def check_texts(
-        body: Prompt, messages: list[dict[str, str]], answer: str | None = None
-    ) -> None:
-        for n, m in enumerate(messages):
-            where = "instruction" if body.instruction is not None else f"messages[{n}].content"
-            inputs.check_text(where, m["content"])
-        if answer is not None:
-            inputs.check_text("answer", answer)
-
     @app.get("/health")
     async def health() -> JSON:
         return JSON({"status": "ok", "queue_depth": engine.depth()})
@@ -258,7 +249,6 @@ def build_app(
     async def score(body: ScoreRequest) -> JSON:
         started = time.perf_counter()
         messages = body.conversation()
-        check_texts(body, messages, body.answer)
         pair = inputs.answer_pair(messages, body.answer)
         try:
             job, events = submit("score", pair)
@@ -287,7 +277,6 @@ def build_app(
         if limit > max_new_tokens:
             raise RequestError(f"max_new_tokens: {limit} is above the server's {max_new_tokens}")
         messages = body.conversation()
-        check_texts(body, messages)
         contexts = inputs.contexts(messages, limit)
         request = LockstepRequest("", contexts, limit, body.temperature, body.top_p, body.seed)
         try:

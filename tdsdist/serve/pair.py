@@ -2,9 +2,9 @@
 
 A request's text becomes contexts and answer ids exactly as `score` makes them from a data file
 (`inputs.plan.make_plan` on one `Example`), so `/v1/score` gives what `score` then `show --json`
-give. Text from users must never become control tokens: an instruction, message or answer that
-holds a special token's text (`<|im_start|>`, `</s>`) is refused with a 400 naming the field,
-rather than tokenized differently from `score` (which parses the same text as the token).
+give. Text from users never becomes control tokens: a special token's text (`<|im_start|>`,
+`</s>`) in an instruction, message or answer is tokenized as its characters, as `score` does
+(`inputs.special_text`), unless the server runs with `--special-tokens-in-text parse`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from tdsdist.engine.adapters import tokenizer_source
 from tdsdist.engine.models import load_model_config, model_window
 from tdsdist.engine.scorer import AnswerPair
 from tdsdist.errors import TdsError
+from tdsdist.inputs import special_text
 from tdsdist.inputs.data import Example
-from tdsdist.inputs.plan import make_plan, tokenize_context
+from tdsdist.inputs.plan import context_tokens, make_plan
 from tdsdist.inputs.templates import ContextFn, aligned_context_fn, base_context_fn
 from tdsdist.inputs.tokenizer import compare_vocabularies, load_tokenizer
 from tdsdist.jobs.prepare import check_union_layout
@@ -26,7 +27,7 @@ from tdsdist.parallel.dist import Dist
 
 
 class RequestError(ValueError):
-    """A request the pair cannot take (too long, control-token text): a 4xx, one line."""
+    """A request the pair cannot take (too long, empty): a 4xx, one line."""
 
 
 @dataclass
@@ -40,8 +41,8 @@ class PairInputs:
     windows: dict[str, int]
     aligned_context: ContextFn
     base_context: ContextFn
-    special: set[str]
-    """Texts of both tokenizers' special tokens, refused in requests."""
+    split_special_text: bool
+    """A special token's text in a request is text (`special_text.SPLIT`), as in `score`."""
 
     @classmethod
     def load(cls, config: ScoreConfig) -> PairInputs:
@@ -70,17 +71,11 @@ class PairInputs:
             windows,
             aligned_context_fn(config.aligned_template, tok),
             base_context_fn(config.base_template),
-            _special_texts(tok) | _special_texts(base_tok),
+            config.special_tokens_in_text != special_text.PARSE,
         )
 
     def vocab_size(self, model: str) -> int:
         return len(self.tokenizer) if self.union is None else getattr(self.union, model)
-
-    def check_text(self, field: str, text: str) -> None:
-        """Refuse text that holds a special token's text (module docstring)."""
-        for special in self.special:
-            if special in text:
-                raise RequestError(f"{field}: holds the special token text {special!r}")
 
     def example(self, messages: list[dict[str, str]], answer: str) -> Example:
         """One example as a chat transcript's: `messages` before the answer, the last a user's."""
@@ -110,6 +105,7 @@ class PairInputs:
                 truncate_context=False,
                 unit_size=1,
                 base_tokenizer=None if self.union is None else self.base_tokenizer,
+                split_special_text=self.split_special_text,
             )
         except TdsError as e:
             raise RequestError(str(e).replace("example 0 (id 'request'): ", "")) from None
@@ -121,11 +117,12 @@ class PairInputs:
         ex = self.example(messages, "")
         special = self.config.aligned_template in ("input", "input-verbatim")
         keep_double = self.config.aligned_template == "input-verbatim"
+        split = self.split_special_text
         contexts = {
-            "aligned": tokenize_context(
-                self.tokenizer, self.aligned_context(ex), special, keep_double
-            ),  # fmt: skip
-            "base": tokenize_context(self.base_tokenizer, self.base_context(ex), True),
+            "aligned": context_tokens(
+                self.tokenizer, self.aligned_context, ex, special, keep_double, split
+            ),
+            "base": context_tokens(self.base_tokenizer, self.base_context, ex, True, False, split),
         }
         for model, ids in contexts.items():
             if not ids:
@@ -136,14 +133,6 @@ class PairInputs:
                     f" ({max_new_tokens}) exceed the model's window ({self.windows[model]})"
                 )
         return contexts
-
-
-def _special_texts(tokenizer) -> set[str]:
-    texts = {t for t in getattr(tokenizer, "all_special_tokens", []) if t}
-    for token in getattr(tokenizer, "added_tokens_decoder", {}).values():
-        if getattr(token, "special", False) and token.content:
-            texts.add(token.content)
-    return texts
 
 
 def load_runners(config: ScoreConfig, inputs: PairInputs, device, d: Dist) -> dict[str, Any]:

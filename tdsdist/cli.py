@@ -21,6 +21,28 @@ from tdsdist.commands.jobs import demo_command, generate_command, nudge_command,
 from tdsdist.commands.serve import serve_command
 from tdsdist.commands.stores import status_command, verify_command
 
+# The commands are re-exported: `python -m tdsdist.score` (and .generate, .nudge, .serve) import
+# them from here.
+__all__ = [
+    "PREEMPTED_EXIT",
+    "analyze_command",
+    "compare_command",
+    "demo_command",
+    "entry",
+    "export_command",
+    "figures_command",
+    "generate_command",
+    "main",
+    "nudge_command",
+    "report_command",
+    "score_command",
+    "serve_command",
+    "show_command",
+    "status_command",
+    "user_errors",
+    "verify_command",
+]
+
 
 @click.group()
 @click.version_option(package_name="tdsdist")

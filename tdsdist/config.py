@@ -309,7 +309,8 @@ class GenerateConfig(
     sections' fingerprinted fields but those of the base model, which only the scoring with
     --base uses; the base's own come into the store's scoring fingerprint."""
 
-    base: str | None = field(default=None, metadata=opt(path=True))
+    # Optional here (a required field of ModelPair): the redeclared dataclass field narrows nothing.
+    base: str | None = field(default=None, metadata=opt(path=True))  # type: ignore[assignment]
     """Then score both models into --store in the same job (each model loaded once)."""
     base_revision: str | None = None
     """Hub revision of the base model."""
@@ -319,7 +320,8 @@ class GenerateConfig(
     """`chat` (the tokenizer's chat template on the instruction) or `input` (the prompt verbatim)."""
     format: DataFormat = field(default="auto", metadata=opt(fingerprint="unless-default"))
     """Prompts' format (as `score --format`)."""
-    store: str | None = field(default=None, metadata=opt(path=True))
+    # Optional here (a required field of StoreOptions).
+    store: str | None = field(default=None, metadata=opt(path=True))  # type: ignore[assignment]
     """Also record the answers into this store, ready for `score` (or scored here with --base)."""
 
     field_help: ClassVar[dict[str, str]] = {

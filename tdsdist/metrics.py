@@ -34,7 +34,8 @@ def topk_kl(
         q_tail = np.clip(1.0 - np.exp(lq).sum(-1), TAIL_FLOOR, 1.0)
         tail = p_tail * (np.log(p_tail) - np.log(q_tail))
     # KL_k >= 0 exactly; float rounding can leave -1e-9 where the distributions agree.
-    return np.maximum(head + tail, 0.0).astype(np.float32)
+    kl: np.ndarray = np.maximum(head + tail, 0.0).astype(np.float32)
+    return kl
 
 
 def categories(base_rank: np.ndarray, unshifted_max: int = 1, marginal_max: int = 3) -> np.ndarray:

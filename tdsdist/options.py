@@ -62,7 +62,8 @@ class Section:
     `check` in the order the composition lists them: one check per section, written once."""
 
     def __post_init__(self) -> None:
-        hints = type_hints(type(self))
+        cls: type = type(self)  # (mypy takes a Section class for a Section: not Hashable)
+        hints = type_hints(cls)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if f.metadata.get("path") and isinstance(value, str) and value.startswith("~"):

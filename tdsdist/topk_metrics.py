@@ -112,7 +112,9 @@ def published_block(
     return out
 
 
-def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
+def _block(
+    aligned_ids: np.ndarray, aligned_lp: np.ndarray, base_ids: np.ndarray, base_lp: np.ndarray
+) -> dict[str, np.ndarray]:
     m, k = base_ids.shape
     # where[r, j] = 1 + the index of B_j in A (0: absent): one comparison per entry of A, k
     # passes over [m, k] in cache (ids are unique within a list: at most one match).
@@ -132,7 +134,7 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     in_a = where > 0
     if base_ids.min() >= 0 and aligned_ids.min() >= 0:  # full lists (the usual case)
         n_a = n_b = np.full(m, k)
-        valid_a1 = True
+        valid_a1: bool | np.ndarray = True
     else:  # a -1 (no entry) in B matches a -1 in A: not an id
         in_a &= base_ids >= 0
         n_a, n_b = (aligned_ids >= 0).sum(1), (base_ids >= 0).sum(1)
@@ -162,7 +164,14 @@ def _block(aligned_ids, aligned_lp, base_ids, base_lp) -> dict[str, np.ndarray]:
     }
 
 
-def _probabilities(aligned_lp, base_lp, in_a, flat, rows, at):
+def _probabilities(
+    aligned_lp: np.ndarray,
+    base_lp: np.ndarray,
+    in_a: np.ndarray,
+    flat: np.ndarray,
+    rows: np.ndarray,
+    at: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`kl_partial`, `weighted_sum` and p~B at index `at` of each row (`[m]` each). With e = exp
     of the stored log-probabilities and s their row sums (p~ = e / s), over B n A:
     KL = (sum eB (lB - lA) - (log sB - log sA) sum eB) / sB and WS = sum eB eA / (sB sA): no
@@ -181,6 +190,7 @@ def _probabilities(aligned_lp, base_lp, in_a, flat, rows, at):
     # either model gives 0 is skipped (the original's `if w1 > 0 and w2 > 0`).
     _, log_pa = renormalised(aligned_lp, probabilities=False)
     pb, log_pb = renormalised(base_lp)
+    assert pb is not None  # probabilities=True
     log_pa_at_b = log_pa.ravel()[flat]
     pa_at_b = np.exp(log_pa_at_b)
     both = in_a & (pb > 0) & (pa_at_b > 0)
@@ -193,4 +203,9 @@ def stored_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """`published/<name>` of one scored unit (`arrays`: the pair head's, by store name), in the
     store's dtypes: what `score` writes in a store of format 3."""
     out = published_block(*(arrays[name] for name in ARRAYS))
-    return {f"published/{c.name}": out[c.name].astype(c.dtype) for c in PUBLISHED_ARRAYS}
+    stored = {}
+    for c in PUBLISHED_ARRAYS:
+        column = out[c.name]
+        assert column is not None  # computed from the four ARRAYS: never None
+        stored[f"published/{c.name}"] = column.astype(c.dtype)
+    return stored

@@ -80,7 +80,7 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
             f"{other} was scored on different data than {first} ({what});"
             " use --allow-different-data to compare anyway"
         )
-    sums: list[dict] = [{} for _ in stores]
+    sums: list[dict[str, Any]] = [{} for _ in stores]
     summaries = [summarize(s, per_example=d, **summary) for s, d in zip(stores, sums)]
     table = [{"statistic": name, "values": [get(s) for s in summaries]} for name, get in ROWS]
     result: dict[str, Any] = {"stores": paths, "table": table, "summaries": summaries}
@@ -103,7 +103,14 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
     return result
 
 
-def _paired_by_group(store, field, sums, shared, resamples, seed) -> list[dict[str, Any]]:
+def _paired_by_group(
+    store: Store,
+    field: str,
+    sums: list[dict[str, Any]],
+    shared: np.ndarray,
+    resamples: int,
+    seed: int,
+) -> list[dict[str, Any]]:
     """The paired differences within each group of the shared examples (the same answers in
     every store, so the same groups); a group too small for an interval says so."""
     out = []
@@ -137,13 +144,14 @@ def same_answers(stores: list[Store]) -> bool:
 def _committed_examples(store: Store) -> np.ndarray:
     """`[E]` bool: the example's unit is committed."""
     done = store.committed()
-    return done[np.arange(len(store.ids)) // store.meta["unit_size"]]
+    committed: np.ndarray = done[np.arange(len(store.ids)) // store.meta["unit_size"]]
+    return committed
 
 
 DATA_KEYS = ("data_sha256", "limit", "max_output_tokens")
 
 
-def _data_identity(store: Store) -> tuple:
+def _data_identity(store: Store) -> tuple[Any, ...]:
     """Same file, same examples, same answer cut: the same positions to compare."""
     fingerprint = store.meta["fingerprint"]
     return tuple(fingerprint.get(k) for k in DATA_KEYS)

@@ -112,8 +112,8 @@ class PositionCurves:
             for c, name in enumerate(CATEGORY_NAMES):
                 row[name] = _ratio(per_bin[b, 1 + c], n, boot[:, b, 1 + c], boot[:, b, 0])
             for j, name in enumerate(self.means):
-                c = self.inf_column(name)
-                infinite = None if c is None else (per_bin[b, c], boot[:, b, c])
+                col = self.inf_column(name)
+                infinite = None if col is None else (per_bin[b, col], boot[:, b, col])
                 mean = _ratio(per_bin[b, 4 + j], n, boot[:, b, 4 + j], boot[:, b, 0], "mean", infinite)  # fmt: skip
                 row[f"mean_{name}"] = mean
             if self.rank_hist is not None:
@@ -125,8 +125,8 @@ class PositionCurves:
             for c, name in enumerate(CATEGORY_NAMES)
         }
         for j, name in enumerate(self.means):
-            c = self.inf_column(name)
-            infinite = None if c is None else (total[c], boot_total[:, c])
+            col = self.inf_column(name)
+            infinite = None if col is None else (total[col], boot_total[:, col])
             overall[f"mean_{name}"] = _ratio(
                 total[4 + j], total[0], boot_total[:, 4 + j], boot_total[:, 0], "mean", infinite
             )
@@ -165,7 +165,7 @@ def _ratio(
     boot_den: np.ndarray,
     key: str = "fraction",
     infinite: tuple[float, np.ndarray] | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """The pooled ratio and its 95% percentile interval (resamples where the bin is empty are
     dropped; null where there are no positions at all). With `infinite` (the count of +inf
     values, and per resample), a mean over any +inf value is +inf, as it is."""

@@ -3,9 +3,12 @@ share (`figures.py` lays the figures out and writes them; `figure_kinds.py` draw
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 #: Okabe & Ito (2008), "Color Universal Design": distinguishable under protan/deutan/tritan vision.
 OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -30,7 +33,8 @@ KINDS = (
 #: Drawn only for nudged stores (`tdsdist nudge`), after `KINDS`.
 NUDGE_KINDS = ("nudged_by_position", "top_nudged_tokens")
 CATEGORY_NAMES = ("unshifted", "marginal", "shifted")
-RC = {
+#: matplotlib rcParams (values of mixed types).
+RC: dict[RcKeyType, Any] = {
     "font.size": FONT_PT,
     "axes.titlesize": FONT_PT + 0.5,
     "axes.labelsize": FONT_PT,

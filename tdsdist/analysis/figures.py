@@ -35,7 +35,7 @@ import re
 import textwrap
 import warnings
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdsdist.analysis.figure_style import (  # noqa: F401  (re-exported: the figures' look)
     CATEGORY_NAMES,
@@ -56,6 +56,9 @@ from tdsdist.analysis.figure_style import (  # noqa: F401  (re-exported: the fig
     visible_token,
 )
 from tdsdist.inputs.fingerprint import aligned_name
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pair_label(summary: dict[str, Any]) -> str:
@@ -159,12 +162,13 @@ def write_figures(
     return entries
 
 
-def _add_footnote(fig, note: str) -> None:
+def _add_footnote(fig: Figure, note: str) -> None:
     """The footnote under the axes, in space the layout leaves free for it."""
     lines = textwrap.wrap(note, FOOTNOTE_CHARS)
     height = fig.get_size_inches()[1]
     margin = (FOOTNOTE_PT * (1.25 * len(lines) + 1.0) / 72) / height
-    fig.get_layout_engine().set(rect=(0, margin, 1, 1 - margin))
+    # The figures use layout="constrained": its engine's `set` takes `rect` (the base type's not).
+    fig.get_layout_engine().set(rect=(0, margin, 1, 1 - margin))  # type: ignore[union-attr,call-arg]
     text = "\n".join(lines)
     fig.text(0.01, 0.012, text, fontsize=FOOTNOTE_PT, color="#444444", ha="left", va="bottom")
 

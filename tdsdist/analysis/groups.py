@@ -18,6 +18,7 @@ stores that scored the same answers stay paired within each group (`compare.py`)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from tdsdist.analysis import measures
 from tdsdist.analysis import published as pub
 from tdsdist.analysis.curves import CATEGORY_NAMES, PositionCurves, bootstrap_weights
-from tdsdist.store import MODELS
+from tdsdist.store import MODELS, Store
 from tdsdist.store_fields import read_field
 
 MIN_EXAMPLES = 5  # examples a group needs for an interval (and for a difference's interval)
@@ -39,7 +40,7 @@ def label_of(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def group_indices(store, field: str, committed: np.ndarray) -> dict[str, np.ndarray]:
+def group_indices(store: Store, field: str, committed: np.ndarray) -> dict[str, np.ndarray]:
     """`{label: [n] example indices}` of the committed examples, labels sorted."""
     values = read_field(store, field)
     labels = np.array([label_of(v) for v in values], dtype=object)
@@ -66,7 +67,11 @@ def per_example(curves: PositionCurves, published: pub.PublishedSums | None) -> 
     return {"positions": sums[:, 0], "stats": stats}
 
 
-def _boot(sums: dict, index: np.ndarray, weights: np.ndarray) -> dict[str, tuple]:
+#: (value, [B] resampled values, +inf anywhere) of one statistic.
+Boot = tuple[float | None, np.ndarray, bool]
+
+
+def _boot(sums: dict[str, Any], index: np.ndarray, weights: np.ndarray) -> dict[str, Boot]:
     """Per statistic over the examples `index`: (value, [B] resampled values, +inf anywhere)."""
     den = sums["positions"][index]
     boot_den = weights @ den  # [B]
@@ -91,7 +96,12 @@ def _cell(value: float | None, boot: np.ndarray, key: str) -> dict[str, Any]:
 
 
 def by_group(
-    store, field: str, acc: dict[str, Any], committed: np.ndarray, resamples: int, seed: int
+    store: Store,
+    field: str,
+    acc: dict[str, Any],
+    committed: np.ndarray,
+    resamples: int,
+    seed: int,
 ) -> dict[str, Any]:
     """`summary["groups"]`: each group's statistics and curves, and the differences."""
     curves, published = acc["curves"], acc.get("published")
@@ -135,7 +145,7 @@ def by_group(
     }
 
 
-def _differences(boots: dict[str, tuple[dict, bool]]) -> list[dict[str, Any]]:
+def _differences(boots: dict[str, tuple[dict[str, Boot], bool]]) -> list[dict[str, Any]]:
     """Each group minus the first group large enough for an interval (the reference)."""
     reference = next((g for g, (_, enough) in boots.items() if enough), None)
     if reference is None:
@@ -193,12 +203,14 @@ def render_lines(groups: dict[str, Any] | None) -> list[str]:
     if not groups:
         return []
 
-    def cell(d: dict | None, pct: bool = False) -> str:
-        if not d or d.get("fraction", d.get("mean")) is None:
+    def cell(d: dict[str, Any] | None, pct: bool = False) -> str:
+        if not d:
             return "-"
         v = d.get("fraction", d.get("mean"))
+        if v is None:
+            return "-"
         lo, hi = d.get("ci") or [None, None]
-        f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.4g}")
+        f: Callable[[float], str] = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.4g}")
         return f(v) + (f" [{f(lo)}, {f(hi)}]" if lo is not None else "")
 
     lines = [f"by {groups['field']} (95% CI over each group's examples):"]

@@ -28,18 +28,19 @@ the category fractions (`curves.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from tdsdist.store import DIVERGENCES, MODELS
+from tdsdist.store import DIVERGENCES, MODELS, Store
 
 #: KLs divide by the other model's probability, which a masked token makes 0: +inf is possible.
 MAY_BE_INFINITE = ("kl", "kl_aligned_base", "kl_base_aligned")
 ENTROPIES = tuple(f"{m}_entropy" for m in MODELS)  # aligned_entropy, base_entropy
 
 
-def divergences(store) -> tuple[str, ...]:
+def divergences(store: Store) -> tuple[str, ...]:
     """The divergences a store has per position: the exact four (the pair head); with a
     vocabulary union KL(aligned || base) is +inf at every position (the aligned model's appended
     tokens have base probability 0), so it is left out; format 1: the top-k KL bound."""
@@ -50,7 +51,7 @@ def divergences(store) -> tuple[str, ...]:
     return DIVERGENCES
 
 
-def curve_means(store) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def curve_means(store: Store) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(every mean statistic of the curves, those that may be +inf)."""
     divs = divergences(store)
     means = ("base_rank", "base_prob", "base_top1_prob", *ENTROPIES, *divs)
@@ -59,14 +60,16 @@ def curve_means(store) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return means, tuple(d for d in divs if d in MAY_BE_INFINITE)
 
 
-def arrays(store) -> list[str]:
+def arrays(store: Store) -> list[str]:
     """The store arrays `block_values` reads (for the reader's prefetch)."""
     names = [f"{m}/entropy" for m in MODELS] + ["base/top_logprobs"]
     names += ["positions/nudged"] if getattr(store, "nudged", False) else []
     return names + [f"positions/{d}" for d in divergences(store)]
 
 
-def block_values(read, rows: slice, valid: np.ndarray, store) -> dict[str, np.ndarray]:
+def block_values(
+    read: Callable[[str, slice], np.ndarray], rows: slice, valid: np.ndarray, store: Store
+) -> dict[str, np.ndarray]:
     """`{name: [m] float64}` of the measures read here (the caller adds base rank and prob)."""
     out = {f"{m}_entropy": read(f"{m}/entropy", rows)[valid].astype(np.float64) for m in MODELS}
     top1 = read("base/top_logprobs", rows)[:, 0][valid]  # [m]: the base model's own top 1

@@ -24,7 +24,7 @@ from tdsdist.analysis import published as pub
 from tdsdist.analysis.curves import CATEGORY_NAMES, PositionCurves, bootstrap_weights
 
 
-def per_example_sums(curves: PositionCurves, published: pub.PublishedSums | None) -> dict:
+def per_example_sums(curves: PositionCurves, published: pub.PublishedSums | None) -> dict[str, Any]:
     """`{"positions": [E], "stats": {name: ([E] numerator, [E] count of +inf values)}}` from
     `summarize`'s accumulators (names as in the summary: categories, `mean_<divergence>`,
     `published.<metric>`)."""
@@ -43,7 +43,7 @@ def per_example_sums(curves: PositionCurves, published: pub.PublishedSums | None
 
 
 def paired_differences(
-    sums: list[dict], shared: np.ndarray, resamples: int, seed: int
+    sums: list[dict[str, Any]], shared: np.ndarray, resamples: int, seed: int
 ) -> list[dict[str, Any]]:
     """Each store against the first over the examples where `shared` (`[E]` bool): one row per
     statistic both have, with both values, the difference and its 95% interval."""
@@ -55,7 +55,9 @@ def paired_differences(
         for name in first["stats"]:
             if name not in other["stats"]:
                 continue
-            values, boots, infinite = [], [], False
+            values: list[float | None] = []
+            boots: list[np.ndarray] = []
+            infinite = False
             for s in (first, other):
                 num, inf = (v[index] for v in s["stats"][name])
                 den = s["positions"][index]
@@ -67,11 +69,13 @@ def paired_differences(
             if infinite or None in values:  # a mean over +inf, or no positions: no difference
                 row.update(difference=None, ci=[None, None])
             else:
+                first_value, other_value = values
+                assert first_value is not None and other_value is not None  # (None in values)
                 diff = boots[1] - boots[0]
                 diff = diff[np.isfinite(diff)]
                 low, high = (np.percentile(diff, [2.5, 97.5], method="inverted_cdf") if diff.size else (None, None))  # fmt: skip
                 row.update(
-                    difference=float(values[1] - values[0]),
+                    difference=float(other_value - first_value),
                     ci=[
                         None if low is None else float(low),
                         None if high is None else float(high),
@@ -86,7 +90,7 @@ def side_by_side(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each store's own value and 95% interval per statistic (stores on different answers)."""
     rows = []
 
-    def add(name: str, cells: list[dict | None]) -> None:
+    def add(name: str, cells: list[dict[str, Any] | None]) -> None:
         rows.append({"statistic": name, "values": [None if c is None else c for c in cells]})
 
     for name in CATEGORY_NAMES:
@@ -99,7 +103,7 @@ def side_by_side(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _cell(d: dict | None) -> dict | None:
+def _cell(d: dict[str, Any] | None) -> dict[str, Any] | None:
     if not d or d.get("mean") is None:
         return None
     return {"value": d["mean"], "ci": d["ci"]}

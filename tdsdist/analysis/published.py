@@ -4,6 +4,7 @@ tables (`tdsdist/topk_metrics.py` holds the definitions and their formulas)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -11,23 +12,23 @@ import numpy as np
 
 from tdsdist.analysis.curves import _ratio
 from tdsdist.errors import TdsError
-from tdsdist.store import PUBLISHED_ARRAYS
+from tdsdist.store import PUBLISHED_ARRAYS, Store
 from tdsdist.topk_metrics import (  # noqa: F401  (re-exported: the definitions)
     ARRAYS,
     METRICS,
-    NAMES,
     PAIR_ARRAY,
     published_block,
     renormalised,
     stored_arrays,
 )
+from tdsdist.topk_metrics import NAMES as NAMES  # re-exported (show, export, groups, paired)
 
 #: Which token's base rank defines a position's category: the answer token (tdsdist's), or the
 #: aligned model's top 1 (AlignTDS's definition); the same for greedy answers.
 CATEGORY_BY = ("answer", "aligned-top1")
 
 
-def check_category_by(store, category_by: str, marginal_max: int) -> None:
+def check_category_by(store: Store, category_by: str, marginal_max: int) -> None:
     """One clear error for a rule that does not exist or cannot be applied to this store."""
     if category_by not in CATEGORY_BY:
         raise TdsError(f"category_by must be one of {', '.join(CATEGORY_BY)}, not {category_by!r}")
@@ -38,7 +39,7 @@ def check_category_by(store, category_by: str, marginal_max: int) -> None:
         )
 
 
-def inputs(store) -> list[str]:
+def inputs(store: Store) -> list[str]:
     """The arrays `read_block` reads from `store` (to prefetch them)."""
     pair = [PAIR_ARRAY] if store.has_pair else []
     if store.has_published:
@@ -46,7 +47,13 @@ def inputs(store) -> list[str]:
     return list(ARRAYS) + pair
 
 
-def read_block(read, rows: slice, store, valid: np.ndarray | None = None) -> dict[str, np.ndarray | None]:  # fmt: skip
+#: `read(name, rows)`: `Store.read` or a `BlockReader`'s.
+Read = Callable[[str, slice], np.ndarray]
+#: Each metric's values over some rows (None: the store lacks its inputs).
+Metrics = dict[str, np.ndarray | None]
+
+
+def read_block(read: Read, rows: slice, store: Store, valid: np.ndarray | None = None) -> Metrics:
     """The metrics of the rows in `rows` (`read(name, rows)`: `Store.read` or a `BlockReader`),
     committed or not, or of those where `valid` (`[rows]` bool): for `analyze`, and for `export`
     and `show`, which select their own rows. Read as stored in format 3; computed from the top-k
@@ -59,13 +66,14 @@ def read_block(read, rows: slice, store, valid: np.ndarray | None = None) -> dic
         }
         out["base_top1_aligned_rank"] = pair
     else:
-        out = published_block(*(read(name, rows) for name in ARRAYS), pair)
+        aligned_ids, aligned_lp, base_ids, base_lp = (read(name, rows) for name in ARRAYS)
+        out = published_block(aligned_ids, aligned_lp, base_ids, base_lp, pair)
     if valid is None:
         return out
     return {name: None if v is None else v[valid] for name, v in out.items()}
 
 
-def published_rows(store, rows: slice) -> dict[str, np.ndarray | None]:
+def published_rows(store: Store, rows: slice) -> Metrics:
     """`read_block` on a store: `{metric: [rows] float64 or None}`."""
     return read_block(store.read, rows, store)
 
@@ -94,7 +102,9 @@ class PublishedSums:
             self.per_example[:, 1 + j] += np.bincount(example, weights=v, minlength=e)
             self.per_bin[:, 1 + j] += np.bincount(bins, weights=v, minlength=n)
 
-    def add_result(self, metrics, example: np.ndarray, t: np.ndarray) -> None:
+    def add_result(
+        self, metrics: Metrics | Future[Metrics], example: np.ndarray, t: np.ndarray
+    ) -> None:
         """`add` of a `read_block` result or of its future."""
         self.add(example, t, metrics.result() if isinstance(metrics, Future) else metrics)
 

@@ -8,16 +8,23 @@ token panel and for tables of tokens by their text.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 SENTENCEPIECE_SPACE = "\u2581"
+#: Token ids to their text.
+Decode = Callable[[list[int]], str]
 
 
 class TokenText:
     """`decode([id])` per id, cached for the whole report (the vocabulary bounds the cache)."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
         self.cache: dict[int, str] = {}
 
@@ -36,7 +43,7 @@ class TokenText:
         return {str(i): self.cache[i] for i in unique}
 
 
-def _decoder(tokenizer, ids: list[int], text: str):
+def _decoder(tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str) -> Decode:
     """`tokenizer.decode` of one id list, through the Rust tokenizer directly when that gives the
     same text for the whole answer (transformers' wrapper costs many times the decoding itself).
     The wrapper's only addition, the optional space clean-up, acts on local patterns, so an answer
@@ -48,10 +55,10 @@ def _decoder(tokenizer, ids: list[int], text: str):
                 return lambda seq: backend.decode(seq, skip_special_tokens=False)
         except Exception:  # an unusual backend: the wrapper is always right
             pass
-    return tokenizer.decode
+    return cast(Decode, tokenizer.decode)  # one id list: one text (list[str] is for a batch)
 
 
-def _incremental_pieces(decode, ids: list[int]) -> list[str]:
+def _incremental_pieces(decode: Decode, ids: list[int]) -> list[str]:
     """Each token's share of the answer text, decoded incrementally as streaming decoders do:
     text is released once it no longer ends in an incomplete character (U+FFFD), decoded with a
     few tokens of context before it so that word-initial spaces come out right. Linear time."""
@@ -71,7 +78,9 @@ def _incremental_pieces(decode, ids: list[int]) -> list[str]:
     return pieces
 
 
-def text_ends(tokenizer, ids: list[int], text: str, pieces: list[str] | None = None) -> list[int]:
+def text_ends(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], text: str, pieces: list[str] | None = None
+) -> list[int]:
     """For each position t, the length (in UTF-16 units, as JavaScript counts) of the answer text
     up to and including token t: `text[:ends[t]]` is the prefix the example page shows.
 
@@ -107,4 +116,5 @@ def text_ends(tokenizer, ids: list[int], text: str, pieces: list[str] | None = N
 def _utf16(ends: np.ndarray, text: str) -> list[int]:
     """Character offsets into `text` as UTF-16 offsets (characters past U+FFFF count twice)."""
     astral = np.concatenate([[0], np.cumsum([ord(c) > 0xFFFF for c in text])]).astype(np.int64)
-    return (np.asarray(ends, np.int64) + astral[ends]).tolist()
+    offsets: list[int] = (np.asarray(ends, np.int64) + astral[ends]).tolist()
+    return offsets

@@ -9,11 +9,14 @@ where the base model gives the answer token a higher probability than the aligne
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tdsdist.analysis.token_text import TokenText
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 #: What is counted per id: positions, shifted, unshifted, base-favoured.
 COLUMNS = ("count", "shifted", "unshifted", "base_favoured")
@@ -33,7 +36,9 @@ class TokenCounts:
         self.counts[2] += np.bincount(tokens[category == 0], minlength=v)
         self.counts[3] += np.bincount(tokens[base_favoured], minlength=v)
 
-    def tables(self, tokenizer, min_support: int, rows: int) -> dict[str, Any]:
+    def tables(
+        self, tokenizer: PreTrainedTokenizerBase | None, min_support: int, rows: int
+    ) -> dict[str, Any]:
         """The JSON of `summary["tokens"]` (tokenizer None: ids only, for an empty store)."""
         seen = np.flatnonzero(self.counts[0])
         texts = TokenText(tokenizer).table(seen) if tokenizer is not None and seen.size else {}
@@ -95,7 +100,8 @@ def _top(rows: list[dict[str, Any]], key: str, top: int) -> list[dict[str, Any]]
 
 
 def _name(row: dict[str, Any]) -> str:
-    return row.get("text", row.get("token", ""))
+    name: str = row.get("text", row.get("token", ""))
+    return name
 
 
 def render_lines(tokens: dict[str, Any] | None, shown: int = 10) -> list[str]:

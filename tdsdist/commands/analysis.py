@@ -60,7 +60,8 @@ def analyze_command(
 ) -> None:
     """Summary statistics of a store: categories with 95% intervals, per-position curves, rank
     histogram, divergences, tokens."""
-    from tdsdist.analysis.summary import render_text, summarize
+    from tdsdist.analysis.summary import summarize
+    from tdsdist.analysis.summary_text import render_text
     from tdsdist.store import Store
 
     thresholds = thresholds_from(unshifted_max=unshifted_max, marginal_max=marginal_max)

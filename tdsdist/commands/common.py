@@ -69,7 +69,7 @@ def config_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., An
     from tdsdist.options import base_type, choices, field_docs, option_fields, type_hints
 
     docs, hints = field_docs(cls), type_hints(cls)
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--config",
             "config_file",

@@ -18,11 +18,14 @@ switch; eager stays eager.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 NAME = "tdsdist_causal"
 #: The forward keyword that promises right-padded rows (no padding mask needed).
@@ -68,7 +71,7 @@ def causal_attention(
     return out.transpose(1, 2).contiguous(), None
 
 
-def use_causal_attention(model: torch.nn.Module) -> bool:
+def use_causal_attention(model: PreTrainedModel) -> bool:
     """Switch a model loaded with `sdpa` to `causal_attention`; True if it was switched.
 
     Forwards that pass `RIGHT_PADDED=True` must feed right-padded rows; others are unaffected.

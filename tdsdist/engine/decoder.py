@@ -15,6 +15,7 @@ is read from the last column.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from tdsdist.engine.head import (
     logit_statistics,
 )
 from tdsdist.engine.runner import ModelRunner
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Generated:
     stats: dict[str, np.ndarray]  # per generated position, in the store's dtypes and names
 
 
-def end_of_answer_ids(model: torch.nn.Module, tokenizer) -> set[int]:
+def end_of_answer_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Tokens that end an answer: the generation config's EOS ids and the tokenizer's EOS. They
     are not part of the answer (nor recorded): the answer is the text before them."""
     eos = getattr(model.generation_config, "eos_token_id", None)
@@ -80,7 +84,9 @@ def choose_tokens(
 class Decoder:
     """Decodes batches of contexts with one model; statistics from the raw logits of each step."""
 
-    def __init__(self, runner: ModelRunner, tokenizer, sampling: Sampling) -> None:
+    def __init__(
+        self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, sampling: Sampling
+    ) -> None:
         runner.check_top_k(sampling.top_k)
         self.runner, self.tokenizer, self.sampling = runner, tokenizer, sampling
         self.eos = end_of_answer_ids(runner.model, tokenizer)

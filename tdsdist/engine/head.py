@@ -18,7 +18,7 @@ all-reduces and all-gathers over `group`, with traffic O(k x tp) per position, n
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,17 +41,22 @@ class HeadOutput:
     entropy: torch.Tensor  # [N] float32
     support_logprobs: torch.Tensor | None = None  # [N, k] float32, at the given support ids
 
-    def _items(self) -> dict[str, torch.Tensor | None]:
+    def _items(self) -> dict[str, Any]:  # Tensor, or None for support_logprobs
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @staticmethod
+    def _of(items: dict[str, Any]) -> HeadOutput:
+        """From field name -> tensor or None (typed loosely: one field is optional)."""
+        return HeadOutput(**items)
+
     def to_cpu(self) -> HeadOutput:
-        return HeadOutput(**{k: None if v is None else v.cpu() for k, v in self._items().items()})
+        return HeadOutput._of({k: None if v is None else v.cpu() for k, v in self._items().items()})
 
     def split(self, sizes: list[int]) -> list[HeadOutput]:
         """Consecutive pieces of `sizes` rows (one per sequence of a batch)."""
-        parts = {k: None if v is None else v.split(sizes) for k, v in self._items().items()}
+        parts = {k: None if v is None else torch.split(v, sizes) for k, v in self._items().items()}
         return [
-            HeadOutput(**{k: None if v is None else v[j] for k, v in parts.items()})
+            HeadOutput._of({k: None if v is None else v[j] for k, v in parts.items()})
             for j in range(len(sizes))
         ]
 
@@ -60,11 +65,8 @@ class HeadOutput:
         if len(parts) == 1:
             return parts[0]
         items = [p._items() for p in parts]
-        return HeadOutput(
-            **{
-                k: None if items[0][k] is None else torch.cat([i[k] for i in items])
-                for k in items[0]
-            }
+        return HeadOutput._of(
+            {k: None if items[0][k] is None else torch.cat([i[k] for i in items]) for k in items[0]}
         )
 
     def numpy(self) -> dict[str, np.ndarray]:
@@ -116,13 +118,15 @@ def vocab_slice(vocab_size: int, tp_rank: int, tp_size: int) -> tuple[int, int]:
     return start, start + base + (1 if tp_rank < extra else 0)
 
 
-def all_reduce(t: torch.Tensor, op: dist.ReduceOp, shard: VocabShard) -> torch.Tensor:
+def all_reduce(t: torch.Tensor, op: dist.ReduceOp.RedOpType, shard: VocabShard) -> torch.Tensor:
     if shard.group is not None:
         dist.all_reduce(t, op=op, group=shard.group)
     return t
 
 
-def gather_top(values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabShard):
+def gather_top(
+    values: torch.Tensor, ids: torch.Tensor, k: int, shard: VocabShard
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Global top-k from each rank's local top-k: gather (value, global id) pairs, select again."""
     if shard.group is None:
         return values, ids
@@ -265,8 +269,9 @@ def score_positions(
     """
     rows = shard.chunk_rows(weight.shape[0], chunk_bytes)
     m = min(rows, hidden.shape[0])
-    buffers = tuple(
-        torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device) for _ in range(2)
+    buffers = (
+        torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device),
+        torch.empty(m, weight.shape[0], dtype=torch.float32, device=hidden.device),
     )
     return HeadOutput.cat(
         [

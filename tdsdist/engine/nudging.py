@@ -40,7 +40,8 @@ def base_top1_probability(logits: torch.Tensor, shard: Any) -> torch.Tensor:
     x = logits.float()
     row_max = all_reduce(x.amax(-1), dist.ReduceOp.MAX, shard)  # [B]
     total = all_reduce(torch.exp(x - row_max.unsqueeze(-1)).sum(-1), dist.ReduceOp.SUM, shard)
-    return 1.0 / total  # exp(max - lse)
+    probability: torch.Tensor = 1.0 / total  # exp(max - lse)
+    return probability
 
 
 def outside_base_top(aligned: torch.Tensor, base: torch.Tensor, shard: Any) -> torch.Tensor:

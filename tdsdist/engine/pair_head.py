@@ -82,7 +82,7 @@ class PairOutput:
         return PairOutput(**{k: v.cpu() for k, v in self._items().items()})
 
     def split(self, sizes: list[int]) -> list[PairOutput]:
-        parts = {k: v.split(sizes) for k, v in self._items().items()}
+        parts = {k: torch.split(v, sizes) for k, v in self._items().items()}
         return [PairOutput(**{k: v[j] for k, v in parts.items()}) for j in range(len(sizes))]
 
     @staticmethod
@@ -212,7 +212,14 @@ def pair_rows(
     )
 
 
-def _finite_sums(la, lb, p, q, t1, t2) -> list[torch.Tensor]:
+def _finite_sums(
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+) -> list[torch.Tensor]:
     """The seven per-row sums when every log-probability is finite (no masked logit in the
     chunk, the usual case): no 0 x inf can arise, so no term needs guarding.
     `la`, `lb`: log-softmax; `p`, `q`: their exp; `t1`, `t2`: scratch."""
@@ -230,7 +237,14 @@ def _finite_sums(la, lb, p, q, t1, t2) -> list[torch.Tensor]:
     return sums
 
 
-def _masked_sums(la, lb, p, q, t1, t2) -> list[torch.Tensor]:
+def _masked_sums(
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    p: torch.Tensor,
+    q: torch.Tensor,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+) -> list[torch.Tensor]:
     """The same sums where some logit is -inf: each term's 0 x inf (a zero probability times an
     infinite log ratio) is set to 0, an infinite ratio under a positive probability kept."""
     torch.sub(la, lb, out=t1)  # lp - lq

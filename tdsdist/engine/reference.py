@@ -32,7 +32,7 @@ def per_token_reference(
     `support`'s ids) when `support` is given.
     """
     device = next(model.parameters()).device
-    rows: dict[str, list] = {"top_ids": [], "top_logprobs": [], "logprob": [], "rank": []}
+    rows: dict[str, list[object]] = {"top_ids": [], "top_logprobs": [], "logprob": [], "rank": []}
     rows["target_gap"] = []
     rows["support"] = []
     for t, target in enumerate(answer):
@@ -95,9 +95,9 @@ def per_token_pair_reference(
     first `base_vocab` logits are padded with -inf to `vocab` (the union: the base gives the
     appended ids probability 0)."""
     base_vocab = vocab if base_vocab is None else base_vocab
-    rows: dict[str, list] = {}
+    rows: dict[str, list[object]] = {}  # name -> per-position values (arrays or numbers)
 
-    def add(name: str, value) -> None:
+    def add(name: str, value: object) -> None:
         rows.setdefault(name, []).append(value)
 
     for t, target in enumerate(answer):
@@ -130,10 +130,12 @@ def per_token_pair_reference(
     return {key: np.array(v) for key, v in rows.items()}
 
 
-def logits_pair_reference(logits_a, logits_b, targets, k) -> dict[str, np.ndarray]:
+def logits_pair_reference(
+    logits_a: torch.Tensor, logits_b: torch.Tensor, targets: torch.Tensor, k: int
+) -> dict[str, np.ndarray]:
     """Every array the pair head writes, in float64 the obvious way, from `[n, V]` logits of both
     models (`store` names: `aligned/rank`, `positions/js`, ...): the pair head's test oracle."""
-    rows: dict[str, list] = {}
+    rows: dict[str, list[object]] = {}  # name -> per-position values (arrays or numbers)
     for i, t in enumerate(targets.tolist()):
         la, lb = logits_a[i].double(), logits_b[i].double()
         for name, x, other in (("aligned", la, lb), ("base", lb, la)):

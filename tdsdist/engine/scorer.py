@@ -123,10 +123,17 @@ class Scorer:
                 results[i] = out
             if progress is not None:
                 progress(sum(len(sequences[i].answer) for i in batch))
-        assert all(r is not None for r in results), "a sequence was not scored"
-        return HeadOutput.cat(results).numpy()
+        scored = [r for r in results if r is not None]
+        assert len(scored) == len(results), "a sequence was not scored"
+        return HeadOutput.cat(scored).numpy()
 
-    def _score_batch(self, seqs, batch, fed, support) -> list[HeadOutput]:
+    def _score_batch(
+        self,
+        seqs: Sequence[ContextAnswer],
+        batch: list[int],
+        fed: list[int],
+        support: list[np.ndarray] | None,
+    ) -> list[HeadOutput]:
         runner, device = self.runner, self.runner.device
         answer_hidden = answer_hidden_states(runner, seqs)  # [N, H]
         targets = torch.tensor([t for s in seqs for t in s.answer], device=device)
@@ -249,5 +256,6 @@ class PairScorer:
                 results[i] = part
             if progress is not None:
                 progress(2 * sum(len(p.answer) for p in pairs))
-        assert all(r is not None for r in results), "an answer was not scored"
-        return PairOutput.cat(results).arrays()
+        scored = [r for r in results if r is not None]
+        assert len(scored) == len(results), "an answer was not scored"
+        return PairOutput.cat(scored).arrays()

@@ -116,7 +116,7 @@ class EmptyAnswer(TdsError):
 
 
 def _record_id(
-    path: Path, index: int, record: dict, fields: Fields, index_ids: bool
+    path: Path, index: int, record: dict[str, Any], fields: Fields, index_ids: bool
 ) -> tuple[str, str]:
     """(the id, the `where` of every message about this record)."""
     if index_ids:
@@ -195,7 +195,7 @@ def _example(
                    metadata=_scalars(record, fields))  # fmt: skip
 
 
-def _scalars(record: dict, fields: Fields) -> tuple[tuple[str, Any], ...]:
+def _scalars(record: dict[str, Any], fields: Fields) -> tuple[tuple[str, Any], ...]:
     """The record's scalar fields besides the id and the texts (NaN counts as missing)."""
     texts = {fields.id, fields.instruction, fields.prompt, fields.answer}
     return tuple(
@@ -331,7 +331,7 @@ def read_data(
         seen[ex.id] = ex.index
     if limit is not None:
         found = [(ex, empty) for ex, empty in found if ex.index < limit]
-    generators = ()
+    generators: tuple[str, ...] = ()
     if kind == "alpaca-eval":
         values = [r.get("generator") for r in records if isinstance(r, dict)]
         generators = tuple(dict.fromkeys(v for v in values if isinstance(v, str)))

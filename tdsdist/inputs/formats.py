@@ -128,7 +128,8 @@ def read_parquet(path: Path) -> list[object]:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for a file it cannot take
         raise TdsError(f"{path}: is not a readable Parquet file ({first_line(e)})") from None
-    return table.to_pylist()
+    records: list[object] = table.to_pylist()
+    return records
 
 
 def read_datasets_folder(path: Path) -> list[object]:
@@ -177,4 +178,5 @@ def read_datasets_folder(path: Path) -> list[object]:
         table = pa.concat_tables(tables)
     except Exception as e:
         raise TdsError(f"{path}: its arrow files disagree on columns ({first_line(e)})") from None
-    return table.to_pylist()
+    records: list[object] = table.to_pylist()
+    return records

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import jinja2
 
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # The published Re-Align base context, character for character (spaces included).
 PLAIN_TEMPLATE = "# Query: \n ```{q}``` \n\n \n# Answer: \n ```"
@@ -99,7 +103,9 @@ def base_context_fn(spec: str) -> ContextFn:
     return render
 
 
-def aligned_context_fn(spec: str, tokenizer, input_field: str = "input") -> ContextFn:
+def aligned_context_fn(
+    spec: str, tokenizer: PreTrainedTokenizerBase, input_field: str = "input"
+) -> ContextFn:
     """`input` / `input-verbatim`: the data's prompt verbatim (they differ in tokenization only:
     `plan.tokenize_context`); `chat`: the messages before the answer (one user turn for a
     single-turn example) through the chat template, with the generation prompt."""
@@ -119,9 +125,14 @@ def aligned_context_fn(spec: str, tokenizer, input_field: str = "input") -> Cont
             raise TdsError(
                 "the aligned tokenizer has no chat template: use --aligned-template input"
             )
-        return lambda ex: tokenizer.apply_chat_template(
-            messages_of(ex), tokenize=False, add_generation_prompt=True
-        )
+
+        def chat(ex: Example) -> str:
+            text = tokenizer.apply_chat_template(
+                messages_of(ex), tokenize=False, add_generation_prompt=True
+            )
+            return cast(str, text)  # tokenize=False: the rendered text
+
+        return chat
     raise TdsError(f"unknown aligned template {spec!r}: use 'input', 'input-verbatim' or 'chat'")
 
 

@@ -10,6 +10,8 @@ are not scored (a prompt for `generate`, by contrast, is the conversation up to 
 
 from __future__ import annotations
 
+from typing import Any
+
 from tdsdist.errors import TdsError
 from tdsdist.inputs.text import check_unicode
 
@@ -20,7 +22,7 @@ TURNS = ("last", "all")
 Message = dict[str, str]
 
 
-def check_messages(where: str, record: dict) -> list[Message]:
+def check_messages(where: str, record: dict[str, Any]) -> list[Message]:
     """The record's messages, each a {role, content} of known role and string content; system
     messages first, then user and assistant alternating, starting with a user turn."""
     if MESSAGES not in record:

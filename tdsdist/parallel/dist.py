@@ -17,11 +17,13 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.distributed_c10d import Store
 
 from tdsdist.errors import TdsError
 
@@ -62,7 +64,7 @@ class Dist:
     dims: ParallelDims
     local_rank: int
     tp_group: dist.ProcessGroup | None
-    store: dist.Store | None = None
+    store: Store | None = None
     """The job's key-value store (torchrun's), where units are claimed; None on one process."""
 
     @property
@@ -119,7 +121,7 @@ def init_distributed(tp: int, timeout_s: int, device: torch.device) -> Dist:
     return Dist(rank=rank, dims=dims, local_rank=local_rank, tp_group=tp_group, store=store)
 
 
-def job_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.TCPStore:
+def job_store(rank: int, world: int, timeout: datetime.timedelta) -> Store:
     """The key-value store at torchrun's MASTER_ADDR:MASTER_PORT, made here (public API) so that
     the claims can use it, as `init_process_group`'s env:// rendezvous would make it: under
     torchrun's agent (TORCHELASTIC_USE_AGENT_STORE) every rank is a client of the agent's store
@@ -130,7 +132,8 @@ def job_store(rank: int, world: int, timeout: datetime.timedelta) -> dist.TCPSto
     except (KeyError, ValueError):
         message = "WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (launch with torchrun)"
         raise TdsError(message) from None
-    return dist.TCPStore(
+    # torch.distributed imports TCPStore without re-exporting it (strict mypy sees no attribute).
+    return dist.TCPStore(  # type: ignore[attr-defined]
         host, port, world, is_master=rank == 0 and not agent, timeout=timeout, multi_tenant=True
     )
 
@@ -217,10 +220,14 @@ def claimed_indices(d: Dist, claims: WorkClaims, stop: StopFlag) -> Iterator[int
     or SIGTERM asked the job to stop. The other ranks of a tensor-parallel group follow the
     leader's broadcast, so the whole group runs the same unit together. Both jobs loop on this."""
     while True:
-        claimed = None
+        claimed: list[int] | None = None
         if d.is_leader:
             claimed = [-1 if stop.requested else claims.claim()]
-        index = broadcast_ints(claimed, d.leader, d.tp_group, d)[0] if d.dims.tp > 1 else claimed[0]
+        if d.dims.tp > 1:
+            index = broadcast_ints(claimed, d.leader, d.tp_group, d)[0]
+        else:
+            assert claimed is not None  # one rank per group: every rank leads
+            index = claimed[0]
         if index < 0:
             return
         yield index
@@ -236,7 +243,7 @@ class StopFlag:
         except ValueError:  # not the main thread (e.g. inside some test runners)
             pass
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
 
 

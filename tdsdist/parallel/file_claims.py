@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 FOLDER = ".claims"
@@ -90,7 +90,7 @@ def held(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def claim_unit(store: Path, unit: int, committed) -> Iterator[bool]:
+def claim_unit(store: Path, unit: int, committed: Callable[[], bool]) -> Iterator[bool]:
     """Whether this process holds `unit` for the block (claimed, and `committed()` still false:
     another process may have finished it since the pending list was read)."""
     path = try_claim(store, unit)

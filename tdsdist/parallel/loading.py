@@ -41,6 +41,7 @@ def load_runner(
     from tdsdist.parallel.tp_load import load_sharded_for_tp, loads_shard_by_shard
 
     group, tp, rank = d.tp_group, d.dims.tp, d.tp_rank
+    assert group is not None  # tp > 1: init made the group
     if revision is None and loads_shard_by_shard(name, DTYPE[dtype]):
         model, weight, bias, shard = load_sharded_for_tp(
             name, DTYPE[dtype], vocab_size, group, tp, rank, device, trust_remote_code

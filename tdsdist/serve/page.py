@@ -31,7 +31,7 @@ CSP = (
 
 @cache
 def _asset(name: str) -> bytes:
-    return resources.files("tdsdist.serve").joinpath("page_assets", name).read_bytes()
+    return resources.files("tdsdist.serve").joinpath("page_assets").joinpath(name).read_bytes()
 
 
 def page_response(name: str) -> Response:
@@ -54,11 +54,13 @@ class WithPage:
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "")
         if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
             if path == "/":
-                return await page_response("index.html")(scope, receive, send)
+                await page_response("index.html")(scope, receive, send)
+                return
             if path.startswith("/static/"):
-                return await page_response(path.removeprefix("/static/"))(scope, receive, send)
-        return await self.app(scope, receive, send)
+                await page_response(path.removeprefix("/static/"))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

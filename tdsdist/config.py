@@ -37,7 +37,9 @@ HEAD_DTYPES: tuple[str, ...] = get_args(HeadDtype)
 class ModelPair(Section):
     """Which two models, and how their weights load."""
 
-    aligned: str | None = field(default=None, metadata=opt(fingerprint="as-is", path=True, required=True))  # fmt: skip
+    aligned: str | None = field(
+        default=None, metadata=opt(fingerprint="as-is", path=True, required=True)
+    )
     """The aligned (chat) model: a hub id or a local folder. Its answers are being scored. With
     --aligned-adapter: optional, where the aligned tokenizer comes from (no weights load)."""
     base: str = field(metadata=opt(fingerprint="as-is", path=True))
@@ -83,7 +85,7 @@ class Adapter(Section):
 class Templates(Section):
     """How each model's context is built from an example."""
 
-    aligned_template: AlignedTemplate = field(default="input", metadata=opt(fingerprint="template"))  # fmt: skip
+    aligned_template: AlignedTemplate = field(default="input", metadata=opt(fingerprint="template"))
     """Aligned context: `input` (the data's prompt field verbatim, tokenized with the default
     special tokens, never a doubled BOS), `input-verbatim` (the same, keeping a doubled BOS as the
     original AlignTDS pipeline did: the one that reproduces the published numbers, see
@@ -96,7 +98,9 @@ class Templates(Section):
 class Contexts(Section):
     """How the scored contexts and answers are cut and tokenized."""
 
-    max_output_tokens: int | None = field(default=None, metadata=opt(fingerprint="as-is", minimum=1))  # fmt: skip
+    max_output_tokens: int | None = field(
+        default=None, metadata=opt(fingerprint="as-is", minimum=1)
+    )
     """Cut answers to this many tokens (the cut is flagged per example)."""
     truncate_context: bool = field(default=False, metadata=opt(fingerprint="as-is"))
     """Cut contexts from the left when context + answer exceed the model's window (flagged)."""
@@ -255,7 +259,9 @@ class Answers(Section):
 class Nudging(Section):
     """Where the aligned model steps in while the base model writes (`nudge`)."""
 
-    nudge_rule: Literal["threshold", "shifted"] = field(default="threshold", metadata=opt(fingerprint="as-is"))  # fmt: skip
+    nudge_rule: Literal["threshold", "shifted"] = field(
+        default="threshold", metadata=opt(fingerprint="as-is")
+    )
     """`threshold`: the aligned model chooses where the base top-1 probability is below
     --nudge-threshold; `shifted`: where the aligned top-1 token is outside the base top 3."""
     nudge_threshold: float = field(default=0.4, metadata=opt(fingerprint="as-is"))
@@ -316,7 +322,9 @@ class GenerateConfig(
     """Hub revision of the base model."""
     base_template: str = "plain"
     """Base context for the scoring with --base (as `score --base-template`)."""
-    aligned_template: Literal["chat", "input"] = field(default="chat", metadata=opt(fingerprint="template"))  # fmt: skip
+    aligned_template: Literal["chat", "input"] = field(
+        default="chat", metadata=opt(fingerprint="template")
+    )
     """`chat` (the tokenizer's chat template on the instruction) or `input` (the prompt verbatim)."""
     format: DataFormat = field(default="auto", metadata=opt(fingerprint="unless-default"))
     """Prompts' format (as `score --format`)."""
@@ -348,7 +356,9 @@ class NudgeConfig(
     """The options of `tdsdist nudge`: the pair decodes together (one vocabulary, no adapter).
     Its fingerprint also takes the prompts' format and the head's precision as they are."""
 
-    aligned_template: Literal["chat", "input"] = field(default="chat", metadata=opt(fingerprint="template"))  # fmt: skip
+    aligned_template: Literal["chat", "input"] = field(
+        default="chat", metadata=opt(fingerprint="template")
+    )
     """The aligned model's context: `chat` (its chat template) or `input` (the prompt verbatim)."""
     format: DataFormat = field(default="auto", metadata=opt(fingerprint="as-is"))
     """Prompts' format (as `score --format`)."""

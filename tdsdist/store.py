@@ -145,7 +145,7 @@ PUBLISHED_ARRAYS = (
     *(
         Column(name, "float32", float("nan"))
         for name in ("jaccard", "ndcg", "kl_partial", "weighted_sum", "top_prob")
-    ),  # fmt: skip
+    ),
     Column("top_rank", "int32", -1),
     Column("aligned_top1_base_rank", "int32", -1),
     Column("top1_differs", "int8", -1),
@@ -235,9 +235,7 @@ def _array(
     )
 
 
-def per_position_arrays(
-    format_version: int, nudged: bool = False
-) -> dict[str, tuple[Column, ...]]:
+def per_position_arrays(format_version: int, nudged: bool = False) -> dict[str, tuple[Column, ...]]:
     """Every per-position array of a store of this format (and of a nudged store), by group."""
     groups = {
         "positions": POSITION_ARRAYS,

@@ -65,7 +65,9 @@ class ExampleContexts:
 def _write_ragged(group: zarr.Group, model: str, contexts: Sequence[Sequence[int]]) -> None:
     lengths = np.array([len(c) for c in contexts], dtype=np.int64)
     offset = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    flat = np.concatenate([np.asarray(c, dtype=np.int32) for c in contexts] + [np.zeros(0, np.int32)])  # fmt: skip
+    flat = np.concatenate(
+        [np.asarray(c, dtype=np.int32) for c in contexts] + [np.zeros(0, np.int32)]
+    )
     kwargs = {"compressors": [COMPRESSOR, CHECKSUM]}
     group.create_array(
         "ids",

@@ -112,6 +112,8 @@ def read_field(store: Store, name: str) -> list[Any]:
     """`[E]` values of one kept field; a missing field is one error line naming the kept ones."""
     names = field_names(store)
     if name not in names:
-        kept = ", ".join(names) if names else "none (stores made before tdsdist kept fields have none)"  # fmt: skip
+        kept = (
+            ", ".join(names) if names else "none (stores made before tdsdist kept fields have none)"
+        )
         raise TdsError(f"{store.path}: no kept field {name!r}; kept fields: {kept}")
     return [json.loads(str(v)) for v in store.root[f"{GROUP}/{name}"][:]]

@@ -66,7 +66,9 @@ NAMES = tuple(METRICS)
 SUB_ROWS = 1 << 12
 
 
-def renormalised(logprobs: np.ndarray, probabilities: bool = True) -> tuple[np.ndarray | None, np.ndarray]:  # fmt: skip
+def renormalised(
+    logprobs: np.ndarray, probabilities: bool = True
+) -> tuple[np.ndarray | None, np.ndarray]:
     """`[m, k] -> ([m, k], [m, k])` float32: each row's probabilities renormalised over its k
     entries (AlignTDS's `norm_prob`) and their logs; a -inf entry gets probability 0.
 
@@ -144,7 +146,9 @@ def _block(
     discount = (1.0 / np.log2(np.arange(k) + 2.0)).astype(np.float32)  # [k]
     flat = where.astype(np.intp)  # 1 + index in A, 0 where absent
     relevance = np.concatenate([[0.0], discount]).astype(np.float32)[flat]  # 0 where absent
-    ideal = np.concatenate([[0.0], np.cumsum(discount.astype(np.float64) ** 2)])[np.minimum(n_a, n_b)]  # fmt: skip
+    ideal = np.concatenate([[0.0], np.cumsum(discount.astype(np.float64) ** 2)])[
+        np.minimum(n_a, n_b)
+    ]
     flat += (np.arange(m, dtype=np.intp) * k - 1)[:, None]  # into the flat [m, kA]; absent: junk
     a1 = (where == 1) & valid_a1  # [m, kB]: B_j == A_1
     found = a1.any(1)

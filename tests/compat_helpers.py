@@ -15,8 +15,32 @@ from tdsdist.cli import main
 from tdsdist.store import Store
 
 EXACT = ["aligned/top_ids", "base/top_ids", "aligned/rank", "base/rank", "positions/token_id"]
-CLOSE = ["aligned/top_logprobs", "base/top_logprobs", "aligned/logprob", "base/logprob", "aligned/entropy", "base/entropy", "base/logprobs_at_aligned_top", "positions/kl"]  # fmt: skip
-SCORE = ["--aligned", "models/aligned", "--base", "models/base", "--data", "data.json", "--unit-size", "2", "--max-output-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+CLOSE = [
+    "aligned/top_logprobs",
+    "base/top_logprobs",
+    "aligned/logprob",
+    "base/logprob",
+    "aligned/entropy",
+    "base/entropy",
+    "base/logprobs_at_aligned_top",
+    "positions/kl",
+]
+SCORE = [
+    "--aligned",
+    "models/aligned",
+    "--base",
+    "models/base",
+    "--data",
+    "data.json",
+    "--unit-size",
+    "2",
+    "--max-output-tokens",
+    "12",
+    "--top-k",
+    "5",
+    "--device",
+    "cpu",
+]
 
 
 def keep_keys_of(got, want):

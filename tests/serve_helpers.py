@@ -67,7 +67,9 @@ class Server:
         cluster's scheduler signals every rank); the launcher's exit code."""
         if self.proc.poll() is None:
             if workers:
-                children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)  # fmt: skip
+                children = subprocess.run(
+                    ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True
+                )
                 for pid in children.stdout.split():
                     os.kill(int(pid), signal.SIGTERM)
             else:

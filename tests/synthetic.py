@@ -20,7 +20,9 @@ CANDIDATES = 12  # ids drawn from [FIRST_ID, FIRST_ID + CANDIDATES): heavy overl
 FIRST_ID = 40
 
 
-def _lists(rng: np.random.Generator, n: int, k: int, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def _lists(
+    rng: np.random.Generator, n: int, k: int, candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     ids = candidates[np.argsort(rng.random((n, len(candidates))), axis=1)[:, :k]].astype(np.int32)
     logprobs = -np.cumsum(rng.exponential(0.7, (n, k)), axis=1) - 0.05
     ties = rng.random(n) < 0.1  # equal log-probabilities for the first two entries
@@ -43,10 +45,17 @@ def _rank_and_logprob(ids, logprobs, token):
 
 
 def build(
-    path: Path, lengths: list[int], k: int = 5, seed: int = 0, sampled: float = 0.4,
-    commit: list[bool] | None = None, unit_size: int = 2, candidates: list[int] | None = None,
-    format_version: int = FORMAT_VERSION, chunk: int = CHUNK_POSITIONS,
-) -> Store:  # fmt: skip
+    path: Path,
+    lengths: list[int],
+    k: int = 5,
+    seed: int = 0,
+    sampled: float = 0.4,
+    commit: list[bool] | None = None,
+    unit_size: int = 2,
+    candidates: list[int] | None = None,
+    format_version: int = FORMAT_VERSION,
+    chunk: int = CHUNK_POSITIONS,
+) -> Store:
     """A store of `len(lengths)` answers; `commit[u]` False leaves unit u pending; top-k ids
     drawn from `candidates` (default: `CANDIDATES` ids from `FIRST_ID`). In format 3 the
     published metrics are stored as `score` stores them; in format 2 the analysis computes them.
@@ -60,26 +69,42 @@ def build(
     token = np.where(take_second, a_ids[:, 1], a_ids[:, 0]).astype(np.int32)
     tokenizer = train_tiny_tokenizer(default_corpus(), 300)
     store = create(
-        path, ids=[f"ex{i}" for i in range(len(lengths))], lengths=np.array(lengths, np.int32),
-        token_ids=token, flags={}, unit_size=unit_size, top_k=k,
-        meta={"fingerprint": {"aligned": "a", "base": "b", "data_sha256": "d", "limit": None}, "vocab_size": 300},
-        tokenizer=tokenizer, overwrite=True, format_version=format_version, chunk=chunk,
-    )  # fmt: skip
+        path,
+        ids=[f"ex{i}" for i in range(len(lengths))],
+        lengths=np.array(lengths, np.int32),
+        token_ids=token,
+        flags={},
+        unit_size=unit_size,
+        top_k=k,
+        meta={
+            "fingerprint": {"aligned": "a", "base": "b", "data_sha256": "d", "limit": None},
+            "vocab_size": 300,
+        },
+        tokenizer=tokenizer,
+        overwrite=True,
+        format_version=format_version,
+        chunk=chunk,
+    )
     base_rank, base_logprob = _rank_and_logprob(b_ids, b_lp, token)
     aligned_rank, aligned_logprob = _rank_and_logprob(a_ids, a_lp, token)
     _, base_at_a1 = _rank_and_logprob(b_ids, b_lp, a_ids[:, 0])
     at_a_top = np.repeat(base_at_a1[:, None], k, 1)  # column 0 is what the analysis reads
     rank_of_b1, _ = _rank_and_logprob(a_ids, a_lp, b_ids[:, 0])
     arrays = {
-        "aligned/top_ids": a_ids, "aligned/top_logprobs": a_lp,
-        "base/top_ids": b_ids, "base/top_logprobs": b_lp,
-        "base/rank": base_rank, "base/logprob": base_logprob,
-        "aligned/rank": aligned_rank, "aligned/logprob": aligned_logprob,
-        "base/logprobs_at_aligned_top": at_a_top, "aligned/rank_of_base_top1": rank_of_b1,
+        "aligned/top_ids": a_ids,
+        "aligned/top_logprobs": a_lp,
+        "base/top_ids": b_ids,
+        "base/top_logprobs": b_lp,
+        "base/rank": base_rank,
+        "base/logprob": base_logprob,
+        "aligned/rank": aligned_rank,
+        "aligned/logprob": aligned_logprob,
+        "base/logprobs_at_aligned_top": at_a_top,
+        "aligned/rank_of_base_top1": rank_of_b1,
         "positions/kl": rng.exponential(0.2, total).astype(np.float32),
         "positions/kl_aligned_base": rng.exponential(0.3, total).astype(np.float32),
         "positions/js": rng.exponential(0.05, total).astype(np.float32),
-    }  # fmt: skip
+    }
     if format_version >= 3:
         arrays.update(stored_arrays(arrays))
     offsets = np.concatenate([[0], np.cumsum(lengths)])

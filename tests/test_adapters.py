@@ -63,9 +63,28 @@ def adapted(tiny_pair, tmp_path_factory) -> dict[str, Path]:
 
 
 def score_args(base, store: Path, *extra: str) -> list[str]:
-    return ["score", "--base", str(base), "--data", str(demo_data_path()), "--store", str(store),
-            "--limit", "6", "--max-output-tokens", "48", "--unit-size", "4", "--top-k", str(K),
-            "--max-tokens-per-batch", "400", "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "score",
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--limit",
+        "6",
+        "--max-output-tokens",
+        "48",
+        "--unit-size",
+        "4",
+        "--top-k",
+        str(K),
+        "--max-tokens-per-batch",
+        "400",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def invoke(args: list[str]):
@@ -117,12 +136,25 @@ def plan_contexts(config: ScoreConfig) -> list[list[int]]:
 
 
 def test_adapter_store_equals_the_merged_model_scored_as_a_pair(adapted, tmp_path: Path) -> None:
-    adapter_run = invoke(score_args(adapted["base"], tmp_path / "a.zarr", "--aligned-adapter", adapted["adapter"]))  # fmt: skip
+    adapter_run = invoke(
+        score_args(adapted["base"], tmp_path / "a.zarr", "--aligned-adapter", adapted["adapter"])
+    )
     assert adapter_run.exit_code == 0, adapter_run.output
-    merged_run = invoke(score_args(adapted["base"], tmp_path / "m.zarr", "--aligned", adapted["merged"]))  # fmt: skip
+    merged_run = invoke(
+        score_args(adapted["base"], tmp_path / "m.zarr", "--aligned", adapted["merged"])
+    )
     assert merged_run.exit_code == 0, merged_run.output
     got, want = Store(tmp_path / "a.zarr", mode="r"), Store(tmp_path / "m.zarr", mode="r")
-    config = ScoreConfig(aligned=str(adapted["merged"]), base=str(adapted["base"]), data=str(demo_data_path()), store="-", limit=6, max_output_tokens=48, unit_size=4, top_k=K)  # fmt: skip
+    config = ScoreConfig(
+        aligned=str(adapted["merged"]),
+        base=str(adapted["base"]),
+        data=str(demo_data_path()),
+        store="-",
+        limit=6,
+        max_output_tokens=48,
+        unit_size=4,
+        top_k=K,
+    )
     assert_same_stores(got, want, adapted["merged"], plan_contexts(config))
     # Both sides ran with a cached shared prefix: the base one under the adapter switched off.
     assert all(n > 0 for n in got.meta["shared_prefix_tokens"].values())
@@ -152,9 +184,30 @@ def test_adapter_store_resumes_and_refuses_another_adapter(adapted, tmp_path: Pa
 
 
 def generate_args(store: Path, *extra) -> list:
-    return ["generate", "--base", "X", "--data", demo_data_path(), "--out", store.with_suffix(".json"),
-            "--store", store, "--limit", "4", "--unit-size", "2", "--batch-size", "3",
-            "--max-new-tokens", "32", "--top-k", K, "--device", "cpu", *extra]  # fmt: skip
+    return [
+        "generate",
+        "--base",
+        "X",
+        "--data",
+        demo_data_path(),
+        "--out",
+        store.with_suffix(".json"),
+        "--store",
+        store,
+        "--limit",
+        "4",
+        "--unit-size",
+        "2",
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        "32",
+        "--top-k",
+        K,
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def test_generate_with_the_adapter_equals_the_merged_model(adapted, tmp_path: Path) -> None:
@@ -291,8 +344,25 @@ def test_adapter_memory_benchmark_runs_on_the_tiny_model(tmp_path: Path) -> None
     """`tools.bench.adapter_memory` in fresh processes: one copy holds less than two, and both
     variants compute the same numbers."""
     out = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "tools.bench.adapter_memory", "--model", "tiny", "--repeats", "1",
-           "--sequences", "1", "--context", "4", "--answer", "8", "--threads", "1", "--out", out]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.bench.adapter_memory",
+        "--model",
+        "tiny",
+        "--repeats",
+        "1",
+        "--sequences",
+        "1",
+        "--context",
+        "4",
+        "--answer",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        out,
+    ]
     subprocess.run([str(c) for c in cmd], cwd=ROOT, check=True, capture_output=True, timeout=600)
     report = json.loads(out.read_text())
     assert report["ratio_held"] < 0.9 and report["js_sum_abs_diff"] < 1e-4

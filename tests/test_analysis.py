@@ -23,8 +23,24 @@ from tdsdist.store import Store
 
 def score(pair, store: Path, *extra: str) -> Path:
     aligned, base = pair
-    args = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
-            "--store", str(store), "--device", "cpu", "--top-k", "5", "--unit-size", "2", *extra]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--unit-size",
+        "2",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store
@@ -37,10 +53,17 @@ def stores(tiny_pair, tmp_path_factory) -> dict[str, Path]:
         "five": score(tiny_pair, root / "five.zarr", "--limit", "5", "--max-output-tokens", "60"),
         "one": score(tiny_pair, root / "one.zarr", "--limit", "1", "--max-output-tokens", "30"),
         "urial": score(
-            tiny_pair, root / "urial.zarr", "--limit", "5", "--max-output-tokens", "60",
-            "--base-template", f"urial:{demo_data_path().parent / 'urial_inst_1k_v4.txt'}", "--truncate-context",
+            tiny_pair,
+            root / "urial.zarr",
+            "--limit",
+            "5",
+            "--max-output-tokens",
+            "60",
+            "--base-template",
+            f"urial:{demo_data_path().parent / 'urial_inst_1k_v4.txt'}",
+            "--truncate-context",
         ),
-    }  # fmt: skip
+    }
 
 
 def direct(path: Path, thresholds=Thresholds(), min_support: int = 2) -> dict:

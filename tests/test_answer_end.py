@@ -27,8 +27,24 @@ def test_drop_and_map_the_literal_eos(tiny_pair) -> None:
 
 
 def score(pair, data: Path, store: Path, *extra: str):
-    args = ["score", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data", str(data),
-            "--store", str(store), "--device", "cpu", "--top-k", "5", "--unit-size", "2", *extra]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(data),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--unit-size",
+        "2",
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -41,7 +57,11 @@ def test_scoring_with_the_policy(tiny_pair, tmp_path: Path) -> None:
     data.write_text(json.dumps(records))
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     runs = {}
-    for name, extra in (("kept", ()), ("dropped", ("--answer-eos-text", "</s>")), ("mapped", ("--answer-eos-text", "</s>", "--answer-eos", "map"))):  # fmt: skip
+    for name, extra in (
+        ("kept", ()),
+        ("dropped", ("--answer-eos-text", "</s>")),
+        ("mapped", ("--answer-eos-text", "</s>", "--answer-eos", "map")),
+    ):
         result = score(tiny_pair, data, tmp_path / f"{name}.zarr", *extra)
         assert result.exit_code == 0, result.output
         s = Store(tmp_path / f"{name}.zarr", mode="r")

@@ -98,10 +98,17 @@ def test_equals_masked_sdpa_on_real_rows(kv_heads: int, prefix_len: int) -> None
 @pytest.mark.parametrize("window", [6, 4096])
 def test_sliding_window_model_matches_reference(window: int) -> None:
     """A window shorter than the sequences takes transformers' masked path; a long one the fast."""
-    config = MistralConfig(vocab_size=301, hidden_size=64, intermediate_size=128,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           sliding_window=window, max_position_embeddings=4096,
-                           attn_implementation="sdpa")  # fmt: skip
+    config = MistralConfig(
+        vocab_size=301,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=window,
+        max_position_embeddings=4096,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     model = MistralForCausalLM(config).eval()
     seqs = fresh_sequences(6, seed=window, prefix=[5, 6, 7])

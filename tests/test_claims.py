@@ -29,8 +29,17 @@ def test_one_process_works_and_commits_each_unit_once_in_order() -> None:
         log.append(("work", unit, None))
         return unit.upper()
 
-    loop = claim_loop(d, ["a", "bb", "ccc"], work, lambda u, r: log.append(("commit", u, r)), size=len)  # fmt: skip
-    assert log == [("work", "a", None), ("commit", "a", "A"), ("work", "bb", None), ("commit", "bb", "BB"), ("work", "ccc", None), ("commit", "ccc", "CCC")]  # fmt: skip
+    loop = claim_loop(
+        d, ["a", "bb", "ccc"], work, lambda u, r: log.append(("commit", u, r)), size=len
+    )
+    assert log == [
+        ("work", "a", None),
+        ("commit", "a", "A"),
+        ("work", "bb", None),
+        ("commit", "bb", "BB"),
+        ("work", "ccc", None),
+        ("commit", "ccc", "CCC"),
+    ]
     assert (loop.done, loop.stopped) == (6, False) and len(advanced) == 3
 
 
@@ -45,7 +54,7 @@ def test_sigterm_stops_claiming_after_the_unit_in_hand() -> None:
 
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        loop = claim_loop(d, [0, 1, 2, 3], work, lambda u, r: committed.append(u), size=lambda u: 1)  # fmt: skip
+        loop = claim_loop(d, [0, 1, 2, 3], work, lambda u, r: committed.append(u), size=lambda u: 1)
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert committed == [0, 1] and loop.stopped and loop.done == 2
@@ -55,8 +64,23 @@ def test_four_ranks_two_groups_of_two(tmp_path: Path) -> None:
     """Under torchrun (gloo): a group's ranks work the same units, its leader alone commits
     them, and the two groups' commits are the 9 units, each once."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    cmd = [torchrun or "torchrun", "--nproc-per-node", "4", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0", str(ROOT / "tests" / "claims_worker.py"), str(tmp_path / "rank"), "2"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "testkit")])}  # fmt: skip
+    cmd = [
+        torchrun or "torchrun",
+        "--nproc-per-node",
+        "4",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "localhost:0",
+        str(ROOT / "tests" / "claims_worker.py"),
+        str(tmp_path / "rank"),
+        "2",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "testkit")]),
+    }
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank.{r}.json").read_text()) for r in range(4)]

@@ -47,7 +47,10 @@ def test_paired_differences_equal_a_direct_computation(tmp_path) -> None:
         values = [sum(x for x, _ in p) / sum(n for _, n in p) for p in per]
         diffs = []
         for w in weights:
-            stat = [sum(wi * x for wi, (x, _) in zip(w, p)) / sum(wi * n for wi, (_, n) in zip(w, p)) for p in per]  # fmt: skip
+            stat = [
+                sum(wi * x for wi, (x, _) in zip(w, p)) / sum(wi * n for wi, (_, n) in zip(w, p))
+                for p in per
+            ]
             diffs.append(stat[1] - stat[0])
         low, high = np.percentile(diffs, [2.5, 97.5], method="inverted_cdf")
         row = rows[name]
@@ -56,7 +59,9 @@ def test_paired_differences_equal_a_direct_computation(tmp_path) -> None:
         assert row["ci"] == pytest.approx([low, high], rel=1e-5, abs=1e-7)
     cli = CliRunner().invoke(main, ["compare", str(one.path), str(two.path), "--resamples", "50"])
     assert cli.exit_code == 0 and "paired differences over 4 shared examples" in cli.output
-    cli = CliRunner().invoke(main, ["compare", str(one.path), str(two.path), "--json", "--resamples", "50"])  # fmt: skip
+    cli = CliRunner().invoke(
+        main, ["compare", str(one.path), str(two.path), "--json", "--resamples", "50"]
+    )
     assert json.loads(cli.output)["paired"]["rows"]
 
 

@@ -26,7 +26,22 @@ from compat_helpers import (
 from tdsdist.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
-COMPLETE_RECORDED = ["--aligned", "models/aligned", "--base", "models/base", "--data", "answers.json", "--aligned-template", "chat", "--unit-size", "2", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+COMPLETE_RECORDED = [
+    "--aligned",
+    "models/aligned",
+    "--base",
+    "models/base",
+    "--data",
+    "answers.json",
+    "--aligned-template",
+    "chat",
+    "--unit-size",
+    "2",
+    "--top-k",
+    "5",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +88,9 @@ def test_status_and_the_python_api_read_010_stores(old: Path, monkeypatch) -> No
     store = tdsdist.open_store(old / "complete.zarr")
     example = store.example("3")
     assert (example["base_rank"] >= 1).all() and len(example["token_id"]) == 12
-    assert store.summary()["positions"] == json.loads((old / "analyze.json").read_text())["positions"]
+    assert (
+        store.summary()["positions"] == json.loads((old / "analyze.json").read_text())["positions"]
+    )
 
 
 def test_a_store_killed_under_010_resumes_to_the_complete_one(old: Path, monkeypatch) -> None:

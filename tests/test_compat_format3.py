@@ -39,7 +39,7 @@ def old(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("version", [3, 4])
-def test_show_and_analyze_print_what_their_release_printed(old: Path, monkeypatch, version) -> None:  # fmt: skip
+def test_show_and_analyze_print_what_their_release_printed(old: Path, monkeypatch, version) -> None:
     folder = old / f"format{version}"
     result = run(folder, monkeypatch, "show", "complete.zarr", "--example", "0", "--json")
     assert result.exit_code == 0, result.output

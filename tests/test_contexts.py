@@ -34,10 +34,14 @@ FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
 #: Short answers that end in Llama-2's literal EOS text (mapped to the EOS token when scored), and
 #: an instruction with markup and line breaks, to be shown as text.
 RECORDS = [
-    {"id": "a", "pure_input": "Say <b>hi</b>\n  twice.", "output": ["Hello there. Hello again.</s>"]},
+    {
+        "id": "a",
+        "pure_input": "Say <b>hi</b>\n  twice.",
+        "output": ["Hello there. Hello again.</s>"],
+    },
     {"id": "b", "pure_input": "Name a river.", "output": ["The river Nile flows north.</s>"]},
     {"id": "c", "pure_input": "Count to three.", "output": ["One, two, three.</s>"]},
-]  # fmt: skip
+]
 
 
 def invoke(*args: str):
@@ -48,10 +52,27 @@ def invoke(*args: str):
 
 def score_args(pair, data: Path, store: Path) -> list[str]:
     return [
-        "--aligned", pair[0], "--base", pair[1], "--data", data, "--store", store,
-        "--device", "cpu", "--unit-size", "2", "--top-k", "5",
-        "--aligned-template", "chat", "--answer-eos-text", "</s>", "--answer-eos", "map",
-    ]  # fmt: skip
+        "--aligned",
+        pair[0],
+        "--base",
+        pair[1],
+        "--data",
+        data,
+        "--store",
+        store,
+        "--device",
+        "cpu",
+        "--unit-size",
+        "2",
+        "--top-k",
+        "5",
+        "--aligned-template",
+        "chat",
+        "--answer-eos-text",
+        "</s>",
+        "--answer-eos",
+        "map",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -123,18 +144,26 @@ def test_show_prints_the_instruction_and_both_contexts(scored) -> None:
         assert got["instruction"] == item.example.instruction
         for model, ids in (("aligned", item.aligned_context), ("base", item.base_context)):
             assert got["contexts"][model]["token_ids"] == ids
-            text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)  # fmt: skip
+            text = tokenizer.decode(
+                ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
             assert got["contexts"][model]["text"] == text
         # The template is visible: the BOS and the chat markers, as the models read them.
         assert got["contexts"]["base"]["text"].startswith("<s># Query:")
         assert "<|user|>" in got["contexts"]["aligned"]["text"]
         differs = [p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]]
-        base_top, aligned_top = (store.read(f"{m}/top_ids", store.rows(e))[:, 0] for m in ("base", "aligned"))  # fmt: skip
+        base_top, aligned_top = (
+            store.read(f"{m}/top_ids", store.rows(e))[:, 0] for m in ("base", "aligned")
+        )
         assert differs == (base_top != aligned_top).tolist()
         api_example = tdsdist.open_store(store_path).example(item.example.id)
         assert api_example["base_top1_differs"].tolist() == differs
         text = invoke("show", store_path, "--example", item.example.id).output
-        assert "instruction:\n" + "".join(f"  {line}\n" for line in item.example.instruction.split("\n")) in text  # fmt: skip
+        assert (
+            "instruction:\n"
+            + "".join(f"  {line}\n" for line in item.example.instruction.split("\n"))
+            in text
+        )
         assert f"aligned context ({len(item.aligned_context)} tokens" in text
         assert f"base context ({len(item.base_context)} tokens" in text
         assert "  <s># Query:" in text
@@ -165,13 +194,33 @@ def test_stores_without_contexts_say_not_recorded_and_still_resume(old: Path, mo
     text = invoke("show", "complete.zarr", "--example", "0").output
     assert f"instruction: {NOT_RECORDED}" in text and f"base context: {NOT_RECORDED}" in text
     assert tdsdist.open_store("complete.zarr").inputs("0") == {
-        "instruction": None, "aligned_context": None, "aligned_context_text": None,
-        "base_context": None, "base_context_text": None,
-    }  # fmt: skip
+        "instruction": None,
+        "aligned_context": None,
+        "aligned_context_text": None,
+        "base_context": None,
+        "base_context_text": None,
+    }
     frame = tdsdist.open_store("complete.zarr").dataframe("0")
-    assert frame["base_top1_differs"].tolist() == [p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]]  # fmt: skip
+    assert frame["base_top1_differs"].tolist() == [
+        p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]
+    ]
     # Resuming a 0.1.0 store needs no contexts and adds none: it stays a format-1 store.
-    score = ["--aligned", "models/aligned", "--base", "models/base", "--data", "data.json", "--unit-size", "2", "--max-output-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+    score = [
+        "--aligned",
+        "models/aligned",
+        "--base",
+        "models/base",
+        "--data",
+        "data.json",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "12",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+    ]
     result = invoke("score", *score, "--store", "partial.zarr")
     assert "1 already committed, 2 to do" in result.output
     store = Store("partial.zarr", mode="r")
@@ -199,9 +248,27 @@ def test_a_format_2_store_without_contexts_resumes_unchanged(tiny_pair, scored, 
 
 def test_generate_records_the_aligned_context_and_score_adds_the_base(tiny_pair, tmp_path) -> None:
     out, store_path = tmp_path / "answers.json", tmp_path / "g.zarr"
-    invoke("generate", "--aligned", tiny_pair[0], "--data", demo_data_path(), "--out", out,
-           "--store", store_path, "--limit", "3", "--unit-size", "2", "--max-new-tokens", "6",
-           "--top-k", "5", "--device", "cpu")  # fmt: skip
+    invoke(
+        "generate",
+        "--aligned",
+        tiny_pair[0],
+        "--data",
+        demo_data_path(),
+        "--out",
+        out,
+        "--store",
+        store_path,
+        "--limit",
+        "3",
+        "--unit-size",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+    )
     store = Store(store_path, mode="r")
     stored = StoredContexts(store)
     answers = {r["id"]: r for r in json.loads(out.read_text())}
@@ -213,8 +280,24 @@ def test_generate_records_the_aligned_context_and_score_adds_the_base(tiny_pair,
         assert tokenizer.decode(ids) == answers[example_id]["input"]
         assert stored.ids(e, "base") is None
     assert tdsdist.open_store(store_path).inputs(store.ids[0])["base_context_text"] is None
-    args = ["--aligned", tiny_pair[0], "--base", tiny_pair[1], "--data", out, "--store", store_path,
-            "--aligned-template", "chat", "--unit-size", "2", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+    args = [
+        "--aligned",
+        tiny_pair[0],
+        "--base",
+        tiny_pair[1],
+        "--data",
+        out,
+        "--store",
+        store_path,
+        "--aligned-template",
+        "chat",
+        "--unit-size",
+        "2",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+    ]
     invoke("score", *args)
     plan = plan_of([str(a) for a in args])
     stored = StoredContexts(Store(store_path, mode="r"))
@@ -233,7 +316,9 @@ def test_report_filters_mark_exactly_the_excluded_positions(scored, tmp_path: Pa
     index = read_js_call((site / "data" / "index.js").read_text())[0]
     want = summarize(store, filters=Filters(2, True))
     assert index["summary"]["positions"] == want["positions"]
-    assert index["summary"]["categories"]["shifted"]["count"] == want["categories"]["shifted"]["count"]  # fmt: skip
+    assert (
+        index["summary"]["categories"]["shifted"]["count"] == want["categories"]["shifted"]["count"]
+    )
     assert index["filters"]["exclude_first"] == 2 and index["filters"]["exclude_special_tokens"]
     special = set(tokenizer.all_special_ids)
     total = 0
@@ -252,7 +337,9 @@ def test_report_filters_mark_exactly_the_excluded_positions(scored, tmp_path: Pa
     invoke("report", store_path, "-o", site)
     _, page = read_js_call((site / "data" / "ex-0.js").read_text())
     assert page["filters"] is None and not any(page["excluded"])
-    result = CliRunner().invoke(main, ["report", str(store_path), "-o", str(site), "--exclude-first", "-1"])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["report", str(store_path), "-o", str(site), "--exclude-first", "-1"]
+    )
     assert result.exit_code == 2 and "exclude_first" in result.output
 
 
@@ -265,7 +352,11 @@ GENERATE = sorted(ROOT.glob("configs/generate/*.yaml"))
 
 
 def test_the_paper_configs_exist_and_score_in_float16() -> None:
-    assert {p.stem for p in PAPER} == {"paper-llama2-7b-chat", "paper-vicuna-7b", "paper-mistral-7b-instruct"}  # fmt: skip
+    assert {p.stem for p in PAPER} == {
+        "paper-llama2-7b-chat",
+        "paper-vicuna-7b",
+        "paper-mistral-7b-instruct",
+    }
     for path in PAPER:
         config = build_config(load_yaml(path), {})
         assert isinstance(config, ScoreConfig) and config.dtype == "float16", path

@@ -23,10 +23,13 @@ def random_rows(rng, examples: int, max_len: int):
         n = int(rng.integers(1, max_len))
         rows.append(
             dict(
-                example=np.full(n, e), t=np.arange(n), rank=rng.geometric(0.5, n),
-                prob=rng.random(n), kl=np.where(rng.random(n) < 0.02, np.inf, rng.exponential(0.3, n)),
+                example=np.full(n, e),
+                t=np.arange(n),
+                rank=rng.geometric(0.5, n),
+                prob=rng.random(n),
+                kl=np.where(rng.random(n) < 0.02, np.inf, rng.exponential(0.3, n)),
             )
-        )  # fmt: skip
+        )
     return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -37,7 +40,11 @@ def test_curves_equal_a_direct_computation() -> None:
     curves = PositionCurves(40, max_t=10, means=("base_rank", "base_prob", "kl"))
     half = len(cat) // 2
     for part in (slice(0, half), slice(half, None)):  # fed in two blocks, as summarize streams
-        values = {"base_rank": data["rank"][part].astype(float), "base_prob": data["prob"][part], "kl": data["kl"][part]}  # fmt: skip
+        values = {
+            "base_rank": data["rank"][part].astype(float),
+            "base_prob": data["prob"][part],
+            "kl": data["kl"][part],
+        }
         curves.add(data["example"][part], data["t"][part], cat[part], data["rank"][part], values)
     got = curves.result(resamples=200, seed=1)
     bins = np.minimum(data["t"], 11)
@@ -87,9 +94,27 @@ def test_intervals_cover_the_truth_about_95_percent() -> None:
 @pytest.fixture(scope="module")
 def scored(tiny_pair, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("curves") / "s.zarr"
-    args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-            str(demo_data_path()), "--store", str(store), "--device", "cpu", "--top-k", "5",
-            "--limit", "6", "--unit-size", "2", "--max-output-tokens", "20"]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "6",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "20",
+    ]
     assert CliRunner().invoke(main, args).exit_code == 0
     return store
 
@@ -111,7 +136,9 @@ def test_summary_by_position_and_filters_on_a_scored_store(scored) -> None:
     lo, hi = full["divergence"]["js"]["ci"]
     assert lo <= js.mean() <= hi
     special = set(s.tokenizer().all_special_ids)
-    cut = summarize(s, filters=Filters(exclude_first=3, exclude_special_tokens=True), max_t=5, resamples=100)  # fmt: skip
+    cut = summarize(
+        s, filters=Filters(exclude_first=3, exclude_special_tokens=True), max_t=5, resamples=100
+    )
     keep = (t >= 3) & ~np.isin(tokens, list(special))
     assert cut["positions"] == int(keep.sum())
     assert cut["excluded"]["positions"] == int((~keep).sum()) and cut["excluded"]["first"] == 3

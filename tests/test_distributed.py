@@ -41,10 +41,28 @@ CLOSE = [
 def args(pair, store: Path, *extra: str) -> list[str]:
     aligned, base = pair
     return [
-        "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "6",
-        "--unit-size", "1", "--max-output-tokens", "24", "--dist-timeout", "60", *extra,
-    ]  # fmt: skip
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "6",
+        "--unit-size",
+        "1",
+        "--max-output-tokens",
+        "24",
+        "--dist-timeout",
+        "60",
+        *extra,
+    ]
 
 
 def launch(
@@ -237,8 +255,16 @@ def tied_sharded_pair(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     root = tmp_path_factory.mktemp("tied_sharded")
-    pair = save_tiny_pair(root, vocab_size=301, seed=6, num_heads=3, num_kv_heads=3,
-                          hidden_size=48, model_vocab_size=320, tie_embeddings=True)  # fmt: skip
+    pair = save_tiny_pair(
+        root,
+        vocab_size=301,
+        seed=6,
+        num_heads=3,
+        num_kv_heads=3,
+        hidden_size=48,
+        model_vocab_size=320,
+        tie_embeddings=True,
+    )
     for folder in pair:
         model = AutoModelForCausalLM.from_pretrained(folder)
         (folder / "model.safetensors").unlink()
@@ -262,11 +288,30 @@ def test_tensor_parallel_loads_a_sharded_tied_checkpoint(tied_sharded_pair, tmp_
 
 def generate_args(pair, out: Path, *extra: str) -> list[str]:
     return [
-        "--aligned", str(pair[0]), "--data", str(demo_data_path()), "--out", str(out),
-        "--store", str(out.with_suffix(".zarr")), "--device", "cpu", "--top-k", "5",
-        "--limit", "5", "--unit-size", "2", "--batch-size", "2", "--max-new-tokens", "10",
-        "--dist-timeout", "300", *extra,  # a loaded CI machine can hold a rank back a minute
-    ]  # fmt: skip
+        "--aligned",
+        str(pair[0]),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(out),
+        "--store",
+        str(out.with_suffix(".zarr")),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "5",
+        "--unit-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "10",
+        "--dist-timeout",
+        "300",
+        *extra,  # a loaded CI machine can hold a rank back a minute
+    ]
 
 
 @pytest.mark.slow

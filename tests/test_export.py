@@ -47,17 +47,33 @@ def score_with_eos(tiny_pair, folder: Path) -> Path:
             "pure_input": f"Q{i}?",
             "input": f"<|user|>\nQ{i}?\n<|assistant|>\n",
             "output": a,
-        }  # fmt: skip
+        }
         for i, a in enumerate(ANSWERS)
     ]
     data = folder / "data.json"
     data.write_text(json.dumps(records), encoding="utf-8")
     aligned, base = tiny_pair
     args = [
-        "score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
-        "--store", str(folder / "s.zarr"), "--device", "cpu", "--unit-size", "1", "--top-k", "5",
-        "--answer-eos-text", "</s>", "--answer-eos", "map",
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--store",
+        str(folder / "s.zarr"),
+        "--device",
+        "cpu",
+        "--unit-size",
+        "1",
+        "--top-k",
+        "5",
+        "--answer-eos-text",
+        "</s>",
+        "--answer-eos",
+        "map",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return folder / "s.zarr"
@@ -94,7 +110,11 @@ def expected(store: Store, thresholds=Thresholds(), filters=Filters()) -> dict[s
         top1 = store.read("base/top_logprobs", rows)[keep][:, 0].astype(np.float64)
         cols["base_top1_prob"] += np.exp(top1).astype(np.float32).tolist()
         for name in DIVERGENCES:
-            values = store.read(f"positions/{name}", rows)[keep].tolist() if store.has_pair else [None] * int(keep.sum())  # fmt: skip
+            values = (
+                store.read(f"positions/{name}", rows)[keep].tolist()
+                if store.has_pair
+                else [None] * int(keep.sum())
+            )
             cols[name] += values
         cols["topk_kl"] += store.read("positions/kl", rows)[keep].tolist()
         rank = store.read("base/rank", rows)[keep]
@@ -104,7 +124,9 @@ def expected(store: Store, thresholds=Thresholds(), filters=Filters()) -> dict[s
         for name in PUBLISHED:
             values = published.get(name)
             kind = _published_type(name).to_pandas_dtype()
-            cols[f"published_{name}"] += [None] * int(keep.sum()) if values is None else values[keep].astype(kind).tolist()  # fmt: skip
+            cols[f"published_{name}"] += (
+                [None] * int(keep.sum()) if values is None else values[keep].astype(kind).tolist()
+            )
     return cols
 
 
@@ -116,7 +138,11 @@ def assert_table_equals(path: Path, want: dict[str, list]) -> None:
         # Exact: float32 values travel unchanged (to_pylist of float32 and of the store's
         # float32 arrays give the same Python floats), NaN compared as NaN.
         assert len(got) == len(want[name]), name
-        if name.startswith("published_") and table.schema.field(name).type == pa.float32() and None not in got:  # fmt: skip
+        if (
+            name.startswith("published_")
+            and table.schema.field(name).type == pa.float32()
+            and None not in got
+        ):
             # Computed from the top-k lists in float32, vectorised over whatever rows are read
             # at once: the export's blocks and this test's examples round differently.
             assert_float32_close(np.array(got), np.array(want[name], np.float64), err_msg=name)
@@ -138,9 +164,15 @@ def test_export_equals_the_store(scored: Path, tmp_path: Path) -> None:
     assert_table_equals(out, want)
     assert f"{len(want['t'])} rows" in result.output
     table = pq.read_table(out)
-    assert str(table.schema.field("category").type) == "dictionary<values=string, indices=int8, ordered=0>"  # fmt: skip
+    assert (
+        str(table.schema.field("category").type)
+        == "dictionary<values=string, indices=int8, ordered=0>"
+    )
     meta = json.loads(table.schema.metadata[b"tdsdist"])
-    assert meta["exact_divergences"] and meta["thresholds"] == {"unshifted_max": 1, "marginal_max": 3}  # fmt: skip
+    assert meta["exact_divergences"] and meta["thresholds"] == {
+        "unshifted_max": 1,
+        "marginal_max": 3,
+    }
     # The exact divergences are real numbers here (format 2), not the null columns of format 1.
     assert table.column("js").null_count == 0 and np.isfinite(table.column("js").to_numpy()).all()
 
@@ -150,14 +182,28 @@ def test_small_blocks_give_the_same_table(scored: Path, tmp_path: Path, monkeypa
     monkeypatch.setattr(export, "BLOCK_ROWS", 7)
     result = export_parquet(Store(scored, mode="r"), tmp_path / "small.parquet")
     assert result["row_groups"] > len(ANSWERS)
-    assert pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == result["row_groups"]  # fmt: skip
+    assert (
+        pq.ParquetFile(tmp_path / "small.parquet").metadata.num_row_groups == result["row_groups"]
+    )
     assert_table_equals(tmp_path / "small.parquet", expected(Store(scored, mode="r")))
 
 
 def test_filters_and_thresholds(scored: Path, tmp_path: Path) -> None:
     store = Store(scored, mode="r")
     out = tmp_path / "cut.parquet"
-    args = ["export", str(scored), "-o", str(out), "--exclude-first", "2", "--exclude-special-tokens", "--unshifted-max", "2", "--marginal-max", "10"]  # fmt: skip
+    args = [
+        "export",
+        str(scored),
+        "-o",
+        str(out),
+        "--exclude-first",
+        "2",
+        "--exclude-special-tokens",
+        "--unshifted-max",
+        "2",
+        "--marginal-max",
+        "10",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     filters, thresholds = Filters(2, True), Thresholds(2, 10)
@@ -221,15 +267,23 @@ def test_an_interrupted_export_leaves_nothing(scored: Path, tmp_path: Path, monk
 
 
 def test_bad_output_paths(scored: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["export", str(scored), "-o", str(tmp_path / "no" / "x.parquet")])  # fmt: skip
-    assert result.exit_code == 2 and result.output.startswith("error: ") and "does not exist" in result.output  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["export", str(scored), "-o", str(tmp_path / "no" / "x.parquet")]
+    )
+    assert (
+        result.exit_code == 2
+        and result.output.startswith("error: ")
+        and "does not exist" in result.output
+    )
     assert len(result.output.strip().splitlines()) == 1
     with pytest.raises(TdsError, match="is a folder"):
         export_parquet(Store(scored, mode="r"), tmp_path)
 
 
 @pytest.mark.parametrize("which", ["scored", "0.1.0"])
-def test_show_json_has_the_published_metrics_of_export(which: str, scored: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_show_json_has_the_published_metrics_of_export(
+    which: str, scored: Path, tmp_path: Path
+) -> None:
     """`show --json`'s per-position `published` object holds export's `published_*` columns
     (format 3: stored; format 1: computed from the top-k lists, the format-2-only rank null)."""
     from tdsdist.analysis.show import example_record

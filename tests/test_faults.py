@@ -29,10 +29,26 @@ def tdsdist(*args: str | Path) -> subprocess.CompletedProcess:
 
 def score_args(pair, store: Path) -> list[str]:
     return [
-        "score", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "6", "--unit-size", "2",
-        "--max-output-tokens", "16",
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "6",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "16",
+    ]
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -261,8 +277,19 @@ def test_an_immutable_parent_is_one_line_before_loading(tiny_pair, tmp_path, com
     parent.mkdir()
     args = score_args(tiny_pair, parent / "s.zarr")
     if command == "generate":
-        args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()),
-                "--out", str(parent / "a.json"), "--device", "cpu", "--limit", "2"]  # fmt: skip
+        args = [
+            "generate",
+            "--aligned",
+            str(tiny_pair[0]),
+            "--data",
+            str(demo_data_path()),
+            "--out",
+            str(parent / "a.json"),
+            "--device",
+            "cpu",
+            "--limit",
+            "2",
+        ]
     _immutable(parent)
     try:
         result = tdsdist(*args)
@@ -296,7 +323,9 @@ def test_a_full_disk_is_one_line_and_a_rerun_recovers(tiny_pair, scored, tmp_pat
         found = re.search(r"the (\d+) positions still to score need about ([\d.]+) KB", line)
         assert found and 0 < int(found[1]) <= 96, line
         assert float(found[2]) == round(int(found[1]) * BYTES_PER_POSITION / 1000, 1)
-        assert re.search(r"need about [\d.]+ KB and a new store 1.0 MB more, [\d.]+ (B|KB) free", line), line  # fmt: skip
+        assert re.search(
+            r"need about [\d.]+ KB and a new store 1.0 MB more, [\d.]+ (B|KB) free", line
+        ), line
         assert not [p for p in mount.iterdir() if p.name != "s.zarr"]  # no staging folder left
     finally:
         subprocess.run(["umount", str(mount)], check=True)
@@ -322,14 +351,22 @@ def test_two_processes_on_one_new_store_share_the_units(tiny_pair, scored, tmp_p
     new = tmp_path / "n.zarr"
     runs = [
         subprocess.Popen(
-            [*CLI, *score_args(tiny_pair, new)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=ENV,
-        )  # fmt: skip
+            [*CLI, *score_args(tiny_pair, new)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         for _ in range(2)
     ]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    positions = [int(line.split()[2]) for out, err in outputs for line in err.splitlines() if line.startswith("tdsdist: scored")]  # fmt: skip
+    positions = [
+        int(line.split()[2])
+        for out, err in outputs
+        for line in err.splitlines()
+        if line.startswith("tdsdist: scored")
+    ]
     assert sum(positions) == 96  # each unit scored once, whoever won it
     arrays = [k for k in digest(scored) if not k.endswith("zarr.json")]
     assert {k: digest(new)[k] for k in arrays} == {k: digest(scored)[k] for k in arrays}

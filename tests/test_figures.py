@@ -41,10 +41,26 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
     aligned, base = tiny_pair
     store = tmp_path_factory.mktemp("figures_scored") / "s.zarr"
     args = [
-        "score", "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--unit-size", "1", "--limit", "3",
-        "--max-output-tokens", "24", "--top-k", "5",
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--unit-size",
+        "1",
+        "--limit",
+        "3",
+        "--max-output-tokens",
+        "24",
+        "--top-k",
+        "5",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store
@@ -67,7 +83,9 @@ def check_folder(out: Path, stores: int, exact: list[int] | None = None) -> dict
     index = json.loads((out / "figures.json").read_text())
     assert [f["kind"] for f in index["figures"]] == list(KINDS)
     files = sorted(p.name for p in out.iterdir())
-    assert files == sorted(["figures.json", ".tdsdist-figures"] + [f"{k}.{x}" for k in KINDS for x in ("png", "svg")])  # fmt: skip
+    assert files == sorted(
+        ["figures.json", ".tdsdist-figures"] + [f"{k}.{x}" for k in KINDS for x in ("png", "svg")]
+    )
     for f in index["figures"]:
         assert f["files"][:2] == [f"{f['kind']}.png", f"{f['kind']}.svg"]
         pixels = matplotlib.image.imread(out / f"{f['kind']}.png")
@@ -106,7 +124,9 @@ def test_stores_overlay_in_one_figure_per_kind(scored: Path, tmp_path: Path) -> 
     code, output = figures(*map(str, stores), "-o", str(out), *FAST, "--pdf")
     assert code == 0, output
     pdfs = sorted(out.glob("*.pdf"))
-    assert [p.stem for p in pdfs] == sorted(KINDS) and all(p.read_bytes()[:5] == b"%PDF-" for p in pdfs)  # fmt: skip
+    assert [p.stem for p in pdfs] == sorted(KINDS) and all(
+        p.read_bytes()[:5] == b"%PDF-" for p in pdfs
+    )
     for p in pdfs:
         p.unlink()
     index = check_folder(out, 3, exact=[2])  # the 0.1.0 stores have no exact divergences
@@ -117,7 +137,9 @@ def test_stores_overlay_in_one_figure_per_kind(scored: Path, tmp_path: Path) -> 
 
 def test_filters_are_stated(scored: Path, tmp_path: Path) -> None:
     out = tmp_path / "cut"
-    code, output = figures(str(scored), "-o", str(out), *FAST, "--exclude-first", "2", "--exclude-special-tokens")  # fmt: skip
+    code, output = figures(
+        str(scored), "-o", str(out), *FAST, "--exclude-first", "2", "--exclude-special-tokens"
+    )
     assert code == 0, output
     index = check_folder(out, 1)
     assert index["options"]["exclude_first"] == 2 and index["options"]["exclude_special_tokens"]
@@ -133,7 +155,11 @@ def test_nothing_left_to_draw_is_an_error(scored: Path, tmp_path: Path) -> None:
     assert code == 2 and output.startswith(f"error: {scored}: no positions to draw")
     assert len(output.strip().splitlines()) == 1 and not out.exists()
     code, output = figures(str(FIXTURES / "recorded.zarr"), "-o", str(out), *FAST)
-    assert code == 2 and "recorded.zarr: no positions to draw" in output and "2 units pending" in output  # fmt: skip
+    assert (
+        code == 2
+        and "recorded.zarr: no positions to draw" in output
+        and "2 units pending" in output
+    )
     assert write_figures([{"positions": 0}], tmp_path) == []
 
 
@@ -160,7 +186,9 @@ def test_same_summary_same_svg(tmp_path: Path) -> None:
     drawn = [k for k in KINDS if (tmp_path / "a" / f"{k}.svg").exists()]
     assert drawn == [k for k in KINDS if k != "divergences_by_position"]  # format 1: no exact ones
     for kind in drawn:
-        assert (tmp_path / "a" / f"{kind}.svg").read_bytes() == (tmp_path / "b" / f"{kind}.svg").read_bytes()  # fmt: skip
+        assert (tmp_path / "a" / f"{kind}.svg").read_bytes() == (
+            tmp_path / "b" / f"{kind}.svg"
+        ).read_bytes()
 
 
 def test_labels_tokens_and_site_svg() -> None:
@@ -175,17 +203,30 @@ def test_labels_tokens_and_site_svg() -> None:
     ]
     assert len(set(store_labels([a, b, c]))) == 3
     assert store_labels([{"store": "/s/run.zarr"}]) == ["run.zarr"]
-    lora = {"aligned": None, "base": "/m/Llama-2-7b-hf", "aligned_adapter": {"path": "/a/dpo-lora/", "sha256": "0"}}  # fmt: skip
+    lora = {
+        "aligned": None,
+        "base": "/m/Llama-2-7b-hf",
+        "aligned_adapter": {"path": "/a/dpo-lora/", "sha256": "0"},
+    }
     assert store_labels([{"config": lora}]) == ["Llama-2-7b-hf + dpo-lora vs Llama-2-7b-hf"]
     rows = [
         {"token": " the", "count": 10, "shifted": 4, "shifted_rate": 0.4},
         {"token": "a", "count": 9, "shifted": 7, "shift_rate": 7 / 9},  # an older key
         {"token_id": 5, "count": 4, "shifted": 1},  # counts only
     ]
-    assert shifted_tokens({"top_shifted_tokens": rows}) == [(" the", 0.4, 4, 10), ("a", 7 / 9, 7, 9), ("5", 0.25, 1, 4)]  # fmt: skip
+    assert shifted_tokens({"top_shifted_tokens": rows}) == [
+        (" the", 0.4, 4, 10),
+        ("a", 7 / 9, 7, 9),
+        ("5", 0.25, 1, 4),
+    ]
     assert visible_token(" a\n") == "\u2423a\u21b5" and visible_token("") == "\u2205"
-    assert visible_token("\x07" + "x" * 30).startswith("\\x07") and len(visible_token("y" * 30)) == 16  # fmt: skip
-    raw = '<?xml version="1.0"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN"\n  "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n<svg xmlns:xlink="http://www.w3.org/1999/xlink" xmlns="http://www.w3.org/2000/svg"><use xlink:href="#a"/></svg>'  # fmt: skip
+    assert (
+        visible_token("\x07" + "x" * 30).startswith("\\x07") and len(visible_token("y" * 30)) == 16
+    )
+    raw = '<?xml version="1.0"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN"\n  "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n<svg xmlns:xlink="http://www.w3.org/1999/xlink" xmlns="http://www.w3.org/2000/svg"><use xlink:href="#a"/></svg>'
     clean = site_svg(raw)
-    assert "http://www.w3.org/2000/svg" in clean and "DOCTYPE" not in clean and "xlink" not in clean  # fmt: skip
-    assert ET.fromstring(clean.split("\n", 1)[1]).find("{http://www.w3.org/2000/svg}use").get("href") == "#a"  # fmt: skip
+    assert "http://www.w3.org/2000/svg" in clean and "DOCTYPE" not in clean and "xlink" not in clean
+    assert (
+        ET.fromstring(clean.split("\n", 1)[1]).find("{http://www.w3.org/2000/svg}use").get("href")
+        == "#a"
+    )

@@ -55,8 +55,22 @@ def chat(i: int, *turns: tuple[str, str], **extra: Any) -> dict[str, Any]:
 
 
 def run_score(pair, data: Path, store: Path, *extra: str):
-    args = ["score", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data", str(data),
-            "--store", str(store), "--device", "cpu", "--top-k", "5", *extra]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(data),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -69,7 +83,16 @@ def score(tiny_pair, tmp_path: Path):
 def store_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every per-position array and the per-example lengths and flags of a store."""
     store = Store(path, mode="r")
-    names = store.array_names() + [f"examples/{n}" for n in ("length", "offset", "aligned_context_length", "base_context_length", "answer_truncated")]  # fmt: skip
+    names = store.array_names() + [
+        f"examples/{n}"
+        for n in (
+            "length",
+            "offset",
+            "aligned_context_length",
+            "base_context_length",
+            "answer_truncated",
+        )
+    ]
     return {name: store.read(name) for name in names}
 
 
@@ -85,7 +108,7 @@ def test_each_container_reads_the_same_examples(tmp_path: Path, container: str) 
         "json": lambda p: write(p.with_suffix(".json"), RECORDS),
         "jsonl": lambda p: write(
             p.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in RECORDS)
-        ),  # fmt: skip
+        ),
         "parquet": lambda p: parquet(p.with_suffix(".parquet"), RECORDS),
         "datasets": lambda p: dataset_folder(p, RECORDS),
     }
@@ -95,7 +118,9 @@ def test_each_container_reads_the_same_examples(tmp_path: Path, container: str) 
         assert data.examples == reference
         assert (data.info.container, data.info.kind) == (container, "just-eval")
     keys = data.info.fingerprint_keys()
-    assert keys == ({} if container in ("json", "jsonl") else {"data_format": f"{container}/just-eval"})  # fmt: skip
+    assert keys == (
+        {} if container in ("json", "jsonl") else {"data_format": f"{container}/just-eval"}
+    )
 
 
 def test_datasets_folder_rows_as_datasets_reads_them(tmp_path: Path) -> None:
@@ -123,7 +148,10 @@ def test_field_maps_work_in_parquet_and_datasets(tmp_path: Path) -> None:
 
 def test_the_shared_just_eval_file_still_loads() -> None:
     data = read_data(SHARED_DATA)
-    assert len(data.examples) == 1000 and (data.info.container, data.info.kind) == ("json", "just-eval")  # fmt: skip
+    assert len(data.examples) == 1000 and (data.info.container, data.info.kind) == (
+        "json",
+        "just-eval",
+    )
     assert data.info.fingerprint_keys() == {}  # what 0.1.0 stores recorded: they keep resuming
     assert data.examples[0].prompt is not None and data.examples[0].messages is None
 
@@ -150,7 +178,12 @@ def test_datasets_folder_hash_covers_its_files(tmp_path: Path) -> None:
 
 
 def alpaca(i: int, **fields: Any) -> dict[str, Any]:
-    record = {"instruction": f"Name the number {i}.", "output": f"It is {i}.", "generator": "m1", "dataset": "helpful_base"}  # fmt: skip
+    record = {
+        "instruction": f"Name the number {i}.",
+        "output": f"It is {i}.",
+        "generator": "m1",
+        "dataset": "helpful_base",
+    }
     record.update(fields)
     return {k: v for k, v in record.items() if v is not None}
 
@@ -163,7 +196,11 @@ def test_alpaca_eval_outputs(tmp_path: Path) -> None:
         ("1", "Name the number 1.", "It is 1."),
     ]
     assert data.info.kind == "alpaca-eval" and data.info.ids_from_index
-    assert data.info.fingerprint_keys() == {"data_format": "json/alpaca-eval", "ids": "record-index", "generator": ["m1", "m2"]}  # fmt: skip
+    assert data.info.fingerprint_keys() == {
+        "data_format": "json/alpaca-eval",
+        "ids": "record-index",
+        "generator": ["m1", "m2"],
+    }
     assert read_data(path, format="alpaca-eval").examples == data.examples
     # An explicit --instruction-field wins over AlpacaEval's own name.
     other = read_data(path, Fields(instruction="dataset"), format="alpaca-eval")
@@ -186,7 +223,9 @@ def test_alpaca_eval_end_to_end_records_generator(tiny_pair, tmp_path: Path) -> 
 
 def test_just_eval_without_ids(tmp_path: Path) -> None:
     records = [{k: v for k, v in example(i).items() if k != "id"} for i in range(3)]
-    data = read_data(write(tmp_path / "noids.jsonl", "".join(json.dumps(r) + "\n" for r in records)))  # fmt: skip
+    data = read_data(
+        write(tmp_path / "noids.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    )
     assert [e.id for e in data.examples] == ["0", "1", "2"]
     assert data.info.fingerprint_keys() == {"ids": "record-index"}
 
@@ -206,13 +245,15 @@ CONVERSATION = chat(
 
 
 def test_turns_last_and_all(tmp_path: Path) -> None:
-    path = write(tmp_path / "chats.json", [CONVERSATION, chat(1, ("user", "Hi"), ("assistant", "Hello"))])  # fmt: skip
+    path = write(
+        tmp_path / "chats.json", [CONVERSATION, chat(1, ("user", "Hi"), ("assistant", "Hello"))]
+    )
     last = read_data(path)
     assert [(e.id, e.instruction, e.answer) for e in last.examples] == [
         ("c0", "And 3 + 3?", "6."),
         ("c1", "Hi", "Hello"),
     ]
-    assert [m["role"] for m in last.examples[0].messages] == ["system", "user", "assistant", "user"]  # fmt: skip
+    assert [m["role"] for m in last.examples[0].messages] == ["system", "user", "assistant", "user"]
     every = read_data(path, turns="all")
     assert [(e.id, e.index, e.answer) for e in every.examples] == [
         ("c0/1", 0, "4."),
@@ -233,12 +274,23 @@ def test_conversation_contexts(tiny_pair, tmp_path: Path) -> None:
     )
     prefix = write(tmp_path / "urial.txt", "PREFIX\n```\n")
     assert base_context_fn(f"urial:{prefix}")(ex) == (
-        "PREFIX\n```\n" + URIAL_QUERY.format(q=q1) + URIAL_ANSWER + a1 + "\n```\n"
-        + URIAL_QUERY.format(q=q2) + URIAL_ANSWER
-    )  # fmt: skip
+        "PREFIX\n```\n"
+        + URIAL_QUERY.format(q=q1)
+        + URIAL_ANSWER
+        + a1
+        + "\n```\n"
+        + URIAL_QUERY.format(q=q2)
+        + URIAL_ANSWER
+    )
     assert base_context_fn("none")(ex) == f"{q1}\n\n{a1}\n\n{q2}"
-    jinja = write(tmp_path / "t.jinja", "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}|{{ query }}")  # fmt: skip
-    assert base_context_fn(str(jinja))(ex) == f"[system]Be brief.[user]{q1}[assistant]{a1}[user]{q2}|{q2}"  # fmt: skip
+    jinja = write(
+        tmp_path / "t.jinja",
+        "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}|{{ query }}",
+    )
+    assert (
+        base_context_fn(str(jinja))(ex)
+        == f"[system]Be brief.[user]{q1}[assistant]{a1}[user]{q2}|{q2}"
+    )
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     assert aligned_context_fn("chat", tok)(ex) == tok.apply_chat_template(
         list(ex.messages), tokenize=False, add_generation_prompt=True
@@ -251,7 +303,9 @@ def test_conversation_contexts(tiny_pair, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("base_template", ["plain", "none"])
-def test_one_turn_transcript_scores_as_just_eval_chat(tiny_pair, tmp_path: Path, base_template) -> None:  # fmt: skip
+def test_one_turn_transcript_scores_as_just_eval_chat(
+    tiny_pair, tmp_path: Path, base_template
+) -> None:
     """The acceptance test: every store array equal, bit for bit."""
     answers = ["Sure! It is a small number.", "Two words.", "The number three, most likely."]
     plain = [example(i, output=[a]) for i, a in enumerate(answers)]
@@ -262,7 +316,7 @@ def test_one_turn_transcript_scores_as_just_eval_chat(tiny_pair, tmp_path: Path,
                 {"role": "user", "content": r["pure_input"]},
                 {"role": "assistant", "content": a},
             ],
-        }  # fmt: skip
+        }
         for i, (r, a) in enumerate(zip(plain, answers))
     ]
     args = ("--aligned-template", "chat", "--base-template", base_template, "--unit-size", "2")
@@ -279,7 +333,9 @@ def test_one_turn_transcript_scores_as_just_eval_chat(tiny_pair, tmp_path: Path,
 
 def test_all_turns_end_to_end(tiny_pair, tmp_path: Path) -> None:
     data = write(tmp_path / "chats.jsonl", json.dumps(CONVERSATION) + "\n")
-    result = run_score(tiny_pair, data, tmp_path / STORE, "--aligned-template", "chat", "--turns", "all")  # fmt: skip
+    result = run_score(
+        tiny_pair, data, tmp_path / STORE, "--aligned-template", "chat", "--turns", "all"
+    )
     assert result.exit_code == 0, result.output
     store = Store(tmp_path / STORE, mode="r")
     assert store.ids == ["c0/1", "c0/2"] and store.committed().all()
@@ -305,7 +361,9 @@ def test_input_removes_and_input_verbatim_keeps_the_doubled_bos(tiny_pair, tmp_p
     data = write(tmp_path / "d.json", RECORDS)
     lengths = {}
     for template in ("input", "input-verbatim"):
-        result = run_score(tiny_pair, data, tmp_path / f"{template}.zarr", "--aligned-template", template)  # fmt: skip
+        result = run_score(
+            tiny_pair, data, tmp_path / f"{template}.zarr", "--aligned-template", template
+        )
         assert result.exit_code == 0, result.output
         store = Store(tmp_path / f"{template}.zarr", mode="r")
         lengths[template] = store.read("examples/aligned_context_length")
@@ -340,9 +398,7 @@ BAD = {
         ("example 1", "(id 'c1')", "'messages[1]'", "unknown role 'robot'"),
     ),
     "int-content.json": (
-        lambda p: write(
-            p, [GOOD_CHAT, {"id": "c1", "messages": [{"role": "user", "content": 5}]}]
-        ),  # fmt: skip
+        lambda p: write(p, [GOOD_CHAT, {"id": "c1", "messages": [{"role": "user", "content": 5}]}]),
         ("example 1", "(id 'c1')", "'messages[0]'", "'content'", "must be a string", "int"),
     ),
     "messages-not-list.json": (
@@ -368,7 +424,7 @@ BAD = {
     "mixed-ids.json": (
         lambda p: write(
             p, [example(0), example(1), {k: v for k, v in example(2).items() if k != "id"}]
-        ),  # fmt: skip
+        ),
         ("example 2", "'id'", "missing", "example 0 has one"),
     ),
     "parquet-forced.json": (
@@ -379,19 +435,19 @@ BAD = {
     "jsonl-forced.json": (
         lambda p: write(p, RECORDS),
         ("--format jsonl expects JSONL", "a JSON list"),
-    ),  # fmt: skip
+    ),
     "json-forced.parquet": (lambda p: parquet(p, RECORDS), ("is a Parquet file",)),
     "chat-forced.json": (
         lambda p: write(p, RECORDS),
         ("example 0", "(id 'ex0')", "'messages'", "missing"),
-    ),  # fmt: skip
+    ),
     "dict-folder": (
         lambda p: (
             datasets.DatasetDict({"train": datasets.Dataset.from_list(RECORDS)}).save_to_disk(
                 str(p)
             ),
             p,
-        )[1],  # fmt: skip
+        )[1],
         ("DatasetDict", "train"),
     ),
     "bad-state": (
@@ -403,7 +459,13 @@ BAD = {
         ("example 0", "'messages[1]'", "empty answer", "--skip-empty-answers"),
     ),
 }
-FORCED = {"parquet-forced.json": "parquet", "datasets-forced.json": "datasets", "jsonl-forced.json": "jsonl", "json-forced.parquet": "json", "chat-forced.json": "chat"}  # fmt: skip
+FORCED = {
+    "parquet-forced.json": "parquet",
+    "datasets-forced.json": "datasets",
+    "jsonl-forced.json": "jsonl",
+    "json-forced.parquet": "json",
+    "chat-forced.json": "chat",
+}
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -443,18 +505,41 @@ def test_bad_parquet_leaves_existing_store_untouched(score, tmp_path: Path) -> N
 def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None:
     prompts = write(tmp_path / "prompts.json", [CONVERSATION, chat(1, ("user", "Say hi."))])
     out, store = tmp_path / "answers.json", tmp_path / STORE
-    args = ["generate", "--aligned", str(tiny_pair[0]), "--data", str(prompts), "--out", str(out),
-            "--store", str(store), "--max-new-tokens", "6", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+    args = [
+        "generate",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--data",
+        str(prompts),
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+        "--max-new-tokens",
+        "6",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     records = json.loads(out.read_text())
     # The first transcript's own last answer is replaced by the generated one.
-    assert [m["role"] for m in records[0]["messages"]] == ["system", "user", "assistant", "user", "assistant"]  # fmt: skip
+    assert [m["role"] for m in records[0]["messages"]] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
     assert records[0]["messages"][:4] == CONVERSATION["messages"][:4]
     assert [m["role"] for m in records[1]["messages"]] == ["user", "assistant"]
     recorded = Store(store, mode="r")
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
-    context = tok.apply_chat_template(CONVERSATION["messages"][:4], tokenize=False, add_generation_prompt=True)  # fmt: skip
+    context = tok.apply_chat_template(
+        CONVERSATION["messages"][:4], tokenize=False, add_generation_prompt=True
+    )
     # The recorded first log-probability is the model's given the whole conversation.
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[0]).eval()
     first = int(recorded.read("positions/token_id", recorded.rows(0))[0])
@@ -467,14 +552,18 @@ def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None
 
     stored = float(recorded.read("aligned/logprob", recorded.rows(0))[0])
     assert abs(stored - logprob(context)) < 1e-4
-    alone = tok.apply_chat_template(CONVERSATION["messages"][3:4], tokenize=False, add_generation_prompt=True)  # fmt: skip
+    alone = tok.apply_chat_template(
+        CONVERSATION["messages"][3:4], tokenize=False, add_generation_prompt=True
+    )
     assert abs(stored - logprob(alone)) > 1e-3  # the earlier turns matter: the check can fail
     assert recorded.meta["fingerprint"]["data_format"] == "json/chat"
     # `score` reads the answers file as transcripts and completes the recorded store.
     scored = run_score(tiny_pair, out, store, "--aligned-template", "chat", "--skip-empty-answers")
     assert scored.exit_code == 0, scored.output
     assert Store(store, mode="r").committed().all()
-    refused = CliRunner().invoke(main, [*args[:-2], "--device", "cpu", "--aligned-template", "input", "--overwrite"])  # fmt: skip
+    refused = CliRunner().invoke(
+        main, [*args[:-2], "--device", "cpu", "--aligned-template", "input", "--overwrite"]
+    )
     assert refused.exit_code == 2 and "--aligned-template chat" in refused.output
 
 

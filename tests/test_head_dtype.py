@@ -30,16 +30,36 @@ def test_the_float32_head_projects_the_hidden_states_in_float32(tiny_pair) -> No
     )
     torch.testing.assert_close(as_model.logits(hidden), F.linear(hidden, weight).float())
     # bfloat16 logits have 8 bits of mantissa: they tie far more often than float32 ones.
-    ties = [(r.logits(hidden)[:, None, :] == r.logits(hidden)[:, :, None]).sum() for r in (exact, as_model)]  # fmt: skip
+    ties = [
+        (r.logits(hidden)[:, None, :] == r.logits(hidden)[:, :, None]).sum()
+        for r in (exact, as_model)
+    ]
     assert ties[1] > ties[0]
 
 
 def args(pair, store: Path, *extra: str) -> list[str]:
     return [
-        "score", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "4", "--unit-size", "2",
-        "--max-output-tokens", "12", *extra,
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "4",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "12",
+        *extra,
+    ]
 
 
 def test_new_stores_record_the_float32_head_and_old_ones_keep_theirs(tiny_pair, tmp_path) -> None:
@@ -61,7 +81,9 @@ def test_new_stores_record_the_float32_head_and_old_ones_keep_theirs(tiny_pair, 
     )
     assert first.exit_code == 0
     assert "head_dtype" not in Store(old, mode="r").meta["fingerprint"]
-    refused = runner.invoke(main, args(tiny_pair, old, "--dtype", "bfloat16", "--head-dtype", "float32", "--limit", "2"))  # fmt: skip
+    refused = runner.invoke(
+        main, args(tiny_pair, old, "--dtype", "bfloat16", "--head-dtype", "float32", "--limit", "2")
+    )
     assert refused.exit_code == 2 and "head_dtype" in refused.output
     resumed = runner.invoke(main, args(tiny_pair, old, "--dtype", "bfloat16", "--limit", "2"))
     assert resumed.exit_code == 0, resumed.output

@@ -94,7 +94,9 @@ def test_remove_leaves_the_others_unchanged(pair):
     assert finish["0"] == "removed" and len(cut_got["0"]) == 2
     for a, b in zip(full[1:], cut[1:]):
         assert a.tokens == b.tokens
-        assert_pair_arrays(PairOutput.cat(cut_got[b.id]).arrays(), PairOutput.cat(full_got[a.id]).arrays())  # fmt: skip
+        assert_pair_arrays(
+            PairOutput.cat(cut_got[b.id]).arrays(), PairOutput.cat(full_got[a.id]).arrays()
+        )
     assert np.all(np.isfinite(PairOutput.cat(cut_got["1"]).arrays()["positions/js"]))
 
 

@@ -27,7 +27,7 @@ def _records() -> list[dict]:
             "output": f"{words[i % len(words)]} and {words[(3 * i) % len(words)]} {i}.",
             "topic": GROUPS[i],
             "level": i % 3,
-        }  # fmt: skip
+        }
         for i in range(len(GROUPS))
     ]
 
@@ -44,8 +44,23 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
     data = folder / "data.json"
     data.write_text(json.dumps(_records()), encoding="utf-8")
     aligned, base = tiny_pair
-    cli("score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
-        "--store", str(folder / "s.zarr"), "--device", "cpu", "--unit-size", "4", "--top-k", "5")  # fmt: skip
+    cli(
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--store",
+        str(folder / "s.zarr"),
+        "--device",
+        "cpu",
+        "--unit-size",
+        "4",
+        "--top-k",
+        "5",
+    )
     return folder / "s.zarr"
 
 
@@ -89,8 +104,16 @@ def assert_in_ci(entry: dict) -> None:
 def test_measures_by_position_equal_show_json(scored: Path) -> None:
     records = shown(scored)
     summary = json.loads(cli("analyze", str(scored), "--json", "--max-t", str(MAX_T)))
-    names = ("aligned_entropy", "base_entropy", "base_top1_prob", "base_prob",
-             "kl_aligned_base", "kl_base_aligned", "js", "tv")  # fmt: skip
+    names = (
+        "aligned_entropy",
+        "base_entropy",
+        "base_top1_prob",
+        "base_prob",
+        "kl_aligned_base",
+        "kl_base_aligned",
+        "js",
+        "tv",
+    )
     for row in summary["by_position"]:
         for name in names:
             entry = row[f"mean_{name}"]
@@ -164,11 +187,17 @@ def test_groups_equal_direct_computations(scored: Path) -> None:
     diffs = {(d["group"], d["statistic"]): d for d in summary["groups"]["differences"]}
     d = diffs[("harmful", "mean_js")]
     assert d["reference"] == "benign"
-    want = groups["harmful"]["statistics"]["mean_js"]["mean"] - groups["benign"]["statistics"]["mean_js"]["mean"]  # fmt: skip
+    want = (
+        groups["harmful"]["statistics"]["mean_js"]["mean"]
+        - groups["benign"]["statistics"]["mean_js"]["mean"]
+    )
     assert d["difference"] == pytest.approx(want, rel=1e-9)
     assert d["ci"][0] <= d["difference"] <= d["ci"][1]
     bf = diffs[("harmful", "base_branching")]  # exp of each group's mean entropy, differenced
-    h = {g: math.exp(pooled([r for r, t in zip(records, GROUPS) if t == g], "base_entropy")) for g in ("harmful", "benign")}  # fmt: skip
+    h = {
+        g: math.exp(pooled([r for r, t in zip(records, GROUPS) if t == g], "base_entropy"))
+        for g in ("harmful", "benign")
+    }
     assert bf["difference"] == pytest.approx(h["harmful"] - h["benign"], rel=1e-4, abs=1e-6)
     assert bf["ci"][0] <= bf["difference"] <= bf["ci"][1]
     rare = diffs[("rare", "mean_js")]
@@ -178,9 +207,15 @@ def test_groups_equal_direct_computations(scored: Path) -> None:
 
 
 def test_group_by_a_missing_field_is_one_line(scored: Path) -> None:
-    for command in (["analyze"], ["compare"], ["figures", "-o", str(scored.parent / "f")],
-                    ["export", "-o", str(scored.parent / "x.parquet")]):  # fmt: skip
-        result = CliRunner().invoke(main, [command[0], str(scored), *command[1:], "--group-by", "nope"])  # fmt: skip
+    for command in (
+        ["analyze"],
+        ["compare"],
+        ["figures", "-o", str(scored.parent / "f")],
+        ["export", "-o", str(scored.parent / "x.parquet")],
+    ):
+        result = CliRunner().invoke(
+            main, [command[0], str(scored), *command[1:], "--group-by", "nope"]
+        )
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "no kept field 'nope'" in lines[0] and "level, topic" in lines[0]
@@ -214,8 +249,18 @@ def test_figures_and_compare_by_group(scored: Path, tmp_path: Path) -> None:
     for f in index["figures"]:
         for name in f["files"]:
             assert (out / name).stat().st_size > 1000, name
-    result = json.loads(cli("compare", str(scored), str(scored), "--json", "--group-by", "topic",
-                            "--resamples", "50"))  # fmt: skip
+    result = json.loads(
+        cli(
+            "compare",
+            str(scored),
+            str(scored),
+            "--json",
+            "--group-by",
+            "topic",
+            "--resamples",
+            "50",
+        )
+    )
     by_group = {g["group"]: g for g in result["paired_by_group"]}
     assert by_group["harmful"]["shared_examples"] == 5 and by_group["rare"]["interval"]
     for g in by_group.values():  # a store against itself: every difference is exactly 0
@@ -239,8 +284,22 @@ def test_keep_fields_choices_and_resume(tiny_pair, tmp_path: Path) -> None:
     aligned, base = tiny_pair
 
     def score(store: str, *extra: str) -> CliRunner:
-        args = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
-                "--store", str(tmp_path / store), "--device", "cpu", "--unit-size", "2", *extra]  # fmt: skip
+        args = [
+            "score",
+            "--aligned",
+            str(aligned),
+            "--base",
+            str(base),
+            "--data",
+            str(data),
+            "--store",
+            str(tmp_path / store),
+            "--device",
+            "cpu",
+            "--unit-size",
+            "2",
+            *extra,
+        ]
         return CliRunner().invoke(main, args)
 
     assert score("all.zarr").exit_code == 0
@@ -263,12 +322,29 @@ def test_generate_keeps_the_prompts_fields(tiny_pair, tmp_path: Path) -> None:
     from tdsdist.store import Store
     from tdsdist.store_fields import read_field
 
-    prompts = [{"id": r["id"], "pure_input": r["pure_input"], "topic": r["topic"]} for r in _records()[:3]]  # fmt: skip
+    prompts = [
+        {"id": r["id"], "pure_input": r["pure_input"], "topic": r["topic"]} for r in _records()[:3]
+    ]
     data = tmp_path / "prompts.json"
     data.write_text(json.dumps(prompts), encoding="utf-8")
     out, store = tmp_path / "answers.json", tmp_path / "g.zarr"
-    cli("generate", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(data),
-        "--out", str(out), "--store", str(store), "--max-new-tokens", "4", "--device", "cpu")  # fmt: skip
+    cli(
+        "generate",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    )
     answers = json.loads(out.read_text())
     assert [a["topic"] for a in answers] == [p["topic"] for p in prompts]
     kept = Store(store, mode="r")
@@ -287,7 +363,9 @@ def test_python_api(scored: Path) -> None:
     ex = store.example("q1")
     values = position_values(record)
     np.testing.assert_allclose(ex["base_top1_prob"], values["base_top1_prob"], rtol=1e-12)
-    np.testing.assert_allclose(ex["aligned_branching"], np.exp(values["aligned_entropy"]), rtol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        ex["aligned_branching"], np.exp(values["aligned_entropy"]), rtol=1e-12
+    )
     summary = store.summary(group_by="topic", resamples=50)
     assert [g["group"] for g in summary["groups"]["groups"]] == ["benign", "harmful", "rare"]
     assert summary["measures"]["base_branching"]["mean"] > 0
@@ -296,9 +374,20 @@ def test_python_api(scored: Path) -> None:
 def test_every_record_kind_carries_its_scalar_fields(tmp_path: Path) -> None:
     from tdsdist.inputs.data import read_data
 
-    chat = [{"id": "c", "topic": "harmful", "n": 2, "tags": ["x"], "messages": [
-        {"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
-        {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye."}]}]  # fmt: skip
+    chat = [
+        {
+            "id": "c",
+            "topic": "harmful",
+            "n": 2,
+            "tags": ["x"],
+            "messages": [
+                {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "And?"},
+                {"role": "assistant", "content": "Bye."},
+            ],
+        }
+    ]
     path = tmp_path / "chat.json"
     path.write_text(json.dumps(chat), encoding="utf-8")
     for ex in read_data(path, turns="all").examples:

@@ -39,10 +39,32 @@ def invoke(*args: str, code: int = 0):
 
 def nudge(pair, folder: Path, name: str, *extra: str) -> tuple[Path, Path]:
     out, store = folder / f"{name}.json", folder / f"{name}.zarr"
-    invoke("nudge", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data",
-           str(demo_data_path()), "--out", str(out), "--store", str(store), "--limit", str(LIMIT),
-           "--unit-size", "2", "--batch-size", "3", "--max-new-tokens", str(NEW), "--top-k",
-           str(K), "--device", "cpu", *extra)  # fmt: skip
+    invoke(
+        "nudge",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(out),
+        "--store",
+        str(store),
+        "--limit",
+        str(LIMIT),
+        "--unit-size",
+        "2",
+        "--batch-size",
+        "3",
+        "--max-new-tokens",
+        str(NEW),
+        "--top-k",
+        str(K),
+        "--device",
+        "cpu",
+        *extra,
+    )
     return out, store
 
 
@@ -52,19 +74,36 @@ def invoke_export(store: Path, parquet: Path) -> Path:
 
 
 def store_answers(store: Store) -> dict[str, list[int]]:
-    return {i: store.read("positions/token_id", store.rows(e)).tolist() for e, i in enumerate(store.ids)}  # fmt: skip
+    return {
+        i: store.read("positions/token_id", store.rows(e)).tolist() for e, i in enumerate(store.ids)
+    }
 
 
 @pytest.fixture(scope="module")
 def nudged(tiny_pair, tmp_path_factory):
-    return nudge(tiny_pair, tmp_path_factory.mktemp("nudge"), "n", "--nudge-threshold", "0.4", "--compare")  # fmt: skip
+    return nudge(
+        tiny_pair, tmp_path_factory.mktemp("nudge"), "n", "--nudge-threshold", "0.4", "--compare"
+    )
 
 
 def test_threshold_one_is_the_aligned_models_generate(tiny_pair, tmp_path: Path) -> None:
     out, store = nudge(tiny_pair, tmp_path, "one", "--nudge-threshold", "1")
     gen = tmp_path / "gen.json"
-    invoke("generate", "--aligned", str(tiny_pair[0]), "--data", str(demo_data_path()), "--out",
-           str(gen), "--limit", str(LIMIT), "--max-new-tokens", str(NEW), "--device", "cpu")  # fmt: skip
+    invoke(
+        "generate",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(gen),
+        "--limit",
+        str(LIMIT),
+        "--max-new-tokens",
+        str(NEW),
+        "--device",
+        "cpu",
+    )
     got, want = json.loads(out.read_text()), json.loads(gen.read_text())
     assert [r["output"] for r in got] == [r["output"] for r in want]
     assert [r["input"] for r in got] == [r["input"] for r in want]
@@ -82,11 +121,15 @@ def test_threshold_zero_is_the_base_models_own_answer(tiny_pair, tmp_path: Path,
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32).eval()
     runner = ModelRunner(model, len(tok), torch.device("cpu"), head_dtype="float32")
-    decoder = Decoder(runner, tok, Sampling(NEW, 0.8 if sampled else 0.0, 0.9 if sampled else 1.0, top_k=K))  # fmt: skip
+    decoder = Decoder(
+        runner, tok, Sampling(NEW, 0.8 if sampled else 0.0, 0.9 if sampled else 1.0, top_k=K)
+    )
     plain = base_context_fn("plain")
     s = Store(store, mode="r")
     recorded = store_answers(s)
-    for ex, record in zip(load_examples(demo_data_path(), limit=LIMIT), json.loads(out.read_text())):  # fmt: skip
+    for ex, record in zip(
+        load_examples(demo_data_path(), limit=LIMIT), json.loads(out.read_text())
+    ):
         seed = 3 * 1_000_003 + ex.index if sampled else 0
         want = decoder.generate([tokenize_context(tok, plain(ex), True)], seed)[0].ids
         assert recorded.get(ex.id, []) == want
@@ -111,7 +154,9 @@ def test_threshold_rule_and_compare_against_the_stored_distributions(nudged) -> 
         assert record["nudged_tokens"] == int(f.sum())
         # --compare: the aligned model's mean log-probability of the nudged answer's tokens
         mean = s.read("examples/aligned_mean_nudged_logprob")[e]
-        assert_float32_close(np.float32(mean), np.float32(s.read("aligned/logprob", s.rows(e)).mean()))  # fmt: skip
+        assert_float32_close(
+            np.float32(mean), np.float32(s.read("aligned/logprob", s.rows(e)).mean())
+        )
     assert "base_only_output" in records[0]
     compare = s.meta["nudge"]["compare"]
     assert compare["nudged_logprob"] > compare["base_only_logprob"]
@@ -139,10 +184,28 @@ def test_the_store_equals_score_of_its_answers(tiny_pair, nudged, tmp_path: Path
     for name in redo.array_names():  # nothing left of the decoded numbers but the ids, flags
         if name not in ("positions/token_id", "positions/nudged"):
             redo.root[name][:] = redo.root[name].fill_value
-    invoke("score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-           str(out), "--store", str(copy), "--aligned-template", "chat", "--base-template",
-           "plain", "--top-k", str(K), "--unit-size", "2", "--skip-empty-answers", "--device",
-           "cpu")  # fmt: skip
+    invoke(
+        "score",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(out),
+        "--store",
+        str(copy),
+        "--aligned-template",
+        "chat",
+        "--base-template",
+        "plain",
+        "--top-k",
+        str(K),
+        "--unit-size",
+        "2",
+        "--skip-empty-answers",
+        "--device",
+        "cpu",
+    )
     got, want = Store(path, mode="r"), Store(copy, mode="r")
     assert want.committed().all() and got.committed().all()
     rows = got.valid_rows()
@@ -154,7 +217,17 @@ def test_the_store_equals_score_of_its_answers(tiny_pair, nudged, tmp_path: Path
         else:
             assert_float32_close(a, b, scale=8.0, err_msg=name)
     contexts = StoredContexts(got)
-    prep = prepare(ScoreConfig(aligned=str(tiny_pair[0]), base=str(tiny_pair[1]), data=str(out), store="-", aligned_template="chat", base_template="plain", skip_empty_answers=True))  # fmt: skip
+    prep = prepare(
+        ScoreConfig(
+            aligned=str(tiny_pair[0]),
+            base=str(tiny_pair[1]),
+            data=str(out),
+            store="-",
+            aligned_template="chat",
+            base_template="plain",
+            skip_empty_answers=True,
+        )
+    )
     for e, item in enumerate(prep.plan.items):  # the contexts `score` makes from the answers
         assert contexts.ids(e, "aligned").tolist() == item.aligned_context
         assert contexts.ids(e, "base").tolist() == item.base_context
@@ -167,15 +240,33 @@ def test_show_json_has_nudged_only_for_nudged_stores(tiny_pair, nudged, tmp_path
     want = s.read("positions/nudged", s.rows(0)).astype(bool).tolist()
     assert [p["nudged"] for p in record["positions"]] == want
     _, generated = tmp_path / "g.json", tmp_path / "g.zarr"
-    invoke("generate", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-           str(demo_data_path()), "--out", str(tmp_path / "g.json"), "--store", str(generated),
-           "--limit", "2", "--max-new-tokens", "4", "--device", "cpu")  # fmt: skip
+    invoke(
+        "generate",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(tmp_path / "g.json"),
+        "--store",
+        str(generated),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    )
     other = Store(generated, mode="r")
     record = json.loads(invoke("show", str(generated), "--example", other.ids[0], "--json").output)
     assert all("nudged" not in p for p in record["positions"]) and not other.nudged
 
 
-def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_pair, nudged, tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_resume_after_a_kill_equals_an_uninterrupted_run(
+    tiny_pair, nudged, tmp_path, monkeypatch
+) -> None:
     import tdsdist.jobs.nudge as job
 
     save, calls = job._save_unit, []
@@ -192,7 +283,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_pair, nudged, tmp_
     out = tmp_path / "n.json"
     assert not out.exists() and len(list(Path(str(out) + ".parts").glob("unit-*.json"))) == 1
     decoded = []
-    monkeypatch.setattr(job, "_save_unit", lambda r, t, u, n, p: (decoded.append(n), save(r, t, u, n, p)))  # fmt: skip
+    monkeypatch.setattr(
+        job, "_save_unit", lambda r, t, u, n, p: (decoded.append(n), save(r, t, u, n, p))
+    )
     nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
     assert sorted(decoded) == [1, 2]  # only the pending units
     assert json.loads(out.read_text()) == json.loads(nudged[0].read_text())
@@ -211,10 +304,21 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tiny_pair, nudged, tmp_
 def test_bad_options_are_one_line(tiny_pair, tmp_path: Path, flags, message) -> None:
     result = CliRunner().invoke(
         main,
-        ["nudge", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-         str(demo_data_path()), "--out", str(tmp_path / "o.json"), "--store",
-         str(tmp_path / "o.zarr"), *flags],
-    )  # fmt: skip
+        [
+            "nudge",
+            "--aligned",
+            str(tiny_pair[0]),
+            "--base",
+            str(tiny_pair[1]),
+            "--data",
+            str(demo_data_path()),
+            "--out",
+            str(tmp_path / "o.json"),
+            "--store",
+            str(tmp_path / "o.zarr"),
+            *flags,
+        ],
+    )
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "o.json").exists()
 
@@ -243,11 +347,15 @@ def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path
             c[1] += 1
     top = n["top_nudged_tokens"]
     assert [(t["count"], t["seen"]) for t in top] == [tuple(counts[t["token_id"]]) for t in top]
-    assert [t["count"] for t in top] == sorted((c[0] for c in counts.values() if c[0]), reverse=True)[: len(top)]  # fmt: skip
+    assert [t["count"] for t in top] == sorted(
+        (c[0] for c in counts.values() if c[0]), reverse=True
+    )[: len(top)]
     means = [np.mean([p["aligned"]["logprob"] for p in r["positions"]]) for r in shown]
     assert n["compare"]["nudged"]["mean"] == pytest.approx(np.mean(means), rel=1e-5)
     diff = n["compare"]["difference"]
-    assert diff["mean"] == pytest.approx(n["compare"]["nudged"]["mean"] - n["compare"]["base_only"]["mean"], rel=1e-5)  # fmt: skip
+    assert diff["mean"] == pytest.approx(
+        n["compare"]["nudged"]["mean"] - n["compare"]["base_only"]["mean"], rel=1e-5
+    )
     api = tdsdist.open_store(path)
     assert [api.example(i)["nudged"].tolist() for i in s.ids] == flags  # the API too
     table = pq.read_table(invoke_export(path, tmp_path / "n.parquet"))
@@ -257,12 +365,30 @@ def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path
     assert "nudged fraction" in text and "aligned log-prob per token" in text
     folder = tmp_path / "figs"
     invoke("figures", str(path), "--out", str(folder))
-    assert (folder / "nudged_by_position.png").exists() and (folder / "top_nudged_tokens.png").exists()  # fmt: skip
+    assert (folder / "nudged_by_position.png").exists() and (
+        folder / "top_nudged_tokens.png"
+    ).exists()
     # a store that was not nudged: no nudge section, no nudged curve or figure
     plain = tmp_path / "plain.zarr"
-    invoke("score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-           str(demo_data_path()), "--store", str(plain), "--limit", "2", "--max-output-tokens",
-           "6", "--top-k", str(K), "--device", "cpu")  # fmt: skip
+    invoke(
+        "score",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(plain),
+        "--limit",
+        "2",
+        "--max-output-tokens",
+        "6",
+        "--top-k",
+        str(K),
+        "--device",
+        "cpu",
+    )
     other = json.loads(invoke("analyze", str(plain), "--json").output)
     assert "nudge" not in other and "mean_nudged" not in other["by_position"][0]
     invoke("figures", str(plain), "--out", str(tmp_path / "plain-figs"))
@@ -280,7 +406,9 @@ def test_nudge_config_files_build(path: Path) -> None:
     assert not config.aligned.startswith("~")
 
 
-def test_a_run_killed_after_publishing_the_store_finishes(tiny_pair, nudged, tmp_path, monkeypatch) -> None:  # fmt: skip
+def test_a_run_killed_after_publishing_the_store_finishes(
+    tiny_pair, nudged, tmp_path, monkeypatch
+) -> None:
     """Killed between the store's rename and the parts' removal: the same command assembles
     again from the parts (no decoding) and replaces the store it had published."""
     import tdsdist.jobs.nudge as job
@@ -313,7 +441,9 @@ def test_the_policy_against_float64_on_fresh_logits() -> None:
     from tdsdist.engine.nudging import Nudging, base_top1_probability
 
     gen = torch.Generator().manual_seed(7)
-    logits = {m: torch.randn(6, 301, generator=gen) * s for m, s in (("aligned", 3.0), ("base", 2.0))}  # fmt: skip
+    logits = {
+        m: torch.randn(6, 301, generator=gen) * s for m, s in (("aligned", 3.0), ("base", 2.0))
+    }
     logits["base"][:3] *= 4  # some confident rows, some not
     want = torch.softmax(logits["base"].double(), -1).amax(-1)
     shard = VocabShard()
@@ -326,7 +456,7 @@ def test_the_policy_against_float64_on_fresh_logits() -> None:
         (
             Nudging("shifted"),
             ~(logits["base"].topk(3).indices == logits["aligned"].argmax(-1, keepdim=True)).any(-1),
-        ),  # fmt: skip
+        ),
     ):
         tokens = policy.choose(lambda m: logits[m], requests, shard)
         assert policy.last_nudged.tolist() == expected.tolist()

@@ -88,7 +88,20 @@ def test_a_new_field_enters_the_fingerprint_as_its_metadata_says() -> None:
 
 def test_the_score_fingerprint_keys_are_those_of_0_1_0() -> None:
     keys = options_fingerprint(ScoreConfig, vars(ScoreConfig(**PAIR)))
-    assert set(keys) == {"aligned", "aligned_revision", "base", "base_revision", "aligned_template", "base_template", "top_k", "dtype", "max_output_tokens", "limit", "unit_size", "truncate_context"}  # fmt: skip
+    assert set(keys) == {
+        "aligned",
+        "aligned_revision",
+        "base",
+        "base_revision",
+        "aligned_template",
+        "base_template",
+        "top_k",
+        "dtype",
+        "max_output_tokens",
+        "limit",
+        "unit_size",
+        "truncate_context",
+    }
 
 
 def test_the_nudge_fingerprint_keys_are_those_of_before() -> None:
@@ -96,14 +109,47 @@ def test_the_nudge_fingerprint_keys_are_those_of_before() -> None:
 
     cfg = NudgeConfig(aligned="a", base="b", data="d", out="o", store="s")
     keys = options_fingerprint(NudgeConfig, vars(cfg))
-    assert set(keys) == {"aligned", "aligned_revision", "base", "base_revision", "nudge_rule", "nudge_threshold", "compare", "max_new_tokens", "temperature", "top_p", "seed", "top_k", "limit", "unit_size", "dtype", "head_dtype", "format", "aligned_template", "base_template"}  # fmt: skip
+    assert set(keys) == {
+        "aligned",
+        "aligned_revision",
+        "base",
+        "base_revision",
+        "nudge_rule",
+        "nudge_threshold",
+        "compare",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "top_k",
+        "limit",
+        "unit_size",
+        "dtype",
+        "head_dtype",
+        "format",
+        "aligned_template",
+        "base_template",
+    }
     assert required_fields(NudgeConfig) == ("aligned", "base", "data", "store", "out")
 
 
 def test_the_generation_fingerprint_keys_are_those_of_before() -> None:
     cfg = GenerateConfig(aligned="a", data="d", out="o")
     keys = options_fingerprint(GenerateConfig, vars(cfg))
-    assert set(keys) == {"aligned", "aligned_revision", "max_new_tokens", "temperature", "top_p", "seed", "stop", "top_k", "limit", "unit_size", "dtype", "aligned_template"}  # fmt: skip
+    assert set(keys) == {
+        "aligned",
+        "aligned_revision",
+        "max_new_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "top_k",
+        "limit",
+        "unit_size",
+        "dtype",
+        "aligned_template",
+    }
     keys = options_fingerprint(GenerateConfig, vars(dataclasses.replace(cfg, format="jsonl")))
     assert keys["format"] == "jsonl"
 
@@ -133,10 +179,14 @@ def test_no_two_sections_of_a_composition_declare_the_same_field() -> None:
     from tdsdist.serve.config import ServeConfig
 
     for composition in (ScoreConfig, GenerateConfig, NudgeConfig, ServeConfig):
-        sections = [c for c in composition.__mro__[1:] if c is not Section and issubclass(c, Section)]  # fmt: skip
+        sections = [
+            c for c in composition.__mro__[1:] if c is not Section and issubclass(c, Section)
+        ]
         assert len(sections) >= 5
         for a, b in itertools.combinations(sections, 2):
-            common = {f.name for f in dataclasses.fields(a)} & {f.name for f in dataclasses.fields(b)}  # fmt: skip
+            common = {f.name for f in dataclasses.fields(a)} & {
+                f.name for f in dataclasses.fields(b)
+            }
             assert not common, (composition.__name__, a.__name__, b.__name__, common)
 
 
@@ -153,9 +203,25 @@ def test_literals_match_the_readers_choices() -> None:
 def test_generate_scores_with_its_pair_sections() -> None:
     from tdsdist.jobs.generate import scoring_config
 
-    cfg = GenerateConfig(aligned="a", base="b", data="d", out="o.json", store="s", top_k=7, limit=3, tp=1, format="jsonl", overwrite=True)  # fmt: skip
+    cfg = GenerateConfig(
+        aligned="a",
+        base="b",
+        data="d",
+        out="o.json",
+        store="s",
+        top_k=7,
+        limit=3,
+        tp=1,
+        format="jsonl",
+        overwrite=True,
+    )
     scoring = scoring_config(cfg)
-    assert (scoring.data, scoring.store, scoring.top_k, scoring.aligned_template) == ("o.json", "s", 7, "chat")  # fmt: skip
+    assert (scoring.data, scoring.store, scoring.top_k, scoring.aligned_template) == (
+        "o.json",
+        "s",
+        7,
+        "chat",
+    )
     # the answers file is read as written, and the store generate made is resumed
     assert (scoring.limit, scoring.format, scoring.overwrite) == (None, "auto", False)
     assert scoring.skip_empty_answers

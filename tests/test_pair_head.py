@@ -121,9 +121,15 @@ def _two_ranks(rank: int, init: str, inputs, results) -> None:
     start, end = vocab_slice(w_a.shape[0], rank, 2)
     shard = VocabShard(start, dist.group.WORLD, w_a.shape[0])
     got = pair_positions(
-        h_a, h_b, (w_a[start:end], None, None), (w_b[start:end], None, None), targets, 5,
-        4 * 301 * 40, shard,
-    )  # fmt: skip
+        h_a,
+        h_b,
+        (w_a[start:end], None, None),
+        (w_b[start:end], None, None),
+        targets,
+        5,
+        4 * 301 * 40,
+        shard,
+    )
     if rank == 0:
         results.update({k: torch.from_numpy(v) for k, v in got.arrays().items()})
     dist.destroy_process_group()
@@ -165,15 +171,21 @@ def test_pair_scorer_equals_per_token_reference(tiny_pair_odd_vocab) -> None:
             for special in (True, True, False)
         )
         answers.append(
-            AnswerPair(a_ctx[: rng.integers(1, 25)], b_ctx[: rng.integers(1, 25)], ans[: rng.integers(1, 30)])
-        )  # fmt: skip
+            AnswerPair(
+                a_ctx[: rng.integers(1, 25)],
+                b_ctx[: rng.integers(1, 25)],
+                ans[: rng.integers(1, 30)],
+            )
+        )
     runners = [ModelRunner(m, vocab, torch.device("cpu")) for m in models]
     scorer = PairScorer(*runners, top_k=6, chunk_bytes=4 * vocab * 30, max_tokens_per_batch=80)
     got = scorer.score(answers)
     assert_answers_match(
         got,
         answers,
-        lambda a: per_token_pair_reference(*models, a.aligned_context, a.base_context, a.answer, 6, vocab),  # fmt: skip
+        lambda a: per_token_pair_reference(
+            *models, a.aligned_context, a.base_context, a.answer, 6, vocab
+        ),
     )
     assert (got["aligned/top_ids"] < vocab).all() and (got["base/top_ids"] < vocab).all()
 

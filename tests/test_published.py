@@ -128,7 +128,13 @@ def test_per_position_metrics_equal_the_published_definitions(tmp_path, format_v
 
 @pytest.mark.parametrize("format_version", [2, 3])
 def test_summary_published_means_intervals_and_curves(tmp_path, format_version) -> None:
-    store = build(tmp_path / "s.zarr", [7, 3, 12, 5, 9, 4], seed=2, commit=[True, False, True], format_version=format_version)  # fmt: skip
+    store = build(
+        tmp_path / "s.zarr",
+        [7, 3, 12, 5, 9, 4],
+        seed=2,
+        commit=[True, False, True],
+        format_version=format_version,
+    )
     got = summarize(store, max_t=3, resamples=200)
     assert got["examples"] == 4  # the pending unit's two examples are left out
     check_summary(store, got)
@@ -142,12 +148,17 @@ def test_one_example_and_empty_stores(tmp_path) -> None:
     one = build(tmp_path / "one.zarr", [6], seed=3, unit_size=1)
     got = summarize(one, resamples=50)
     check_summary(one, got)
-    assert got["published"]["jaccard"]["ci"][0] == pytest.approx(got["published"]["jaccard"]["mean"])  # fmt: skip
+    assert got["published"]["jaccard"]["ci"][0] == pytest.approx(
+        got["published"]["jaccard"]["mean"]
+    )
     empty = build(tmp_path / "empty.zarr", [4, 5], seed=4, commit=[False])
     got = summarize(empty, resamples=50)
     assert got["positions"] == 0
     assert all(got["published"][name]["mean"] is None for name in pub.NAMES)
-    assert got["tokens"]["by_id"]["by_count"] == [] and got["tokens"]["base_favoured"]["fraction"] is None  # fmt: skip
+    assert (
+        got["tokens"]["by_id"]["by_count"] == []
+        and got["tokens"]["base_favoured"]["fraction"] is None
+    )
     assert CliRunner().invoke(main, ["analyze", str(empty.path)]).exit_code == 0
 
 
@@ -178,7 +189,9 @@ def test_category_by_aligned_top1_on_sampled_answers(tmp_path) -> None:
     assert by_top1["category_by"] == "aligned-top1" and by_answer["category_by"] == "answer"
     alone = summarize(store, th, resamples=20, category_by="aligned-top1", published=False)
     assert alone["published"] is None
-    assert [alone["categories"][n]["count"] for n in ("unshifted", "marginal", "shifted")] == [cat_top1.count(c) for c in range(3)]  # fmt: skip
+    assert [alone["categories"][n]["count"] for n in ("unshifted", "marginal", "shifted")] == [
+        cat_top1.count(c) for c in range(3)
+    ]
     result = CliRunner().invoke(main, ["analyze", str(store.path), "--category-by", "aligned-top1"])
     assert result.exit_code == 0 and "aligned model's top 1" in result.output
     with pytest.raises(TdsError, match="marginal_max <= top-k"):
@@ -203,9 +216,27 @@ def test_format_1_store_computes_what_it_can() -> None:
 def test_scored_store(tiny_pair, tmp_path) -> None:
     aligned, base = tiny_pair
     path = tmp_path / "scored.zarr"
-    args = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
-            "--store", str(path), "--device", "cpu", "--top-k", "5", "--unit-size", "2",
-            "--limit", "3", "--max-output-tokens", "25"]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(path),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--unit-size",
+        "2",
+        "--limit",
+        "3",
+        "--max-output-tokens",
+        "25",
+    ]
     assert CliRunner().invoke(main, args).exit_code == 0
     store = Store(path, mode="r")
     assert store.has_published  # stored by `score`, per position: as the definitions give them
@@ -213,7 +244,9 @@ def test_scored_store(tiny_pair, tmp_path) -> None:
     stored = pub.published_rows(store, slice(0, int(store.meta["unit_starts"][-1])))
     index = [int(store.offsets[e]) + t for e, t in zip(examples, ts)]
     for name in pub.NAMES:
-        np.testing.assert_allclose(stored[name][index], ref[name], rtol=2e-6, atol=2e-6, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(
+            stored[name][index], ref[name], rtol=2e-6, atol=2e-6, err_msg=name
+        )
     got = summarize(store, resamples=100)
     check_summary(store, got)
     ranks = np.concatenate([store.read("aligned/rank", store.rows(e)) for e in range(3)])

@@ -51,9 +51,23 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
 def score_store(tiny_pair, store: Path, data: Path, *extra: str) -> Path:
     aligned, base = tiny_pair
     args = [
-        "score", "--aligned", str(aligned), "--base", str(base), "--data", str(data),
-        "--store", str(store), "--device", "cpu", "--unit-size", "1", "--limit", "3", *extra,
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(data),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--unit-size",
+        "1",
+        "--limit",
+        "3",
+        *extra,
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store
@@ -123,7 +137,9 @@ def crafted(tiny_pair, tmp_path_factory) -> Path:
     ]
     data = folder / "hostile.json"
     data.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    store = score_store(tiny_pair, folder / "c.zarr", data, "--max-output-tokens", "80", "--top-k", "12")  # fmt: skip
+    store = score_store(
+        tiny_pair, folder / "c.zarr", data, "--max-output-tokens", "80", "--top-k", "12"
+    )
     Store(store).root["units/committed"][2] = 0
     return store
 
@@ -160,7 +176,7 @@ def build_synthetic(path: Path) -> tuple[Path, dict]:
         meta={
             "fingerprint": {"aligned": "synthetic-aligned", "base": "synthetic-base", "top_k": k},
             "vocab_size": vocab,
-        },  # fmt: skip
+        },
         tokenizer=tokenizer,
         overwrite=False,
     )
@@ -192,7 +208,13 @@ def build_synthetic(path: Path) -> tuple[Path, dict]:
         arrays["positions/kl"] = kl
         store.write_rows(unit, arrays)
         store.mark_committed(unit)
-    token = {"token_id": evil[0], "token": EVIL_SCRIPT, "count": 9, "shifted": 7, "shift_rate": 7 / 9}  # fmt: skip
+    token = {
+        "token_id": evil[0],
+        "token": EVIL_SCRIPT,
+        "count": 9,
+        "shifted": 7,
+        "shift_rate": 7 / 9,
+    }
     summary = {
         "examples": 2,
         "positions": 40,
@@ -219,14 +241,14 @@ def build_synthetic(path: Path) -> tuple[Path, dict]:
                 "shifted_fraction": 0.4,
                 "mean_kl": 1.0,
                 "mean_base_prob": 0.3,
-            },  # fmt: skip
+            },
             {
                 "bucket": "5-9",
                 "positions": 0,
                 "shifted_fraction": None,
                 "mean_kl": None,
                 "mean_base_prob": None,
-            },  # fmt: skip
+            },
         ],
         "by_relative_position": [
             {
@@ -235,7 +257,7 @@ def build_synthetic(path: Path) -> tuple[Path, dict]:
                 "shifted_fraction": i / 20,
                 "mean_kl": 0.1,
                 "mean_base_prob": 0.5,
-            }  # fmt: skip
+            }
             for i in range(10)
         ],
         "top_shifted_tokens": [token],
@@ -265,7 +287,14 @@ def synthetic_site(synthetic, tmp_path_factory) -> Path:
 
 def test_site_layout(scored_site: Path, scored: Path) -> None:
     n = len(Store(scored, mode="r").ids)
-    for name in ("index.html", "example.html", "assets/report.js", "assets/report.css", "data/index.js", MARKER):  # fmt: skip
+    for name in (
+        "index.html",
+        "example.html",
+        "assets/report.js",
+        "assets/report.css",
+        "data/index.js",
+        MARKER,
+    ):
         assert (scored_site / name).is_file(), name
     assert sorted(p.name for p in (scored_site / "data").iterdir()) == sorted(
         ["index.js"] + [f"ex-{i}.js" for i in range(n)]
@@ -275,9 +304,7 @@ def test_site_layout(scored_site: Path, scored: Path) -> None:
         html = (scored_site / page).read_text()
         assert re.findall(r"<script\b[^>]*>", html) == [
             f'<script src="{s}">'
-            for s in ["assets/report.js", "data/index.js"][
-                : 2 if page == "index.html" else 1
-            ]  # fmt: skip
+            for s in ["assets/report.js", "data/index.js"][: 2 if page == "index.html" else 1]
         ]
         assert "Content-Security-Policy" in html and "default-src 'none'" in html
 
@@ -290,7 +317,9 @@ def test_no_network_references(scored_site: Path, synthetic_site: Path) -> None:
             text = path.read_text(encoding="utf-8")
             assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I), path
             assert not re.search(r"@import|url\((?!#)", text, re.I), path  # url(#id): in-file
-            assert not re.search(r"\b(fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import)\s*\(", text), path  # fmt: skip
+            assert not re.search(
+                r"\b(fetch|XMLHttpRequest|WebSocket|EventSource|sendBeacon|import)\s*\(", text
+            ), path
             # The one URL-like string is the SVG namespace name, which is never fetched.
             urls = set(re.findall(r"https?://[^\s\"')]+", text))
             assert urls <= {"http://www.w3.org/2000/svg"}, (path, urls)
@@ -316,7 +345,9 @@ def test_example_data_match_the_store(scored_site: Path, scored: Path) -> None:
             assert m["top_ids"] == [p[model]["top_ids"][:5] for p in positions]
             milli = [p[model]["top_logprobs"][:5] for p in positions]
             np.testing.assert_allclose(np.array(m["top_logprobs_milli"]) / 1000, milli, atol=6e-4)
-            np.testing.assert_allclose(m["logprob"], [p[model]["logprob"] for p in positions], atol=6e-4)  # fmt: skip
+            np.testing.assert_allclose(
+                m["logprob"], [p[model]["logprob"] for p in positions], atol=6e-4
+            )
         # Every id shown (answer and both top lists) has its own decoded string.
         ids = set(d["token"]) | {i for m in MODELS for row in d[m]["top_ids"] for i in row}
         assert d["strings"] == {str(i): tokenizer.decode([i]) for i in ids}
@@ -328,7 +359,9 @@ def test_example_data_match_the_store(scored_site: Path, scored: Path) -> None:
                 assert utf16_prefix(d["text"], end) == prefix
         row = index["examples"][i]
         assert row["n"] == d["n"] and not row["pending"]
-        assert row["shifted"] == pytest.approx(np.mean([p["category"] == "shifted" for p in positions]))  # fmt: skip
+        assert row["shifted"] == pytest.approx(
+            np.mean([p["category"] == "shifted" for p in positions])
+        )
         assert row["text"] and d["text"].split()[0] in row["text"]
     assert data_of(scored_site, "ex-0.js")[1]["prev"] is None
     assert data_of(scored_site, "ex-1.js")[1]["next"] == {"i": 2, "id": store.ids[2]}
@@ -352,7 +385,9 @@ def test_data_files_are_inert(crafted_site: Path, synthetic_site: Path) -> None:
     crafted = data_of(crafted_site, "ex-0.js")[1]
     assert crafted["text"].startswith(EVIL_SCRIPT)
     hostile = data_of(crafted_site, "ex-1.js")[1]
-    assert hostile["id"] == EVIL_ID and hostile["text"].startswith(EVIL_IMG + "\u2028\u2029</script><!--")  # fmt: skip
+    assert hostile["id"] == EVIL_ID and hostile["text"].startswith(
+        EVIL_IMG + "\u2028\u2029</script><!--"
+    )
     assert "\U0001f600" in hostile["text"]
     # Ends are UTF-16 offsets (the emoji is two units in JavaScript) and reach the end of the text.
     assert hostile["ends"][-1] == len(hostile["text"].encode("utf-16-le")) // 2
@@ -487,7 +522,15 @@ def panel_tokens(page, model: str) -> list[str]:
     return page.locator(f"#panel table.top.{model} tbody code.tokentext").all_text_contents()
 
 
-def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, synthetic_site: Path, synthetic, tmp_path: Path) -> None:  # fmt: skip
+def test_browser(
+    browser,
+    scored_site: Path,
+    scored: Path,
+    crafted_site: Path,
+    synthetic_site: Path,
+    synthetic,
+    tmp_path: Path,
+) -> None:
     start = time.perf_counter()
     w = Watch(browser)
     page = w.page
@@ -593,13 +636,23 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
         page.click(f"#context-{model} summary")
         assert box.is_visible() and box.inner_text() == text
         assert box.evaluate("e => getComputedStyle(e).whiteSpace") == "pre-wrap"
-        assert f"({len(stored.ids(1, model))} tokens" in page.locator(f"#context-{model} summary").inner_text()  # fmt: skip
+        assert (
+            f"({len(stored.ids(1, model))} tokens"
+            in page.locator(f"#context-{model} summary").inner_text()
+        )
     assert page.locator("#context-base-text").inner_text().startswith("<s># Query:")
     top = [store.read(f"{m}/top_ids", rows)[:, 0] for m in ("base", "aligned")]
     differs_at = np.flatnonzero(top[0] != top[1]).tolist()
-    marked = page.evaluate("[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('differs') ? [i] : [])")  # fmt: skip
-    assert marked == differs_at and "differs from the aligned" in page.locator("#differs-legend").inner_text()  # fmt: skip
-    assert page.locator(".answer .tok.excluded").count() == 0 and page.locator("#filters").count() == 0  # fmt: skip
+    marked = page.evaluate(
+        "[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('differs') ? [i] : [])"
+    )
+    assert (
+        marked == differs_at
+        and "differs from the aligned" in page.locator("#differs-legend").inner_text()
+    )
+    assert (
+        page.locator(".answer .tok.excluded").count() == 0 and page.locator("#filters").count() == 0
+    )
 
     # Keyboard: focus shows the panel; arrows, End move along the answer.
     tokens.nth(0).focus()
@@ -613,7 +666,18 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
 
     # With analyze's filters: exactly the left-out positions greyed, said in the header and panel.
     filtered = tmp_path / "filtered"
-    result = CliRunner().invoke(main, ["report", str(scored), "-o", str(filtered), "--exclude-first", "2", "--exclude-special-tokens"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "report",
+            str(scored),
+            "-o",
+            str(filtered),
+            "--exclude-first",
+            "2",
+            "--exclude-special-tokens",
+        ],
+    )
     assert result.exit_code == 0, result.output
     page.goto((filtered / "index.html").as_uri())
     page.wait_for_selector("#examples-table tbody tr")
@@ -624,15 +688,22 @@ def test_browser(browser, scored_site: Path, scored: Path, crafted_site: Path, s
     page.wait_for_selector(".answer .tok")
     special = set(tokenizer.all_special_ids)
     expected = [i for i, tok in enumerate(token_ids.tolist()) if i < 2 or tok in special]
-    greyed = page.evaluate("[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('excluded') ? [i] : [])")  # fmt: skip
+    greyed = page.evaluate(
+        "[...document.querySelectorAll('.answer .tok')].flatMap((s, i) => s.classList.contains('excluded') ? [i] : [])"
+    )
     assert greyed == expected
     header = page.locator("#filters").inner_text()
-    assert "first 2 positions" in header and f"{len(expected)} of {store.lengths[1]} positions" in header  # fmt: skip
+    assert (
+        "first 2 positions" in header
+        and f"{len(expected)} of {store.lengths[1]} positions" in header
+    )
     page.locator(".answer .tok").nth(0).click()
     assert "first 2 positions" in page.locator("#panel-excluded").inner_text()
     assert metric(page, "in the summary").startswith("left out")
     page.locator(".answer .tok").nth(3).click()
-    assert metric(page, "in the summary") == "counted" and page.locator("#panel-excluded").count() == 0  # fmt: skip
+    assert (
+        metric(page, "in the summary") == "counted" and page.locator("#panel-excluded").count() == 0
+    )
     page.screenshot(path=str(tmp_path / "filtered.png"))
     page.goto((scored_site / "example.html").as_uri() + "?ex=1")
     page.wait_for_selector(".answer .tok")

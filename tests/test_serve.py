@@ -52,7 +52,27 @@ def _cli(args: list[str]) -> str:
 
 def _score_store(tiny_pair, tmp_path: Path, data: Path, *extra: str) -> Path:
     store = tmp_path / "s.zarr"
-    _cli(["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data", str(data), "--store", str(store), "--top-k", str(TOP_K), "--aligned-template", "chat", "--device", "cpu", "--no-prefix-cache", *extra])  # fmt: skip
+    _cli(
+        [
+            "score",
+            "--aligned",
+            str(tiny_pair[0]),
+            "--base",
+            str(tiny_pair[1]),
+            "--data",
+            str(data),
+            "--store",
+            str(store),
+            "--top-k",
+            str(TOP_K),
+            "--aligned-template",
+            "chat",
+            "--device",
+            "cpu",
+            "--no-prefix-cache",
+            *extra,
+        ]
+    )
     return store
 
 
@@ -158,7 +178,10 @@ def test_messages_score_as_a_transcript(server, tiny_pair, tmp_path) -> None:
     ]
     answer = "ran to the park"
     data = tmp_path / "chat.jsonl"
-    data.write_text(json.dumps({"id": "c", "messages": [*messages, {"role": "assistant", "content": answer}]}) + "\n")  # fmt: skip
+    data.write_text(
+        json.dumps({"id": "c", "messages": [*messages, {"role": "assistant", "content": answer}]})
+        + "\n"
+    )
     store = _score_store(tiny_pair, tmp_path, data)
     r = post(server.url, "/v1/score", {"messages": messages, "answer": answer})
     assert r.status_code == 200, r.text
@@ -176,7 +199,23 @@ def test_greedy_generate_equals_generate_and_its_positions_equal_score(
 ) -> None:
     data, out = tmp_path / "prompts.json", tmp_path / "answers.json"
     data.write_text(json.dumps(PROMPTS))
-    _cli(["generate", "--aligned", str(tiny_pair[0]), "--data", str(data), "--out", str(out), "--max-new-tokens", "8", "--aligned-template", "chat", "--device", "cpu"])  # fmt: skip
+    _cli(
+        [
+            "generate",
+            "--aligned",
+            str(tiny_pair[0]),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "8",
+            "--aligned-template",
+            "chat",
+            "--device",
+            "cpu",
+        ]
+    )
     want = [r["output"][0] for r in json.loads(out.read_text())]
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     compared = 0
@@ -206,7 +245,9 @@ def test_stream_equals_the_whole_response(server) -> None:
 
 def test_concurrent_clients_get_the_sequential_results(server) -> None:
     sequential = [_generate(server, p, max_new_tokens=6) for p in PROMPTS]
-    scored = [post(server.url, "/v1/score", {"instruction": q, "answer": a}).json() for q, a in SCORED]  # fmt: skip
+    scored = [
+        post(server.url, "/v1/score", {"instruction": q, "answer": a}).json() for q, a in SCORED
+    ]
     results: dict[tuple[str, int], dict] = {}
 
     def run(kind: str, i: int) -> None:
@@ -261,7 +302,9 @@ def test_client_leaving_mid_stream_frees_its_slot(server) -> None:
 )
 def test_bad_score_requests(server, body, status, field) -> None:
     if isinstance(body, str):
-        r = httpx.post(server.url + "/v1/score", content=body, headers={"content-type": "application/json"})  # fmt: skip
+        r = httpx.post(
+            server.url + "/v1/score", content=body, headers={"content-type": "application/json"}
+        )
     else:
         r = post(server.url, "/v1/score", body)
     assert r.status_code == status, r.text
@@ -323,14 +366,28 @@ def test_record_file_scores_as_served(server, tiny_pair, tmp_path) -> None:
 
 def test_api_key_queue_limit_and_sigterm_drain(tiny_pair) -> None:
     key = "s3cret"
-    s = Server([*model_args(tiny_pair, TOP_K), "--max-concurrent", "1", "--queue-size", "1", "--drain-seconds", "30"], env={"TDSDIST_API_KEY": key})  # fmt: skip
+    s = Server(
+        [
+            *model_args(tiny_pair, TOP_K),
+            "--max-concurrent",
+            "1",
+            "--queue-size",
+            "1",
+            "--drain-seconds",
+            "30",
+        ],
+        env={"TDSDIST_API_KEY": key},
+    )
     try:
         auth = {"authorization": f"Bearer {key}"}
         assert httpx.get(s.url + "/health").status_code == 200  # no key needed
         refused = post(s.url, "/v1/score", {"instruction": "a", "answer": "b"})
         assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
         wrong = {"authorization": "Bearer nope"}
-        assert post(s.url, "/v1/score", {"instruction": "a", "answer": "b"}, headers=wrong).status_code == 401  # fmt: skip
+        assert (
+            post(s.url, "/v1/score", {"instruction": "a", "answer": "b"}, headers=wrong).status_code
+            == 401
+        )
         assert httpx.get(s.url + "/metrics").status_code == 401
         ok = post(s.url, "/v1/score", {"instruction": "a", "answer": "b"}, headers=auth)
         assert ok.status_code == 200
@@ -361,7 +418,11 @@ def test_api_key_queue_limit_and_sigterm_drain(tiny_pair) -> None:
 
 def test_non_loopback_host_needs_an_api_key_before_any_model_loads(tmp_path) -> None:
     missing = tmp_path / "no-such-model"
-    result = CliRunner().invoke(main, ["serve", "--aligned", str(missing), "--base", str(missing), "--host", "0.0.0.0"], env={"TDSDIST_API_KEY": ""})  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--aligned", str(missing), "--base", str(missing), "--host", "0.0.0.0"],
+        env={"TDSDIST_API_KEY": ""},
+    )
     assert result.exit_code == 2
     assert "api_key" in result.output and "no-such-model" not in result.output
 
@@ -371,7 +432,7 @@ def test_tensor_parallel_two_ranks_serve_as_one_process(server, tiny_pair) -> No
     """`--tp 2` under torchrun (gloo): rank 1 follows rank 0's batches; the same answers."""
     launcher = ["bash", str(Path(__file__).resolve().parent.parent / "launch" / "torchrun.sh")]
     env = {"JOB": "serve", "NPROC": "2", "PYTHON": sys.executable}
-    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)  # fmt: skip
+    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)
     try:
         for q, a in SCORED:
             body = {"instruction": q, "answer": a}
@@ -398,7 +459,7 @@ def _rank_of(pid: str) -> str | None:
 def test_a_dead_rank_ends_the_server_with_one_line(tiny_pair) -> None:
     launcher = ["bash", str(Path(__file__).resolve().parent.parent / "launch" / "torchrun.sh")]
     env = {"JOB": "serve", "NPROC": "2", "PYTHON": sys.executable}
-    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)  # fmt: skip
+    tp = Server([*model_args(tiny_pair, TOP_K), "--tp", "2", "--dist-timeout", "60"], env, launcher)
     try:
         workers = subprocess.run(["pgrep", "-P", str(tp.proc.pid)], capture_output=True, text=True)
         follower = [pid for pid in workers.stdout.split() if _rank_of(pid) == "1"]

@@ -62,7 +62,9 @@ def browser():
 
 @pytest.fixture(scope="module")
 def server(tiny_pair):
-    s = Server([*model_args(tiny_pair, TOP_K), "--max-new-tokens", "64"], env={"TDSDIST_API_KEY": KEY})  # fmt: skip
+    s = Server(
+        [*model_args(tiny_pair, TOP_K), "--max-new-tokens", "64"], env={"TDSDIST_API_KEY": KEY}
+    )
     yield s
     assert s.terminate() == 0, s.stderr_text()
     assert "Traceback" not in s.stderr_text(), s.stderr_text()
@@ -136,8 +138,12 @@ def check_panel(page, tokenizer, position: dict, t: int, n: int) -> None:
     ties = f"{position['base']['ties']} / {position['aligned']['ties']}"
     assert metric(page, "ties base / aligned") == ties
     for name, label in DIVERGENCE_LABELS.items():
-        assert float(metric(page, label)) == pytest.approx(position["divergence"][name], rel=1e-3, abs=1e-9)  # fmt: skip
-    assert float(metric(page, "KL over the aligned top-k")) == pytest.approx(position["kl"], rel=1e-3, abs=1e-9)  # fmt: skip
+        assert float(metric(page, label)) == pytest.approx(
+            position["divergence"][name], rel=1e-3, abs=1e-9
+        )
+    assert float(metric(page, "KL over the aligned top-k")) == pytest.approx(
+        position["kl"], rel=1e-3, abs=1e-9
+    )
     assert page.locator("#answer .tok.sel").count() == 1
 
 
@@ -146,7 +152,9 @@ def check_summary(page, summary: dict) -> None:
     for c, f in summary["fractions"].items():
         assert metric(page, c) == f"{100 * f:.1f}%"
     for name, label in DIVERGENCE_LABELS.items():
-        assert float(metric(page, f"mean {label}")) == pytest.approx(summary["mean"][name], rel=1e-3, abs=1e-9)  # fmt: skip
+        assert float(metric(page, f"mean {label}")) == pytest.approx(
+            summary["mean"][name], rel=1e-3, abs=1e-9
+        )
 
 
 def test_page(browser, server, tiny_pair) -> None:
@@ -176,7 +184,12 @@ def test_page(browser, server, tiny_pair) -> None:
     )
     page.click("#submit")
     wait_status(page, "Done")
-    want = post(server.url, "/v1/generate", {"instruction": INSTRUCTION, "max_new_tokens": MAX_NEW}, headers=AUTH).json()  # fmt: skip
+    want = post(
+        server.url,
+        "/v1/generate",
+        {"instruction": INSTRUCTION, "max_new_tokens": MAX_NEW},
+        headers=AUTH,
+    ).json()
     n = len(want["token_ids"])
     assert n >= 4, want
     ids = page.eval_on_selector_all("#answer .tok", "s => s.map(x => Number(x.dataset.tokenId))")
@@ -196,7 +209,9 @@ def test_page(browser, server, tiny_pair) -> None:
     # Colour by a divergence: a heat scale; the largest value is the darkest.
     page.select_option("#color-by", "js")
     js = [p["divergence"]["js"] for p in want["positions"]]
-    colors = page.eval_on_selector_all("#answer .tok", "s => s.map(x => getComputedStyle(x).backgroundColor)")  # fmt: skip
+    colors = page.eval_on_selector_all(
+        "#answer .tok", "s => s.map(x => getComputedStyle(x).backgroundColor)"
+    )
     assert colors[js.index(max(js))] == "rgb(213, 94, 0)"
     assert page.locator("#answer .tok.heat").count() == n
     page.select_option("#color-by", "category")
@@ -210,7 +225,12 @@ def test_page(browser, server, tiny_pair) -> None:
     page.fill("#answer-input", HOSTILE)
     page.click("#submit")
     wait_status(page, "Scored")
-    scored = post(server.url, "/v1/score", {"instruction": "why is the sky blue", "answer": HOSTILE}, headers=AUTH).json()  # fmt: skip
+    scored = post(
+        server.url,
+        "/v1/score",
+        {"instruction": "why is the sky blue", "answer": HOSTILE},
+        headers=AUTH,
+    ).json()
     texts = token_texts(page)
     assert texts == [p["token"] for p in scored["positions"]]
     assert "".join(texts) == HOSTILE

@@ -122,7 +122,9 @@ def test_a_damaged_inner_chunk_or_index_is_named_and_a_rewrite_replaces_it(
         np.testing.assert_array_equal(store.read(name), values, err_msg=name)
 
 
-def test_a_unit_is_one_write_per_array_and_reads_nothing_back(sharded: Store, monkeypatch, tmp_path) -> None:  # fmt: skip
+def test_a_unit_is_one_write_per_array_and_reads_nothing_back(
+    sharded: Store, monkeypatch, tmp_path
+) -> None:
     import shutil
 
     shutil.copytree(sharded.path, tmp_path / "s.zarr")
@@ -170,7 +172,9 @@ def test_writing_a_large_unit_holds_one_shard_beside_its_rows(tmp_path, examples
         arr = store.root[name]
         arrays[name] = rng.integers(0, 50, (unit.positions,) + arr.shape[1:]).astype(arr.dtype)
     unit_bytes = sum(v.nbytes for v in arrays.values())
-    largest = max(v.nbytes for v in arrays.values()) * store.meta["shard_positions"] // unit.positions  # fmt: skip
+    largest = (
+        max(v.nbytes for v in arrays.values()) * store.meta["shard_positions"] // unit.positions
+    )
     tracemalloc.start()
     store.write_rows(unit, arrays)
     _, peak = tracemalloc.get_traced_memory()
@@ -218,12 +222,31 @@ def test_sigkill_during_a_shard_write_then_resume_is_identical(tiny_pair, tmp_pa
 
     def score(store: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
         args = [
-            "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-            str(demo_data_path()), "--store", str(store), "--device", "cpu", "--top-k", "5",
-            "--limit", "6", "--unit-size", "2", "--max-output-tokens", "30",
-        ]  # fmt: skip
+            "--aligned",
+            str(tiny_pair[0]),
+            "--base",
+            str(tiny_pair[1]),
+            "--data",
+            str(demo_data_path()),
+            "--store",
+            str(store),
+            "--device",
+            "cpu",
+            "--top-k",
+            "5",
+            "--limit",
+            "6",
+            "--unit-size",
+            "2",
+            "--max-output-tokens",
+            "30",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_SHARD": str(kill_at or 0)}
-        code = TORN_WRITE if kill_at else "import runpy, sys; sys.argv[0] = 'tdsdist.score'; runpy.run_module('tdsdist.score', run_name='__main__')"  # fmt: skip
+        code = (
+            TORN_WRITE
+            if kill_at
+            else "import runpy, sys; sys.argv[0] = 'tdsdist.score'; runpy.run_module('tdsdist.score', run_name='__main__')"
+        )
         return subprocess.run(
             [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
         )
@@ -235,9 +258,10 @@ def test_sigkill_during_a_shard_write_then_resume_is_identical(tiny_pair, tmp_pa
     store = Store(killed, mode="r")
     assert store.committed().tolist() == [True, False, False]
     torn = [
-        name for name in store.array_names()
+        name
+        for name in store.array_names()
         if any((killed / name / "c").glob("1*")) and name != "positions/token_id"
-    ]  # fmt: skip
+    ]
     assert len(torn) == 10  # nine whole shards of unit 1 and the torn one, all uncommitted
     second = score(killed)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -265,7 +289,7 @@ if os.environ.get("SHARD_LOG"):
 """
 
 
-def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair, tmp_path) -> None:  # fmt: skip
+def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair, tmp_path) -> None:
     """torchrun dp=2 on one store: every write of every process is logged (a `sitecustomize`
     on the workers' path); each unit's shards come from one process, each exactly once."""
     import os
@@ -277,7 +301,11 @@ def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair,
     (spy / "sitecustomize.py").write_text(SHARD_SPY)
     store = tmp_path / "dp.zarr"
     path = os.pathsep.join([str(spy), os.environ.get("PYTHONPATH", "")])
-    result = launch(args(tiny_pair, store), env={"PYTHONPATH": path, "SHARD_LOG": str(tmp_path / "log")}, NPROC=2)  # fmt: skip
+    result = launch(
+        args(tiny_pair, store),
+        env={"PYTHONPATH": path, "SHARD_LOG": str(tmp_path / "log")},
+        NPROC=2,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world 2 = tp 1 x dp 2" in result.stderr
     s = Store(store, mode="r")
@@ -300,10 +328,14 @@ def test_data_parallel_ranks_write_every_unit_once_and_share_no_shard(tiny_pair,
     for u in range(units):  # a unit's shards all come from the process that scored it
         assert len({writes[(n, u)][0] for n in names}) == 1, u
     for name in s.array_names():  # one file per unit, nothing left half-written
-        assert sorted(p.name for p in (store / name / "c").iterdir()) == [str(u) for u in range(units)]  # fmt: skip
+        assert sorted(p.name for p in (store / name / "c").iterdir()) == [
+            str(u) for u in range(units)
+        ]
 
 
-def test_a_lost_shard_is_damage_and_a_unit_of_fill_still_writes_its_shard(sharded: Store, tmp_path) -> None:  # fmt: skip
+def test_a_lost_shard_is_damage_and_a_unit_of_fill_still_writes_its_shard(
+    sharded: Store, tmp_path
+) -> None:
     import shutil
 
     shutil.copytree(sharded.path, tmp_path / "s.zarr")

@@ -95,9 +95,23 @@ def test_score_keeps_the_instruction_text_and_counts_it(tiny_pair, tmp_path: Pat
     data = tmp_path / "hostile.json"
     data.write_text(json.dumps(records))
     store = tmp_path / "s.zarr"
-    args = ["score", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]), "--data",
-            str(data), "--store", str(store), "--device", "cpu", "--top-k", "5",
-            "--base-template", "none"]  # fmt: skip
+    args = [
+        "score",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--data",
+        str(data),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--base-template",
+        "none",
+    ]
     made = CliRunner().invoke(main, args)
     assert made.exit_code == 0, made.output
     line = "2 example(s) contain a special-token string in their text (1 in the instruction"

@@ -33,10 +33,28 @@ ARRAYS = [
 def score_args(pair, store: Path, *extra: str) -> list[str]:
     aligned, base = pair
     return [
-        "--aligned", str(aligned), "--base", str(base), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "7",
-        "--unit-size", "2", "--max-output-tokens", "40", "--max-tokens-per-batch", "128", *extra,
-    ]  # fmt: skip
+        "--aligned",
+        str(aligned),
+        "--base",
+        str(base),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "7",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "40",
+        "--max-tokens-per-batch",
+        "128",
+        *extra,
+    ]
 
 
 def run_module(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -96,7 +114,17 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
 def test_store_attributes_and_timing(scored: Path) -> None:
     s = Store(scored, mode="r")
     meta = s.meta
-    for key in ("aligned", "base", "base_template", "aligned_template", "top_k", "dtype", "tokenizer_sha256", "data_sha256", "tdsdist_version"):  # fmt: skip
+    for key in (
+        "aligned",
+        "base",
+        "base_template",
+        "aligned_template",
+        "top_k",
+        "dtype",
+        "tokenizer_sha256",
+        "data_sha256",
+        "tdsdist_version",
+    ):
         assert key in meta["fingerprint"], key
     assert set(s.root.attrs["timing"]) == {"load_seconds", "score_seconds", "positions"}
     assert s.root.attrs["timing"]["positions"] == int(s.lengths.sum()) == meta["positions"]
@@ -149,7 +177,12 @@ def test_show_json_schema(scored: Path) -> None:
         assert all(isinstance(v, float) and v >= 0 for v in p["divergence"].values())
         assert p["divergence"]["js"] <= np.log(2) + 1e-6 and p["divergence"]["tv"] <= 1
         assert p["divergence"]["kl_aligned_base"] >= p["kl"] - 1e-5  # top-k KL: a lower bound
-        assert set(p["base_top1"]) == {"token_id", "aligned_rank", "aligned_logprob", "differs_from_aligned_top1"}  # fmt: skip
+        assert set(p["base_top1"]) == {
+            "token_id",
+            "aligned_rank",
+            "aligned_logprob",
+            "differs_from_aligned_top1",
+        }
         assert p["base_top1"]["token_id"] == p["base"]["top_ids"][0]
         for model in ("aligned", "base"):
             m = p[model]

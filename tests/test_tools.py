@@ -42,8 +42,23 @@ def test_every_tool_starts(module: str) -> None:
 @pytest.mark.parametrize("pair", [False, True], ids=["one model", "pair head"])
 def test_gpu_check_runs_tiny_on_cpu(tmp_path: Path, pair: bool) -> None:
     out = tmp_path / "gpu.json"
-    run_tool("tools.gpu.check", "--tiny", "--device", "cpu", "--sequences", "3", "--context", "8",
-             "--answer", "16", "--repeats", "1", "--out", str(out), *(["--pair"] if pair else []))  # fmt: skip
+    run_tool(
+        "tools.gpu.check",
+        "--tiny",
+        "--device",
+        "cpu",
+        "--sequences",
+        "3",
+        "--context",
+        "8",
+        "--answer",
+        "16",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+        *(["--pair"] if pair else []),
+    )
     report = json.loads(out.read_text())
     assert report["answer_positions"] == 48 and report["pair"] == pair
     for name in ("tdsdist", "bare"):
@@ -66,25 +81,72 @@ def test_bench_and_profile_prefix_run_tiny(tmp_path: Path, tiny_pair) -> None:
     resources = demo_data_path().parent
     urial = next(resources.glob("urial*"))
     out = tmp_path / "prefix.json"
-    run_tool("tools.bench.prefix", "--random-shape", "tiny", "--model", str(tiny_pair[0]),
-             "--data", str(demo_data_path()), "--urial", str(urial), "--examples", "3",
-             "--max-answer", "24", "--repeats", "1", "--compare-masked", "--threads", "1",
-             "--out", str(out))  # fmt: skip
+    run_tool(
+        "tools.bench.prefix",
+        "--random-shape",
+        "tiny",
+        "--model",
+        str(tiny_pair[0]),
+        "--data",
+        str(demo_data_path()),
+        "--urial",
+        str(urial),
+        "--examples",
+        "3",
+        "--max-answer",
+        "24",
+        "--repeats",
+        "1",
+        "--compare-masked",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["shared_prefix_tokens"] > 100 and report["prefix_cache_mib"] > 0
     assert set(report["variants"]) == {
-        "plain", "urial (cached)", "urial (recomputed)", "urial (cached), masked sdpa"
-    }  # fmt: skip
+        "plain",
+        "urial (cached)",
+        "urial (recomputed)",
+        "urial (cached), masked sdpa",
+    }
     assert report["agreement"]["max_abs_logprob_diff"] < 1e-4
-    text = run_tool("tools.profile.prefix", "--shape", "tiny", "--batch", "2", "--prefix", "40",
-                    "--suffix", "40", "--rows", "3").stdout  # fmt: skip
+    text = run_tool(
+        "tools.profile.prefix",
+        "--shape",
+        "tiny",
+        "--batch",
+        "2",
+        "--prefix",
+        "40",
+        "--suffix",
+        "40",
+        "--rows",
+        "3",
+    ).stdout
     assert "=== plain" in text and "=== cached prefix" in text
 
 
 def test_bench_memory_runs_its_variants_in_fresh_processes() -> None:
     """The parent starts each variant as `python -m tools.bench.memory --child ...`."""
-    text = run_tool("tools.bench.memory", "--sequences", "2", "--context", "4", "--answer", "12",
-                    "--vocab", "2000", "--chunk-mib", "1", "--naive", "run", "--threads", "1").stdout  # fmt: skip
+    text = run_tool(
+        "tools.bench.memory",
+        "--sequences",
+        "2",
+        "--context",
+        "4",
+        "--answer",
+        "12",
+        "--vocab",
+        "2000",
+        "--chunk-mib",
+        "1",
+        "--naive",
+        "run",
+        "--threads",
+        "1",
+    ).stdout
     for variant in ("bare body forward", "tdsdist Scorer.score, chunk 1 MiB", "naive:"):
         assert variant in text
     assert "prototype" not in text
@@ -94,10 +156,33 @@ def test_bench_serve_runs_tiny(tmp_path: Path, tiny_pair) -> None:
     """The serving benchmark end to end on the tiny pair: a server, its loads, the batch
     commands in their own processes; the server scores exactly the positions `score` scores."""
     out = tmp_path / "serve.json"
-    run_tool("tools.bench.serve", "--aligned", str(tiny_pair[0]), "--base", str(tiny_pair[1]),
-             "--examples", "3", "--passes", "1", "--clients", "2", "--streams", "1", "2",
-             "--gen-tokens", "4", "--repeats", "1", "--threads", "1", "--answer-chars", "60",
-             "--out", str(out), timeout=600)  # fmt: skip
+    run_tool(
+        "tools.bench.serve",
+        "--aligned",
+        str(tiny_pair[0]),
+        "--base",
+        str(tiny_pair[1]),
+        "--examples",
+        "3",
+        "--passes",
+        "1",
+        "--clients",
+        "2",
+        "--streams",
+        "1",
+        "2",
+        "--gen-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--answer-chars",
+        "60",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     assert report["serve_score"]["2"]["positions"] == report["score"]["positions"] > 0
     for streams in ("1", "2"):

@@ -18,10 +18,26 @@ from tdsdist.store import Store
 
 def score_args(pair, store: Path) -> list[str]:
     return [
-        "score", "--aligned", str(pair[0]), "--base", str(pair[1]), "--data", str(demo_data_path()),
-        "--store", str(store), "--device", "cpu", "--top-k", "5", "--limit", "6", "--unit-size", "2",
-        "--max-output-tokens", "16",
-    ]  # fmt: skip
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--top-k",
+        "5",
+        "--limit",
+        "6",
+        "--unit-size",
+        "2",
+        "--max-output-tokens",
+        "16",
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -239,7 +239,9 @@ def test_pair_scorer_over_the_union_equals_per_token_reference(union_pair) -> No
     assert_answers_match(
         got,
         answers,
-        lambda a: per_token_pair_reference(*models, a.aligned_context, a.base_context, a.answer, 6, V_UNION, base_vocab=V_BASE),  # fmt: skip
+        lambda a: per_token_pair_reference(
+            *models, a.aligned_context, a.base_context, a.answer, 6, V_UNION, base_vocab=V_BASE
+        ),
     )
     assert np.isposinf(got["positions/kl_aligned_base"]).all()
     assert not any(np.isnan(v).any() for v in got.values())
@@ -354,9 +356,27 @@ def test_a_recorded_store_is_completed_by_a_base_whose_vocabulary_it_extends(
 
     aligned, base = union_pair
     out, recorded = tmp_path / "answers.json", tmp_path / "recorded.zarr"
-    generate = ["generate", "--aligned", str(aligned), "--data", str(demo_data_path()), "--out",
-                str(out), "--store", str(recorded), "--limit", "3", "--unit-size", "2",
-                "--max-new-tokens", "12", "--top-k", "5", "--device", "cpu"]  # fmt: skip
+    generate = [
+        "generate",
+        "--aligned",
+        str(aligned),
+        "--data",
+        str(demo_data_path()),
+        "--out",
+        str(out),
+        "--store",
+        str(recorded),
+        "--limit",
+        "3",
+        "--unit-size",
+        "2",
+        "--max-new-tokens",
+        "12",
+        "--top-k",
+        "5",
+        "--device",
+        "cpu",
+    ]
     assert CliRunner().invoke(main, generate).exit_code == 0
     stores = {}
     for name, first_token in (("ok", None), ("bad", 302)):
@@ -370,9 +390,25 @@ def test_a_recorded_store_is_completed_by_a_base_whose_vocabulary_it_extends(
         tokens[:] = values
 
     def score(store: Path):
-        argv = ["score", "--aligned", str(aligned), "--base", str(base), "--data", str(out),
-                "--store", str(store), "--aligned-template", "chat", "--unit-size", "2",
-                "--top-k", "5", "--device", "cpu"]  # fmt: skip
+        argv = [
+            "score",
+            "--aligned",
+            str(aligned),
+            "--base",
+            str(base),
+            "--data",
+            str(out),
+            "--store",
+            str(store),
+            "--aligned-template",
+            "chat",
+            "--unit-size",
+            "2",
+            "--top-k",
+            "5",
+            "--device",
+            "cpu",
+        ]
         return CliRunner().invoke(main, argv)
 
     before = dict(Store(stores["bad"]).meta)

@@ -30,11 +30,21 @@ JUST_EVAL_FIRST20 = ROOT / "tdsdist" / "resources" / "just_eval_llama2_7b_chat_f
 #: Shapes of the random-weight Llama bodies the tools build on the device (no weights to carry);
 #: `tiny` is for smoke runs of the same code on the CPU.
 SHAPES = {
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                      num_attention_heads=32, num_key_value_heads=32),
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                 num_attention_heads=2, num_key_value_heads=2),
-}  # fmt: skip
+    "llama2-7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    ),
+}
 
 
 def arg_parser(description: str, epilog: str | None = None) -> argparse.ArgumentParser:

@@ -38,18 +38,27 @@ ROWS: list[tuple[str, Any]] = [
     ("base prob mean", lambda s: s["base_prob"]["mean"]),
     ("base prob median", lambda s: s["base_prob"]["median"]),
     *[
-        (f"{label} exact mean", lambda s, n=name: (s.get("divergence", {}).get(n) or {}).get("mean"))
-        for name, label in (("kl_aligned_base", "KL(a||b)"), ("kl_base_aligned", "KL(b||a)"),
-                            ("js", "JS"), ("tv", "TV"))
-    ],  # fmt: skip
+        (
+            f"{label} exact mean",
+            lambda s, n=name: (s.get("divergence", {}).get(n) or {}).get("mean"),
+        )
+        for name, label in (
+            ("kl_aligned_base", "KL(a||b)"),
+            ("kl_base_aligned", "KL(b||a)"),
+            ("js", "JS"),
+            ("tv", "TV"),
+        )
+    ],
     ("KL mean, top-k bound", lambda s: s["kl"]["mean"]),
     ("KL median, top-k bound", lambda s: s["kl"]["median"]),
     *[
         (label, lambda s, n=name: (s.get("measures", {}).get(n) or {}).get("mean"))
-        for name, label in (("aligned_branching", "branching factor, aligned"),
-                            ("base_branching", "branching factor, base"),
-                            ("base_top1_prob", "base top-1 prob mean"))
-    ],  # fmt: skip
+        for name, label in (
+            ("aligned_branching", "branching factor, aligned"),
+            ("base_branching", "branching factor, base"),
+            ("base_top1_prob", "base top-1 prob mean"),
+        )
+    ],
     ("shifted, first 10%", lambda s: s["by_relative_position"][0]["shifted_fraction"]),
     ("shifted, last 10%", lambda s: s["by_relative_position"][-1]["shifted_fraction"]),
 ]
@@ -96,7 +105,9 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
             "rows": paired.paired_differences(sums, shared, resamples, seed),
         }
         if summary.get("group_by"):
-            result["paired_by_group"] = _paired_by_group(stores[0], summary["group_by"], sums, shared, resamples, seed)  # fmt: skip
+            result["paired_by_group"] = _paired_by_group(
+                stores[0], summary["group_by"], sums, shared, resamples, seed
+            )
     else:
         result["paired"] = None
         result["intervals"] = paired.side_by_side(summaries)
@@ -126,7 +137,9 @@ def _paired_by_group(
             {
                 "group": label,
                 "shared_examples": int(len(index)),
-                "interval": f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})" if small else None,  # fmt: skip
+                "interval": f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})"
+                if small
+                else None,
                 "rows": rows,
             }
         )
@@ -177,7 +190,9 @@ def render_text(result: dict[str, Any]) -> str:
         if s.get("groups"):
             lines += ["", f"[{i + 1}]"] + group_lines(s["groups"])
     for g in result.get("paired_by_group") or []:
-        lines.append(f"\npaired differences in group {g['group']} ({g['shared_examples']} shared examples{'; ' + g['interval'] if g['interval'] else ''}):")  # fmt: skip
+        lines.append(
+            f"\npaired differences in group {g['group']} ({g['shared_examples']} shared examples{'; ' + g['interval'] if g['interval'] else ''}):"
+        )
         for r in g["rows"]:
             if r["statistic"] not in ("shifted", "mean_js", "mean_kl_aligned_base", "mean_kl"):
                 continue

@@ -114,7 +114,9 @@ class PositionCurves:
             for j, name in enumerate(self.means):
                 col = self.inf_column(name)
                 infinite = None if col is None else (per_bin[b, col], boot[:, b, col])
-                mean = _ratio(per_bin[b, 4 + j], n, boot[:, b, 4 + j], boot[:, b, 0], "mean", infinite)  # fmt: skip
+                mean = _ratio(
+                    per_bin[b, 4 + j], n, boot[:, b, 4 + j], boot[:, b, 0], "mean", infinite
+                )
                 row[f"mean_{name}"] = mean
             if self.rank_hist is not None:
                 row["median_base_rank"] = _median_rank(self.rank_hist[b])

@@ -120,7 +120,11 @@ def export_parquet(
         raise TdsError(f"{path}: is a folder; give a file name (e.g. {path / 'positions.parquet'})")
     check_replaceable_parquet(path)
     tokenizer = store.tokenizer()
-    special = np.array(sorted(tokenizer.all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    special = (
+        np.array(sorted(tokenizer.all_special_ids), np.int64)
+        if filters.exclude_special_tokens
+        else np.zeros(0, np.int64)
+    )
     token_text = TokenText(tokenizer)
     ids = store.ids
     meta = {
@@ -160,7 +164,18 @@ def _tables(store, thresholds, special, filters, token_text, ids):
         keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
         if keep.any():
             where = np.flatnonzero(valid)[keep]  # rows of the block that become table rows
-            table = _table(store, reader.read, rows, where, t[keep], example[keep], tokens[keep], thresholds, token_text, ids)  # fmt: skip
+            table = _table(
+                store,
+                reader.read,
+                rows,
+                where,
+                t[keep],
+                example[keep],
+                tokens[keep],
+                thresholds,
+                token_text,
+                ids,
+            )
             if store.nudged:
                 nudged = reader.read("positions/nudged", rows)[where].astype(bool)
                 table = table.append_column("nudged", pa.array(nudged))
@@ -191,7 +206,11 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
     top1 = read("base/top_logprobs", rows)[:, 0][where]  # [n]
     data["base_top1_prob"] = pa.array(np.exp(top1.astype(np.float64)), pa.float32())
     for name in DIVERGENCES:  # format 1 has none: a null column of the same type
-        data[name] = pa.array(column(f"positions/{name}")) if store.has_pair else pa.nulls(len(where), pa.float32())  # fmt: skip
+        data[name] = (
+            pa.array(column(f"positions/{name}"))
+            if store.has_pair
+            else pa.nulls(len(where), pa.float32())
+        )
     data["topk_kl"] = pa.array(column("positions/kl"))
     codes = pa.array(thresholds.categorize(rank).astype(np.int8))
     data["category"] = pa.DictionaryArray.from_arrays(codes, pa.array(CATEGORIES))

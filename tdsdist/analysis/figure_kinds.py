@@ -58,7 +58,15 @@ def _grouped_bars(ax, stores: Stores, values: list[list[tuple[float, float, floa
         err = np.clip(np.array([[r[0] - r[1], r[2] - r[0]] for r in rows]).T, 0.0, None)
         ax.bar(x, v, width * 0.92, color=colour, label=label)
         if np.isfinite(err).any():
-            ax.errorbar(x, v, yerr=np.nan_to_num(err), fmt="none", ecolor="#222222", elinewidth=0.7, capsize=1.5)  # fmt: skip
+            ax.errorbar(
+                x,
+                v,
+                yerr=np.nan_to_num(err),
+                fmt="none",
+                ecolor="#222222",
+                elinewidth=0.7,
+                capsize=1.5,
+            )
 
 
 def categories(stores: Stores) -> Drawn:
@@ -79,7 +87,11 @@ def categories(stores: Stores) -> Drawn:
     ax.set_ylim(0, 100)
     ax.set_title("Token categories by base rank")
     _legend(ax, stores)
-    return fig, "Token categories", "Fractions of answer positions unshifted, marginal and shifted (by the base model's rank of the aligned token), 95% intervals."  # fmt: skip
+    return (
+        fig,
+        "Token categories",
+        "Fractions of answer positions unshifted, marginal and shifted (by the base model's rank of the aligned token), 95% intervals.",
+    )
 
 
 def _position_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -114,7 +126,11 @@ def shift_by_position(stores: Stores) -> Drawn:
     _legend(ax, stores)
     max_t = (stores[0][0].get("intervals") or {}).get("max_t")
     tail = f" (t \u2264 {max_t})" if max_t is not None else ""
-    return fig, "Shift by token position", f"Fraction of positions shifted at each token position{tail}, 95% interval band: Re-Align's \u201cTDS diminishes over time\u201d."  # fmt: skip
+    return (
+        fig,
+        "Shift by token position",
+        f"Fraction of positions shifted at each token position{tail}, 95% interval band: Re-Align's \u201cTDS diminishes over time\u201d.",
+    )
 
 
 def divergence_key(summary: dict[str, Any]) -> str | None:
@@ -142,8 +158,16 @@ def divergence_by_position(stores: Stores) -> Drawn:
     ax.set_xlim(left=0)
     ax.set_title("Divergence by token position")
     _legend(ax, labelled)
-    what = "exact, over the full vocabulary" if exact else "top-k + tail lower bound where the store has no exact KL"  # fmt: skip
-    return fig, "Divergence by token position", f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d."  # fmt: skip
+    what = (
+        "exact, over the full vocabulary"
+        if exact
+        else "top-k + tail lower bound where the store has no exact KL"
+    )
+    return (
+        fig,
+        "Divergence by token position",
+        f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d.",
+    )
 
 
 def _styled_curves(ax, stores: Stores, keys: list[tuple[str, str]], legend: bool = True) -> bool:
@@ -181,7 +205,11 @@ def divergences_by_position(stores: Stores) -> Drawn:
     top.set_title("KL(aligned \u2016 base) solid, KL(base \u2016 aligned) dashed")
     bottom.set_title("Jensen-Shannon solid, total variation dashed")
     _legend(top, stores)
-    return fig, "Divergences by token position", "Mean exact divergences between the two next-token distributions at each token position (KL both ways, Jensen-Shannon, total variation), 95% interval bands."  # fmt: skip
+    return (
+        fig,
+        "Divergences by token position",
+        "Mean exact divergences between the two next-token distributions at each token position (KL both ways, Jensen-Shannon, total variation), 95% interval bands.",
+    )
 
 
 def branching_by_position(stores: Stores) -> Drawn:
@@ -199,7 +227,11 @@ def branching_by_position(stores: Stores) -> Drawn:
     ax.set_xlim(left=0)
     ax.set_title("Branching factor: aligned solid, base dashed")
     _legend(ax, stores)
-    return fig, "Branching factor by token position", "Each model's branching factor, exp of its mean next-token entropy, at each token position, 95% interval bands: Yang & Holtzman's \u201cgenerative horizon\u201d."  # fmt: skip
+    return (
+        fig,
+        "Branching factor by token position",
+        "Each model's branching factor, exp of its mean next-token entropy, at each token position, 95% interval bands: Yang & Holtzman's \u201cgenerative horizon\u201d.",
+    )
 
 
 def base_top1_by_position(stores: Stores) -> Drawn:
@@ -212,7 +244,11 @@ def base_top1_by_position(stores: Stores) -> Drawn:
     ax.set_xlim(left=0)
     ax.set_title("Base model's confidence by token position")
     _legend(ax, stores)
-    return fig, "Base top-1 probability by token position", "Mean probability of the base model's own top-1 token at each token position, 95% interval band: where a nudging threshold would let the aligned model step in."  # fmt: skip
+    return (
+        fig,
+        "Base top-1 probability by token position",
+        "Mean probability of the base model's own top-1 token at each token position, 95% interval band: where a nudging threshold would let the aligned model step in.",
+    )
 
 
 def rank_histogram(stores: Stores) -> Drawn:
@@ -230,7 +266,11 @@ def rank_histogram(stores: Stores) -> Drawn:
     ax.set_ylim(bottom=0)
     ax.set_title("Base rank of the answer token")
     _legend(ax, stores)
-    return fig, "Base rank histogram", "Share of answer positions by the base model's rank of the token the aligned model wrote."  # fmt: skip
+    return (
+        fig,
+        "Base rank histogram",
+        "Share of answer positions by the base model's rank of the token the aligned model wrote.",
+    )
 
 
 def top_shifted_tokens(stores: Stores) -> Drawn:
@@ -256,7 +296,11 @@ def top_shifted_tokens(stores: Stores) -> Drawn:
             ax.text(0.5, 0.5, "no token seen often enough", transform=ax.transAxes, ha="center")
     axes[-1].set_xticks(range(0, 101, 25))
     axes[-1].set_xlabel("shifted occurrences of the token (%)")
-    return fig, "Most shifted tokens", "Tokens most often shifted (among those seen often enough), with times shifted / times seen."  # fmt: skip
+    return (
+        fig,
+        "Most shifted tokens",
+        "Tokens most often shifted (among those seen often enough), with times shifted / times seen.",
+    )
 
 
 def nudged_by_position(stores: Stores) -> Drawn:
@@ -273,7 +317,11 @@ def nudged_by_position(stores: Stores) -> Drawn:
     ax.set_xlim(left=0)
     ax.set_title("Nudged fraction by token position")
     _legend(ax, stores)
-    return fig, "Nudged fraction by token position", "Share of positions whose token the aligned model chose in nudged decoding (the base model writes the rest) at each token position, 95% interval band: Fei et al.'s nudging."  # fmt: skip
+    return (
+        fig,
+        "Nudged fraction by token position",
+        "Share of positions whose token the aligned model chose in nudged decoding (the base model writes the rest) at each token position, 95% interval band: Fei et al.'s nudging.",
+    )
 
 
 def top_nudged_tokens(stores: Stores) -> Drawn:
@@ -291,11 +339,17 @@ def top_nudged_tokens(stores: Stores) -> Drawn:
         ax.set_yticks(y, [visible_token(r["token"] or str(r["token_id"])) for r in table])
         ax.invert_yaxis()
         for yi, r in zip(y, table):
-            ax.text(r["count"], yi, f" {100 * r['rate']:.0f}% of {r['seen']}", va="center", fontsize=5.5)  # fmt: skip
+            ax.text(
+                r["count"], yi, f" {100 * r['rate']:.0f}% of {r['seen']}", va="center", fontsize=5.5
+            )
         ax.set_xlim(0, 1.35 * max([r["count"] for r in table], default=1))  # room for the labels
         ax.set_title(label if len(nudged) > 1 else f"Most nudged tokens ({label})", loc="left")
     axes[-1].set_xlabel("times the aligned model chose the token")
-    return fig, "Most nudged tokens", "Tokens the aligned model chose most often in nudged decoding, with the share of the token's occurrences it chose."  # fmt: skip
+    return (
+        fig,
+        "Most nudged tokens",
+        "Tokens the aligned model chose most often in nudged decoding, with the share of the token's occurrences it chose.",
+    )
 
 
 def _close(fig) -> None:

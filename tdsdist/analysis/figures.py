@@ -136,7 +136,11 @@ def write_figures(
     from tdsdist.analysis import figure_kinds
 
     labels = store_labels(summaries)
-    kept = [(s, lab, OKABE_ITO[i % len(OKABE_ITO)]) for i, (s, lab) in enumerate(zip(summaries, labels)) if s.get("positions")]  # fmt: skip
+    kept = [
+        (s, lab, OKABE_ITO[i % len(OKABE_ITO)])
+        for i, (s, lab) in enumerate(zip(summaries, labels))
+        if s.get("positions")
+    ]
     if not kept:
         return []
     note = footnote(kept[0][0])
@@ -156,9 +160,16 @@ def write_figures(
                 files.append(name)
             width, height = (int(round(x * DPI)) for x in fig.get_size_inches())
             entries.append(
-                {"kind": kind, "title": title, "shows": shows, "files": files,
-                 "width_px": width, "height_px": height, "footnote": note}
-            )  # fmt: skip
+                {
+                    "kind": kind,
+                    "title": title,
+                    "shows": shows,
+                    "files": files,
+                    "width_px": width,
+                    "height_px": height,
+                    "footnote": note,
+                }
+            )
     return entries
 
 
@@ -219,7 +230,9 @@ def write_figure_folder(
             "figures": entries,
         }
         (tmp / INDEX).write_text(json.dumps(index, indent=2, ensure_ascii=False) + "\n")
-        (tmp / MARKER).write_text("written by `tdsdist figures`; the next run replaces this folder\n")  # fmt: skip
+        (tmp / MARKER).write_text(
+            "written by `tdsdist figures`; the next run replaces this folder\n"
+        )
         publish(tmp, out, replace=True)
     return index
 

@@ -130,7 +130,7 @@ def by_group(
                 "positions": int(sums["positions"][index].sum()),
                 "interval": None
                 if enough
-                else f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})",  # fmt: skip
+                else f"too few examples for an interval ({len(index)} < {MIN_EXAMPLES})",
                 "statistics": statistics,
                 "by_position": rows,
             }
@@ -166,7 +166,11 @@ def _differences(boots: dict[str, tuple[dict[str, Boot], bool]]) -> list[dict[st
             else:
                 diff = boot - r_boot
                 diff = diff[np.isfinite(diff)]
-                ci = np.percentile(diff, [2.5, 97.5], method="inverted_cdf") if diff.size else (None, None)  # fmt: skip
+                ci = (
+                    np.percentile(diff, [2.5, 97.5], method="inverted_cdf")
+                    if diff.size
+                    else (None, None)
+                )
                 row.update(
                     difference=float(value - r_value),
                     ci=[None if c is None else float(c) for c in ci],
@@ -195,7 +199,14 @@ def group_summaries(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-HEADLINE = ("shifted", "mean_kl_aligned_base", "mean_js", "mean_kl", "aligned_branching", "base_branching")  # fmt: skip
+HEADLINE = (
+    "shifted",
+    "mean_kl_aligned_base",
+    "mean_js",
+    "mean_kl",
+    "aligned_branching",
+    "base_branching",
+)
 
 
 def render_lines(groups: dict[str, Any] | None) -> list[str]:

@@ -78,7 +78,11 @@ def _interval(values: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
         return {"mean": None, "ci": [None, None], "examples": 0}
     means = weights @ values / np.maximum(weights.sum(1), 1)  # [B]
     lo, hi = np.percentile(means, [2.5, 97.5]) if len(means) else (np.nan, np.nan)
-    return {"mean": float(values.mean()), "ci": [float(lo), float(hi)], "examples": int(values.size)}  # fmt: skip
+    return {
+        "mean": float(values.mean()),
+        "ci": [float(lo), float(hi)],
+        "examples": int(values.size),
+    }
 
 
 def compare(store: Store, resamples: int, seed: int) -> dict[str, Any] | None:

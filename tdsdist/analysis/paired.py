@@ -73,13 +73,17 @@ def paired_differences(
                 assert first_value is not None and other_value is not None  # (None in values)
                 diff = boots[1] - boots[0]
                 diff = diff[np.isfinite(diff)]
-                low, high = (np.percentile(diff, [2.5, 97.5], method="inverted_cdf") if diff.size else (None, None))  # fmt: skip
+                low, high = (
+                    np.percentile(diff, [2.5, 97.5], method="inverted_cdf")
+                    if diff.size
+                    else (None, None)
+                )
                 row.update(
                     difference=float(other_value - first_value),
                     ci=[
                         None if low is None else float(low),
                         None if high is None else float(high),
-                    ],  # fmt: skip
+                    ],
                 )
             row["values"] = [None if v is None else float(v) for v in values]
             rows.append(row)
@@ -94,7 +98,13 @@ def side_by_side(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"statistic": name, "values": [None if c is None else c for c in cells]})
 
     for name in CATEGORY_NAMES:
-        add(name, [{"value": s["categories"][name]["fraction"], "ci": s["categories"][name]["ci"]} for s in summaries])  # fmt: skip
+        add(
+            name,
+            [
+                {"value": s["categories"][name]["fraction"], "ci": s["categories"][name]["ci"]}
+                for s in summaries
+            ],
+        )
     names = {n for s in summaries for n in s.get("divergence", {})}
     for name in sorted(names):
         add(f"mean_{name}", [_cell(s.get("divergence", {}).get(name)) for s in summaries])

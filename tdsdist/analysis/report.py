@@ -232,7 +232,10 @@ def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters)
     for run in _blocks(scored, offsets, lengths):
         lo = int(offsets[run[0]])
         hi = int(offsets[run[-1]] + lengths[run[-1]])
-        block = {"positions/token_id": all_tokens[lo:hi], "positions/kl": store.read("positions/kl", slice(lo, hi))}  # fmt: skip
+        block = {
+            "positions/token_id": all_tokens[lo:hi],
+            "positions/kl": store.read("positions/kl", slice(lo, hi)),
+        }
         if store.has_pair:  # the exact divergences and tie counts (format 2)
             for name in DIVERGENCES:
                 block[f"positions/{name}"] = store.read(f"positions/{name}", slice(lo, hi))
@@ -314,7 +317,9 @@ def _example(store, i, data, tokenizer, token_text, thresholds, keep) -> tuple[d
         if f"{model}/ties" in data:
             record[model]["ties"] = data[f"{model}/ties"].tolist()
     if "positions/js" in data:
-        record["divergence"] = {n: _significant(data[f"positions/{n}"].astype(np.float64)) for n in DIVERGENCES}  # fmt: skip
+        record["divergence"] = {
+            n: _significant(data[f"positions/{n}"].astype(np.float64)) for n in DIVERGENCES
+        }
         for name in DIVERGENCES:  # the exact means: the page's headline KL
             stats[name] = _mean(data[f"positions/{name}"][keep].astype(np.float64))
     # Where the base model's top 1 is not the aligned model's (AlignTDS marks these positions).

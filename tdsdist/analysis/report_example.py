@@ -51,5 +51,7 @@ def inputs_for_page(stored: StoredContexts, index: int, tokenizer) -> dict[str, 
     contexts: dict[str, Any] = {}
     for model in MODELS:
         ids = stored.ids(index, model)
-        contexts[model] = None if ids is None else {"text": decode_context(tokenizer, ids), "n": len(ids)}  # fmt: skip
+        contexts[model] = (
+            None if ids is None else {"text": decode_context(tokenizer, ids), "n": len(ids)}
+        )
     return {"instruction": stored.instruction(index), "contexts": contexts}

@@ -79,7 +79,9 @@ def position_records(
     `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
     cats = categories(np.asarray(arrays["base/rank"]))
     if published is None:
-        tables = [np.asarray(arrays[f"{m}/{n}"]) for m in MODELS for n in ("top_ids", "top_logprobs")]  # fmt: skip
+        tables = [
+            np.asarray(arrays[f"{m}/{n}"]) for m in MODELS for n in ("top_ids", "top_logprobs")
+        ]
         pair = arrays.get("aligned/rank_of_base_top1") if exact else None
         published = published_block(*tables, None if pair is None else np.asarray(pair))
     published_at = published_records(published, len(token_ids))
@@ -136,10 +138,14 @@ def inputs_record(store: Store, index: int, tokenizer) -> dict[str, Any]:
     contexts: dict[str, Any] = {}
     for model in MODELS:
         ids = stored.ids(index, model)
-        contexts[model] = None if ids is None else {
-            "token_ids": ids.tolist(),
-            "text": decode_context(tokenizer, ids),
-        }  # fmt: skip
+        contexts[model] = (
+            None
+            if ids is None
+            else {
+                "token_ids": ids.tolist(),
+                "text": decode_context(tokenizer, ids),
+            }
+        )
     return {"instruction": stored.instruction(index), "contexts": contexts}
 
 
@@ -154,7 +160,9 @@ def render_inputs(record: dict[str, Any]) -> list[str]:
     lines = _block("instruction", record.get("instruction"))
     for model in MODELS:
         c = (record.get("contexts") or {}).get(model)
-        title = f"{model} context" + ("" if c is None else f" ({len(c['token_ids'])} tokens, special tokens shown)")  # fmt: skip
+        title = f"{model} context" + (
+            "" if c is None else f" ({len(c['token_ids'])} tokens, special tokens shown)"
+        )
         lines += _block(title, None if c is None else c["text"])
     return lines + ([""] if lines[-1] else [])
 

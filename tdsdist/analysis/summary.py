@@ -26,7 +26,15 @@ from tdsdist.store_fields import read_field
 
 BLOCK_ROWS = 1 << 18
 CATEGORY_BY = pub.CATEGORY_BY
-RANK_BINS = [(1, 1, "1"), (2, 2, "2"), (3, 3, "3"), (4, 5, "4-5"), (6, 10, "6-10"), (11, 100, "11-100"), (101, None, ">100")]  # fmt: skip
+RANK_BINS = [
+    (1, 1, "1"),
+    (2, 2, "2"),
+    (3, 3, "3"),
+    (4, 5, "4-5"),
+    (6, 10, "6-10"),
+    (11, 100, "11-100"),
+    (101, None, ">100"),
+]
 POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets: [0,5), [5,10), ...
 DECILES = 10
 PROB_BINS = 10_000  # base probability histogram on [0, 1]: medians exact to 1e-4
@@ -103,7 +111,11 @@ def summarize(
     # transformers (and torch) import for seconds: load the tokenizer beside the blocks' numpy.
     tokenizer_load = pool().submit(store.tokenizer)
     vocab = int(store.meta.get("vocab_size", 0)) or 1
-    special = np.array(sorted(tokenizer_load.result().all_special_ids), np.int64) if filters.exclude_special_tokens else np.zeros(0, np.int64)  # fmt: skip
+    special = (
+        np.array(sorted(tokenizer_load.result().all_special_ids), np.int64)
+        if filters.exclude_special_tokens
+        else np.zeros(0, np.int64)
+    )
     # The curves carry every measure (`measures.py`): entropies, the base top-1 probability and
     # the exact divergences (a vocabulary union leaves out KL(aligned || base), +inf everywhere:
     # README "Vocabularies that differ by appended tokens").
@@ -126,7 +138,14 @@ def summarize(
     published_sums = pub.PublishedSums(len(store.ids), max_t) if published else None
     by_pos = _Acc(len(POSITION_EDGES))
     by_rel = _Acc(DECILES)
-    needed = ["positions/token_id", "base/rank", "aligned/rank", "base/logprob", "aligned/logprob", "positions/kl"]  # fmt: skip
+    needed = [
+        "positions/token_id",
+        "base/rank",
+        "aligned/rank",
+        "base/logprob",
+        "aligned/logprob",
+        "positions/kl",
+    ]
     needed += [n for n in measures.arrays(store) if n not in needed]
     if published or category_by == "aligned-top1":
         needed += pub.inputs(store)
@@ -154,7 +173,11 @@ def summarize(
             metrics = pub.read_block(read, rows, store, valid)
             cat = thresholds.categorize(metrics["aligned_top1_base_rank"])
         else:  # computed in a thread beside this block's own statistics
-            metrics = metrics_pool().submit(pub.read_block, read, rows, store, valid) if published else None  # fmt: skip
+            metrics = (
+                metrics_pool().submit(pub.read_block, read, rows, store, valid)
+                if published
+                else None
+            )
             cat = thresholds.categorize(base_rank)
         if published_sums is not None:
             in_flight.append((metrics, example, t))
@@ -241,7 +264,9 @@ def summarize(
         "measures": measures.headline(curve["overall"]),
         **({"vocab_union": union} if union else {}),
         "by_position": curve["by_position"],
-        "by_position_bucket": _with_ci(by_pos.rows(_position_labels()), buckets, resamples, seed, weights),  # fmt: skip
+        "by_position_bucket": _with_ci(
+            by_pos.rows(_position_labels()), buckets, resamples, seed, weights
+        ),
         "intervals": {
             "method": "95% percentile bootstrap over examples (positions pooled per resample)",
             "resamples": resamples,
@@ -256,8 +281,11 @@ def summarize(
         },
         "by_relative_position": _with_ci(
             by_rel.rows([f"{10 * i}-{10 * (i + 1)}%" for i in range(DECILES)]),
-            deciles, resamples, seed, weights,
-        ),  # fmt: skip
+            deciles,
+            resamples,
+            seed,
+            weights,
+        ),
         "top_shifted_tokens": _token_table(
             tok_count, tok_shifted, min_support, top_tokens, tokenizer, "shifted"
         ),
@@ -271,8 +299,20 @@ def summarize(
             k: store.meta.get("fingerprint", {}).get(k)
             for k in ("aligned", "base", "aligned_template", "base_template", "top_k")
         },
-        **({"groups": by_group(store, group_by, groups, _committed(store, done), resamples, seed)} if group_by else {}),  # fmt: skip
-        **({"nudge": nudge_stats.summary(store, curve["overall"], tokenizer, min_support, top_tokens, resamples, seed)} if store.nudged else {}),  # fmt: skip
+        **(
+            {"groups": by_group(store, group_by, groups, _committed(store, done), resamples, seed)}
+            if group_by
+            else {}
+        ),
+        **(
+            {
+                "nudge": nudge_stats.summary(
+                    store, curve["overall"], tokenizer, min_support, top_tokens, resamples, seed
+                )
+            }
+            if store.nudged
+            else {}
+        ),
     }
 
 

@@ -46,7 +46,9 @@ class TokenCounts:
         merged: dict[str, dict[str, Any]] = {}
         for row in by_id:
             key = text_key(row["token"])
-            cell = merged.setdefault(key, {"text": key, "token_ids": [], **dict.fromkeys(COLUMNS, 0)})  # fmt: skip
+            cell = merged.setdefault(
+                key, {"text": key, "token_ids": [], **dict.fromkeys(COLUMNS, 0)}
+            )
             cell["token_ids"].append(row["token_id"])
             for c in COLUMNS:
                 cell[c] += row[c]
@@ -114,7 +116,7 @@ def render_lines(tokens: dict[str, Any] | None, shown: int = 10) -> list[str]:
             f"highest shift rate (text, >= {tokens['min_support']} occurrences): "
             + ", ".join(
                 f"{r['text']!r} {100 * r['shifted_rate']:.0f}% of {r['count']}" for r in rate
-            )  # fmt: skip
+            )
         )
     fav = tokens["base_favoured"]
     if fav["positions"]:

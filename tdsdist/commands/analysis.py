@@ -175,7 +175,9 @@ def export_command(
 
     start = time.perf_counter()
     thresholds = thresholds_from(unshifted_max=unshifted_max, marginal_max=marginal_max)
-    filters = filters_from(exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens)  # fmt: skip
+    filters = filters_from(
+        exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens
+    )
     result = export_parquet(Store(store_dir, mode="r"), out_file, thresholds, filters, group_by)
     size = os.path.getsize(out_file) / 1e6
     click.echo(
@@ -208,7 +210,9 @@ def report_command(
     from tdsdist.analysis.summary import summarize
     from tdsdist.store import Store
 
-    filters = filters_from(exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens)  # fmt: skip
+    filters = filters_from(
+        exclude_first=exclude_first, exclude_special_tokens=exclude_special_tokens
+    )
     start = time.perf_counter()
     store = Store(store_dir, mode="r")
     index = write_report(store, Path(out_dir), summarize(store, filters=filters), filters)

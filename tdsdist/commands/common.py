@@ -145,7 +145,9 @@ def section_options(*sections: type) -> Callable[[Callable[..., Any]], Callable[
             kwargs: dict[str, Any] = {"default": f.default, "help": docs.get(f.name, "")}
             if base_type(hint) is bool:
                 decl = f"{flag}/--no-{flag[2:]}" if f.default else flag
-                options.append(click.option(decl, f.name, is_flag=True, show_default=f.default, **kwargs))  # fmt: skip
+                options.append(
+                    click.option(decl, f.name, is_flag=True, show_default=f.default, **kwargs)
+                )
                 continue
             allowed = choices(hint)
             if allowed is not None:

@@ -32,7 +32,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLED_WEIGHTS_FILE = "adapter_model.bin"
 #: peft's prefix of every saved key: `base_model.model.<module path>.lora_A.weight`.
 SAVED_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$")  # fmt: skip
+_LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(\.weight)?$"
+)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,9 @@ def adapter_fingerprint(adapter: Adapter) -> dict[str, str]:
     return {"path": str(adapter.path), "sha256": digest.hexdigest()}
 
 
-def check_fits_base(adapter: Adapter, base: str, base_config: Any, trust_remote_code: bool) -> list[str]:  # fmt: skip
+def check_fits_base(
+    adapter: Adapter, base: str, base_config: Any, trust_remote_code: bool
+) -> list[str]:
     """Refuse an adapter that does not fit `base` (one line); returns notes for the log.
 
     The shapes decide: every adapter tensor must match a module of the base model (built on the

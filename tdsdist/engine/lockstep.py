@@ -92,7 +92,9 @@ class AlignedWrites:
             out[index] = choose_tokens(rows[index], shard, 0.0, 1.0, requests[0].generator)
         for i, r in enumerate(requests):
             if r.temperature != 0:
-                out[i] = choose_tokens(rows[i : i + 1], shard, r.temperature, r.top_p, r.generator)[0]  # fmt: skip
+                out[i] = choose_tokens(rows[i : i + 1], shard, r.temperature, r.top_p, r.generator)[
+                    0
+                ]
         return out
 
 

@@ -90,5 +90,7 @@ class Nudging:
                 out[index] = global_argmax(values[index], shard)
             for i, r in enumerate(requests):
                 if rows[i] and r.temperature != 0:
-                    out[i] = choose_tokens(values[i : i + 1], shard, r.temperature, r.top_p, r.generator)[0]  # fmt: skip
+                    out[i] = choose_tokens(
+                        values[i : i + 1], shard, r.temperature, r.top_p, r.generator
+                    )[0]
         return out

@@ -144,11 +144,14 @@ def logits_pair_reference(
             other_top = torch.sort(other, descending=True, stable=True).indices[:k]
             key = "base" if name == "aligned" else "aligned"
             values = {
-                "top_ids": top.numpy(), "top_logprobs": logp[top].numpy(), "logprob": logp[t].item(),
-                "rank": int((x > x[t]).sum()) + 1, "ties": int((x == x[t]).sum()) - 1,
+                "top_ids": top.numpy(),
+                "top_logprobs": logp[top].numpy(),
+                "logprob": logp[t].item(),
+                "rank": int((x > x[t]).sum()) + 1,
+                "ties": int((x == x[t]).sum()) - 1,
                 "entropy": float(-(logp.exp() * logp).nan_to_num(nan=0.0).sum()),
                 f"logprobs_at_{key}_top": logp[other_top].numpy(),
-            }  # fmt: skip
+            }
             if name == "aligned":
                 values["rank_of_base_top1"] = int((x > x[other_top[0]]).sum()) + 1
             for stat, v in values.items():

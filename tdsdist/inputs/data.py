@@ -120,7 +120,9 @@ def _record_id(
 ) -> tuple[str, str]:
     """(the id, the `where` of every message about this record)."""
     if index_ids:
-        where = f"{path}: example {index} (id '{index}', from the record index: no field '{fields.id}')"  # fmt: skip
+        where = (
+            f"{path}: example {index} (id '{index}', from the record index: no field '{fields.id}')"
+        )
         return str(index), where
     raw_id = record.get(fields.id, None)
     where = f"{path}: example {index}" + ("" if raw_id is None else f" (id {raw_id!r})")
@@ -174,8 +176,14 @@ def _example(
     prompt = text_field(fields.prompt, required=False)
     assert instruction is not None
     if not require_answer:
-        return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer="",
-                       metadata=_scalars(record, fields))  # fmt: skip
+        return Example(
+            index=index,
+            id=id_,
+            instruction=instruction,
+            prompt=prompt,
+            answer="",
+            metadata=_scalars(record, fields),
+        )
     if fields.answer not in record:
         raise TdsError(f"{where}: field '{fields.answer}' is missing")
     answer = record[fields.answer]
@@ -191,8 +199,14 @@ def _example(
     if not answer.strip():
         raise EmptyAnswer(f"{where}: field '{fields.answer}' is an empty answer{SKIP_HINT}")
     check_unicode(where, fields.answer, answer)
-    return Example(index=index, id=id_, instruction=instruction, prompt=prompt, answer=answer,
-                   metadata=_scalars(record, fields))  # fmt: skip
+    return Example(
+        index=index,
+        id=id_,
+        instruction=instruction,
+        prompt=prompt,
+        answer=answer,
+        metadata=_scalars(record, fields),
+    )
 
 
 def _scalars(record: dict[str, Any], fields: Fields) -> tuple[tuple[str, Any], ...]:
@@ -222,7 +236,9 @@ def _chat_examples(
     messages = check_messages(where, record)
     if not require_answer:
         prompt = prompt_messages(where, messages)
-        ex = Example(index, id_, prompt[-1]["content"], None, "", tuple(prompt), _scalars(record, fields))  # fmt: skip
+        ex = Example(
+            index, id_, prompt[-1]["content"], None, "", tuple(prompt), _scalars(record, fields)
+        )
         return [(ex, False)]
     examples = []
     for number, at in assistant_turns(where, messages, turns):

@@ -97,7 +97,9 @@ def context_tokens(
     return tokenize_context(tokenizer, text, special_tokens, keep_double_bos)
 
 
-def _single_bos(tokenizer, ids: list[int], special_tokens: bool, keep_double_bos: bool) -> list[int]:
+def _single_bos(
+    tokenizer, ids: list[int], special_tokens: bool, keep_double_bos: bool
+) -> list[int]:
     bos = tokenizer.bos_token_id
     doubled = bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos
     if special_tokens and doubled and not keep_double_bos:

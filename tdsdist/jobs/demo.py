@@ -80,7 +80,16 @@ def serve_demo(host: str, port: int, echo: Callable[[str], None]) -> None:
     model = str(prepare_smollm2())
     echo("tdsdist demo: serving SmolLM2-135M-Instruct under its chat template ('aligned') and the")
     echo("published 'plain' template ('base'); once it says `serving on`, try:")
-    echo(f"  curl -s http://{host}:{port or 'PORT'}/v1/generate -H 'content-type: application/json' \\")
+    echo(
+        f"  curl -s http://{host}:{port or 'PORT'}/v1/generate -H 'content-type: application/json' \\"
+    )
     echo('       -d \'{"instruction": "What is the capital of France?", "max_new_tokens": 32}\'')
-    config = ServeConfig(aligned=model, base=model, aligned_template="chat", base_template="plain", host=host, port=port)  # fmt: skip
+    config = ServeConfig(
+        aligned=model,
+        base=model,
+        aligned_template="chat",
+        base_template="plain",
+        host=host,
+        port=port,
+    )
     run_serve(config, log=echo)

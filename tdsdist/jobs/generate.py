@@ -75,7 +75,12 @@ from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was generated: the model, its template
 #: and the decoding options that change the answers (the fingerprinted ones of `Decoding`, `Stops`).
-SETTINGS = ("aligned", "aligned_template", *fingerprint_fields(Decoding), *fingerprint_fields(Stops))
+SETTINGS = (
+    "aligned",
+    "aligned_template",
+    *fingerprint_fields(Decoding),
+    *fingerprint_fields(Stops),
+)
 
 
 def _part(parts: Path, n: int, suffix: str) -> Path:
@@ -103,7 +108,9 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
     ]
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = generation_fingerprint(cfg, tokenizer)
-    if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
+    if special_text.count_with_special(
+        ["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer
+    ):
         fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
     if adapter is not None:  # absent: no adapter, as before
         fingerprint["aligned_adapter"] = adapter_fingerprint(adapter)
@@ -122,7 +129,9 @@ def run_generate(cfg: GenerateConfig, log=print) -> dict[str, Any]:
         if answered:
             log(f"tdsdist: {out} is complete: scoring it into {cfg.store}")
         else:
-            result, runners = _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d, log)  # fmt: skip
+            result, runners = _generate(
+                cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, d, log
+            )
         result["examples"] = len(examples)
         if result.get("stopped"):
             log("tdsdist: stopped on SIGTERM; re-run the same command to finish the pending units")
@@ -192,13 +201,20 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
     if pending:
-        sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k)  # fmt: skip
+        sampling = Sampling(
+            cfg.max_new_tokens, cfg.temperature, cfg.top_p, tuple(cfg.stop), cfg.top_k
+        )
         decoder = Decoder(runners["aligned"], tokenizer, sampling)
         todo = [units[n] for n in pending]
-        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, by_file=d.dims.tp == 1)  # fmt: skip
+        stopped = _generate_units(
+            decoder, contexts, todo, pending, parts, cfg, d, by_file=d.dims.tp == 1
+        )
     stopped = any_rank(d, stopped)  # also waits for every rank's last unit
     if not stopped:  # rank 0 assembles; a failure there reaches every rank, no one waits
-        assemble = lambda: _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log)  # noqa: E731  # fmt: skip
+
+        def assemble() -> None:
+            _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log)
+
         if d.distributed:
             checked_on_main(d, assemble)
         else:  # plain processes on one parts folder: one assembles, the others wait for it
@@ -210,14 +226,32 @@ def _generate(cfg, examples, contexts, tokenizer, out, parts, fingerprint, devic
 
 def _load(cfg: GenerateConfig, vocab_size: int, device, d: Dist) -> dict:
     """The aligned runner; with an adapter, the base runner over the same weights too."""
-    kwargs = dict(dtype=cfg.dtype, vocab_size=vocab_size, device=device, d=d,
-                  trust_remote_code=cfg.trust_remote_code, head_dtype=cfg.head_dtype or "float32")  # fmt: skip
+    kwargs = dict(
+        dtype=cfg.dtype,
+        vocab_size=vocab_size,
+        device=device,
+        d=d,
+        trust_remote_code=cfg.trust_remote_code,
+        head_dtype=cfg.head_dtype or "float32",
+    )
     if cfg.aligned_adapter:
         return load_adapter_runners(cfg.base, cfg.base_revision, cfg.aligned_adapter, **kwargs)
     return {"aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs)}
 
 
-def _generate_units(decoder, contexts, units, numbers, parts, cfg, d: Dist, decode=None, save=None, label="generating", by_file=False) -> bool:  # fmt: skip
+def _generate_units(
+    decoder,
+    contexts,
+    units,
+    numbers,
+    parts,
+    cfg,
+    d: Dist,
+    decode=None,
+    save=None,
+    label="generating",
+    by_file=False,
+) -> bool:
     """`claim_loop` over the pending units: the group decodes a claimed unit together, its
     leader saves it. Returns whether SIGTERM stopped it. `decode`, `save` and `label`
     (`nudge`'s): a unit's results, its parts and the progress line, in place of `generate`'s.
@@ -392,7 +426,9 @@ def _kept_fields(cfg: GenerateConfig, examples) -> dict[str, list]:
     return select([dict(ex.metadata) for ex in examples], cfg.keep_fields, texts, cfg.data)
 
 
-def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generation, contexts) -> None:  # fmt: skip
+def _record_store(
+    examples, answers, stats, out, cfg, tokenizer, empty, generation, contexts
+) -> None:
     """A store whose aligned side is filled and whose units wait for the base pass (`score`).
 
     Its fingerprint is the one `score` will compute for the answers file (base keys open), so
@@ -402,7 +438,7 @@ def _record_store(examples, answers, stats, out, cfg, tokenizer, empty, generati
     kept = [ex for ex in examples if answers[ex.index]["ids"]]
     lengths = np.array([len(answers[ex.index]["ids"]) for ex in kept], dtype=np.int32)
     answers_sha256 = file_sha256(out)
-    options = options_fingerprint(ScoreConfig, {**scoring_values(cfg), **dict.fromkeys(BASE_KEYS)})  # fmt: skip
+    options = options_fingerprint(ScoreConfig, {**scoring_values(cfg), **dict.fromkeys(BASE_KEYS)})
     fingerprint = score_fingerprint(
         options,
         fields=Fields(),

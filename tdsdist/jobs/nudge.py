@@ -64,7 +64,18 @@ from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was decoded.
-SETTINGS = ("aligned", "base", "aligned_template", "base_template", "nudge_rule", "nudge_threshold", "max_new_tokens", "temperature", "top_p", "seed")  # fmt: skip
+SETTINGS = (
+    "aligned",
+    "base",
+    "aligned_template",
+    "base_template",
+    "nudge_rule",
+    "nudge_threshold",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+)
 
 
 @dataclasses.dataclass
@@ -91,12 +102,19 @@ class NudgeDecoder:
         """Every prompt of `contexts` (index -> both contexts), `batch_size` at a time in one
         running batch (a finished answer's slot goes to the next prompt at once)."""
         cfg, policy = self.cfg, Nudging(rule, threshold)
-        decoder = LockstepDecoder(self.runners["aligned"], self.runners["base"], cfg.top_k, cfg.logits_chunk_mib << 20, self.end_ids, policy)  # fmt: skip
+        decoder = LockstepDecoder(
+            self.runners["aligned"],
+            self.runners["base"],
+            cfg.top_k,
+            cfg.logits_chunk_mib << 20,
+            self.end_ids,
+            policy,
+        )
         # One seed per prompt: a resumed run (or another batching) samples what a fresh one would.
         queue = [
             LockstepRequest(
                 str(i), c, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed * 1_000_003 + i
-            )  # fmt: skip
+            )
             for i, c in contexts.items()
         ]
         rows: dict[str, list[PairOutput]] = {r.id: [] for r in queue}
@@ -142,7 +160,12 @@ def _save_unit(results: dict[int, Nudged], tokenizer, unit, n: int, parts: Path)
     records = []
     for i in unit:
         r = results[i]
-        rec: dict[str, Any] = {"index": i, "ids": r.ids, "answer": tokenizer.decode(r.ids), "nudged": [int(x) for x in r.nudged]}  # fmt: skip
+        rec: dict[str, Any] = {
+            "index": i,
+            "ids": r.ids,
+            "answer": tokenizer.decode(r.ids),
+            "nudged": [int(x) for x in r.nudged],
+        }
         if r.base_only is not None:
             rec.update(
                 base_only_ids=r.base_only,
@@ -188,11 +211,16 @@ def run_nudge(cfg: NudgeConfig, log=print) -> dict[str, Any]:
         )
     if cfg.top_k > len(tokenizer):
         raise TdsError(f"--top-k {cfg.top_k} exceeds the vocabulary size {len(tokenizer)}")
-    aligned_fn, base_fn = aligned_context_fn(cfg.aligned_template, tokenizer), base_context_fn(cfg.base_template)  # fmt: skip
+    aligned_fn, base_fn = (
+        aligned_context_fn(cfg.aligned_template, tokenizer),
+        base_context_fn(cfg.base_template),
+    )
     contexts = []
     for ex in examples:  # as `generate` (aligned) and `score`'s plan (base) tokenize them
         both = {
-            "aligned": context_tokens(tokenizer, aligned_fn, ex, cfg.aligned_template == "input", False, True),  # fmt: skip
+            "aligned": context_tokens(
+                tokenizer, aligned_fn, ex, cfg.aligned_template == "input", False, True
+            ),
             "base": context_tokens(base_tok, base_fn, ex, True, False, True),
         }
         if not both["aligned"] or not both["base"]:
@@ -200,7 +228,9 @@ def run_nudge(cfg: NudgeConfig, log=print) -> dict[str, Any]:
         contexts.append(both)
     out, parts = Path(cfg.out), Path(cfg.out + ".parts")
     fingerprint = nudge_fingerprint(cfg, tokenizer)
-    if special_text.count_with_special(["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer):  # fmt: skip
+    if special_text.count_with_special(
+        ["\n".join(special_text.user_texts(ex)) for ex in examples], tokenizer
+    ):
         fingerprint[special_text.KEY] = special_text.SPLIT  # absent: no prompt changed
     for place in (out, parts, cfg.store):
         check_store_writable(place)  # before minutes of model loading
@@ -233,8 +263,14 @@ def _nudge(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, 
     )
     load_seconds, start, stopped = 0.0, time.perf_counter(), False
     if pending:
-        kwargs = dict(dtype=cfg.dtype, vocab_size=len(tokenizer), device=device, d=d,
-                      trust_remote_code=cfg.trust_remote_code, head_dtype=cfg.head_dtype or "float32")  # fmt: skip
+        kwargs = dict(
+            dtype=cfg.dtype,
+            vocab_size=len(tokenizer),
+            device=device,
+            d=d,
+            trust_remote_code=cfg.trust_remote_code,
+            head_dtype=cfg.head_dtype or "float32",
+        )
         runners = {
             "aligned": load_runner(cfg.aligned, cfg.aligned_revision, **kwargs),
             "base": load_runner(cfg.base, cfg.base_revision, **kwargs),
@@ -246,7 +282,9 @@ def _nudge(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, 
         load_seconds = time.perf_counter() - start
         start = time.perf_counter()
         todo = [units[n] for n in pending]
-        stopped = _generate_units(decoder, contexts, todo, pending, parts, cfg, d, _nudge_unit, _save_unit, "nudging")  # fmt: skip
+        stopped = _generate_units(
+            decoder, contexts, todo, pending, parts, cfg, d, _nudge_unit, _save_unit, "nudging"
+        )
     stopped = any_rank(d, stopped)
     result: dict[str, Any] = {"examples": len(examples)}
     if not stopped:
@@ -254,7 +292,7 @@ def _nudge(cfg, examples, contexts, tokenizer, out, parts, fingerprint, device, 
             d,
             lambda: _assemble(
                 examples, contexts, units, parts, out, cfg, tokenizer, fingerprint, log
-            ),  # fmt: skip
+            ),
         )
         result.update(made or {})
     result.update(load_seconds=load_seconds, nudge_seconds=time.perf_counter() - start)
@@ -281,7 +319,9 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _assemble(examples, contexts, units, parts, out, cfg: NudgeConfig, tokenizer, fingerprint, log) -> dict:  # fmt: skip
+def _assemble(
+    examples, contexts, units, parts, out, cfg: NudgeConfig, tokenizer, fingerprint, log
+) -> dict:
     """The answers file, then the store (complete: every unit written and committed)."""
     answers, arrays = _read_parts(units, parts)
     settings = {k: getattr(cfg, k) for k in SETTINGS}
@@ -290,12 +330,19 @@ def _assemble(examples, contexts, units, parts, out, cfg: NudgeConfig, tokenizer
     for j, ex in enumerate(examples):
         a = answers[ex.index]
         fraction = float(np.mean(a["nudged"])) if a["nudged"] else 0.0
-        extra: dict[str, Any] = {"nudged_fraction": fraction, "nudged_tokens": int(sum(a["nudged"]))}  # fmt: skip
+        extra: dict[str, Any] = {
+            "nudged_fraction": fraction,
+            "nudged_tokens": int(sum(a["nudged"])),
+        }
         if cfg.compare:
             extra["base_only_output"] = a["base_only_answer"]
         record: dict[str, Any] = {"id": ex.id}
         if ex.messages is None:
-            record.update(pure_input=ex.instruction, input=tokenizer.decode(contexts[ex.index]["aligned"]), output=[a["answer"]])  # fmt: skip
+            record.update(
+                pure_input=ex.instruction,
+                input=tokenizer.decode(contexts[ex.index]["aligned"]),
+                output=[a["answer"]],
+            )
         else:
             record["messages"] = [*ex.messages, {"role": "assistant", "content": a["answer"]}]
         record.update(generator=settings, **extra)
@@ -326,14 +373,42 @@ def _assemble(examples, contexts, units, parts, out, cfg: NudgeConfig, tokenizer
         summary["compare"] = {
             k: _mean([v for v in vs if v is not None]) for k, vs in per_example.items()
         }
-    _write_store(kept_ex, answers, arrays, contexts, out, cfg, tokenizer, empty, summary, per_example, examples, fingerprint)  # fmt: skip
-    log(f"tdsdist: wrote the pair head's store {cfg.store} ({summary['nudged_fraction']:.1%} of"
-        f" {summary['tokens']} tokens nudged)")  # fmt: skip
+    _write_store(
+        kept_ex,
+        answers,
+        arrays,
+        contexts,
+        out,
+        cfg,
+        tokenizer,
+        empty,
+        summary,
+        per_example,
+        examples,
+        fingerprint,
+    )
+    log(
+        f"tdsdist: wrote the pair head's store {cfg.store} ({summary['nudged_fraction']:.1%} of"
+        f" {summary['tokens']} tokens nudged)"
+    )
     shutil.rmtree(parts)
     return summary
 
 
-def _write_store(kept, answers, arrays, contexts, out, cfg, tokenizer, empty, summary, per_example, examples, generation) -> None:  # fmt: skip
+def _write_store(
+    kept,
+    answers,
+    arrays,
+    contexts,
+    out,
+    cfg,
+    tokenizer,
+    empty,
+    summary,
+    per_example,
+    examples,
+    generation,
+) -> None:
     """The store `score` of the answers file makes with the same contexts (its fingerprint too,
     base template included), complete, plus `positions/nudged` and the rule in `nudge`."""
     answers_sha256 = file_sha256(out)

@@ -156,12 +156,16 @@ def load_scoring(
     if prep.vocab_union is not None and not store.has_pair:  # fingerprints keep this from happening
         raise TdsError(f"{store.path}: a store of format 1 cannot score a vocabulary union")
     if store.has_pair:
-        pair = PairScorer(runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch)  # fmt: skip
+        pair = PairScorer(
+            runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch
+        )
         published = store.has_published
         return (
             lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress, published)
         ), 2
-    scorers = {m: Scorer(r, config.top_k, chunk, config.max_tokens_per_batch) for m, r in runners.items()}  # fmt: skip
+    scorers = {
+        m: Scorer(r, config.top_k, chunk, config.max_tokens_per_batch) for m, r in runners.items()
+    }
 
     def score_fn(unit, progress):
         return score_unit(prep.plan, unit, scorers.get("aligned"), scorers["base"], progress, store)
@@ -262,7 +266,9 @@ def _run(
         score_fn, passes = load_scoring(config, prep, store, device, d, preloaded)
         timing["load_seconds"] = time.perf_counter() - start
         try:
-            timing.update(_score_units(score_fn, store, [units[i] for i in pending], d, passes, device))  # fmt: skip
+            timing.update(
+                _score_units(score_fn, store, [units[i] for i in pending], d, passes, device)
+            )
         except OSError as e:
             left = store.committed()
             full = no_space(e, store.path, sum(u.positions for u in units if not left[u.index]))
@@ -323,4 +329,8 @@ def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict
     loop = claim_loop(
         d, pending, score_unit, commit, size=size, label=("scoring", "pos"), guard=by_file
     )
-    return {"score_seconds": loop.seconds, "positions": loop.done // passes, "stopped": loop.stopped}
+    return {
+        "score_seconds": loop.seconds,
+        "positions": loop.done // passes,
+        "stopped": loop.stopped,
+    }

@@ -61,7 +61,9 @@ class Prompt(BaseModel):
             return [{"role": "user", "content": self.instruction}]
         assert self.messages is not None
         try:
-            checked = check_messages("request", {"messages": [m.model_dump() for m in self.messages]})  # fmt: skip
+            checked = check_messages(
+                "request", {"messages": [m.model_dump() for m in self.messages]}
+            )
         except TdsError as e:
             raise RequestError(str(e).removeprefix("request: ")) from None
         if not checked or checked[-1]["role"] != "user":
@@ -187,7 +189,9 @@ def build_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSON:  # 404, 405
-        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", exc.headers)  # fmt: skip
+        return error(
+            exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", exc.headers
+        )
 
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError) -> JSON:
@@ -196,7 +200,9 @@ def build_app(
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSON:  # one line, no traceback
-        print(f"tdsdist serve: {request.url.path}: {exc.__class__.__name__}: {exc}", file=sys.stderr)  # fmt: skip
+        print(
+            f"tdsdist serve: {request.url.path}: {exc.__class__.__name__}: {exc}", file=sys.stderr
+        )
         metrics.requests.labels(request.url.path, "error").inc()
         return error(500, "internal error")
 
@@ -283,7 +289,12 @@ def build_app(
             job, events = submit("generate", request)
         except EngineFull:
             return busy("/v1/generate")
-        options = {"max_new_tokens": limit, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}  # fmt: skip
+        options = {
+            "max_new_tokens": limit,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "seed": body.seed,
+        }
 
         async def run() -> AsyncIterator[dict[str, Any]]:
             """Position objects as they come, then the last event."""
@@ -307,8 +318,16 @@ def build_app(
                             recorder.append("generate", messages, answer, options)
                         metrics.tokens.labels("generated").inc(len(ids))
                         metrics.requests.labels("/v1/generate", "ok").inc()
-                        metrics.latency.labels("/v1/generate").observe(time.perf_counter() - started)  # fmt: skip
-                        yield {"done": True, "answer": answer, "token_ids": ids, "finish_reason": data, "summary": summarise(positions)}  # fmt: skip
+                        metrics.latency.labels("/v1/generate").observe(
+                            time.perf_counter() - started
+                        )
+                        yield {
+                            "done": True,
+                            "answer": answer,
+                            "token_ids": ids,
+                            "finish_reason": data,
+                            "summary": summarise(positions),
+                        }
                         return
                     else:
                         metrics.requests.labels("/v1/generate", "error").inc()
@@ -323,7 +342,9 @@ def build_app(
                 async for event in run():
                     yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
-            return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})  # fmt: skip
+            return StreamingResponse(
+                sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         positions, last = [], {}
         async for event in run():
             if "t" in event:

@@ -184,7 +184,16 @@ class Engine:
             else:
                 self._decoding[job.id] = job
                 r: LockstepRequest = job.payload
-                work.add.append(dict(id=r.id, contexts=r.contexts, max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, seed=r.seed))  # fmt: skip
+                work.add.append(
+                    dict(
+                        id=r.id,
+                        contexts=r.contexts,
+                        max_new_tokens=r.max_new_tokens,
+                        temperature=r.temperature,
+                        top_p=r.top_p,
+                        seed=r.seed,
+                    )
+                )
         now = time.monotonic()
         if self._scoring and (
             now - self._scoring[0].arrived >= self.batch_wait or busy >= self.max_concurrent

@@ -15,14 +15,42 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("tdsdist_requests", "Requests by endpoint and outcome", ["endpoint", "outcome"], registry=r)  # fmt: skip
-        self.engine_outcomes = Counter("tdsdist_engine_requests", "Engine results by outcome", ["outcome"], registry=r)  # fmt: skip
-        self.tokens = Counter("tdsdist_tokens", "Answer positions scored or generated", ["kind"], registry=r)  # fmt: skip
-        self.queue_depth = Gauge("tdsdist_queue_depth", "Requests admitted and not finished", registry=r)  # fmt: skip
-        self.batch_size = Histogram("tdsdist_batch_size", "Requests per engine batch", ["kind"], buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.batch_seconds = Histogram("tdsdist_batch_seconds", "Seconds per engine batch or decode step", ["kind"], registry=r)  # fmt: skip
-        self.latency = Histogram("tdsdist_request_seconds", "Seconds from arrival to the last byte", ["endpoint"], registry=r)  # fmt: skip
-        self.first_token = Histogram("tdsdist_time_to_first_token_seconds", "Generate: seconds to the first token", registry=r)  # fmt: skip
+        self.requests = Counter(
+            "tdsdist_requests",
+            "Requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.engine_outcomes = Counter(
+            "tdsdist_engine_requests", "Engine results by outcome", ["outcome"], registry=r
+        )
+        self.tokens = Counter(
+            "tdsdist_tokens", "Answer positions scored or generated", ["kind"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "tdsdist_queue_depth", "Requests admitted and not finished", registry=r
+        )
+        self.batch_size = Histogram(
+            "tdsdist_batch_size",
+            "Requests per engine batch",
+            ["kind"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "tdsdist_batch_seconds", "Seconds per engine batch or decode step", ["kind"], registry=r
+        )
+        self.latency = Histogram(
+            "tdsdist_request_seconds",
+            "Seconds from arrival to the last byte",
+            ["endpoint"],
+            registry=r,
+        )
+        self.first_token = Histogram(
+            "tdsdist_time_to_first_token_seconds",
+            "Generate: seconds to the first token",
+            registry=r,
+        )
 
     def batch(self, kind: str, size: int, seconds: float) -> None:
         self.batch_size.labels(kind).observe(size)

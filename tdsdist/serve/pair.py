@@ -62,7 +62,10 @@ class PairInputs:
         aligned_cfg = base_cfg
         if not config.aligned_adapter:
             aligned_cfg = load_model_config(name, revision, config.trust_remote_code)
-        windows = {"aligned": model_window(aligned_cfg, tok), "base": model_window(base_cfg, base_tok)}  # fmt: skip
+        windows = {
+            "aligned": model_window(aligned_cfg, tok),
+            "base": model_window(base_cfg, base_tok),
+        }
         return cls(
             config,
             tok,

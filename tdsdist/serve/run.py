@@ -61,9 +61,19 @@ def _serve_http(config, inputs, scorer, decoder, d, log) -> None:
     from tdsdist.serve.record import Recorder
 
     metrics = ServeMetrics()
-    engine = Engine(scorer, decoder, d, config.max_concurrent, config.queue_size, config.batch_wait_ms, metrics)  # fmt: skip
+    engine = Engine(
+        scorer, decoder, d, config.max_concurrent, config.queue_size, config.batch_wait_ms, metrics
+    )
     recorder = Recorder(config.record) if config.record else None
-    app = build_app(engine, inputs, config.max_new_tokens, config.api_key, recorder, metrics, config.max_body_bytes)  # fmt: skip
+    app = build_app(
+        engine,
+        inputs,
+        config.max_new_tokens,
+        config.api_key,
+        recorder,
+        metrics,
+        config.max_body_bytes,
+    )
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

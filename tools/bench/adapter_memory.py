@@ -132,7 +132,7 @@ def child(args: argparse.Namespace) -> None:
     answers = [
         AnswerPair(
             row[: args.context].tolist(), row[: args.context].tolist(), row[args.context :].tolist()
-        )  # fmt: skip
+        )
         for row in ids
     ]
     pair = PairScorer(runners["aligned"], runners["base"], 20, 64 * MIB, 4096)
@@ -154,10 +154,23 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(args, variant: str, folders: dict) -> dict:
-    cmd = [sys.executable, "-m", "tools.bench.adapter_memory", "--child", variant,
-           "--folders", json.dumps(folders), "--sequences", str(args.sequences),
-           "--context", str(args.context), "--answer", str(args.answer),
-           "--threads", str(args.threads)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.bench.adapter_memory",
+        "--child",
+        variant,
+        "--folders",
+        json.dumps(folders),
+        "--sequences",
+        str(args.sequences),
+        "--context",
+        str(args.context),
+        "--answer",
+        str(args.answer),
+        "--threads",
+        str(args.threads),
+    ]
     return child_json(cmd, cwd=ROOT)
 
 
@@ -192,13 +205,15 @@ def main(argv=None) -> None:
         "adapter_file_bytes": adapter_bytes,
         "batch": f"{args.sequences} x ({args.context} + {args.answer}) tokens",
         "repeats": args.repeats,
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads available, torch {torch.__version__}",  # fmt: skip
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads available, torch {torch.__version__}",
         "variants": median,
         "ratio_held": median["adapter"]["held_bytes"] / median["two"]["held_bytes"],
         "ratio_peak": median["adapter"]["peak"] / median["two"]["peak"],
         "js_sum_abs_diff": abs(median["adapter"]["js_sum"] - median["two"]["js_sum"]),
     }
-    print("| variant | parameters + buffers MiB | RSS after load MiB (anon / file: mapped weights count once read) | peak RSS after scoring MiB | load s | score s |")  # fmt: skip
+    print(
+        "| variant | parameters + buffers MiB | RSS after load MiB (anon / file: mapped weights count once read) | peak RSS after scoring MiB | load s | score s |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for v in VARIANTS:
         m = median[v]

@@ -49,7 +49,14 @@ def top_k_arrays(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[s
     }
 
 
-def build(path: Path, positions: int, mean_length: int, vocab: int, seed: int, format_version: int = FORMAT_VERSION) -> None:  # fmt: skip
+def build(
+    path: Path,
+    positions: int,
+    mean_length: int,
+    vocab: int,
+    seed: int,
+    format_version: int = FORMAT_VERSION,
+) -> None:
     rng = np.random.default_rng(seed)
     n_examples = positions // mean_length
     lengths = np.full(n_examples, mean_length, dtype=np.int32)
@@ -148,7 +155,9 @@ def main() -> None:
         runs["after"].append(run_child(args.store, 1, None))
         if args.format2:
             runs["after, format-2 store"].append(run_child(format2, 1, None))
-    print("| code | positions | repeats | median wall s | positions / s (wall) | median CPU s | positions / CPU s | peak RSS (MiB) |")  # fmt: skip
+    print(
+        "| code | positions | repeats | median wall s | positions / s (wall) | median CPU s | positions / CPU s | peak RSS (MiB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, results in runs.items():
         if not results:
@@ -164,7 +173,9 @@ def main() -> None:
             label += ", stored" if store.has_published else ""
         elif name != "before":
             label += ", computed from the top-k tables"
-        print(f"| {label} | {n:,} | {len(results)} | {wall:.2f} | {n / wall:,.0f} | {cpu:.2f} | {n / cpu:,.0f} | {peak:.0f} |")  # fmt: skip
+        print(
+            f"| {label} | {n:,} | {len(results)} | {wall:.2f} | {n / wall:,.0f} | {cpu:.2f} | {n / cpu:,.0f} | {peak:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,29 @@ from tools.common import ROOT, arg_parser
 
 def run(nproc: int, store: Path, args: argparse.Namespace, model: str) -> dict:
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "NPROC": str(nproc)}
-    cmd = ["bash", str(ROOT / "launch" / "torchrun.sh"), "--aligned", model, "--base", model,
-           "--data", str(demo_data_path()), "--store", str(store), "--aligned-template", "chat",
-           "--limit", str(args.examples), "--max-output-tokens", str(args.max_output_tokens),
-           "--unit-size", str(args.unit_size), "--device", "cpu", "--overwrite"]  # fmt: skip
+    cmd = [
+        "bash",
+        str(ROOT / "launch" / "torchrun.sh"),
+        "--aligned",
+        model,
+        "--base",
+        model,
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        str(store),
+        "--aligned-template",
+        "chat",
+        "--limit",
+        str(args.examples),
+        "--max-output-tokens",
+        str(args.max_output_tokens),
+        "--unit-size",
+        str(args.unit_size),
+        "--device",
+        "cpu",
+        "--overwrite",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])["timing"]
 

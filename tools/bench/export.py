@@ -51,7 +51,9 @@ def main() -> None:
     print("| rows | repeats | median wall s | rows / s | peak RSS (MiB) | file bytes per row |")
     print("|---:|---:|---:|---:|---:|---:|")
     peak = max(r["peak_mib"] for r in runs)
-    print(f"| {rows:,} | {len(runs)} | {wall:.2f} | {rows / wall:,.0f} | {peak:.0f} | {runs[0]['bytes'] / rows:.1f} |")  # fmt: skip
+    print(
+        f"| {rows:,} | {len(runs)} | {wall:.2f} | {rows / wall:,.0f} | {peak:.0f} | {runs[0]['bytes'] / rows:.1f} |"
+    )
 
 
 if __name__ == "__main__":

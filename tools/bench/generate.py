@@ -26,12 +26,26 @@ from tools.common import arg_parser
 
 def once(record: bool, tmp: Path, args: argparse.Namespace, model: str) -> tuple[float, float]:
     out, store = tmp / f"answers-{record}.json", tmp / f"store-{record}.zarr"
-    gen = GenerateConfig(aligned=model, data=str(demo_data_path()), out=str(out), limit=args.examples,
-                         max_new_tokens=args.max_new_tokens, store=str(store) if record else None,
-                         device="cpu", overwrite=True)  # fmt: skip
+    gen = GenerateConfig(
+        aligned=model,
+        data=str(demo_data_path()),
+        out=str(out),
+        limit=args.examples,
+        max_new_tokens=args.max_new_tokens,
+        store=str(store) if record else None,
+        device="cpu",
+        overwrite=True,
+    )
     generate_seconds = run_generate(gen, log=lambda m: None)["generate_seconds"]  # loading excluded
-    score = ScoreConfig(aligned=model, base=model, data=str(out), store=str(store),
-                        aligned_template="chat", device="cpu", overwrite=not record)  # fmt: skip
+    score = ScoreConfig(
+        aligned=model,
+        base=model,
+        data=str(out),
+        store=str(store),
+        aligned_template="chat",
+        device="cpu",
+        overwrite=not record,
+    )
     timing = run_score(score, log=lambda m: None)
     return generate_seconds, timing["score_seconds"]
 

@@ -51,11 +51,20 @@ def main(argv=None) -> None:
         for dtype, head in RUNS:
             store = Path(tmp) / f"{dtype}-{head}.zarr"
             flags = dict(
-                aligned=model, base=model, data=str(just_eval_data(args.data)), store=str(store),
-                aligned_template="chat", limit=args.examples, dtype=dtype, head_dtype=head,
-                max_output_tokens=args.max_output_tokens, device="cpu",
-            )  # fmt: skip
-            timing = run_score(build_config({}, flags), log=lambda m: print("#", m, file=sys.stderr))
+                aligned=model,
+                base=model,
+                data=str(just_eval_data(args.data)),
+                store=str(store),
+                aligned_template="chat",
+                limit=args.examples,
+                dtype=dtype,
+                head_dtype=head,
+                max_output_tokens=args.max_output_tokens,
+                device="cpu",
+            )
+            timing = run_score(
+                build_config({}, flags), log=lambda m: print("#", m, file=sys.stderr)
+            )
             s = Store(store, mode="r")
             rows = s.valid_rows()
             cats = categories(s.read("base/rank")[rows])
@@ -76,7 +85,9 @@ def main(argv=None) -> None:
                     "category_differs_from_float32": float((cats != reference).mean()),
                 }
             )
-    print("| dtype | head | positions | score s | base ties | unshifted | marginal | shifted | category != float32 |")  # fmt: skip
+    print(
+        "| dtype | head | positions | score s | base ties | unshifted | marginal | shifted | category != float32 |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         f = r["fractions"]

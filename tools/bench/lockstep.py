@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _prompts(n: int) -> list[str]:
-    records = json.loads((ROOT / "tdsdist/resources/just_eval_llama2_7b_chat_first20.json").read_text())  # fmt: skip
+    records = json.loads(
+        (ROOT / "tdsdist/resources/just_eval_llama2_7b_chat_first20.json").read_text()
+    )
     return [r["pure_input"] for r in records[:n]]
 
 
@@ -83,7 +85,9 @@ def child(args: argparse.Namespace) -> dict:
                 start_http = time.perf_counter()
                 for o in outputs:
                     if o.token is not None:
-                        json.dumps(position_records([o.token], pair_arrays(o.stats), inputs.tokenizer)[0])  # fmt: skip
+                        json.dumps(
+                            position_records([o.token], pair_arrays(o.stats), inputs.tokenizer)[0]
+                        )
                 timers["http_side_per_token_work"] += time.perf_counter() - start_http
         return time.perf_counter() - start, tokens
 
@@ -99,16 +103,26 @@ def child(args: argparse.Namespace) -> dict:
     out: dict = {"tokens_per_s": {k: statistics.median(v) for k, v in runs.items()}}
     out["ratios"] = {
         f"lockstep_over_aligned_only_{b}": out["tokens_per_s"][f"lockstep_{b}"]
-        / out["tokens_per_s"][f"aligned_only_{b}"]  # fmt: skip
+        / out["tokens_per_s"][f"aligned_only_{b}"]
         for b in args.batches
     }
     b1, bn = min(args.batches), max(args.batches)
-    out["ratios"][f"lockstep_{bn}_over_{b1}"] = out["tokens_per_s"][f"lockstep_{bn}"] / out["tokens_per_s"][f"lockstep_{b1}"]  # fmt: skip
+    out["ratios"][f"lockstep_{bn}_over_{b1}"] = (
+        out["tokens_per_s"][f"lockstep_{bn}"] / out["tokens_per_s"][f"lockstep_{b1}"]
+    )
     if args.profile:
         timers: dict = defaultdict(float)
         seconds, tokens = lockstep(bn, timers)
         timers["step_total"] = seconds
-        parts = ("http_side_per_token_work", "forwards", "pair_head", "choose_incl_policy_logits", "record", "cache_merge", "cache_select")  # fmt: skip
+        parts = (
+            "http_side_per_token_work",
+            "forwards",
+            "pair_head",
+            "choose_incl_policy_logits",
+            "record",
+            "cache_merge",
+            "cache_select",
+        )
         timers["other"] = seconds - sum(timers[k] for k in parts)
         out[f"breakdown_ms_per_token_{bn}"] = {k: 1000 * v / tokens for k, v in timers.items()}
     return out
@@ -144,7 +158,9 @@ def _instrument(lock, timers: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--code", nargs="+", default=["."], help="checkouts to compare")
     parser.add_argument("--model", help="model folder (default: the demo's SmolLM2)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
@@ -163,9 +179,19 @@ def main() -> None:
         for code in args.code if r % 2 == 0 else args.code[::-1]:
             path = str(Path(code).resolve())
             env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": str(args.threads)}
-            cmd = [sys.executable, __file__, "--child", "--tokens", str(args.tokens),
-                   "--threads", str(args.threads), "--inner", str(args.inner),
-                   "--batches", *map(str, args.batches)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--tokens",
+                str(args.tokens),
+                "--threads",
+                str(args.threads),
+                "--inner",
+                str(args.inner),
+                "--batches",
+                *map(str, args.batches),
+            ]
             if args.model:
                 cmd += ["--model", args.model]
             if args.profile and r == 0:
@@ -178,7 +204,9 @@ def main() -> None:
     for path, children in runs.items():
         entry: dict = {}
         for group in ("tokens_per_s", "ratios"):
-            entry[group] = {k: statistics.median(c[group][k] for c in children) for k in children[0][group]}  # fmt: skip
+            entry[group] = {
+                k: statistics.median(c[group][k] for c in children) for k in children[0][group]
+            }
         entry.update({k: v for k, v in children[0].items() if k.startswith("breakdown")})
         report[path] = entry
     print(json.dumps(report, indent=1))

@@ -134,9 +134,12 @@ def child(args: argparse.Namespace) -> None:
             tokens = args.sequences * (args.context + args.answer - 1)
             cpu = torch.device("cpu")
             pair = PairScorer(
-                ModelRunner(model, args.vocab, cpu), ModelRunner(other, args.vocab, cpu),
-                args.top_k, args.chunk * MIB, max(tokens, 1),
-            )  # fmt: skip
+                ModelRunner(model, args.vocab, cpu),
+                ModelRunner(other, args.vocab, cpu),
+                args.top_k,
+                args.chunk * MIB,
+                max(tokens, 1),
+            )
             res = pair.score([AnswerPair(s.context, s.context, s.answer) for s in seqs])
             checksum = float(res["positions/js"].sum())
         elif args.child == "naive":

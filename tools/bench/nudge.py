@@ -40,12 +40,22 @@ def _pair(name: str, tmp: Path) -> tuple[str, str]:
     return model, model
 
 
-def once(kind: str, pair: tuple[str, str], tmp: Path, args: argparse.Namespace) -> tuple[float, int, float]:  # fmt: skip
+def once(
+    kind: str, pair: tuple[str, str], tmp: Path, args: argparse.Namespace
+) -> tuple[float, int, float]:
     """(seconds, answer tokens, nudged fraction) of one run."""
     out, store = tmp / f"{kind}.json", tmp / f"{kind}.zarr"
-    common = dict(data=str(JUST_EVAL_FIRST20), out=str(out), store=str(store), limit=args.examples,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.examples, device="cpu",
-                  overwrite=True, aligned_template="chat")  # fmt: skip
+    common = dict(
+        data=str(JUST_EVAL_FIRST20),
+        out=str(out),
+        store=str(store),
+        limit=args.examples,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.examples,
+        device="cpu",
+        overwrite=True,
+        aligned_template="chat",
+    )
     if kind == "generate":
         result = run_generate(GenerateConfig(aligned=pair[0], **common), log=lambda m: None)
         return result["generate_seconds"], int(Store(store, mode="r").lengths.sum()), 1.0

@@ -97,7 +97,9 @@ def main(argv=None) -> None:
             fn()
             times[name].append(1e3 * (time.perf_counter() - start) / positions)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.examples} whole answers, {positions} positions, {len(batches)} batches, {args.repeats} rounds, {args.threads} threads")  # fmt: skip
+    print(
+        f"{args.examples} whole answers, {positions} positions, {len(batches)} batches, {args.repeats} rounds, {args.threads} threads"
+    )
     print("| variant | ms / position (median) | rounds |")
     print("|---|---:|---|")
     for k, v in times.items():
@@ -105,7 +107,10 @@ def main(argv=None) -> None:
     print(f"pair throughput / two bare forwards = {med['bare'] / med['pair']:.3f}")
     print(f"pair throughput / 0.1.0's two passes = {med['0.1.0'] / med['pair']:.3f}")
     report = {"examples": args.examples, "positions": positions, "ms_per_position": times}
-    report["ratios"] = {"bare_over_pair": med["bare"] / med["pair"], "v010_over_pair": med["0.1.0"] / med["pair"]}  # fmt: skip
+    report["ratios"] = {
+        "bare_over_pair": med["bare"] / med["pair"],
+        "v010_over_pair": med["0.1.0"] / med["pair"],
+    }
     print_report(report, args.out)
 
 

@@ -35,7 +35,9 @@ def main() -> None:
         stored_arrays(arrays)
         times.append(time.perf_counter() - start)
     per = statistics.median(times) / args.positions * 1e6
-    print(f"stored_arrays: {per:.2f} us per position (k={args.top_k}, {args.positions:,} positions, median of {args.repeats})")  # fmt: skip
+    print(
+        f"stored_arrays: {per:.2f} us per position (k={args.top_k}, {args.positions:,} positions, median of {args.repeats})"
+    )
     if args.store is not None:
         store = Store(args.store, mode="r")
         timing = store.root.attrs.get("timing", {})

@@ -81,7 +81,9 @@ def unit_rows(rng: np.random.Generator, n: int, k: int, vocab: int) -> dict[str,
     return arrays
 
 
-def build(path: Path, version: int, lengths: np.ndarray, unit_size: int, k: int, seed: int) -> float:  # fmt: skip
+def build(
+    path: Path, version: int, lengths: np.ndarray, unit_size: int, k: int, seed: int
+) -> float:
     """The store, every unit written and committed; returns the seconds it took."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -167,11 +169,18 @@ def status_store(path: Path, version: int, units: int) -> None:
     reads `units/committed`, one file per unit in every format)."""
     rng = np.random.default_rng(0)
     store = create(
-        path, ids=[str(i) for i in range(units)], lengths=np.full(units, 30, np.int32),
-        token_ids=rng.integers(0, 300, 30 * units, dtype=np.int32), flags={}, unit_size=1,
-        top_k=5, meta={"fingerprint": {}}, tokenizer=train_tiny_tokenizer(default_corpus(), 300),
-        overwrite=True, format_version=version,
-    )  # fmt: skip
+        path,
+        ids=[str(i) for i in range(units)],
+        lengths=np.full(units, 30, np.int32),
+        token_ids=rng.integers(0, 300, 30 * units, dtype=np.int32),
+        flags={},
+        unit_size=1,
+        top_k=5,
+        meta={"fingerprint": {}},
+        tokenizer=train_tiny_tokenizer(default_corpus(), 300),
+        overwrite=True,
+        format_version=version,
+    )
     store.root["units/committed"][:] = 1  # the creator's shortcut: each flag is its own file
 
 
@@ -205,10 +214,15 @@ def main() -> None:
         store = Store(stores[v], mode="r")
         tokenizer = files_and_bytes(stores[v] / "tokenizer")
         rows[v] = {
-            "build_s": seconds, "files": files, "apparent": apparent - tokenizer[1],
-            "allocated": allocated - tokenizer[2], "largest": largest, "units": len(store.units()),
-            "logical": int(store.meta["unit_starts"][-1]), "data_files": data_files(stores[v], store),
-        }  # fmt: skip
+            "build_s": seconds,
+            "files": files,
+            "apparent": apparent - tokenizer[1],
+            "allocated": allocated - tokenizer[2],
+            "largest": largest,
+            "units": len(store.units()),
+            "logical": int(store.meta["unit_starts"][-1]),
+            "data_files": data_files(stores[v], store),
+        }
         print(f"built format {v} in {seconds:.1f} s: {files} files", file=sys.stderr)
     for v in versions:
         status_store(args.folder / f"status{v}.zarr", v, args.status_units)
@@ -222,9 +236,11 @@ def main() -> None:
                 times.setdefault((v, what), []).append(timed(what, path, scratch))
     median = {key: statistics.median(values) for key, values in times.items()}
     positions = int(lengths.sum())
-    print(f"\n{positions:,} positions, {len(lengths):,} answers (mean {positions / len(lengths):.0f}"
-          f" positions), units of {args.unit_size} answers, k={args.top_k}, {args.repeats} repeats"
-          " (medians)\n")  # fmt: skip
+    print(
+        f"\n{positions:,} positions, {len(lengths):,} answers (mean {positions / len(lengths):.0f}"
+        f" positions), units of {args.unit_size} answers, k={args.top_k}, {args.repeats} repeats"
+        " (medians)\n"
+    )
     print("| | format 3 | format 4 | 4 / 3 |\n|---|---:|---:|---:|")
     table = [
         ("units", lambda v: rows[v]["units"], "{:,}"),
@@ -233,19 +249,19 @@ def main() -> None:
             "data files per unit (arrays' chunks or shards, flags)",
             lambda v: rows[v]["data_files"] / rows[v]["units"],
             "{:.1f}",
-        ),  # fmt: skip
+        ),
         ("other files (a constant)", lambda v: rows[v]["files"] - rows[v]["data_files"], "{:,}"),
         ("largest file (MB)", lambda v: rows[v]["largest"] / 1e6, "{:.2f}"),
         (
             "bytes per position (apparent, no tokenizer)",
             lambda v: rows[v]["apparent"] / positions,
             "{:.1f}",
-        ),  # fmt: skip
+        ),
         (
             "bytes per position (allocated, no tokenizer)",
             lambda v: rows[v]["allocated"] / positions,
             "{:.1f}",
-        ),  # fmt: skip
+        ),
         ("logical rows / positions", lambda v: rows[v]["logical"] / positions, "{:.3f}"),
         ("build s (write_rows, not timed below)", lambda v: rows[v]["build_s"], "{:.1f}"),
         ("open s", lambda v: median[(v, "open")], "{:.3f}"),
@@ -254,17 +270,17 @@ def main() -> None:
                 f"{what} M positions/s",
                 lambda v, w=what: positions / median[(v, w)] / 1e6,
                 "{:.2f}",
-            )  # fmt: skip
+            )
             for what in commands[1:]
         ],
-        *[
-            (f"{what} s", lambda v, w=what: median[(v, w)], "{:.2f}") for what in commands[1:]
-        ],  # fmt: skip
+        *[(f"{what} s", lambda v, w=what: median[(v, w)], "{:.2f}") for what in commands[1:]],
         (f"status s ({args.status_units:,} units)", lambda v: median[(v, "status")], "{:.2f}"),
     ]
     for label, value, fmt in table:
         a, b = value(3), value(4)
-        print(f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a if a else float('nan'):.2f} |")  # fmt: skip
+        print(
+            f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {b / a if a else float('nan'):.2f} |"
+        )
     project(args, rows, median, positions)
     if not args.keep:
         shutil.rmtree(args.folder, ignore_errors=True)
@@ -275,9 +291,11 @@ def project(args, rows: dict[int, dict], median: dict, positions: int) -> None:
     format 3: files per 4,096 positions of each array; format 4: files per unit."""
     total = args.project_answers * args.project_length
     units = -(-args.project_answers // args.unit_size)
-    print(f"\nProjected: {args.project_answers:,} answers x {args.project_length} positions"
-          f" = {total / 1e6:.0f}M positions, {units:,} units of {args.unit_size},"
-          f" {args.create_ms:g} ms per file create\n")  # fmt: skip
+    print(
+        f"\nProjected: {args.project_answers:,} answers x {args.project_length} positions"
+        f" = {total / 1e6:.0f}M positions, {units:,} units of {args.unit_size},"
+        f" {args.create_ms:g} ms per file create\n"
+    )
     print("| | format 3 | format 4 |\n|---|---:|---:|")
     projected = {}
     for v in (3, 4):
@@ -300,7 +318,11 @@ def project(args, rows: dict[int, dict], median: dict, positions: int) -> None:
         ("file creates, minutes of metadata", "create", "{:.1f}"),
     ):
         scale = {"bytes": 1e9, "analyze": 60, "create": 60}.get(key, 1)
-        print(f"| {label} | " + " | ".join(fmt.format(projected[v][key] / scale) for v in (3, 4)) + " |")  # fmt: skip
+        print(
+            f"| {label} | "
+            + " | ".join(fmt.format(projected[v][key] / scale) for v in (3, 4))
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -51,9 +51,23 @@ class Server:
 
     def __init__(self, models: list[str], args: argparse.Namespace, max_new_tokens: int) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TDSDIST_API_KEY": ""}
-        cmd = [sys.executable, "-m", "tdsdist.serve", "--port", "0", "--device", args.device, "--dtype", args.dtype,
-               "--max-new-tokens", str(max_new_tokens), *models]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tdsdist.serve",
+            "--port",
+            "0",
+            "--device",
+            args.device,
+            "--dtype",
+            args.dtype,
+            "--max-new-tokens",
+            str(max_new_tokens),
+            *models,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+        )
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             if line.startswith("serving on "):
@@ -80,7 +94,13 @@ def load_examples(path: Path, n: int, chars: int | None) -> list[dict[str, str]]
     out = []
     for r in records:
         answer = r["output"][0] if isinstance(r["output"], list) else r["output"]
-        out.append({"id": str(r["id"]), "instruction": r["pure_input"], "answer": answer.removesuffix("</s>")[:chars]})  # fmt: skip
+        out.append(
+            {
+                "id": str(r["id"]),
+                "instruction": r["pure_input"],
+                "answer": answer.removesuffix("</s>")[:chars],
+            }
+        )
     return out
 
 
@@ -157,9 +177,23 @@ def child_score(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        config = ScoreConfig(aligned=args.aligned, base=args.base, data=args.child_data, store=f"{tmp}/s.zarr", aligned_template="chat", base_template="plain", device=args.device, dtype=args.dtype)  # fmt: skip
+        config = ScoreConfig(
+            aligned=args.aligned,
+            base=args.base,
+            data=args.child_data,
+            store=f"{tmp}/s.zarr",
+            aligned_template="chat",
+            base_template="plain",
+            device=args.device,
+            dtype=args.dtype,
+        )
         timing = run_score(config, log=lambda m: None)
-    return {"positions": timing["positions"], "seconds": timing["score_seconds"], "positions_per_s": timing["positions"] / timing["score_seconds"], "peak_rss_mib": peak_rss_kib() / 1024}  # fmt: skip
+    return {
+        "positions": timing["positions"],
+        "seconds": timing["score_seconds"],
+        "positions_per_s": timing["positions"] / timing["score_seconds"],
+        "peak_rss_mib": peak_rss_kib() / 1024,
+    }
 
 
 def child_generate(args: argparse.Namespace) -> dict:
@@ -173,7 +207,15 @@ def child_generate(args: argparse.Namespace) -> dict:
     prompts = json.loads(Path(args.child_data).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "answers.json"
-        config = GenerateConfig(aligned=args.aligned, data=args.child_data, out=str(out), max_new_tokens=args.gen_tokens, batch_size=len(prompts), device=args.device, dtype=args.dtype)  # fmt: skip
+        config = GenerateConfig(
+            aligned=args.aligned,
+            data=args.child_data,
+            out=str(out),
+            max_new_tokens=args.gen_tokens,
+            batch_size=len(prompts),
+            device=args.device,
+            dtype=args.dtype,
+        )
         seconds = run_generate(config, log=lambda m: None)["generate_seconds"]
         answers = [r["output"][0] for r in json.loads(out.read_text())]
     tok = AutoTokenizer.from_pretrained(args.aligned)
@@ -183,9 +225,27 @@ def child_generate(args: argparse.Namespace) -> dict:
 
 def run_child(kind: str, args: argparse.Namespace, data: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "tools.bench.serve", "--child", kind, "--child-data", str(data),
-           "--aligned", args.aligned, "--base", args.base, "--threads", str(args.threads),
-           "--gen-tokens", str(args.gen_tokens), "--device", args.device, "--dtype", args.dtype]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.bench.serve",
+        "--child",
+        kind,
+        "--child-data",
+        str(data),
+        "--aligned",
+        args.aligned,
+        "--base",
+        args.base,
+        "--threads",
+        str(args.threads),
+        "--gen-tokens",
+        str(args.gen_tokens),
+        "--device",
+        args.device,
+        "--dtype",
+        args.dtype,
+    ]
     return child_json(cmd, env=env)
 
 
@@ -203,7 +263,9 @@ def save_random(args: argparse.Namespace) -> str:
     folder = tempfile.mkdtemp(prefix="tdsdist-bench-serve-")
     atexit.register(shutil.rmtree, folder, True)
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    model = random_llama(args.random_shape, len(tok), getattr(torch, args.dtype), torch.device(args.device))  # fmt: skip
+    model = random_llama(
+        args.random_shape, len(tok), getattr(torch, args.dtype), torch.device(args.device)
+    )
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     del model
@@ -234,7 +296,11 @@ def main() -> None:
     parser.add_argument("--answer-chars", type=int, help="cut each answer to this many characters")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--random-shape", choices=sorted(SHAPES), help="serve a random-weight Llama of this shape (tools.common.SHAPES) with --tokenizer's tokenizer, as both sides")  # fmt: skip
+    parser.add_argument(
+        "--random-shape",
+        choices=sorted(SHAPES),
+        help="serve a random-weight Llama of this shape (tools.common.SHAPES) with --tokenizer's tokenizer, as both sides",
+    )
     parser.add_argument("--tokenizer", help="tokenizer folder for --random-shape")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", choices=("score", "generate"), help=argparse.SUPPRESS)
@@ -254,11 +320,23 @@ def main() -> None:
     examples = load_examples(just_eval_data(args.data), args.examples, args.answer_chars)
     prompts = [e["instruction"] for e in examples]
     models = ["--aligned", args.aligned, "--base", args.base, "--base-template", "plain"]
-    report: dict = {"models": {"aligned": args.aligned, "base": args.base}, "threads": args.threads,
-                    "examples": len(examples), "gen_tokens": args.gen_tokens, "repeats": args.repeats}  # fmt: skip
+    report: dict = {
+        "models": {"aligned": args.aligned, "base": args.base},
+        "threads": args.threads,
+        "examples": len(examples),
+        "gen_tokens": args.gen_tokens,
+        "repeats": args.repeats,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "answers.json"
-        data.write_text(json.dumps([{"id": e["id"], "pure_input": e["instruction"], "output": e["answer"]} for e in examples]))  # fmt: skip
+        data.write_text(
+            json.dumps(
+                [
+                    {"id": e["id"], "pure_input": e["instruction"], "output": e["answer"]}
+                    for e in examples
+                ]
+            )
+        )
         server = Server(models, args, max(args.gen_tokens, 1))
         try:
             time.sleep(1.0)
@@ -285,18 +363,26 @@ def main() -> None:
         for s in sorted({1, min(8, len(prompts))} & set(args.streams) or {1}):
             pdata = Path(tmp) / f"prompts-{s}.json"
             pdata.write_text(json.dumps([prompts[i % len(prompts)] for i in range(s)]))
-            report["generate"][str(s)] = median_of([run_child("generate", args, pdata) for _ in range(args.repeats)])  # fmt: skip
+            report["generate"][str(s)] = median_of(
+                [run_child("generate", args, pdata) for _ in range(args.repeats)]
+            )
     ratios: dict = {}
     for c, v in report["serve_score"].items():
-        ratios[f"score_{c}_clients_over_score"] = v["positions_per_s"] / report["score"]["positions_per_s"]  # fmt: skip
+        ratios[f"score_{c}_clients_over_score"] = (
+            v["positions_per_s"] / report["score"]["positions_per_s"]
+        )
     gen = report["serve_generate"]
     one = gen[str(min(args.streams))]["tokens_per_s"]
     for s in gen:
         if s != str(min(args.streams)):
             ratios[f"generate_{s}_streams_over_1"] = gen[s]["tokens_per_s"] / one
         if s in report["generate"]:
-            ratios[f"lockstep_{s}_over_aligned_only"] = gen[s]["tokens_per_s"] / report["generate"][s]["tokens_per_s"]  # fmt: skip
-    ratios["server_idle_rss_over_score_peak"] = report["server_idle_rss_mib"] / report["score"]["peak_rss_mib"]  # fmt: skip
+            ratios[f"lockstep_{s}_over_aligned_only"] = (
+                gen[s]["tokens_per_s"] / report["generate"][s]["tokens_per_s"]
+            )
+    ratios["server_idle_rss_over_score_peak"] = (
+        report["server_idle_rss_mib"] / report["score"]["peak_rss_mib"]
+    )
     report["ratios"] = ratios
     print_report(report, args.out)
 

@@ -80,8 +80,13 @@ def worker(folder: str, mode: str, out: str, dtype: str) -> None:
         hidden = model.base_model(input_ids=ids).last_hidden_state
     if rank == 0:
         torch.save(hidden, out + ".pt")
-        facts = {"before_kib": before, "peak_kib": peak, "anon_start_kib": anon_start,
-                 "anon_peak_kib": anon_peak, "anon_end_kib": proc_status_kib("RssAnon")}  # fmt: skip
+        facts = {
+            "before_kib": before,
+            "peak_kib": peak,
+            "anon_start_kib": anon_start,
+            "anon_peak_kib": anon_peak,
+            "anon_end_kib": proc_status_kib("RssAnon"),
+        }
         Path(out).write_text(json.dumps(facts))
     dist.destroy_process_group()
 
@@ -103,9 +108,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        config = LlamaConfig(vocab_size=32000, hidden_size=args.hidden,
-                             intermediate_size=int(2.6875 * args.hidden), num_hidden_layers=args.layers,
-                             num_attention_heads=args.hidden // 128, num_key_value_heads=args.hidden // 128)  # fmt: skip
+        config = LlamaConfig(
+            vocab_size=32000,
+            hidden_size=args.hidden,
+            intermediate_size=int(2.6875 * args.hidden),
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 128,
+            num_key_value_heads=args.hidden // 128,
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(config)
         size = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -116,16 +126,29 @@ def main() -> None:
         results, hidden = {}, {}
         for mode in ("whole", "sharded"):
             out = str(Path(tmp) / f"{mode}.json")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={args.tp}", "--module", "tools.bench.tp_load", "--worker",
-                   str(folder), mode, out, args.dtype]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc_per_node={args.tp}",
+                "--module",
+                "tools.bench.tp_load",
+                "--worker",
+                str(folder),
+                mode,
+                out,
+                args.dtype,
+            ]
             env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
             subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=1200, cwd=ROOT)
             results[mode] = json.loads(Path(out).read_text())
             hidden[mode] = torch.load(out + ".pt", weights_only=True)
         same = bool(torch.equal(hidden["whole"], hidden["sharded"]))
-    print(f"model {size / 2**20:,.0f} MiB (float32) in {len(files)} files, largest"
-          f" {largest / 2**20:,.0f} MiB; loaded as {args.dtype}; tp={args.tp}; final hidden states identical: {same}\n")  # fmt: skip
+    print(
+        f"model {size / 2**20:,.0f} MiB (float32) in {len(files)} files, largest"
+        f" {largest / 2**20:,.0f} MiB; loaded as {args.dtype}; tp={args.tp}; final hidden states identical: {same}\n"
+    )
     print("Rank 0, MiB. Private: anonymous resident memory grown while loading (peak, and what")
     print(
         "stays: the rank's share); RSS: peak resident set incl. file pages of the mapped files.\n"

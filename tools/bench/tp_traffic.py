@@ -68,7 +68,9 @@ def main(argv=None) -> None:
         results = manager.dict()
         mp.spawn(_rank, args=(f"file://{tmp}/rdzv", args, results), nprocs=2)
         got = dict(results)
-    print(f"tp=2, vocabulary {args.vocab}, k={args.top_k}, {args.positions} positions; bytes each rank contributes per position")  # fmt: skip
+    print(
+        f"tp=2, vocabulary {args.vocab}, k={args.top_k}, {args.positions} positions; bytes each rank contributes per position"
+    )
     print("| head | bytes / position / rank |")
     print("|---|---:|")
     print(f"| pair head (both models, exact divergences) | {got['pair']:.0f} |")

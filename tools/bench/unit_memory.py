@@ -70,32 +70,64 @@ def main() -> None:
         rows: dict[int, int] = {}
         formats: dict[str, int] = {}
         codes = {"this code": ""} | ({"before": str(args.before)} if args.before else {})
-        for _, (code, source), unit in itertools.product(range(args.repeats), codes.items(), args.unit_sizes):  # fmt: skip
+        for _, (code, source), unit in itertools.product(
+            range(args.repeats), codes.items(), args.unit_sizes
+        ):
             store = root / f"u{unit}.zarr"
             cmd = [
-                sys.executable, "-c", CHILD, source, "--aligned", str(aligned), "--base", str(base),
-                "--data", str(root / "data.json"), "--store", str(store), "--device", "cpu",
-                "--unit-size", str(unit), "--max-output-tokens", str(args.max_output_tokens),
-                "--max-tokens-per-batch", str(args.max_tokens_per_batch), "--overwrite",
-            ]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                sys.executable,
+                "-c",
+                CHILD,
+                source,
+                "--aligned",
+                str(aligned),
+                "--base",
+                str(base),
+                "--data",
+                str(root / "data.json"),
+                "--store",
+                str(store),
+                "--device",
+                "cpu",
+                "--unit-size",
+                str(unit),
+                "--max-output-tokens",
+                str(args.max_output_tokens),
+                "--max-tokens-per-batch",
+                str(args.max_tokens_per_batch),
+                "--overwrite",
+            ]
+            done = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+            )
             if done.returncode != 0:
                 sys.exit(done.stderr[-3000:])
-            peaks.setdefault((code, unit), []).append(json.loads(done.stdout.splitlines()[-1])["peak_mib"])  # fmt: skip
+            peaks.setdefault((code, unit), []).append(
+                json.loads(done.stdout.splitlines()[-1])["peak_mib"]
+            )
             s = Store(store, mode="r")
             positions = int(s.meta["positions"])
             rows[unit] = max(u.positions for u in s.units())
             formats[code] = s.format_version
     smallest = min(args.unit_sizes)
-    print(f"{args.examples} answers, {positions:,} positions, tiny pair, CPU, {args.repeats} repeats (medians)\n")  # fmt: skip
-    print("| code (store format) | unit size | largest unit (positions) | peak RSS MiB | over the smallest unit MiB | bytes per position of the largest unit |")  # fmt: skip
+    print(
+        f"{args.examples} answers, {positions:,} positions, tiny pair, CPU, {args.repeats} repeats (medians)\n"
+    )
+    print(
+        "| code (store format) | unit size | largest unit (positions) | peak RSS MiB | over the smallest unit MiB | bytes per position of the largest unit |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for code in codes:
         base_peak = statistics.median(peaks[(code, smallest)])
         for unit in args.unit_sizes:
             peak = statistics.median(peaks[(code, unit)])
             over = peak - base_peak
-            print(f"| {code} ({formats[code]}) | {unit} | {rows[unit]:,} | {peak:.0f} | {over:.0f} | {over * 2**20 / rows[unit]:.0f} |")  # fmt: skip
+            print(
+                f"| {code} ({formats[code]}) | {unit} | {rows[unit]:,} | {peak:.0f} | {over:.0f} | {over * 2**20 / rows[unit]:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -97,9 +97,11 @@ def run_case(model, vocab, seqs, device, dtype, chunk_bytes, budget, prefix=None
         scorer.runner.set_prefix(prefix)
     got = scorer.score(seqs, sup)
     refs = [
-        per_token_reference(reference_model, s.context, s.answer, K, vocab, None if sup is None else sup[i])
+        per_token_reference(
+            reference_model, s.context, s.answer, K, vocab, None if sup is None else sup[i]
+        )
         for i, s in enumerate(seqs)
-    ]  # fmt: skip
+    ]
     ref = {k: np.concatenate([r[k] for r in refs]) for k in refs[0]}
     return compare(got, ref)
 
@@ -167,25 +169,58 @@ def main() -> None:
     vocab = len(tok)
 
     def tiny(attn: str = "eager"):
-        model = make_tiny_llama(tok, seed=11, hidden_size=64, num_layers=2, num_heads=4,
-                                num_kv_heads=2, intermediate_size=128, vocab_size=320)  # fmt: skip
+        model = make_tiny_llama(
+            tok,
+            seed=11,
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=128,
+            vocab_size=320,
+        )
         model.config._attn_implementation = attn
         return model
 
     fp32 = torch.float32
     prefix = tok("A shared opening that ends mid-wo")["input_ids"]
     results = {
-        "tiny_fp32": run_case(tiny(), vocab, sequences(tok, 12, 1), device, fp32, 4 * 320 * 5, 96,
-                              support=True),
-        "tiny_fp32_prefix": run_case(tiny(), vocab, sequences(tok, 12, 2, prefix), device, fp32,
-                                     4 * 320 * 5, 160, prefix=prefix),
-        "tiny_fp32_sdpa_prefix": run_case(tiny("sdpa"), vocab, sequences(tok, 12, 5, prefix),
-                                          device, fp32, 4 * 320 * 5, 160, prefix=prefix),
-        "big_vocab_fp32": run_case(make_big_vocab_model(), 128256, random_sequences(128256, 6, 3),
-                                   device, fp32, 64 << 20, 4096),
-        "tiny_bf16_sdpa": run_case(tiny("sdpa"), vocab, sequences(tok, 12, 4), device,
-                                   torch.bfloat16, 64 << 20, 4096),
-    }  # fmt: skip
+        "tiny_fp32": run_case(
+            tiny(), vocab, sequences(tok, 12, 1), device, fp32, 4 * 320 * 5, 96, support=True
+        ),
+        "tiny_fp32_prefix": run_case(
+            tiny(),
+            vocab,
+            sequences(tok, 12, 2, prefix),
+            device,
+            fp32,
+            4 * 320 * 5,
+            160,
+            prefix=prefix,
+        ),
+        "tiny_fp32_sdpa_prefix": run_case(
+            tiny("sdpa"),
+            vocab,
+            sequences(tok, 12, 5, prefix),
+            device,
+            fp32,
+            4 * 320 * 5,
+            160,
+            prefix=prefix,
+        ),
+        "big_vocab_fp32": run_case(
+            make_big_vocab_model(),
+            128256,
+            random_sequences(128256, 6, 3),
+            device,
+            fp32,
+            64 << 20,
+            4096,
+        ),
+        "tiny_bf16_sdpa": run_case(
+            tiny("sdpa"), vocab, sequences(tok, 12, 4), device, torch.bfloat16, 64 << 20, 4096
+        ),
+    }
     tol = 1e-4
     verdict = {name: passes(r, tol) for name, r in results.items() if "fp32" in name}
     verdict["attention_vs_masked_sdpa"] = max(attention.values()) < 2e-2

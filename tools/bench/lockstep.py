@@ -10,7 +10,7 @@ ratio lockstep / aligned-only is taken inside one child (the same process, inter
 `--code DIR ...` runs one child per folder (its `tdsdist` first on PYTHONPATH), alternating
 folders per repeat, so that an old checkout and this one are measured in the same run:
 
-    python tools/bench/lockstep.py --code /work/main . --repeats 3
+    python -m tools.bench.lockstep --code OLD_CHECKOUT . --repeats 3
 
 The breakdown (`--profile`, one extra pass of the batch-8 lockstep after the timed ones) wraps the
 decoder's parts with timers: the bodies' forwards, the pair head, the policy's choice, cache
@@ -159,7 +159,9 @@ def _instrument(lock, timers: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.bench.lockstep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--code", nargs="+", default=["."], help="checkouts to compare")
     parser.add_argument("--model", help="model folder (default: the demo's SmolLM2)")

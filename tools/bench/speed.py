@@ -41,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,13 @@ from tdsdist.engine.smollm2 import prepare_smollm2
 from tdsdist.inputs.data import Fields, load_examples
 from tdsdist.inputs.plan import tokenize_context
 from tdsdist.inputs.templates import PLAIN_TEMPLATE
-from tools.common import add_data_argument, arg_parser, bare_forward, just_eval_data
+from tools.common import (
+    add_data_argument,
+    arg_parser,
+    bare_forward,
+    just_eval_data,
+    print_report,
+)
 
 DEFAULT_EXAMPLES = {32: 4, 64: 4, 128: 2, 256: 1}
 
@@ -111,6 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "stronger baseline, default) or every position as the published code "
         "does (`full`: model(ids).logits[:, -1])",
     )
+    p.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
     add_data_argument(p)
     args = p.parse_args(argv)
     if args.repeats < 3:
@@ -378,6 +386,9 @@ def main(argv=None) -> None:
             f"| {r['c_cpu'] / r['b_cpu']:.3f} | {r['same_rank']}/{r['positions']} "
             f"| {r['same_top1']}/{r['positions']} | {r['max_dlp']:.1e} |"
         )
+
+    if args.out:
+        print_report({"rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -50,10 +51,17 @@ from tdsdist.units import in_task_share
 FAULT_ENV = "TDSDIST_FAULT_KILL_BEFORE_COMMIT"
 FAULT_RANK_ENV = "TDSDIST_FAULT_RANK"  # only this global rank dies (default: any that gets there)
 
+Log = Callable[[str], None]
+
 
 def load_model_runner(
-    config: ScoreConfig, model: str, vocab_size: int, device, d: Dist, head_dtype: str
-):
+    config: ScoreConfig,
+    model: str,
+    vocab_size: int,
+    device: torch.device,
+    d: Dist,
+    head_dtype: str,
+) -> ModelRunner:
     """One model of the pair, as this rank runs it (`parallel.loading.load_runner`)."""
     revision = config.aligned_revision if model == "aligned" else config.base_revision
     return load_runner(
@@ -121,7 +129,7 @@ def load_scoring(
     return legacy_scoring(config, prep, store, load) or PairScoring.load(config, prep.plan, load)
 
 
-def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
+def run_score(config: ScoreConfig, log: Log = print) -> dict[str, Any]:
     """Score every pending unit into the store; returns the run's timing summary."""
     device = resolve_device(config.device)
     task_index, task_count = task_share(config.task_index, config.task_count)
@@ -140,7 +148,7 @@ def score_on(
     config: ScoreConfig,
     device: torch.device,
     d: Dist,
-    log=print,
+    log: Log = print,
     task: tuple[int, int] = (0, 1),
     preloaded: dict[str, ModelRunner] | None = None,
 ) -> dict[str, Any]:
@@ -156,7 +164,7 @@ def _run(
     d: Dist,
     task_index: int,
     task_count: int,
-    log,
+    log: Log,
     preloaded: dict[str, ModelRunner],
 ) -> dict[str, Any]:
     def create() -> tuple[Prepared, Store]:
@@ -245,13 +253,13 @@ def _score_units(
         fault_at = -1
     committed = 0
 
-    def score_unit(unit: Any, advance: Callable[[int], None]) -> dict[str, Any]:
+    def score_unit(unit: UnitRows, advance: Callable[[int], None]) -> dict[str, Any]:
         arrays = scoring.score(unit, advance)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return arrays
 
-    def commit(unit: Any, arrays: dict[str, Any]) -> None:
+    def commit(unit: UnitRows, arrays: dict[str, Any]) -> None:
         nonlocal committed
         store.write_rows(unit, arrays)
         if committed == fault_at:
@@ -259,12 +267,12 @@ def _score_units(
         store.mark_committed(unit)
         committed += 1
 
-    def size(unit: Any) -> int:
+    def size(unit: UnitRows) -> int:
         return passes * unit.positions
 
-    def guard(unit: Any) -> Any:
-        def done() -> bool:
-            return bool(store.root["units/committed"][unit.index])
+    def guard(unit: UnitRows) -> AbstractContextManager[bool]:
+        def done() -> bool:  # read now: another process may have committed it since
+            return store.example_unit_committed(unit.examples.start)
 
         return claim_unit(store.path, unit.index, done)
 

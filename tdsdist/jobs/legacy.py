@@ -32,7 +32,6 @@ from tdsdist.jobs.scoring import (
     RunnerLoader,
     Scoring,
     pair_arrays,
-    pair_scorer,
 )
 from tdsdist.metrics import topk_kl
 from tdsdist.store import MODEL_STATS, Store, UnitRows
@@ -46,7 +45,7 @@ def legacy_scoring(
     if store.has_published:
         return None
     if store.has_pair:
-        return Format2Scoring(prep.plan, pair_scorer(config, load(BOTH)))
+        return Format2Scoring.load(config, prep.plan, load, generated(store))
     if prep.vocab_union is not None:  # fingerprints keep this from happening
         raise TdsError(f"{store.path}: a store of format 1 cannot score a vocabulary union")
     return TwoPassScoring.load(config, prep.plan, store, load)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -29,6 +29,13 @@ RunnerLoader = Callable[[Sequence[str]], dict[str, ModelRunner]]
 """Loads the named models of the pair ("aligned", "base"), their shared prefixes set."""
 
 BOTH = ("aligned", "base")
+
+RERUN = (
+    "tdsdist: the answers were recorded by `generate`; the pair head runs the aligned model"
+    " again, teacher-forced (exact divergences need both distributions at once)"
+)
+
+P = TypeVar("P", bound="PairScoring")
 
 
 class Scoring(Protocol):
@@ -94,8 +101,11 @@ class PairScoring:
     note: str | None = None
 
     @classmethod
-    def load(cls, config: ScoreConfig, plan: Plan, load: RunnerLoader) -> PairScoring:
-        return cls(plan, pair_scorer(config, load(BOTH)))
+    def load(
+        cls: type[P], config: ScoreConfig, plan: Plan, load: RunnerLoader, generated: bool
+    ) -> P:
+        """Both models loaded; `generated`: the answers are the ids `generate` recorded."""
+        return cls(plan, pair_scorer(config, load(BOTH)), RERUN if generated else None)
 
     @property
     def passes(self) -> int:

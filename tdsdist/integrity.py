@@ -13,6 +13,17 @@ from tdsdist.store import DamagedChunk, Store
 from tdsdist.store_contexts import GROUP, StoredContexts
 
 
+def unchecked_note(store: Store) -> str | None:
+    """What `verify` cannot check in `store`: format 1 (tdsdist 0.1.0) was written without
+    checksums. (Here, not in `jobs.legacy`: `verify` loads no model and no tokenizer.)"""
+    if store.has_pair:
+        return None
+    return (
+        f"{store.path}: format 1 (tdsdist 0.1.0) has no checksums: checking the example"
+        " layout and that every committed chunk file is present"
+    )
+
+
 def damaged_units(store: Store) -> dict[int, list[str]]:
     """Committed units with a chunk that fails its checksum -> the arrays affected. Reads
     every committed unit's rows of every per-position array (a unit's rows are whole chunks

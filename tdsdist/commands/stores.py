@@ -59,16 +59,14 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
 @user_errors
 def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
-    from tdsdist.integrity import damaged_contexts, damaged_units
+    from tdsdist.integrity import damaged_contexts, damaged_units, unchecked_note
     from tdsdist.store import Store
     from tdsdist.store_checks import damaged_tables, layout_problems
 
     store = Store(store_dir, mode="r+" if repair else "r")
-    if store.format_version < 2:
-        click.echo(
-            f"{store.path}: format 1 (tdsdist 0.1.0) has no checksums: checking the example"
-            " layout and that every committed chunk file is present"
-        )
+    note = unchecked_note(store)
+    if note:
+        click.echo(note)
     # Every store, checksums or not: the example layout, the tables, each committed chunk's file.
     tables = layout_problems(store) + [f"{n}: damaged" for n in damaged_tables(store)]
     for line in tables:

@@ -1,6 +1,6 @@
 """The scoring job's store: resume one made by the same configuration, or create it.
 
-A store recorded by `generate --store` holds the aligned side already and waits for its base
+A store made by `generate --store` holds the generated answers and waits for its base
 model: its open fingerprint keys are filled in once, and the plan takes the generated token ids
 as the answers (re-tokenizing the answer text need not give back the ids the model generated).
 """
@@ -42,9 +42,9 @@ def resume_store(path: Path, prep: Prepared) -> Store:
     store = Store(path)
     stored = dict(store.meta.get("fingerprint", {}))
     adopt_head_dtype(prep, stored)
-    # A store recorded by `generate` waits for its base model: the base keys are filled in once.
-    open_keys = [k for k in BASE_KEYS if recorded(store) and stored.get(k) is None]
-    if recorded(store) and prep.vocab_union is not None and "base_tokenizer_sha256" not in stored:
+    # A store made by `generate` waits for its base model: the base keys are filled in once.
+    open_keys = [k for k in BASE_KEYS if generated(store) and stored.get(k) is None]
+    if generated(store) and prep.vocab_union is not None and "base_tokenizer_sha256" not in stored:
         open_keys.append("base_tokenizer_sha256")  # the base chosen now appends to the union
     # The version that made a store is recorded, not required: a later tdsdist resumes it.
     diffs = differences(stored, prep.fingerprint, (*open_keys, "tdsdist_version"))
@@ -87,8 +87,10 @@ def adopt_head_dtype(prep: Prepared, stored: dict) -> None:
         prep.head_dtype = "model"
 
 
-def recorded(store: Store) -> bool:
-    """Whether the aligned side was recorded during generation (`tdsdist generate --store`)."""
+def generated(store: Store) -> bool:
+    """Whether `tdsdist generate --store` made the store: its answers are the generated token
+    ids, and its base side waits for a model. (The meta key keeps its 0.1.0 name: that release
+    recorded the aligned side too; `jobs.legacy` reads it back from a store of format 1.)"""
     return bool(store.meta.get("recorded_aligned"))
 
 

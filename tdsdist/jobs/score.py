@@ -12,26 +12,25 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
-import numpy as np
 import torch
 
 from tdsdist.config import ScoreConfig
 from tdsdist.engine.models import resolve_device
 from tdsdist.engine.runner import ModelRunner
-from tdsdist.engine.scorer import AnswerPair, ContextAnswer, PairScorer, Scorer
 from tdsdist.errors import TdsError
-from tdsdist.inputs.plan import Plan
+from tdsdist.jobs.legacy import legacy_scoring
 from tdsdist.jobs.prepare import Prepared, prepare
 from tdsdist.jobs.resume import (
     adopt_head_dtype,
     adopt_recorded_answers,
+    generated,
     open_or_create_store,
-    recorded,
 )
-from tdsdist.metrics import topk_kl
+from tdsdist.jobs.scoring import PairScoring, Scoring
 from tdsdist.parallel.claims import claim_loop
 from tdsdist.parallel.dist import (
     Dist,
@@ -43,9 +42,8 @@ from tdsdist.parallel.dist import (
 )
 from tdsdist.parallel.file_claims import claim_unit
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
-from tdsdist.store import MODEL_STATS, Store, UnitRows
+from tdsdist.store import Store, UnitRows
 from tdsdist.store_space import check_store_writable, no_space
-from tdsdist.topk_metrics import stored_arrays as published_arrays
 from tdsdist.units import in_task_share
 
 # Fault injection for tests of crash recovery: SIGKILL this process after writing the data of
@@ -53,60 +51,17 @@ from tdsdist.units import in_task_share
 FAULT_ENV = "TDSDIST_FAULT_KILL_BEFORE_COMMIT"
 FAULT_RANK_ENV = "TDSDIST_FAULT_RANK"  # only this global rank dies (default: any that gets there)
 
-
-def score_unit(
-    plan: Plan,
-    unit: UnitRows,
-    aligned: Scorer | None,
-    base: Scorer,
-    progress=None,
-    store: Store | None = None,
-) -> dict[str, np.ndarray]:
-    """All arrays of one unit: the aligned pass, then the base pass at the aligned top-k support.
-
-    With a `store` whose aligned side was recorded during generation, the aligned arrays are
-    read from it instead of computed.
-    """
-    items = [plan.items[i] for i in unit.examples]
-    if store is not None and recorded(store):
-        rows = slice(unit.start, unit.start + unit.positions)
-        a = {k: store.read(f"aligned/{k}", rows) for k in MODEL_STATS}
-    else:
-        assert aligned is not None
-        a = aligned.score(
-            [ContextAnswer(it.aligned_context, it.answer) for it in items], progress=progress
-        )
-    splits = np.cumsum([it.positions for it in items])[:-1]
-    support = np.split(a["top_ids"], splits)
-    b = base.score([ContextAnswer(it.base_context, it.answer) for it in items], support, progress)
-    arrays = {f"aligned/{k}": v for k, v in a.items()}
-    arrays.update({f"base/{k}": v for k, v in b.items() if k != "support_logprobs"})
-    arrays["base/logprobs_at_aligned_top"] = b["support_logprobs"]
-    arrays["positions/kl"] = topk_kl(a["top_logprobs"], b["support_logprobs"])
-    return arrays
-
-
-def score_pair_unit(
-    plan: Plan, unit: UnitRows, pair: PairScorer, progress=None, published: bool = False
-):
-    """All arrays of one unit from the pair head: both models on the same rows at once, the
-    exact divergences, and the top-k KL of format 1 beside them (for continuity); with
-    `published` (a store of format 3), AlignTDS's top-k metrics of the unit's positions too."""
-    items = [plan.items[i] for i in unit.examples]
-    answers = [AnswerPair(it.aligned_context, it.base_context, it.answer) for it in items]
-    arrays = pair.score(answers, progress)
-    arrays["positions/token_id"] = np.concatenate([np.asarray(a.answer, np.int32) for a in answers])
-    arrays["positions/kl"] = topk_kl(
-        arrays["aligned/top_logprobs"], arrays["base/logprobs_at_aligned_top"]
-    )
-    if published:
-        arrays.update(published_arrays(arrays))
-    return arrays
+Log = Callable[[str], None]
 
 
 def load_model_runner(
-    config: ScoreConfig, model: str, vocab_size: int, device, d: Dist, head_dtype: str
-):
+    config: ScoreConfig,
+    model: str,
+    vocab_size: int,
+    device: torch.device,
+    d: Dist,
+    head_dtype: str,
+) -> ModelRunner:
     """One model of the pair, as this rank runs it (`parallel.loading.load_runner`)."""
     revision = config.aligned_revision if model == "aligned" else config.base_revision
     return load_runner(
@@ -121,19 +76,19 @@ def load_model_runner(
     )
 
 
-def load_scoring(
-    config: ScoreConfig, prep: Prepared, store: Store, device, d: Dist, preloaded=None
-):
-    """The models this store needs, loaded, with their prefixes set; returns `(score_fn,
-    passes)`: `score_fn(unit, progress)` gives a unit's arrays.
-
-    A store of format 2 is scored by the pair head (both models, even when `generate` recorded
-    the aligned side: exact divergences need both distributions at once, so the aligned model
-    runs again, teacher-forced). A store of format 1 (tdsdist 0.1.0) is finished as it was
-    begun: one head per model, the base pass at the aligned top-k (base only if recorded)."""
-    chunk = config.logits_chunk_mib << 20
-    runners = dict(preloaded or {})
-    if config.aligned_adapter and not runners:  # base + adapter: one copy of the base weights
+def load_runners(
+    config: ScoreConfig,
+    prep: Prepared,
+    device: torch.device,
+    d: Dist,
+    preloaded: dict[str, ModelRunner],
+    models: Sequence[str],
+) -> dict[str, ModelRunner]:
+    """The named models of the pair, as this rank runs them, with their shared prefixes set:
+    a `preloaded` one is used as it is (what `generate --base` hands over); an adapter loads
+    both from one copy of the base weights."""
+    runners = dict(preloaded)
+    if config.aligned_adapter and not runners:
         runners = load_adapter_runners(
             config.base,
             config.base_revision,
@@ -145,35 +100,38 @@ def load_scoring(
             trust_remote_code=config.trust_remote_code,
             head_dtype=prep.head_dtype,
         )
-    for model in ("aligned", "base"):
-        if model == "aligned" and recorded(store) and not store.has_pair:
-            runners.pop(model, None)
-            continue  # format 1: the recorded aligned side is read back from the store
-        runners[model] = runners.get(model) or load_model_runner(
+    loaded = {}
+    for model in models:
+        loaded[model] = runners.get(model) or load_model_runner(
             config, model, prep.vocab_size(model), device, d, prep.head_dtype
         )
-        runners[model].set_prefix(prep.prefixes[model])
-    if prep.vocab_union is not None and not store.has_pair:  # fingerprints keep this from happening
-        raise TdsError(f"{store.path}: a store of format 1 cannot score a vocabulary union")
-    if store.has_pair:
-        pair = PairScorer(
-            runners["aligned"], runners["base"], config.top_k, chunk, config.max_tokens_per_batch
-        )
-        published = store.has_published
-        return (
-            lambda unit, progress: score_pair_unit(prep.plan, unit, pair, progress, published)
-        ), 2
-    scorers = {
-        m: Scorer(r, config.top_k, chunk, config.max_tokens_per_batch) for m, r in runners.items()
-    }
-
-    def score_fn(unit, progress):
-        return score_unit(prep.plan, unit, scorers.get("aligned"), scorers["base"], progress, store)
-
-    return score_fn, len(scorers)
+        loaded[model].set_prefix(prep.prefixes[model])
+    return loaded
 
 
-def run_score(config: ScoreConfig, log=print) -> dict[str, Any]:
+def load_scoring(
+    config: ScoreConfig,
+    prep: Prepared,
+    store: Store,
+    device: torch.device,
+    d: Dist,
+    preloaded: dict[str, ModelRunner] | None = None,
+) -> Scoring:
+    """The scorer of this store, its models loaded: the pair head, or, for a store an earlier
+    release began, the scorer that finishes it in its own format (`jobs.legacy`).
+
+    The answers of a store made by `generate` are scored by both models too: exact divergences
+    need both distributions at once, so the aligned model runs again, teacher-forced (the
+    scorer's `note` says so in the log)."""
+
+    def load(models: Sequence[str]) -> dict[str, ModelRunner]:
+        return load_runners(config, prep, device, d, preloaded or {}, models)
+
+    earlier = legacy_scoring(config, prep, store, load)
+    return earlier or PairScoring.load(config, prep.plan, load, generated(store))
+
+
+def run_score(config: ScoreConfig, log: Log = print) -> dict[str, Any]:
     """Score every pending unit into the store; returns the run's timing summary."""
     device = resolve_device(config.device)
     task_index, task_count = task_share(config.task_index, config.task_count)
@@ -192,7 +150,7 @@ def score_on(
     config: ScoreConfig,
     device: torch.device,
     d: Dist,
-    log=print,
+    log: Log = print,
     task: tuple[int, int] = (0, 1),
     preloaded: dict[str, ModelRunner] | None = None,
 ) -> dict[str, Any]:
@@ -208,7 +166,7 @@ def _run(
     d: Dist,
     task_index: int,
     task_count: int,
-    log,
+    log: Log,
     preloaded: dict[str, ModelRunner],
 ) -> dict[str, Any]:
     def create() -> tuple[Prepared, Store]:
@@ -240,15 +198,8 @@ def _run(
         ]
     pending = broadcast_ints(pending, 0, None, d)
     units = store.units()
-    if recorded(store):
+    if generated(store):
         prep.plan = adopt_recorded_answers(prep, store)
-        if store.has_pair:
-            log(
-                "tdsdist: the answers were recorded by `generate`; the pair head runs the aligned"
-                " model again, teacher-forced (exact divergences need both distributions at once)"
-            )
-        else:
-            log("tdsdist: the aligned side was recorded by `generate`: running the base pass only")
     if prep.skipped:
         shown = ", ".join(repr(i) for i in prep.skipped[:5]) + (
             ", ..." if len(prep.skipped) > 5 else ""
@@ -263,12 +214,12 @@ def _run(
     timing: dict[str, Any] = {"load_seconds": 0.0, "score_seconds": 0.0, "positions": 0}
     if pending:
         start = time.perf_counter()
-        score_fn, passes = load_scoring(config, prep, store, device, d, preloaded)
+        scoring = load_scoring(config, prep, store, device, d, preloaded)
         timing["load_seconds"] = time.perf_counter() - start
+        if scoring.note:
+            log(scoring.note)
         try:
-            timing.update(
-                _score_units(score_fn, store, [units[i] for i in pending], d, passes, device)
-            )
+            timing.update(_score_units(scoring, store, [units[i] for i in pending], d, device))
         except OSError as e:
             left = store.committed()
             full = no_space(e, store.path, sum(u.positions for u in units if not left[u.index]))
@@ -291,22 +242,25 @@ def _run(
     return timing
 
 
-def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict[str, Any]:
+def _score_units(
+    scoring: Scoring, store: Store, pending: list[UnitRows], d: Dist, device: torch.device
+) -> dict[str, Any]:
     """`claim_loop` over the pending units: every rank of a group scores a claimed unit, its
-    leader writes and commits it. Progress counts scored positions of every pass (`passes` per
-    answer position)."""
+    leader writes and commits it. Progress counts scored positions of every pass
+    (`scoring.passes` per answer position)."""
+    passes = scoring.passes
     fault_at = int(os.environ.get(FAULT_ENV, "-1"))
     if os.environ.get(FAULT_RANK_ENV, str(d.rank)) != str(d.rank):
         fault_at = -1
     committed = 0
 
-    def score_unit(unit: Any, advance: Callable[[int], None]) -> dict[str, Any]:
-        arrays = score_fn(unit, advance)
+    def score_unit(unit: UnitRows, advance: Callable[[int], None]) -> dict[str, Any]:
+        arrays = scoring.score(unit, advance)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return arrays
 
-    def commit(unit: Any, arrays: dict[str, Any]) -> None:
+    def commit(unit: UnitRows, arrays: dict[str, Any]) -> None:
         nonlocal committed
         store.write_rows(unit, arrays)
         if committed == fault_at:
@@ -314,12 +268,12 @@ def _score_units(score_fn, store, pending, d: Dist, passes: int, device) -> dict
         store.mark_committed(unit)
         committed += 1
 
-    def size(unit: Any) -> int:
+    def size(unit: UnitRows) -> int:
         return passes * unit.positions
 
-    def guard(unit: Any) -> Any:
-        def done() -> bool:
-            return bool(store.root["units/committed"][unit.index])
+    def guard(unit: UnitRows) -> AbstractContextManager[bool]:
+        def done() -> bool:  # read now: another process may have committed it since
+            return store.example_unit_committed(unit.examples.start)
 
         return claim_unit(store.path, unit.index, done)
 

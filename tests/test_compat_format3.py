@@ -3,7 +3,7 @@ array and unit) keep working: they show and analyse as the release that wrote th
 one resumes to the complete one in its own format, and the twins hold the same numbers.
 
 The stores under `tests/fixtures/store-format3/` and `store-format4/` were written by those
-releases themselves with the same `make.sh` (their READMEs).
+releases themselves with the same `tests/fixtures/make_store.sh` (their READMEs).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import pytest
 from browser_helpers import Watch
 from click.testing import CliRunner
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.figure_style import KINDS
 from tdsdist.analysis.report import (
@@ -48,24 +49,9 @@ EVIL_ID = "<img src=y onerror=alert(3)>"
 
 def score_store(tiny_pair, store: Path, data: Path, *extra: str) -> Path:
     aligned, base = tiny_pair
-    args = [
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(data),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--unit-size",
-        "1",
-        "--limit",
-        "3",
-        *extra,
-    ]
+    args = cli_args(
+        "score", aligned, base, data=data, store=store, unit_size=1, limit=3, extra=extra
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store

@@ -35,6 +35,13 @@ def generate(pair, tmp_path: Path, name: str, *extra: str) -> tuple[Path, Path]:
     return out, store
 
 
+def score_answers(pair, answers: Path, store: Path) -> list[str]:
+    """`score` of a generated answers file into its recorded store (chat template, as generated)."""
+    return cli_args(
+        "score", *pair, data=answers, store=store, aligned_template="chat", unit_size=2, top_k=K
+    )
+
+
 def teacher_forced(folder: Path, store: Store) -> dict[str, np.ndarray]:
     """The same token ids scored afterwards by the batched teacher-forced scorer."""
     tok = AutoTokenizer.from_pretrained(folder)
@@ -114,15 +121,7 @@ def test_score_completes_a_recorded_store_with_the_pair_head(
     out, store_path = greedy
     recorded = Store(store_path, mode="r")
     before = {k: recorded.read(f"aligned/{k}").copy() for k in ("top_ids", "rank", "top_logprobs")}
-    args = cli_args(
-        "score",
-        *tiny_pair,
-        data=out,
-        store=store_path,
-        aligned_template="chat",
-        unit_size=2,
-        top_k=K,
-    )
+    args = score_answers(tiny_pair, out, store_path)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "runs the aligned model again, teacher-forced" in result.output
@@ -183,15 +182,7 @@ def test_empty_generated_answers_score_with_skip_flag(
     assert 0 < len(empty) < len(records)
     store = Store(store_path, mode="r")
     assert store.ids == [r["id"] for r in records if r["id"] not in empty]
-    args = cli_args(
-        "score",
-        *tiny_pair,
-        data=out,
-        store=store_path,
-        aligned_template="chat",
-        unit_size=2,
-        top_k=K,
-    )
+    args = score_answers(tiny_pair, out, store_path)
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 2 and "--skip-empty-answers" in refused.output
     result = CliRunner().invoke(main, [*args, "--skip-empty-answers"])
@@ -223,16 +214,7 @@ def test_one_job_from_prompts_to_a_complete_store(tiny_pair, greedy, tmp_path: P
     # The two-step way, on a copy of the recorded store of the `greedy` fixture.
     two_step = tmp_path / "two-step.zarr"
     shutil.copytree(greedy[1], two_step)
-    args = cli_args(
-        "score",
-        *tiny_pair,
-        data=greedy[0],
-        store=two_step,
-        aligned_template="chat",
-        unit_size=2,
-        top_k=K,
-        skip_empty_answers=True,
-    )
+    args = [*score_answers(tiny_pair, greedy[0], two_step), "--skip-empty-answers"]
     assert CliRunner().invoke(main, args).exit_code == 0
     two = Store(two_step, mode="r")
     assert one.ids == two.ids

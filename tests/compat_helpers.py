@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from tdsdist_testkit import assert_float32_close, save_tiny_pair
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.cli import main
 from tdsdist.store import Store
@@ -25,22 +26,15 @@ CLOSE = [
     "base/logprobs_at_aligned_top",
     "positions/kl",
 ]
-SCORE = [
-    "--aligned",
+SCORE = cli_args(
+    None,
     "models/aligned",
-    "--base",
     "models/base",
-    "--data",
-    "data.json",
-    "--unit-size",
-    "2",
-    "--max-output-tokens",
-    "12",
-    "--top-k",
-    "5",
-    "--device",
-    "cpu",
-]
+    data="data.json",
+    unit_size=2,
+    max_output_tokens=12,
+    top_k=5,
+)
 
 
 def keep_keys_of(got, want):
@@ -92,3 +86,21 @@ def run(root: Path, monkeypatch, *args: str):
     """`tdsdist ARGS` from `root` (the stores name the models by relative path, as users do)."""
     monkeypatch.chdir(root)
     return CliRunner().invoke(main, list(args))
+
+
+def resume_partial(folder: Path, monkeypatch, names: list[str]) -> Store:
+    """Score `folder/partial.zarr` (killed after committing its first unit) again with the
+    fixture's command: it resumes, scoring the 2 units left, to what `complete.zarr` holds, and
+    the arrays `names` of the committed unit are not scored again. Returns the resumed store."""
+    partial = folder / "partial.zarr"
+    before = Store(partial, mode="r")
+    first = slice(0, before.units()[0].positions)
+    kept = {name: before.read(name)[first].copy() for name in names}
+    result = run(folder, monkeypatch, "score", *SCORE, "--store", "partial.zarr")
+    assert result.exit_code == 0, result.output
+    assert "1 already committed, 2 to do" in result.output
+    assert_same_store(partial, folder / "complete.zarr")
+    after = Store(partial, mode="r")
+    for name, values in kept.items():
+        np.testing.assert_array_equal(after.read(name)[first], values, err_msg=name)
+    return after

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 import tdsdist
 from tdsdist.analysis import summary as analysis
@@ -23,24 +24,7 @@ from tdsdist.store import Store
 
 def score(pair, store: Path, *extra: str) -> Path:
     aligned, base = pair
-    args = [
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--unit-size",
-        "2",
-        *extra,
-    ]
+    args = cli_args("score", aligned, base, store=store, top_k=5, unit_size=2, extra=extra)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoTokenizer
 
 from tdsdist.cli import main
@@ -27,24 +28,7 @@ def test_drop_and_map_the_literal_eos(tiny_pair) -> None:
 
 
 def score(pair, data: Path, store: Path, *extra: str):
-    args = [
-        "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(data),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--unit-size",
-        "2",
-        *extra,
-    ]
+    args = cli_args("score", *pair, data=data, store=store, top_k=5, unit_size=2, extra=extra)
     return CliRunner().invoke(main, args)
 
 

@@ -10,38 +10,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from compat_helpers import (
     CLOSE,
     EXACT,
-    SCORE,
     assert_json_close,
     assert_same_store,
     copy_with_models,
     keep_keys_of,
+    resume_partial,
     run,
 )
-
-from tdsdist.store import Store
+from tdsdist_testkit.cli_args import cli_args
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
-COMPLETE_RECORDED = [
-    "--aligned",
+COMPLETE_RECORDED = cli_args(
+    None,
     "models/aligned",
-    "--base",
     "models/base",
-    "--data",
-    "answers.json",
-    "--aligned-template",
-    "chat",
-    "--unit-size",
-    "2",
-    "--top-k",
-    "5",
-    "--device",
-    "cpu",
-]
+    data="answers.json",
+    aligned_template="chat",
+    unit_size=2,
+    top_k=5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +88,7 @@ def test_a_store_killed_under_010_resumes_to_the_complete_one(old: Path, monkeyp
     import tdsdist.inputs.fingerprint as fingerprint
 
     monkeypatch.setattr(fingerprint, "__version__", "0.2.0")  # a later release resumes it too
-    partial = old / "partial.zarr"
-    before = Store(partial, mode="r")
-    first = slice(0, before.units()[0].positions)
-    kept = {name: before.read(name)[first].copy() for name in EXACT + CLOSE}
-    result = run(old, monkeypatch, "score", *SCORE, "--store", "partial.zarr")
-    assert result.exit_code == 0, result.output
-    assert "1 already committed, 2 to do" in result.output
-    assert_same_store(partial, old / "complete.zarr")
-    after = Store(partial, mode="r")
-    for name, values in kept.items():  # the unit 0.1.0 committed is not scored again
-        np.testing.assert_array_equal(after.read(name)[first], values, err_msg=name)
+    resume_partial(old, monkeypatch, EXACT + CLOSE)  # the unit 0.1.0 committed is kept
 
 
 def test_a_store_recorded_by_010_generate_is_completed(old: Path, monkeypatch) -> None:

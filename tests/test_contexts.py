@@ -17,14 +17,15 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from compat_helpers import SCORE
 from tdsdist_testkit import save_tiny_pair
+from tdsdist_testkit.cli_args import cli_args
 
 import tdsdist
 from tdsdist.analysis.report import read_js_call
 from tdsdist.analysis.summary import Filters, summarize
 from tdsdist.cli import main
 from tdsdist.config import GenerateConfig, ScoreConfig, build_config, load_yaml
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.jobs.prepare import prepare
 from tdsdist.store import MODELS, Store
 from tdsdist.store_contexts import GROUP, NOT_RECORDED, StoredContexts
@@ -51,28 +52,17 @@ def invoke(*args: str):
 
 
 def score_args(pair, data: Path, store: Path) -> list[str]:
-    return [
-        "--aligned",
-        pair[0],
-        "--base",
-        pair[1],
-        "--data",
-        data,
-        "--store",
-        store,
-        "--device",
-        "cpu",
-        "--unit-size",
-        "2",
-        "--top-k",
-        "5",
-        "--aligned-template",
-        "chat",
-        "--answer-eos-text",
-        "</s>",
-        "--answer-eos",
-        "map",
-    ]
+    return cli_args(
+        None,
+        *pair,
+        data=data,
+        store=store,
+        unit_size=2,
+        top_k=5,
+        aligned_template="chat",
+        answer_eos_text="</s>",
+        answer_eos="map",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -205,23 +195,7 @@ def test_stores_without_contexts_say_not_recorded_and_still_resume(old: Path, mo
         p["base_top1"]["differs_from_aligned_top1"] for p in got["positions"]
     ]
     # Resuming a 0.1.0 store needs no contexts and adds none: it stays a format-1 store.
-    score = [
-        "--aligned",
-        "models/aligned",
-        "--base",
-        "models/base",
-        "--data",
-        "data.json",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "12",
-        "--top-k",
-        "5",
-        "--device",
-        "cpu",
-    ]
-    result = invoke("score", *score, "--store", "partial.zarr")
+    result = invoke("score", *SCORE, "--store", "partial.zarr")
     assert "1 already committed, 2 to do" in result.output
     store = Store("partial.zarr", mode="r")
     assert store.committed().all() and store.format_version == 1
@@ -248,27 +222,8 @@ def test_a_format_2_store_without_contexts_resumes_unchanged(tiny_pair, scored, 
 
 def test_generate_records_the_aligned_context_and_score_adds_the_base(tiny_pair, tmp_path) -> None:
     out, store_path = tmp_path / "answers.json", tmp_path / "g.zarr"
-    invoke(
-        "generate",
-        "--aligned",
-        tiny_pair[0],
-        "--data",
-        demo_data_path(),
-        "--out",
-        out,
-        "--store",
-        store_path,
-        "--limit",
-        "3",
-        "--unit-size",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--top-k",
-        "5",
-        "--device",
-        "cpu",
-    )
+    flags = dict(limit=3, unit_size=2, max_new_tokens=6, top_k=5)
+    invoke(*cli_args("generate", tiny_pair[0], out=out, store=store_path, **flags))
     store = Store(store_path, mode="r")
     stored = StoredContexts(store)
     answers = {r["id"]: r for r in json.loads(out.read_text())}
@@ -280,24 +235,15 @@ def test_generate_records_the_aligned_context_and_score_adds_the_base(tiny_pair,
         assert tokenizer.decode(ids) == answers[example_id]["input"]
         assert stored.ids(e, "base") is None
     assert tdsdist.open_store(store_path).inputs(store.ids[0])["base_context_text"] is None
-    args = [
-        "--aligned",
-        tiny_pair[0],
-        "--base",
-        tiny_pair[1],
-        "--data",
-        out,
-        "--store",
-        store_path,
-        "--aligned-template",
-        "chat",
-        "--unit-size",
-        "2",
-        "--top-k",
-        "5",
-        "--device",
-        "cpu",
-    ]
+    args = cli_args(
+        None,
+        *tiny_pair,
+        data=out,
+        store=store_path,
+        aligned_template="chat",
+        unit_size=2,
+        top_k=5,
+    )
     invoke("score", *args)
     plan = plan_of([str(a) for a in args])
     stored = StoredContexts(Store(store_path, mode="r"))

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.curves import PositionCurves
 from tdsdist.analysis.summary import Filters, summarize
 from tdsdist.cli import main
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.metrics import categories
 from tdsdist.store import Store
 
@@ -94,27 +94,9 @@ def test_intervals_cover_the_truth_about_95_percent() -> None:
 @pytest.fixture(scope="module")
 def scored(tiny_pair, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("curves") / "s.zarr"
-    args = [
-        "score",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "6",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "20",
-    ]
+    args = cli_args(
+        "score", *tiny_pair, store=store, top_k=5, limit=6, unit_size=2, max_output_tokens=20
+    )
     assert CliRunner().invoke(main, args).exit_code == 0
     return store
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 from tdsdist_testkit import assert_float32_close
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.cli import main
 from tdsdist.errors import TdsError
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.jobs.score import FAULT_ENV
 from tdsdist.parallel.dist import ParallelDims, task_share
 from tdsdist.store import Store
@@ -40,29 +40,8 @@ CLOSE = [
 
 def args(pair, store: Path, *extra: str) -> list[str]:
     aligned, base = pair
-    return [
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "6",
-        "--unit-size",
-        "1",
-        "--max-output-tokens",
-        "24",
-        "--dist-timeout",
-        "60",
-        *extra,
-    ]
+    flags = dict(top_k=5, limit=6, unit_size=1, max_output_tokens=24, dist_timeout=60)
+    return cli_args(None, aligned, base, store=store, **flags, extra=extra)
 
 
 def launch(
@@ -287,31 +266,8 @@ def test_tensor_parallel_loads_a_sharded_tied_checkpoint(tied_sharded_pair, tmp_
 
 
 def generate_args(pair, out: Path, *extra: str) -> list[str]:
-    return [
-        "--aligned",
-        str(pair[0]),
-        "--data",
-        str(demo_data_path()),
-        "--out",
-        str(out),
-        "--store",
-        str(out.with_suffix(".zarr")),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "5",
-        "--unit-size",
-        "2",
-        "--batch-size",
-        "2",
-        "--max-new-tokens",
-        "10",
-        "--dist-timeout",
-        "300",
-        *extra,  # a loaded CI machine can hold a rank back a minute
-    ]
+    flags = dict(top_k=5, limit=5, unit_size=2, batch_size=2, max_new_tokens=10, dist_timeout=300)
+    return cli_args(None, pair[0], out=out, store=out.with_suffix(".zarr"), **flags, extra=extra)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from tdsdist_testkit import assert_float32_close
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis import export
 from tdsdist.analysis.export import COLUMNS, _published_type, export_parquet
@@ -53,27 +54,17 @@ def score_with_eos(tiny_pair, folder: Path) -> Path:
     data = folder / "data.json"
     data.write_text(json.dumps(records), encoding="utf-8")
     aligned, base = tiny_pair
-    args = [
+    args = cli_args(
         "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(data),
-        "--store",
-        str(folder / "s.zarr"),
-        "--device",
-        "cpu",
-        "--unit-size",
-        "1",
-        "--top-k",
-        "5",
-        "--answer-eos-text",
-        "</s>",
-        "--answer-eos",
-        "map",
-    ]
+        aligned,
+        base,
+        data=data,
+        store=folder / "s.zarr",
+        unit_size=1,
+        top_k=5,
+        answer_eos_text="</s>",
+        answer_eos="map",
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return folder / "s.zarr"

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tdsdist_testkit.cli_args import cli_args
 
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import BYTES_PER_POSITION
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
@@ -28,27 +28,9 @@ def tdsdist(*args: str | Path) -> subprocess.CompletedProcess:
 
 
 def score_args(pair, store: Path) -> list[str]:
-    return [
-        "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "6",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "16",
-    ]
+    return cli_args(
+        "score", *pair, store=store, top_k=5, limit=6, unit_size=2, max_output_tokens=16
+    )
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -277,19 +259,7 @@ def test_an_immutable_parent_is_one_line_before_loading(tiny_pair, tmp_path, com
     parent.mkdir()
     args = score_args(tiny_pair, parent / "s.zarr")
     if command == "generate":
-        args = [
-            "generate",
-            "--aligned",
-            str(tiny_pair[0]),
-            "--data",
-            str(demo_data_path()),
-            "--out",
-            str(parent / "a.json"),
-            "--device",
-            "cpu",
-            "--limit",
-            "2",
-        ]
+        args = cli_args("generate", tiny_pair[0], out=parent / "a.json", limit=2)
     _immutable(parent)
     try:
         result = tdsdist(*args)

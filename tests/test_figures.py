@@ -14,6 +14,7 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.figures import (
     COLUMN_WIDTH_IN,
@@ -28,7 +29,6 @@ from tdsdist.analysis.figures import (
 )
 from tdsdist.analysis.summary import summarize
 from tdsdist.cli import main
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
@@ -40,27 +40,9 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
     """The tiny pair on the first demo answers (format 2: the pair head's exact KL)."""
     aligned, base = tiny_pair
     store = tmp_path_factory.mktemp("figures_scored") / "s.zarr"
-    args = [
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--unit-size",
-        "1",
-        "--limit",
-        "3",
-        "--max-output-tokens",
-        "24",
-        "--top-k",
-        "5",
-    ]
+    args = cli_args(
+        "score", aligned, base, store=store, unit_size=1, limit=3, max_output_tokens=24, top_k=5
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store

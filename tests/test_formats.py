@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 from test_inputs import STORE, assert_refused, example, leftovers, snapshot, write
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,22 +56,7 @@ def chat(i: int, *turns: tuple[str, str], **extra: Any) -> dict[str, Any]:
 
 
 def run_score(pair, data: Path, store: Path, *extra: str):
-    args = [
-        "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(data),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        *extra,
-    ]
+    args = cli_args("score", *pair, data=data, store=store, top_k=5, extra=extra)
     return CliRunner().invoke(main, args)
 
 
@@ -505,23 +491,9 @@ def test_bad_parquet_leaves_existing_store_untouched(score, tmp_path: Path) -> N
 def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None:
     prompts = write(tmp_path / "prompts.json", [CONVERSATION, chat(1, ("user", "Say hi."))])
     out, store = tmp_path / "answers.json", tmp_path / STORE
-    args = [
-        "generate",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--data",
-        str(prompts),
-        "--out",
-        str(out),
-        "--store",
-        str(store),
-        "--max-new-tokens",
-        "6",
-        "--top-k",
-        "5",
-        "--device",
-        "cpu",
-    ]
+    args = cli_args(
+        "generate", tiny_pair[0], data=prompts, out=out, store=store, max_new_tokens=6, top_k=5
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     records = json.loads(out.read_text())

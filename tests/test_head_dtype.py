@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoModelForCausalLM
 
 from tdsdist.cli import main
 from tdsdist.engine.runner import ModelRunner
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import Store
 
 
@@ -38,28 +38,16 @@ def test_the_float32_head_projects_the_hidden_states_in_float32(tiny_pair) -> No
 
 
 def args(pair, store: Path, *extra: str) -> list[str]:
-    return [
+    return cli_args(
         "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "4",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "12",
-        *extra,
-    ]
+        *pair,
+        store=store,
+        top_k=5,
+        limit=4,
+        unit_size=2,
+        max_output_tokens=12,
+        extra=extra,
+    )
 
 
 def test_new_stores_record_the_float32_head_and_old_ones_keep_theirs(tiny_pair, tmp_path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.cli import main
 
@@ -44,23 +45,7 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
     data = folder / "data.json"
     data.write_text(json.dumps(_records()), encoding="utf-8")
     aligned, base = tiny_pair
-    cli(
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(data),
-        "--store",
-        str(folder / "s.zarr"),
-        "--device",
-        "cpu",
-        "--unit-size",
-        "4",
-        "--top-k",
-        "5",
-    )
+    cli(*cli_args("score", aligned, base, data=data, store=folder / "s.zarr", unit_size=4, top_k=5))
     return folder / "s.zarr"
 
 
@@ -284,22 +269,8 @@ def test_keep_fields_choices_and_resume(tiny_pair, tmp_path: Path) -> None:
     aligned, base = tiny_pair
 
     def score(store: str, *extra: str) -> CliRunner:
-        args = [
-            "score",
-            "--aligned",
-            str(aligned),
-            "--base",
-            str(base),
-            "--data",
-            str(data),
-            "--store",
-            str(tmp_path / store),
-            "--device",
-            "cpu",
-            "--unit-size",
-            "2",
-            *extra,
-        ]
+        args = cli_args("score", aligned, base, data=data, store=tmp_path / store, unit_size=2)
+        args += extra
         return CliRunner().invoke(main, args)
 
     assert score("all.zarr").exit_code == 0
@@ -328,23 +299,7 @@ def test_generate_keeps_the_prompts_fields(tiny_pair, tmp_path: Path) -> None:
     data = tmp_path / "prompts.json"
     data.write_text(json.dumps(prompts), encoding="utf-8")
     out, store = tmp_path / "answers.json", tmp_path / "g.zarr"
-    cli(
-        "generate",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        "--store",
-        str(store),
-        "--max-new-tokens",
-        "4",
-        "--device",
-        "cpu",
-    )
+    cli(*cli_args("generate", *tiny_pair, data=data, out=out, store=store, max_new_tokens=4))
     answers = json.loads(out.read_text())
     assert [a["topic"] for a in answers] == [p["topic"] for p in prompts]
     kept = Store(store, mode="r")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from tdsdist_testkit import assert_float32_close
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tdsdist
@@ -40,30 +41,18 @@ def invoke(*args: str, code: int = 0):
 def nudge(pair, folder: Path, name: str, *extra: str) -> tuple[Path, Path]:
     out, store = folder / f"{name}.json", folder / f"{name}.zarr"
     invoke(
-        "nudge",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--out",
-        str(out),
-        "--store",
-        str(store),
-        "--limit",
-        str(LIMIT),
-        "--unit-size",
-        "2",
-        "--batch-size",
-        "3",
-        "--max-new-tokens",
-        str(NEW),
-        "--top-k",
-        str(K),
-        "--device",
-        "cpu",
-        *extra,
+        *cli_args(
+            "nudge",
+            *pair,
+            out=out,
+            store=store,
+            limit=LIMIT,
+            unit_size=2,
+            batch_size=3,
+            max_new_tokens=NEW,
+            top_k=K,
+            extra=extra,
+        )
     )
     return out, store
 
@@ -89,21 +78,7 @@ def nudged(tiny_pair, tmp_path_factory):
 def test_threshold_one_is_the_aligned_models_generate(tiny_pair, tmp_path: Path) -> None:
     out, store = nudge(tiny_pair, tmp_path, "one", "--nudge-threshold", "1")
     gen = tmp_path / "gen.json"
-    invoke(
-        "generate",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--data",
-        str(demo_data_path()),
-        "--out",
-        str(gen),
-        "--limit",
-        str(LIMIT),
-        "--max-new-tokens",
-        str(NEW),
-        "--device",
-        "cpu",
-    )
+    invoke(*cli_args("generate", tiny_pair[0], out=gen, limit=LIMIT, max_new_tokens=NEW))
     got, want = json.loads(out.read_text()), json.loads(gen.read_text())
     assert [r["output"] for r in got] == [r["output"] for r in want]
     assert [r["input"] for r in got] == [r["input"] for r in want]
@@ -185,26 +160,17 @@ def test_the_store_equals_score_of_its_answers(tiny_pair, nudged, tmp_path: Path
         if name not in ("positions/token_id", "positions/nudged"):
             redo.root[name][:] = redo.root[name].fill_value
     invoke(
-        "score",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(out),
-        "--store",
-        str(copy),
-        "--aligned-template",
-        "chat",
-        "--base-template",
-        "plain",
-        "--top-k",
-        str(K),
-        "--unit-size",
-        "2",
-        "--skip-empty-answers",
-        "--device",
-        "cpu",
+        *cli_args(
+            "score",
+            *tiny_pair,
+            data=out,
+            store=copy,
+            aligned_template="chat",
+            base_template="plain",
+            top_k=K,
+            unit_size=2,
+            skip_empty_answers=True,
+        )
     )
     got, want = Store(path, mode="r"), Store(copy, mode="r")
     assert want.committed().all() and got.committed().all()
@@ -241,23 +207,14 @@ def test_show_json_has_nudged_only_for_nudged_stores(tiny_pair, nudged, tmp_path
     assert [p["nudged"] for p in record["positions"]] == want
     _, generated = tmp_path / "g.json", tmp_path / "g.zarr"
     invoke(
-        "generate",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--out",
-        str(tmp_path / "g.json"),
-        "--store",
-        str(generated),
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "4",
-        "--device",
-        "cpu",
+        *cli_args(
+            "generate",
+            *tiny_pair,
+            out=tmp_path / "g.json",
+            store=generated,
+            limit=2,
+            max_new_tokens=4,
+        )
     )
     other = Store(generated, mode="r")
     record = json.loads(invoke("show", str(generated), "--example", other.ids[0], "--json").output)
@@ -304,20 +261,14 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
 def test_bad_options_are_one_line(tiny_pair, tmp_path: Path, flags, message) -> None:
     result = CliRunner().invoke(
         main,
-        [
+        cli_args(
             "nudge",
-            "--aligned",
-            str(tiny_pair[0]),
-            "--base",
-            str(tiny_pair[1]),
-            "--data",
-            str(demo_data_path()),
-            "--out",
-            str(tmp_path / "o.json"),
-            "--store",
-            str(tmp_path / "o.zarr"),
-            *flags,
-        ],
+            *tiny_pair,
+            out=tmp_path / "o.json",
+            store=tmp_path / "o.zarr",
+            device=None,
+            extra=flags,
+        ),
     )
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "o.json").exists()
@@ -370,25 +321,7 @@ def test_analyze_and_figures_against_show_json(tiny_pair, nudged, tmp_path: Path
     ).exists()
     # a store that was not nudged: no nudge section, no nudged curve or figure
     plain = tmp_path / "plain.zarr"
-    invoke(
-        "score",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(plain),
-        "--limit",
-        "2",
-        "--max-output-tokens",
-        "6",
-        "--top-k",
-        str(K),
-        "--device",
-        "cpu",
-    )
+    invoke(*cli_args("score", *tiny_pair, store=plain, limit=2, max_output_tokens=6, top_k=K))
     other = json.loads(invoke("analyze", str(plain), "--json").output)
     assert "nudge" not in other and "mean_nudged" not in other["by_position"][0]
     invoke("figures", str(plain), "--out", str(tmp_path / "plain-figs"))

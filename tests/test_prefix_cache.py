@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from tdsdist_testkit import default_corpus
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
@@ -85,26 +86,16 @@ def test_urial_run_equals_recompute_and_records_prefix(tiny_pair, tmp_path: Path
     # The first 1,500 characters of the URIAL prefix: its whole text exceeds the tiny models' window.
     urial = tmp_path / "urial_short.txt"
     urial.write_text((demo_data_path().parent / "urial_inst_1k_v4.txt").read_text()[:1500])
-    common = [
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "4",
-        "--max-output-tokens",
-        "30",
-        "--base-template",
-        f"urial:{urial}",
-        "--max-tokens-per-batch",
-        "4096",
-    ]
+    common = cli_args(
+        None,
+        aligned,
+        base,
+        top_k=5,
+        limit=4,
+        max_output_tokens=30,
+        base_template=f"urial:{urial}",
+        max_tokens_per_batch=4096,
+    )
     runs = {}
     for name, extra in (("cached", []), ("full", ["--no-prefix-cache"])):
         store = tmp_path / f"{name}.zarr"

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from synthetic import build
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis import published as pub
 from tdsdist.analysis.summary import Thresholds, summarize
 from tdsdist.cli import main
 from tdsdist.errors import TdsError
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"
@@ -216,27 +216,9 @@ def test_format_1_store_computes_what_it_can() -> None:
 def test_scored_store(tiny_pair, tmp_path) -> None:
     aligned, base = tiny_pair
     path = tmp_path / "scored.zarr"
-    args = [
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(path),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--unit-size",
-        "2",
-        "--limit",
-        "3",
-        "--max-output-tokens",
-        "25",
-    ]
+    args = cli_args(
+        "score", aligned, base, store=path, top_k=5, unit_size=2, limit=3, max_output_tokens=25
+    )
     assert CliRunner().invoke(main, args).exit_code == 0
     store = Store(path, mode="r")
     assert store.has_published  # stored by `score`, per position: as the definitions give them

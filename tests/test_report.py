@@ -14,15 +14,16 @@ fails if TDSDIST_REQUIRE_BROWSER=1 (for CI).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_helpers import Watch
 from click.testing import CliRunner
 from tdsdist_testkit import default_corpus, train_tiny_tokenizer
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.figure_style import KINDS
 from tdsdist.analysis.report import (
@@ -44,30 +45,13 @@ from tdsdist.store_contexts import StoredContexts, decode_context
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(2)>"
 EVIL_ID = "<img src=y onerror=alert(3)>"
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def score_store(tiny_pair, store: Path, data: Path, *extra: str) -> Path:
     aligned, base = tiny_pair
-    args = [
-        "score",
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(data),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--unit-size",
-        "1",
-        "--limit",
-        "3",
-        *extra,
-    ]
+    args = cli_args(
+        "score", aligned, base, data=data, store=store, unit_size=1, limit=3, extra=extra
+    )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     return store
@@ -291,6 +275,7 @@ def test_site_layout(scored_site: Path, scored: Path) -> None:
         "index.html",
         "example.html",
         "assets/report.js",
+        "assets/base.css",
         "assets/report.css",
         "data/index.js",
         MARKER,
@@ -460,50 +445,6 @@ def test_output_folder_rules(scored: Path, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def no_browser(reason: str):
-    """Skip, or fail where CI sets TDSDIST_REQUIRE_BROWSER=1 (a skip there would hide a gap)."""
-    if os.environ.get("TDSDIST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and TDSDIST_REQUIRE_BROWSER=1")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        no_browser("browser test: /usr/bin/chromium missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        no_browser("browser test: the playwright package is missing (pip install playwright)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield b
-        b.close()
-
-
-class Watch:
-    """A page that records what must not happen: requests off file://, dialogs, errors."""
-
-    def __init__(self, browser) -> None:
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on(
-            "console",
-            lambda m: self.errors.append(m.text) if m.type in ("error", "warning") else None,
-        )
-
-    def check(self) -> None:
-        offline = [u for u in self.requests if not u.startswith("file://")]
-        assert not offline, offline
-        assert not self.dialogs, self.dialogs
-        assert not self.errors, self.errors
-
-
 def column(page, key: str) -> list[str]:
     index = ["i", "id", "n", "shifted", "kl", "text"].index(key) + 1
     return page.locator(f"#examples-table tbody tr td:nth-child({index})").all_inner_texts()
@@ -532,7 +473,7 @@ def test_browser(
     tmp_path: Path,
 ) -> None:
     start = time.perf_counter()
-    w = Watch(browser)
+    w = Watch(browser, "file://", 900, console=True)  # offline: nothing off file://
     page = w.page
     store = Store(scored, mode="r")
 

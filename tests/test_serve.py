@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from serve_helpers import Server, model_args, post, sse_events
 from tdsdist_testkit import assert_float32_close
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoTokenizer
 
 from tdsdist.cli import main
@@ -53,25 +54,16 @@ def _cli(args: list[str]) -> str:
 def _score_store(tiny_pair, tmp_path: Path, data: Path, *extra: str) -> Path:
     store = tmp_path / "s.zarr"
     _cli(
-        [
+        cli_args(
             "score",
-            "--aligned",
-            str(tiny_pair[0]),
-            "--base",
-            str(tiny_pair[1]),
-            "--data",
-            str(data),
-            "--store",
-            str(store),
-            "--top-k",
-            str(TOP_K),
-            "--aligned-template",
-            "chat",
-            "--device",
-            "cpu",
-            "--no-prefix-cache",
-            *extra,
-        ]
+            *tiny_pair,
+            data=data,
+            store=store,
+            top_k=TOP_K,
+            aligned_template="chat",
+            no_prefix_cache=True,
+            extra=extra,
+        )
     )
     return store
 
@@ -200,21 +192,14 @@ def test_greedy_generate_equals_generate_and_its_positions_equal_score(
     data, out = tmp_path / "prompts.json", tmp_path / "answers.json"
     data.write_text(json.dumps(PROMPTS))
     _cli(
-        [
+        cli_args(
             "generate",
-            "--aligned",
-            str(tiny_pair[0]),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--max-new-tokens",
-            "8",
-            "--aligned-template",
-            "chat",
-            "--device",
-            "cpu",
-        ]
+            tiny_pair[0],
+            data=data,
+            out=out,
+            max_new_tokens=8,
+            aligned_template="chat",
+        )
     )
     want = [r["output"][0] for r in json.loads(out.read_text())]
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])

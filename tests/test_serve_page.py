@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser_helpers import Watch
 from serve_helpers import Server, model_args, post
 from transformers import AutoTokenizer
 
@@ -23,8 +24,6 @@ try:
 except ImportError:  # the browser test skips (or fails where required) in its fixture
     expect = None
 
-CHROMIUM = Path("/usr/bin/chromium")
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 KEY = "page-key"
 TOP_K = 5
 INSTRUCTION = "the cat sat"
@@ -39,27 +38,6 @@ DIVERGENCE_LABELS = {
 }
 
 
-def no_browser(reason: str):
-    """Skip, or fail where CI sets TDSDIST_REQUIRE_BROWSER=1 (a skip there would hide a gap)."""
-    if os.environ.get("TDSDIST_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{reason}, and TDSDIST_REQUIRE_BROWSER=1")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        no_browser("browser test: /usr/bin/chromium missing (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        no_browser("browser test: the playwright package is missing (pip install playwright)")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture(scope="module")
 def server(tiny_pair):
     s = Server(
@@ -71,26 +49,6 @@ def server(tiny_pair):
 
 
 AUTH = {"authorization": f"Bearer {KEY}"}
-
-
-class Watch:
-    """A page that records what must not happen: requests elsewhere, dialogs, script errors."""
-
-    def __init__(self, browser, origin: str) -> None:
-        self.origin = origin
-        self.page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        self.requests: list[str] = []
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append(r.url))
-        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-
-    def check(self) -> None:
-        elsewhere = [u for u in self.requests if not u.startswith(self.origin + "/")]
-        assert not elsewhere, elsewhere
-        assert not self.dialogs, self.dialogs
-        assert not self.errors, self.errors
 
 
 def wait_status(page, start: str) -> None:
@@ -161,8 +119,10 @@ def test_page(browser, server, tiny_pair) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_pair[0])
     r = httpx.get(server.url + "/")  # the page itself needs no key; its data does
     assert r.status_code == 200 and "default-src 'none'" in r.headers["content-security-policy"]
-    assert httpx.get(server.url + "/static/app.py").status_code == 404  # only the three files
-    w = Watch(browser, server.url)
+    assert httpx.get(server.url + "/static/app.py").status_code == 404  # only the page's files
+    shared = httpx.get(server.url + "/static/base.css")  # the report's stylesheet, shared
+    assert shared.status_code == 200 and shared.headers["content-type"].startswith("text/css")
+    w = Watch(browser, server.url + "/", 1000)
     page = w.page
     page.goto(server.url + "/")
 

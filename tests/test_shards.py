@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.chunks import BlockReader
 from tdsdist.integrity import damaged_units
@@ -218,29 +219,10 @@ def test_sigkill_during_a_shard_write_then_resume_is_identical(tiny_pair, tmp_pa
     import os
     import subprocess
 
-    from tdsdist.jobs.demo import demo_data_path
-
     def score(store: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
-        args = [
-            "--aligned",
-            str(tiny_pair[0]),
-            "--base",
-            str(tiny_pair[1]),
-            "--data",
-            str(demo_data_path()),
-            "--store",
-            str(store),
-            "--device",
-            "cpu",
-            "--top-k",
-            "5",
-            "--limit",
-            "6",
-            "--unit-size",
-            "2",
-            "--max-output-tokens",
-            "30",
-        ]
+        args = cli_args(
+            None, *tiny_pair, store=store, top_k=5, limit=6, unit_size=2, max_output_tokens=30
+        )
         env = {**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT_SHARD": str(kill_at or 0)}
         code = (
             TORN_WRITE

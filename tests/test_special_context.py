@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoTokenizer
 
 from tdsdist.cli import main
@@ -95,23 +96,7 @@ def test_score_keeps_the_instruction_text_and_counts_it(tiny_pair, tmp_path: Pat
     data = tmp_path / "hostile.json"
     data.write_text(json.dumps(records))
     store = tmp_path / "s.zarr"
-    args = [
-        "score",
-        "--aligned",
-        str(tiny_pair[0]),
-        "--base",
-        str(tiny_pair[1]),
-        "--data",
-        str(data),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--base-template",
-        "none",
-    ]
+    args = cli_args("score", *tiny_pair, data=data, store=store, top_k=5, base_template="none")
     made = CliRunner().invoke(main, args)
     assert made.exit_code == 0, made.output
     line = "2 example(s) contain a special-token string in their text (1 in the instruction"

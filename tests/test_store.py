@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.cli import main
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.jobs.score import FAULT_ENV
 from tdsdist.metrics import CATEGORIES, categories, topk_kl
 from tdsdist.store import Store, layout
@@ -31,30 +31,8 @@ ARRAYS = [
 
 
 def score_args(pair, store: Path, *extra: str) -> list[str]:
-    aligned, base = pair
-    return [
-        "--aligned",
-        str(aligned),
-        "--base",
-        str(base),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "7",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "40",
-        "--max-tokens-per-batch",
-        "128",
-        *extra,
-    ]
+    flags = dict(top_k=5, limit=7, unit_size=2, max_output_tokens=40, max_tokens_per_batch=128)
+    return cli_args(None, *pair, store=store, **flags, extra=extra)
 
 
 def run_module(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -222,3 +222,43 @@ def test_float32_tolerance_follows_the_magnitude_and_can_fail() -> None:
         assert_float32_close(np.array([np.inf]), np.array([1.0]))
     with pytest.raises(AssertionError):
         assert_float32_close(np.array([np.nan]), np.array([1.0]))
+
+
+def test_cli_args_spells_the_flags() -> None:
+    """Keywords become flags (underscores as dashes; True bare, None and False left out), the
+    demo data by default, `--device cpu` after the options and `extra` last (it may override)."""
+    from tdsdist_testkit.cli_args import cli_args
+
+    from tdsdist.jobs.demo import demo_data_path
+
+    got = cli_args(
+        "score",
+        Path("a"),
+        "b",
+        store=Path("s.zarr"),
+        top_k=5,
+        skip_empty_answers=True,
+        answer_eos=None,
+        no_prefix_cache=False,
+        extra=("--limit", "2"),
+    )
+    assert got == [
+        "score",
+        "--aligned",
+        "a",
+        "--base",
+        "b",
+        "--data",
+        str(demo_data_path()),
+        "--store",
+        "s.zarr",
+        "--top-k",
+        "5",
+        "--skip-empty-answers",
+        "--device",
+        "cpu",
+        "--limit",
+        "2",
+    ]
+    bare = cli_args(None, "a", data="d.json", out="o.json", device=None)
+    assert bare == ["--aligned", "a", "--data", "d.json", "--out", "o.json"]

@@ -10,34 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.cli import main
-from tdsdist.jobs.demo import demo_data_path
 from tdsdist.store import Store
 
 
 def score_args(pair, store: Path) -> list[str]:
-    return [
-        "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(demo_data_path()),
-        "--store",
-        str(store),
-        "--device",
-        "cpu",
-        "--top-k",
-        "5",
-        "--limit",
-        "6",
-        "--unit-size",
-        "2",
-        "--max-output-tokens",
-        "16",
-    ]
+    return cli_args(
+        "score", *pair, store=store, top_k=5, limit=6, unit_size=2, max_output_tokens=16
+    )
 
 
 @pytest.fixture(scope="module")

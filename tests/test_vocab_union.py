@@ -28,6 +28,7 @@ from tdsdist_testkit import (
     make_tiny_llama,
     train_tiny_tokenizer,
 )
+from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
@@ -352,31 +353,10 @@ def test_a_recorded_store_is_completed_by_a_base_whose_vocabulary_it_extends(
     """`generate --store` with the aligned model, then `score` with the base: the union is
     recorded when the base keys are filled in; a generated appended id (the base has no
     embedding for it) is refused naming the example and the token, before anything is written."""
-    from tdsdist.jobs.demo import demo_data_path
-
     aligned, base = union_pair
     out, recorded = tmp_path / "answers.json", tmp_path / "recorded.zarr"
-    generate = [
-        "generate",
-        "--aligned",
-        str(aligned),
-        "--data",
-        str(demo_data_path()),
-        "--out",
-        str(out),
-        "--store",
-        str(recorded),
-        "--limit",
-        "3",
-        "--unit-size",
-        "2",
-        "--max-new-tokens",
-        "12",
-        "--top-k",
-        "5",
-        "--device",
-        "cpu",
-    ]
+    flags = dict(limit=3, unit_size=2, max_new_tokens=12, top_k=5)
+    generate = cli_args("generate", aligned, out=out, store=recorded, **flags)
     assert CliRunner().invoke(main, generate).exit_code == 0
     stores = {}
     for name, first_token in (("ok", None), ("bad", 302)):
@@ -390,25 +370,16 @@ def test_a_recorded_store_is_completed_by_a_base_whose_vocabulary_it_extends(
         tokens[:] = values
 
     def score(store: Path):
-        argv = [
+        argv = cli_args(
             "score",
-            "--aligned",
-            str(aligned),
-            "--base",
-            str(base),
-            "--data",
-            str(out),
-            "--store",
-            str(store),
-            "--aligned-template",
-            "chat",
-            "--unit-size",
-            "2",
-            "--top-k",
-            "5",
-            "--device",
-            "cpu",
-        ]
+            aligned,
+            base,
+            data=out,
+            store=store,
+            aligned_template="chat",
+            unit_size=2,
+            top_k=5,
+        )
         return CliRunner().invoke(main, argv)
 
     before = dict(Store(stores["bad"]).meta)

@@ -158,6 +158,12 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def child_flags(args: argparse.Namespace, *names: str) -> list[str]:
+    """`--name value` for each of `names` (attributes of the parent's parsed `args`,
+    underscores as dashes), to hand the parent's options on to a measuring child."""
+    return [x for name in names for x in ("--" + name.replace("_", "-"), str(getattr(args, name)))]
+
+
 def child_json(cmd: Sequence[str], **kwargs) -> dict:
     """Run a measuring child process (a fresh interpreter: its own peak RSS, no warm caches) and
     return the JSON object it printed last; its stderr tail in the error if it failed."""

@@ -23,6 +23,9 @@ from tdsdist.analysis.figure_style import (
 
 Stores = list[tuple[dict[str, Any], str, str]]
 Drawn = tuple[Any, str, str] | None
+#: The y range of a percentage against t: a line at 0% or 100% is drawn whole, not cut by the
+#: frame.
+_PERCENT = (-1.5, 101.5)
 
 
 def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs):
@@ -114,22 +117,49 @@ def _curve(ax, stores: Stores, key: str | None, scale: float, keys: dict[int, st
     return drawn
 
 
-def shift_by_position(stores: Stores) -> Drawn:
-    fig, ax = _figure()
-    if not _curve(ax, stores, "shifted", 100):
-        return _close(fig)
+def _position_axes(
+    ax, stores: Stores, ylabel: str, title: str, ylim: tuple[float | None, float | None] | None
+) -> None:
+    """What every figure against t has: its axis labels, t from 0, `ylim` (None: matplotlib's),
+    its title and the legend of the stores."""
     ax.set_xlabel("position t in the answer (tokens)")
-    ax.set_ylabel("shifted positions (%)")
-    ax.set_ylim(-1.5, 101.5)  # a line at 0% or 100% is drawn whole, not cut by the frame
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlim(left=0)
-    ax.set_title("Shifted fraction by token position")
+    ax.set_title(title)
     _legend(ax, stores)
+
+
+def _curve_figure(
+    stores: Stores,
+    key: str | None,
+    scale: float,
+    axes: tuple[str, str, tuple[float | None, float | None]],
+    caption: tuple[str, str],
+    keys: dict[int, str | None] | None = None,
+) -> Drawn:
+    """One `_curve` per store against t: `axes` is (y label, title, y range) for
+    `_position_axes`, `caption` the figure's (name, sentence); None when no store has a row."""
+    fig, ax = _figure()
+    if not _curve(ax, stores, key, scale, keys):
+        return _close(fig)
+    _position_axes(ax, stores, *axes)
+    return (fig, *caption)
+
+
+def shift_by_position(stores: Stores) -> Drawn:
     max_t = (stores[0][0].get("intervals") or {}).get("max_t")
     tail = f" (t \u2264 {max_t})" if max_t is not None else ""
-    return (
-        fig,
-        "Shift by token position",
-        f"Fraction of positions shifted at each token position{tail}, 95% interval band: Re-Align's \u201cTDS diminishes over time\u201d.",
+    return _curve_figure(
+        stores,
+        "shifted",
+        100,
+        ("shifted positions (%)", "Shifted fraction by token position", _PERCENT),
+        (
+            "Shift by token position",
+            f"Fraction of positions shifted at each token position{tail}, 95% interval band: Re-Align's \u201cTDS diminishes over time\u201d.",
+        ),
     )
 
 
@@ -148,25 +178,22 @@ def divergence_by_position(stores: Stores) -> Drawn:
         (s, label if keys[j] != "mean_kl" else f"{label}, top-k bound", colour)
         for j, (s, label, colour) in enumerate(stores)
     ]
-    fig, ax = _figure()
-    if not _curve(ax, labelled, None, 1.0, keys):
-        return _close(fig)
     exact = all(k == "mean_kl_aligned_base" for k in keys.values() if k)
-    ax.set_xlabel("position t in the answer (tokens)")
-    ax.set_ylabel("mean KL(aligned \u2016 base) (nats)")
-    ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
-    ax.set_title("Divergence by token position")
-    _legend(ax, labelled)
     what = (
         "exact, over the full vocabulary"
         if exact
         else "top-k + tail lower bound where the store has no exact KL"
     )
-    return (
-        fig,
-        "Divergence by token position",
-        f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d.",
+    return _curve_figure(
+        labelled,
+        None,
+        1.0,
+        ("mean KL(aligned \u2016 base) (nats)", "Divergence by token position", (0, None)),
+        (
+            "Divergence by token position",
+            f"Mean KL(aligned \u2016 base) at each token position ({what}), 95% interval band: Qi et al.'s \u201ca few tokens deep\u201d.",
+        ),
+        keys,
     )
 
 
@@ -222,11 +249,8 @@ def branching_by_position(stores: Stores) -> Drawn:
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # no mathtext: 10, 100
     ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("position t in the answer (tokens)")
-    ax.set_ylabel("branching factor exp(H)")
-    ax.set_xlim(left=0)
-    ax.set_title("Branching factor: aligned solid, base dashed")
-    _legend(ax, stores)
+    title = "Branching factor: aligned solid, base dashed"
+    _position_axes(ax, stores, "branching factor exp(H)", title, None)
     return (
         fig,
         "Branching factor by token position",
@@ -235,19 +259,16 @@ def branching_by_position(stores: Stores) -> Drawn:
 
 
 def base_top1_by_position(stores: Stores) -> Drawn:
-    fig, ax = _figure()
-    if not _curve(ax, stores, "mean_base_top1_prob", 100):
-        return _close(fig)
-    ax.set_xlabel("position t in the answer (tokens)")
-    ax.set_ylabel("base top-1 probability (%)")
-    ax.set_ylim(-1.5, 101.5)
-    ax.set_xlim(left=0)
-    ax.set_title("Base model's confidence by token position")
-    _legend(ax, stores)
-    return (
-        fig,
-        "Base top-1 probability by token position",
-        "Mean probability of the base model's own top-1 token at each token position, 95% interval band: where a nudging threshold would let the aligned model step in.",
+    axes = ("base top-1 probability (%)", "Base model's confidence by token position", _PERCENT)
+    return _curve_figure(
+        stores,
+        "mean_base_top1_prob",
+        100,
+        axes,
+        (
+            "Base top-1 probability by token position",
+            "Mean probability of the base model's own top-1 token at each token position, 95% interval band: where a nudging threshold would let the aligned model step in.",
+        ),
     )
 
 
@@ -308,19 +329,17 @@ def nudged_by_position(stores: Stores) -> Drawn:
     keys = {j: "mean_nudged" if s.get("nudge") else None for j, (s, _, _) in enumerate(stores)}
     if not any(keys.values()):
         return None
-    fig, ax = _figure()
-    if not _curve(ax, stores, None, 100, keys):
-        return _close(fig)
-    ax.set_xlabel("position t in the answer (tokens)")
-    ax.set_ylabel("tokens chosen by the aligned model (%)")
-    ax.set_ylim(-1.5, 101.5)
-    ax.set_xlim(left=0)
-    ax.set_title("Nudged fraction by token position")
-    _legend(ax, stores)
-    return (
-        fig,
-        "Nudged fraction by token position",
-        "Share of positions whose token the aligned model chose in nudged decoding (the base model writes the rest) at each token position, 95% interval band: Fei et al.'s nudging.",
+    axes = ("tokens chosen by the aligned model (%)", "Nudged fraction by token position", _PERCENT)
+    return _curve_figure(
+        stores,
+        None,
+        100,
+        axes,
+        (
+            "Nudged fraction by token position",
+            "Share of positions whose token the aligned model chose in nudged decoding (the base model writes the rest) at each token position, 95% interval band: Fei et al.'s nudging.",
+        ),
+        keys,
     )
 
 

@@ -1,10 +1,10 @@
-"""The exploration page (`GET /`): one HTML file, its script and its style, shipped as package
-data (`page_assets/`) and served from memory; nothing comes from a CDN. `WithPage` answers
-`GET /` and `GET /static/NAME` before the API (and its API key check) sees the request: the page
-holds no data; it asks for the key and sends it with its own requests. The Content-Security-Policy
-lets the page run only its own script and talk only to this server, so that text a model or a
-user wrote can never run as code even if it reached the page as markup (it does not: the script
-inserts text with `textContent` only)."""
+"""The exploration page (`GET /`): one HTML file, its script and its style (over the report's
+`base.css`), shipped as package data (`page_assets/`) and served from memory; nothing comes from
+a CDN. `WithPage` answers `GET /` and `GET /static/NAME` before the API (and its API key check)
+sees the request: the page holds no data; it asks for the key and sends it with its own
+requests. The Content-Security-Policy lets the page run only its own script and talk only to this
+server, so that text a model or a user wrote can never run as code even if it reached the page as
+markup (it does not: the script inserts text with `textContent` only)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ from fastapi.responses import Response
 PAGE_ASSETS = {
     "index.html": "text/html; charset=utf-8",
     "page.js": "text/javascript; charset=utf-8",
+    "base.css": "text/css; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
 }
+#: Files kept elsewhere, by name: (package, folder). `base.css` is the look the page shares with
+#: `tdsdist report` (colours, tokens, the panel), one stylesheet for both.
+SHARED_ASSETS = {"base.css": ("tdsdist.analysis", "report_assets")}
 #: Ids one `POST /v1/tokens` may ask for (the page asks for two top-k lists at a time).
 MAX_TOKEN_IDS = 4096
 CSP = (
@@ -31,7 +35,8 @@ CSP = (
 
 @cache
 def _asset(name: str) -> bytes:
-    return resources.files("tdsdist.serve").joinpath("page_assets").joinpath(name).read_bytes()
+    package, folder = SHARED_ASSETS.get(name, ("tdsdist.serve", "page_assets"))
+    return resources.files(package).joinpath(folder).joinpath(name).read_bytes()
 
 
 def page_response(name: str) -> Response:

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools.common import ROOT, arg_parser, child_json, peak_rss_kib, proc_status_kib
+from tools.common import ROOT, arg_parser, child_flags, child_json, peak_rss_kib, proc_status_kib
 
 VARIANTS = ("adapter", "two")
 MIB = 1 << 20
@@ -162,14 +162,7 @@ def run_child(args, variant: str, folders: dict) -> dict:
         variant,
         "--folders",
         json.dumps(folders),
-        "--sequences",
-        str(args.sequences),
-        "--context",
-        str(args.context),
-        "--answer",
-        str(args.answer),
-        "--threads",
-        str(args.threads),
+        *child_flags(args, "sequences", "context", "answer", "threads"),
     ]
     return child_json(cmd, cwd=ROOT)
 

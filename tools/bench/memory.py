@@ -39,7 +39,7 @@ import statistics
 import sys
 import time
 
-from tools.common import ROOT, arg_parser, child_json, peak_rss_kib, proc_status_kib
+from tools.common import ROOT, arg_parser, child_flags, child_json, peak_rss_kib, proc_status_kib
 
 MIB = 1 << 20
 PAIRED = ("body2", "pair")  # variants that hold two models (the pair head's case)
@@ -171,18 +171,7 @@ def run_child(args, variant: str, chunk: int = 64) -> dict:
         variant,
         "--chunk",
         str(chunk),
-        "--sequences",
-        str(args.sequences),
-        "--context",
-        str(args.context),
-        "--answer",
-        str(args.answer),
-        "--vocab",
-        str(args.vocab),
-        "--top-k",
-        str(args.top_k),
-        "--threads",
-        str(args.threads),
+        *child_flags(args, "sequences", "context", "answer", "vocab", "top_k", "threads"),
     ]
     return child_json(cmd, cwd=ROOT)
 

@@ -14,7 +14,7 @@ from tdsdist_testkit import assert_float32_close
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
-from tdsdist.engine.decoder import Decoder, Generated, _stack
+from tdsdist.engine.decoder import Decoder, Generated
 from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.inputs.data import load_examples
 from tdsdist.inputs.plan import tokenize_context
@@ -87,37 +87,75 @@ def test_answers_file_is_just_eval_and_scoreable(greedy) -> None:
         assert r["generator"]["temperature"] == 0.0
 
 
-def test_recorded_equals_teacher_forced_scoring(tiny_pair, greedy) -> None:
-    _, store_path = greedy
-    store = Store(store_path, mode="r")
-    rows = np.concatenate(
+@pytest.fixture(scope="module")
+def one_job(tiny_pair, tmp_path_factory):
+    """`generate --base`: the answers decoded, then scored by the pair head in the same job."""
+    return generate(
+        tiny_pair, tmp_path_factory.mktemp("one"), "one-job", "--base", str(tiny_pair[1])
+    )
+
+
+def answer_rows(store: Store) -> np.ndarray:
+    return np.concatenate(
         [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
     )
-    recorded = {
+
+
+def test_a_generated_store_records_the_answers_only(tiny_pair, greedy) -> None:
+    """Decoding records the answers' ids; every statistic is left to the pair head (no unit is
+    committed, the aligned arrays hold their fill), and the parts keep no arrays."""
+    out, store_path = greedy
+    store = Store(store_path, mode="r")
+    assert not store.committed().any() and store.has_pair
+    rows = answer_rows(store)
+    assert (store.read("positions/token_id")[rows] >= 0).all()
+    assert np.isnan(store.read("aligned/logprob")[rows]).all()
+    assert (store.read("aligned/rank")[rows] == store.read("aligned/rank")[rows][0]).all()
+    assert not list(Path(str(out) + ".parts").glob("*"))  # assembled: the parts are removed
+    records = {r["id"]: r for r in json.loads(out.read_text())}
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    for e, example_id in enumerate(store.ids):
+        ids = store.read("positions/token_id", store.rows(e)).tolist()
+        assert tok.decode(ids) == records[example_id]["output"][0]
+
+
+def test_the_completed_store_equals_teacher_forced_scoring(tiny_pair, one_job) -> None:
+    _, store_path = one_job
+    store = Store(store_path, mode="r")
+    rows = answer_rows(store)
+    stored = {
         k: store.read(f"aligned/{k}")[rows]
         for k in ("top_ids", "rank", "logprob", "top_logprobs", "entropy")
     }
     scored = teacher_forced(tiny_pair[0], store)
-    np.testing.assert_array_equal(recorded["top_ids"], scored["top_ids"])
-    np.testing.assert_array_equal(recorded["rank"], scored["rank"])
+    np.testing.assert_array_equal(stored["top_ids"], scored["top_ids"])
+    np.testing.assert_array_equal(stored["rank"], scored["rank"])
     for key in ("logprob", "top_logprobs", "entropy"):
-        assert_float32_close(recorded[key], scored[key], err_msg=key)
+        assert_float32_close(stored[key], scored[key], err_msg=key)
     # Greedy: the answer token is the aligned model's own top 1 everywhere (ties aside).
     top1 = scored["top_ids"][:, 0]
     tokens = store.read("positions/token_id")[rows]
     tie = np.isclose(scored["top_logprobs"][:, 0], scored["logprob"], atol=1e-6)
     assert ((top1 == tokens) | tie).all()
-    assert (recorded["rank"] == 1).all()
+    assert ((stored["rank"] == 1) | tie).all()
 
 
-def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
+def test_sampled_answers_are_scored_as_sampled(tiny_pair, tmp_path: Path) -> None:
     _, store_path = generate(
-        tiny_pair, tmp_path, "sampled", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"
+        tiny_pair,
+        tmp_path,
+        "sampled",
+        "--temperature",
+        "1.5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--base",
+        str(tiny_pair[1]),
     )
     store = Store(store_path, mode="r")
-    rows = np.concatenate(
-        [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
-    )
+    rows = answer_rows(store)
     scored = teacher_forced(tiny_pair[0], store)
     np.testing.assert_array_equal(store.read("aligned/rank")[rows], scored["rank"])
     assert_float32_close(store.read("aligned/logprob")[rows], scored["logprob"])
@@ -129,11 +167,9 @@ def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
 def test_score_completes_a_recorded_store_with_the_pair_head(
     tiny_pair, greedy, tmp_path: Path
 ) -> None:
-    """The aligned model runs again, teacher-forced, over the generated ids (exact divergences
-    need both distributions at once): what was recorded while decoding agrees with it."""
+    """The pair head runs the aligned model, teacher-forced, over the generated ids (exact
+    divergences need both distributions at once): the aligned model's scoring of them."""
     out, store_path = greedy
-    recorded = Store(store_path, mode="r")
-    before = {k: recorded.read(f"aligned/{k}").copy() for k in ("top_ids", "rank", "top_logprobs")}
     args = [
         "score",
         "--aligned",
@@ -158,10 +194,11 @@ def test_score_completes_a_recorded_store_with_the_pair_head(
     assert "runs the aligned model again, teacher-forced" in result.output
     store = Store(store_path, mode="r")
     assert store.committed().all() and store.has_pair
-    rows = store.valid_rows()
+    rows = answer_rows(store)
+    aligned = teacher_forced(tiny_pair[0], store)
     for key in ("top_ids", "rank"):
-        np.testing.assert_array_equal(store.read(f"aligned/{key}")[rows], before[key][rows])
-    assert_float32_close(store.read("aligned/top_logprobs")[rows], before["top_logprobs"][rows])
+        np.testing.assert_array_equal(store.read(f"aligned/{key}")[rows], aligned[key])
+    assert_float32_close(store.read("aligned/top_logprobs")[rows], aligned["top_logprobs"])
     assert np.isfinite(store.read("positions/js")[rows]).all()
     assert store.meta["fingerprint"]["base"] == str(tiny_pair[1])
     base = AutoModelForCausalLM.from_pretrained(tiny_pair[1]).eval()
@@ -213,10 +250,7 @@ def test_empty_generated_answers_score_with_skip_flag(
 
     def stops_at_once(self, contexts, seed):
         out = real(self, contexts, seed)
-        return [
-            Generated([], _stack([], self.sampling.top_k)) if i == 0 else g
-            for i, g in enumerate(out)
-        ]
+        return [Generated([]) if i == 0 else g for i, g in enumerate(out)]
 
     monkeypatch.setattr(Decoder, "generate", stops_at_once)
     out, store_path = generate(tiny_pair, tmp_path, "stopped")
@@ -255,9 +289,7 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     monkeypatch.setattr(
         Decoder,
         "generate",
-        lambda self, contexts, seed: [
-            Generated([], _stack([], self.sampling.top_k)) for _ in contexts
-        ],
+        lambda self, contexts, seed: [Generated([]) for _ in contexts],
     )
     out, store = tmp_path / "silent.json", tmp_path / "silent.zarr"
     args = [
@@ -280,10 +312,12 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     assert out.exists() and not store.exists()
 
 
-def test_one_job_from_prompts_to_a_complete_store(tiny_pair, greedy, tmp_path: Path) -> None:
+def test_one_job_from_prompts_to_a_complete_store(
+    tiny_pair, greedy, one_job, tmp_path: Path
+) -> None:
     """`generate --base`: decode, record, then both models scored into the store by the pair
     head in the same job, each model loaded once; equal to `generate` followed by `score`."""
-    out, store = generate(tiny_pair, tmp_path, "one-job", "--base", str(tiny_pair[1]))
+    out, store = one_job
     one = Store(store, mode="r")
     assert one.committed().all() and one.has_pair
     # The two-step way, on a copy of the recorded store of the `greedy` fixture.

@@ -119,6 +119,91 @@ def test_a_generated_store_records_the_answers_only(tiny_pair, greedy) -> None:
         assert tok.decode(ids) == records[example_id]["output"][0]
 
 
+def score_args(pair, out: Path, store: Path) -> list[str]:
+    """`score` of a generated answers file into the store `generate --store` recorded."""
+    return [
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(out),
+        "--store",
+        str(store),
+        "--aligned-template",
+        "chat",
+        "--unit-size",
+        "2",
+        "--top-k",
+        str(K),
+        "--device",
+        "cpu",
+        "--skip-empty-answers",
+    ]
+
+
+def test_a_store_recorded_by_an_earlier_release_is_completed_alike(
+    tiny_pair, greedy, one_job, tmp_path: Path
+) -> None:
+    """Earlier releases wrote the aligned statistics of each unit while decoding (uncommitted):
+    such a store resumes, and the pair head replaces them, as for a store of the answers only."""
+    from tdsdist.store import MODEL_ARRAYS
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(greedy[1], old)
+    store = Store(old)
+    assert not store.committed().any()  # the answers only, as `generate --store` left them
+    for unit in store.units():
+        store.write_rows(
+            unit,
+            {
+                f"aligned/{c.name}": np.full(
+                    (unit.positions, K) if c.per_candidate else (unit.positions,),
+                    1,
+                    c.dtype,
+                )
+                for c in MODEL_ARRAYS
+            },
+        )
+    result = CliRunner().invoke(main, score_args(tiny_pair, greedy[0], old))
+    assert result.exit_code == 0, result.output
+    a, b = Store(old, mode="r"), Store(one_job[1], mode="r")
+    assert a.committed().all() and a.ids == b.ids
+    for name in ("aligned/top_ids", "aligned/rank", "aligned/logprob", "positions/js"):
+        x, y = a.read(name)[a.valid_rows()], b.read(name)[b.valid_rows()]
+        if x.dtype.kind == "i":
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            assert_float32_close(x, y, err_msg=name)
+
+
+def test_an_unfinished_run_of_an_earlier_release_resumes(
+    tiny_pair, greedy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts saved by an earlier release (each unit's statistics in an `.npz` beside its JSON)
+    resume: the units left are generated, and the answers equal an uninterrupted run's."""
+    import tdsdist.jobs.generate as job
+
+    save = job._save_unit
+
+    def dies_after_one_unit(results, tokenizer, unit, n, parts):
+        if list(parts.glob("unit-*.json")):
+            raise RuntimeError("killed")
+        save(results, tokenizer, unit, n, parts)
+        np.savez(parts / f"unit-{n:06d}.npz", **{f"logprob/{i}": np.zeros(1) for i in unit})
+
+    monkeypatch.setattr(job, "_save_unit", dies_after_one_unit)
+    with pytest.raises(AssertionError):
+        generate(tiny_pair, tmp_path, "greedy")
+    parts = tmp_path / "greedy.json.parts"
+    assert len(list(parts.glob("unit-*.json"))) == 1 and list(parts.glob("unit-*.npz"))
+    monkeypatch.undo()
+    out, store = generate(tiny_pair, tmp_path, "greedy")
+    assert json.loads(out.read_text()) == json.loads(greedy[0].read_text())
+    assert not parts.exists() and Store(store, mode="r").ids == Store(greedy[1], mode="r").ids
+
+
 def test_the_completed_store_equals_teacher_forced_scoring(tiny_pair, one_job) -> None:
     _, store_path = one_job
     store = Store(store_path, mode="r")

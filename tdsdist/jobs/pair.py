@@ -59,14 +59,15 @@ class ResolvedPair:
     notes: list[str] = field(default_factory=list)
     """What the log says about the pair (an adapter made for another base name)."""
     _model_configs: dict[str, Any] = field(default_factory=dict, repr=False)
+    _windows: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def resolve(
         cls, options: Any, *, with_base: bool = True, input_field: str = "input"
     ) -> ResolvedPair:
-        """Resolve and check the pair of `options`; `with_base=False`: the
-        aligned side only (its adapter still checked against the base). `input_field`: the data
-        field `--aligned-template input` reads."""
+        """Resolve and check the pair of `options`; `with_base=False`: the aligned side only (its
+        adapter still checked against the base). `input_field`: the data field `--aligned-template
+        input` reads."""
         adapter = read_adapter(options.aligned_adapter) if _adapter(options) else None
         source = (options.aligned, options.aligned_revision)
         if adapter is not None:  # the aligned tokenizer: --aligned, the adapter's, or the base's
@@ -113,8 +114,10 @@ class ResolvedPair:
 
     def window(self, model: str) -> int:
         """The longest sequence `model` takes (its position limit, or its tokenizer's)."""
-        tok = self.tokenizer if model == "aligned" else self.base_tokenizer
-        return model_window(self.model_config(model), tok)
+        if model not in self._windows:  # asked per request by `serve`
+            tok = self.tokenizer if model == "aligned" else self.base_tokenizer
+            self._windows[model] = model_window(self.model_config(model), tok)
+        return self._windows[model]
 
     def vocab_size(self, model: str) -> int:
         """The rows of `model`'s output projection that are tokens (its tokenizer's size)."""

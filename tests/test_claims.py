@@ -62,7 +62,8 @@ def test_sigterm_stops_claiming_after_the_unit_in_hand() -> None:
 
 def test_four_ranks_two_groups_of_two(tmp_path: Path) -> None:
     """Under torchrun (gloo): a group's ranks work the same units, its leader alone commits
-    them, and the two groups' commits are the 9 units, each once."""
+    them, and the two groups' commits are the 9 units, each once; a second loop in the same job
+    starts afresh (its own counters in the store) and commits its 5 units, each once."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     cmd = [
         torchrun or "torchrun",
@@ -91,3 +92,5 @@ def test_four_ranks_two_groups_of_two(tmp_path: Path) -> None:
     units = sorted(u for r in (ranks[0], ranks[2]) for u, _ in r["committed"])
     assert units == list(range(9))
     assert all(r["done"] == sum(u + 1 for u in range(9)) for r in ranks)
+    assert sorted(u for r in (ranks[0], ranks[2]) for u in r["second"]) == list(range(5))
+    assert all(r["second_done"] == 5 for r in ranks)

@@ -58,7 +58,12 @@ def child(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     d = init_distributed(1, 600, device)
     inputs = PairInputs.load(scoring)
-    runners = inputs.pair.load(device, d, scoring.head_dtype or "float32")
+    if hasattr(inputs, "pair"):  # the resolved pair loads its runners (`jobs.pair`)
+        runners = inputs.pair.load(device, d, scoring.head_dtype or "float32")
+    else:  # a checkout before it (`--code` compares versions)
+        from tdsdist.serve.pair import load_runners
+
+        runners = load_runners(scoring, inputs, device, d)
     end = end_of_answer_ids(runners["aligned"].model, inputs.tokenizer)
     chunk = config.logits_chunk_mib << 20
     prompts = _prompts(max(args.batches))

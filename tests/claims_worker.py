@@ -1,4 +1,5 @@
-"""One rank of `test_claims.py`'s launch: runs `claim_loop` over 9 units and writes what it did."""
+"""One rank of `test_claims.py`'s launch: runs `claim_loop` over 9 units, then a second loop over
+5 (as `generate --base` runs the decoding's loop, then the scoring's), and writes what it did."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def main(out: str, tp: int) -> None:
 
     loop = claim_loop(d, list(range(9)), work, commit, size=lambda u: u + 1)
     record = {"rank": d.rank, "worked": worked, "committed": committed, "done": loop.done}
+    second: list[int] = []
+    again = claim_loop(
+        d, list(range(5)), lambda u, advance: u, lambda u, r: second.append(u), size=lambda u: 1
+    )
+    record.update(second=second, second_done=again.done)
     with open(f"{out}.{d.rank}.json", "w", encoding="utf-8") as f:
         json.dump(record, f)
     destroy(d)

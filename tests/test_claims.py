@@ -8,6 +8,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -60,9 +62,36 @@ def test_sigterm_stops_claiming_after_the_unit_in_hand() -> None:
     assert committed == [0, 1] and loop.stopped and loop.done == 2
 
 
+def test_wait_takes_over_a_unit_another_process_left() -> None:
+    """Plain processes sharing units by file (`guard`): with `wait`, a process returns only
+    once every unit is finished, taking over one whose holder went away meanwhile."""
+    d = init_distributed(1, 60, torch.device("cpu"))
+    held, committed = {"b"}, []
+
+    @contextmanager
+    def guard(unit: str) -> Iterator[bool]:
+        if unit in held:  # another process holds it; its claim is stale at the next look
+            held.discard(unit)
+            yield False
+        else:
+            yield unit not in committed
+
+    loop = claim_loop(
+        d,
+        ["a", "b", "c"],
+        lambda unit, advance: unit.upper(),
+        lambda unit, result: committed.append(unit),
+        size=len,
+        guard=guard,
+        wait=lambda unit: unit not in committed,
+    )
+    assert committed == ["a", "c", "b"] and loop.done == 3 and not loop.stopped
+
+
 def test_four_ranks_two_groups_of_two(tmp_path: Path) -> None:
     """Under torchrun (gloo): a group's ranks work the same units, its leader alone commits
-    them, and the two groups' commits are the 9 units, each once."""
+    them, and the two groups' commits are the 9 units, each once; a second loop in the same job
+    starts afresh (its own counters in the store) and commits its 5 units, each once."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     cmd = [
         torchrun or "torchrun",
@@ -91,3 +120,5 @@ def test_four_ranks_two_groups_of_two(tmp_path: Path) -> None:
     units = sorted(u for r in (ranks[0], ranks[2]) for u, _ in r["committed"])
     assert units == list(range(9))
     assert all(r["done"] == sum(u + 1 for u in range(9)) for r in ranks)
+    assert sorted(u for r in (ranks[0], ranks[2]) for u in r["second"]) == list(range(5))
+    assert all(r["second_done"] == 5 for r in ranks)

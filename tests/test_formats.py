@@ -512,7 +512,6 @@ def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None
     context = tok.apply_chat_template(
         CONVERSATION["messages"][:4], tokenize=False, add_generation_prompt=True
     )
-    # The recorded first log-probability is the model's given the whole conversation.
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[0]).eval()
     first = int(recorded.read("positions/token_id", recorded.rows(0))[0])
 
@@ -522,17 +521,19 @@ def test_generate_from_transcripts_then_score(tiny_pair, tmp_path: Path) -> None
             logits = model(torch.tensor([ids + [first]])).logits[0, len(ids) - 1].double()
         return float(logits.log_softmax(-1)[first])
 
-    stored = float(recorded.read("aligned/logprob", recorded.rows(0))[0])
+    assert recorded.meta["fingerprint"]["data_format"] == "json/chat"
+    # `score` reads the answers file as transcripts and completes the recorded store.
+    scored = run_score(tiny_pair, out, store, "--aligned-template", "chat", "--skip-empty-answers")
+    assert scored.exit_code == 0, scored.output
+    complete = Store(store, mode="r")
+    assert complete.committed().all()
+    # The first answer token's aligned log-probability is the model's given the whole conversation.
+    stored = float(complete.read("aligned/logprob", complete.rows(0))[0])
     assert abs(stored - logprob(context)) < 1e-4
     alone = tok.apply_chat_template(
         CONVERSATION["messages"][3:4], tokenize=False, add_generation_prompt=True
     )
     assert abs(stored - logprob(alone)) > 1e-3  # the earlier turns matter: the check can fail
-    assert recorded.meta["fingerprint"]["data_format"] == "json/chat"
-    # `score` reads the answers file as transcripts and completes the recorded store.
-    scored = run_score(tiny_pair, out, store, "--aligned-template", "chat", "--skip-empty-answers")
-    assert scored.exit_code == 0, scored.output
-    assert Store(store, mode="r").committed().all()
     refused = CliRunner().invoke(
         main, [*args[:-2], "--device", "cpu", "--aligned-template", "input", "--overwrite"]
     )

@@ -15,7 +15,7 @@ from tdsdist_testkit.cli_args import cli_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tdsdist.cli import main
-from tdsdist.engine.decoder import Decoder, Generated, _stack
+from tdsdist.engine.decoder import Decoder, Generated
 from tdsdist.engine.scorer import ContextAnswer, Scorer
 from tdsdist.inputs.data import load_examples
 from tdsdist.inputs.plan import tokenize_context
@@ -74,37 +74,160 @@ def test_answers_file_is_just_eval_and_scoreable(greedy) -> None:
         assert r["generator"]["temperature"] == 0.0
 
 
-def test_recorded_equals_teacher_forced_scoring(tiny_pair, greedy) -> None:
-    _, store_path = greedy
-    store = Store(store_path, mode="r")
-    rows = np.concatenate(
+@pytest.fixture(scope="module")
+def one_job(tiny_pair, tmp_path_factory):
+    """`generate --base`: the answers decoded, then scored by the pair head in the same job."""
+    return generate(
+        tiny_pair, tmp_path_factory.mktemp("one"), "one-job", "--base", str(tiny_pair[1])
+    )
+
+
+def answer_rows(store: Store) -> np.ndarray:
+    return np.concatenate(
         [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
     )
-    recorded = {
+
+
+def test_a_generated_store_records_the_answers_only(tiny_pair, greedy) -> None:
+    """Decoding records the answers' ids; every statistic is left to the pair head (no unit is
+    committed, the aligned arrays hold their fill), and the parts keep no arrays."""
+    out, store_path = greedy
+    store = Store(store_path, mode="r")
+    assert not store.committed().any() and store.has_pair
+    rows = answer_rows(store)
+    assert (store.read("positions/token_id")[rows] >= 0).all()
+    assert np.isnan(store.read("aligned/logprob")[rows]).all()
+    assert (store.read("aligned/rank")[rows] == store.read("aligned/rank")[rows][0]).all()
+    assert not list(Path(str(out) + ".parts").glob("*"))  # assembled: the parts are removed
+    records = {r["id"]: r for r in json.loads(out.read_text())}
+    tok = AutoTokenizer.from_pretrained(tiny_pair[0])
+    for e, example_id in enumerate(store.ids):
+        ids = store.read("positions/token_id", store.rows(e)).tolist()
+        assert tok.decode(ids) == records[example_id]["output"][0]
+
+
+def score_args(pair, out: Path, store: Path) -> list[str]:
+    """`score` of a generated answers file into the store `generate --store` recorded."""
+    return [
+        "score",
+        "--aligned",
+        str(pair[0]),
+        "--base",
+        str(pair[1]),
+        "--data",
+        str(out),
+        "--store",
+        str(store),
+        "--aligned-template",
+        "chat",
+        "--unit-size",
+        "2",
+        "--top-k",
+        str(K),
+        "--device",
+        "cpu",
+        "--skip-empty-answers",
+    ]
+
+
+def test_a_store_recorded_by_an_earlier_release_is_completed_alike(
+    tiny_pair, greedy, one_job, tmp_path: Path
+) -> None:
+    """Earlier releases wrote the aligned statistics of each unit while decoding (uncommitted):
+    such a store resumes, and the pair head replaces them, as for a store of the answers only."""
+    from tdsdist.store import MODEL_ARRAYS
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(greedy[1], old)
+    store = Store(old)
+    assert not store.committed().any()  # the answers only, as `generate --store` left them
+    for unit in store.units():
+        store.write_rows(
+            unit,
+            {
+                f"aligned/{c.name}": np.full(
+                    (unit.positions, K) if c.per_candidate else (unit.positions,),
+                    1,
+                    c.dtype,
+                )
+                for c in MODEL_ARRAYS
+            },
+        )
+    result = CliRunner().invoke(main, score_args(tiny_pair, greedy[0], old))
+    assert result.exit_code == 0, result.output
+    a, b = Store(old, mode="r"), Store(one_job[1], mode="r")
+    assert a.committed().all() and a.ids == b.ids
+    for name in ("aligned/top_ids", "aligned/rank", "aligned/logprob", "positions/js"):
+        x, y = a.read(name)[a.valid_rows()], b.read(name)[b.valid_rows()]
+        if x.dtype.kind == "i":
+            np.testing.assert_array_equal(x, y, err_msg=name)
+        else:
+            assert_float32_close(x, y, err_msg=name)
+
+
+def test_an_unfinished_run_of_an_earlier_release_resumes(
+    tiny_pair, greedy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parts saved by an earlier release (each unit's statistics in an `.npz` beside its JSON)
+    resume: the units left are generated, and the answers equal an uninterrupted run's."""
+    import tdsdist.jobs.generate as job
+
+    save = job._save_unit
+
+    def dies_after_one_unit(results, tokenizer, unit, n, parts):
+        if list(parts.glob("unit-*.json")):
+            raise RuntimeError("killed")
+        save(results, tokenizer, unit, n, parts)
+        np.savez(parts / f"unit-{n:06d}.npz", **{f"logprob/{i}": np.zeros(1) for i in unit})
+
+    monkeypatch.setattr(job, "_save_unit", dies_after_one_unit)
+    with pytest.raises(AssertionError):
+        generate(tiny_pair, tmp_path, "greedy")
+    parts = tmp_path / "greedy.json.parts"
+    assert len(list(parts.glob("unit-*.json"))) == 1 and list(parts.glob("unit-*.npz"))
+    monkeypatch.undo()
+    out, store = generate(tiny_pair, tmp_path, "greedy")
+    assert json.loads(out.read_text()) == json.loads(greedy[0].read_text())
+    assert not parts.exists() and Store(store, mode="r").ids == Store(greedy[1], mode="r").ids
+
+
+def test_the_completed_store_equals_teacher_forced_scoring(tiny_pair, one_job) -> None:
+    _, store_path = one_job
+    store = Store(store_path, mode="r")
+    rows = answer_rows(store)
+    stored = {
         k: store.read(f"aligned/{k}")[rows]
         for k in ("top_ids", "rank", "logprob", "top_logprobs", "entropy")
     }
     scored = teacher_forced(tiny_pair[0], store)
-    np.testing.assert_array_equal(recorded["top_ids"], scored["top_ids"])
-    np.testing.assert_array_equal(recorded["rank"], scored["rank"])
+    np.testing.assert_array_equal(stored["top_ids"], scored["top_ids"])
+    np.testing.assert_array_equal(stored["rank"], scored["rank"])
     for key in ("logprob", "top_logprobs", "entropy"):
-        assert_float32_close(recorded[key], scored[key], err_msg=key)
+        assert_float32_close(stored[key], scored[key], err_msg=key)
     # Greedy: the answer token is the aligned model's own top 1 everywhere (ties aside).
     top1 = scored["top_ids"][:, 0]
     tokens = store.read("positions/token_id")[rows]
     tie = np.isclose(scored["top_logprobs"][:, 0], scored["logprob"], atol=1e-6)
     assert ((top1 == tokens) | tie).all()
-    assert (recorded["rank"] == 1).all()
+    assert ((stored["rank"] == 1) | tie).all()
 
 
-def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
+def test_sampled_answers_are_scored_as_sampled(tiny_pair, tmp_path: Path) -> None:
     _, store_path = generate(
-        tiny_pair, tmp_path, "sampled", "--temperature", "1.5", "--top-p", "0.9", "--seed", "3"
+        tiny_pair,
+        tmp_path,
+        "sampled",
+        "--temperature",
+        "1.5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--base",
+        str(tiny_pair[1]),
     )
     store = Store(store_path, mode="r")
-    rows = np.concatenate(
-        [np.arange(store.rows(e).start, store.rows(e).stop) for e in range(len(store.ids))]
-    )
+    rows = answer_rows(store)
     scored = teacher_forced(tiny_pair[0], store)
     np.testing.assert_array_equal(store.read("aligned/rank")[rows], scored["rank"])
     assert_float32_close(store.read("aligned/logprob")[rows], scored["logprob"])
@@ -116,21 +239,20 @@ def test_sampling_records_raw_distributions(tiny_pair, tmp_path: Path) -> None:
 def test_score_completes_a_recorded_store_with_the_pair_head(
     tiny_pair, greedy, tmp_path: Path
 ) -> None:
-    """The aligned model runs again, teacher-forced, over the generated ids (exact divergences
-    need both distributions at once): what was recorded while decoding agrees with it."""
+    """The pair head runs the aligned model, teacher-forced, over the generated ids (exact
+    divergences need both distributions at once): the aligned model's scoring of them."""
     out, store_path = greedy
-    recorded = Store(store_path, mode="r")
-    before = {k: recorded.read(f"aligned/{k}").copy() for k in ("top_ids", "rank", "top_logprobs")}
     args = score_answers(tiny_pair, out, store_path)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "runs the aligned model again, teacher-forced" in result.output
     store = Store(store_path, mode="r")
     assert store.committed().all() and store.has_pair
-    rows = store.valid_rows()
+    rows = answer_rows(store)
+    aligned = teacher_forced(tiny_pair[0], store)
     for key in ("top_ids", "rank"):
-        np.testing.assert_array_equal(store.read(f"aligned/{key}")[rows], before[key][rows])
-    assert_float32_close(store.read("aligned/top_logprobs")[rows], before["top_logprobs"][rows])
+        np.testing.assert_array_equal(store.read(f"aligned/{key}")[rows], aligned[key])
+    assert_float32_close(store.read("aligned/top_logprobs")[rows], aligned["top_logprobs"])
     assert np.isfinite(store.read("positions/js")[rows]).all()
     assert store.meta["fingerprint"]["base"] == str(tiny_pair[1])
     base = AutoModelForCausalLM.from_pretrained(tiny_pair[1]).eval()
@@ -170,10 +292,7 @@ def test_empty_generated_answers_score_with_skip_flag(
 
     def stops_at_once(self, contexts, seed):
         out = real(self, contexts, seed)
-        return [
-            Generated([], _stack([], self.sampling.top_k)) if i == 0 else g
-            for i, g in enumerate(out)
-        ]
+        return [Generated([]) if i == 0 else g for i, g in enumerate(out)]
 
     monkeypatch.setattr(Decoder, "generate", stops_at_once)
     out, store_path = generate(tiny_pair, tmp_path, "stopped")
@@ -194,9 +313,7 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     monkeypatch.setattr(
         Decoder,
         "generate",
-        lambda self, contexts, seed: [
-            Generated([], _stack([], self.sampling.top_k)) for _ in contexts
-        ],
+        lambda self, contexts, seed: [Generated([]) for _ in contexts],
     )
     out, store = tmp_path / "silent.json", tmp_path / "silent.zarr"
     args = cli_args("generate", tiny_pair[0], out=out, store=store, limit=3)
@@ -205,10 +322,12 @@ def test_all_answers_empty_records_no_store(tiny_pair, tmp_path: Path, monkeypat
     assert out.exists() and not store.exists()
 
 
-def test_one_job_from_prompts_to_a_complete_store(tiny_pair, greedy, tmp_path: Path) -> None:
+def test_one_job_from_prompts_to_a_complete_store(
+    tiny_pair, greedy, one_job, tmp_path: Path
+) -> None:
     """`generate --base`: decode, record, then both models scored into the store by the pair
     head in the same job, each model loaded once; equal to `generate` followed by `score`."""
-    out, store = generate(tiny_pair, tmp_path, "one-job", "--base", str(tiny_pair[1]))
+    out, store = one_job
     one = Store(store, mode="r")
     assert one.committed().all() and one.has_pair
     # The two-step way, on a copy of the recorded store of the `greedy` fixture.

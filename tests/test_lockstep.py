@@ -70,7 +70,7 @@ def test_lockstep_equals_decoder_and_pair_scorer(pair, temperature):
     got, finish = _run(decoder, requests, join_at=[0, 2, 2])  # two join together
     scorer = PairScorer(runners["aligned"], runners["base"], K, CHUNK, 4096)
     for r in requests:
-        sampling = Sampling(r.max_new_tokens, temperature, 0.9, top_k=K)
+        sampling = Sampling(r.max_new_tokens, temperature, 0.9)
         want = Decoder(runners["aligned"], tok, sampling).generate([r.contexts["aligned"]], r.seed)
         assert r.tokens == want[0].ids  # the answer `tdsdist generate` writes
         assert finish[r.id] == ("length" if len(r.tokens) == r.max_new_tokens else "stop")

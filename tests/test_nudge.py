@@ -96,9 +96,7 @@ def test_threshold_zero_is_the_base_models_own_answer(tiny_pair, tmp_path: Path,
     tok = AutoTokenizer.from_pretrained(tiny_pair[1])
     model = AutoModelForCausalLM.from_pretrained(tiny_pair[1], dtype=torch.float32).eval()
     runner = ModelRunner(model, len(tok), torch.device("cpu"), head_dtype="float32")
-    decoder = Decoder(
-        runner, tok, Sampling(NEW, 0.8 if sampled else 0.0, 0.9 if sampled else 1.0, top_k=K)
-    )
+    decoder = Decoder(runner, tok, Sampling(NEW, 0.8 if sampled else 0.0, 0.9 if sampled else 1.0))
     plain = base_context_fn("plain")
     s = Store(store, mode="r")
     recorded = store_answers(s)
@@ -224,9 +222,9 @@ def test_show_json_has_nudged_only_for_nudged_stores(tiny_pair, nudged, tmp_path
 def test_resume_after_a_kill_equals_an_uninterrupted_run(
     tiny_pair, nudged, tmp_path, monkeypatch
 ) -> None:
-    import tdsdist.jobs.nudge as job
+    import tdsdist.jobs.nudge_units as job
 
-    save, calls = job._save_unit, []
+    save, calls = job.save_unit, []
 
     def dies_after_one_unit(results, tokenizer, unit, n, parts):
         if calls:
@@ -234,14 +232,14 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(
         calls.append(n)
         save(results, tokenizer, unit, n, parts)
 
-    monkeypatch.setattr(job, "_save_unit", dies_after_one_unit)
+    monkeypatch.setattr(job, "save_unit", dies_after_one_unit)
     with pytest.raises(AssertionError):
         nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
     out = tmp_path / "n.json"
     assert not out.exists() and len(list(Path(str(out) + ".parts").glob("unit-*.json"))) == 1
     decoded = []
     monkeypatch.setattr(
-        job, "_save_unit", lambda r, t, u, n, p: (decoded.append(n), save(r, t, u, n, p))
+        job, "save_unit", lambda r, t, u, n, p: (decoded.append(n), save(r, t, u, n, p))
     )
     nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
     assert sorted(decoded) == [1, 2]  # only the pending units
@@ -344,7 +342,7 @@ def test_a_run_killed_after_publishing_the_store_finishes(
 ) -> None:
     """Killed between the store's rename and the parts' removal: the same command assembles
     again from the parts (no decoding) and replaces the store it had published."""
-    import tdsdist.jobs.nudge as job
+    import tdsdist.jobs.nudge_units as job
 
     rmtree = shutil.rmtree
 
@@ -353,12 +351,12 @@ def test_a_run_killed_after_publishing_the_store_finishes(
             raise RuntimeError("killed")
         rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(job.shutil, "rmtree", killed)
+    monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(AssertionError):
         nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
     assert (tmp_path / "n.zarr").exists() and (tmp_path / "n.json.parts").exists()
     monkeypatch.undo()
-    monkeypatch.setattr(job, "_nudge_unit", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(job, "decode_unit", lambda *a: pytest.fail("decoded again"))
     nudge(tiny_pair, tmp_path, "n", "--nudge-threshold", "0.4", "--compare")
     assert not (tmp_path / "n.json.parts").exists()
     a, b = Store(tmp_path / "n.zarr", mode="r"), Store(nudged[1], mode="r")

@@ -1,10 +1,9 @@
-"""Batched decoding with a KV cache, recording the statistics of every generated position.
+"""Batched decoding with a KV cache: the aligned model's answers (`tdsdist generate`).
 
-The statistics (top-k, the chosen token's log-probability and rank, entropy) come from the raw
-logits of the decoding step itself, before temperature or top-p, through the same scoring head
-as `score` (`head.logit_statistics`), so they equal what scoring the same tokens afterwards gives.
-The model is behind the same `ModelRunner` seam as the scorer; under tensor parallelism each rank
-holds a vocabulary slice: greedy choice is a global argmax (O(tp) floats per row), sampling
+Only the answers' token ids come out: their statistics are what the pair head computes when it
+scores the answers afterwards (both models on the same rows, exact divergences), so decoding
+does not compute them a first time. The model is behind the same `ModelRunner` seam as the
+scorer; under tensor parallelism each rank holds a vocabulary slice: greedy choice is a global argmax (O(tp) floats per row), sampling
 gathers the step's logits (one row per sequence, O(V)), and every rank of a group makes the same
 choice from the same numbers and seed.
 
@@ -17,16 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from tdsdist.engine.head import (
-    HeadOutput,
-    VocabShard,
-    gather_vocabulary,
-    global_argmax,
-    logit_statistics,
-)
+from tdsdist.engine.head import VocabShard, gather_vocabulary, global_argmax
 from tdsdist.engine.runner import ModelRunner
 
 if TYPE_CHECKING:
@@ -41,13 +33,12 @@ class Sampling:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
-    top_k: int = 20  # candidates recorded per position
 
 
 @dataclass
 class Generated:
     ids: list[int]
-    stats: dict[str, np.ndarray]  # per generated position, in the store's dtypes and names
+    """The answer's token ids, without the token that ended it."""
 
 
 def end_of_answer_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -82,12 +73,11 @@ def choose_tokens(
 
 
 class Decoder:
-    """Decodes batches of contexts with one model; statistics from the raw logits of each step."""
+    """Decodes batches of contexts with one model."""
 
     def __init__(
         self, runner: ModelRunner, tokenizer: PreTrainedTokenizerBase, sampling: Sampling
     ) -> None:
-        runner.check_top_k(sampling.top_k)
         self.runner, self.tokenizer, self.sampling = runner, tokenizer, sampling
         self.eos = end_of_answer_ids(runner.model, tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -113,7 +103,6 @@ class Decoder:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         out_ids: list[list[int]] = [[] for _ in range(b)]
-        rows: list[list[HeadOutput]] = [[] for _ in range(b)]
         done = [False] * b
         step_ids = ids
         for _ in range(s.max_new_tokens):
@@ -122,40 +111,23 @@ class Decoder:
             )[:, -1]  # [B, H]
             logits = runner.logits(hidden)  # [B, V_local] raw: before temperature / top-p
             token = self._choose(logits, gen)  # [B] global ids
-            stats = logit_statistics(logits, token, s.top_k, shard=runner.shard).to_cpu()
-            for i, row in enumerate(stats.split([1] * b)):
+            for i, t in enumerate(token.tolist()):
                 if done[i]:
                     continue
-                t = int(token[i])
                 if t in self.eos:
                     done[i] = True
                     continue
                 out_ids[i].append(t)
-                rows[i].append(row)
                 if s.stop and self._hit_stop(out_ids[i]):
                     out_ids[i].pop()
-                    rows[i].pop()
                     done[i] = True
             if all(done):
                 break
             step_ids = token.unsqueeze(-1)
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=-1)
             positions = positions[:, -1:] + 1
-        return [Generated(out_ids[i], _stack(rows[i], s.top_k)) for i in range(b)]
+        return [Generated(answer) for answer in out_ids]
 
     def _hit_stop(self, ids: list[int]) -> bool:
         text = self.tokenizer.decode(ids)
         return any(stop in text for stop in self.sampling.stop)
-
-
-def _stack(rows: list[HeadOutput], k: int) -> dict[str, np.ndarray]:
-    if rows:
-        return HeadOutput.cat(rows).numpy()
-    empty = HeadOutput(
-        top_ids=torch.zeros(0, k, dtype=torch.int32),
-        top_logprobs=torch.zeros(0, k),
-        logprob=torch.zeros(0),
-        rank=torch.zeros(0, dtype=torch.int32),
-        entropy=torch.zeros(0),
-    )
-    return empty.numpy()

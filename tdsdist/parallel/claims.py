@@ -23,6 +23,9 @@ from tdsdist.progress import Progress
 U = TypeVar("U")
 R = TypeVar("R")
 
+#: Seconds between looks at the units another process holds (`claim_loop`'s `wait`).
+WAIT_S = 0.5
+
 
 @dataclass(frozen=True)
 class LoopResult:
@@ -43,6 +46,7 @@ def claim_loop(
     size: Callable[[U], int],
     label: tuple[str, str] = ("working", "units"),
     guard: Callable[[U], AbstractContextManager[bool]] | None = None,
+    wait: Callable[[U], bool] | None = None,
 ) -> LoopResult:
     """Run `unit_fn(unit, advance)` on every rank of the group for each claimed unit, then
     `commit_fn(unit, result)` on the group's leader only; returns once no unit is left (or
@@ -52,7 +56,10 @@ def claim_loop(
     `advance(n)` lets `unit_fn` move the bar within a unit on rank 0; the job-wide count is
     reached after each commit. `guard(unit)`: a context that says whether this process holds
     the unit (another process may hold it, or have committed it); only for groups of one rank
-    (tp 1), since every rank of a group must take the same units."""
+    (tp 1), since every rank of a group must take the same units. `wait(unit)`: whether a unit
+    is still unfinished; with `guard`, a plain process then returns only once none is (it waits
+    for the units other processes hold, and takes over those whose claims went stale), so that
+    whatever comes next (assembling every unit's result) finds them all."""
     claims, stop = WorkClaims(d, len(pending)), StopFlag()
     progress = Progress(sum(size(u) for u in pending), *label, d.is_main)
     start = time.perf_counter()
@@ -65,6 +72,16 @@ def claim_loop(
             if d.is_leader:
                 commit_fn(unit, result)
                 progress.reach(claims.add_done(size(unit)))
+    while wait is not None and guard is not None and not d.distributed and not stop.requested:
+        left = [unit for unit in pending if wait(unit)]
+        if not left:
+            break
+        for unit in left:
+            with guard(unit) as mine:
+                if mine:
+                    commit_fn(unit, unit_fn(unit, progress.update))
+                    progress.reach(claims.add_done(size(unit)))
+        time.sleep(WAIT_S)
     progress.close()
     seconds = time.perf_counter() - start
     if d.distributed:

@@ -13,6 +13,7 @@ Everything here also runs without torchrun (world size 1, no process group).
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -30,6 +31,10 @@ from tdsdist.errors import TdsError
 T = TypeVar("T")
 CLAIM_KEY = "tdsdist/next_unit"
 DONE_KEY = "tdsdist/done_positions"
+#: Claim loops begun in this process. Every rank begins the same loops in the same order
+#: (`generate --base`: the decoding's, then the scoring's), so the n-th loop's keys are the same
+#: on every rank and no loop starts from the counters another one left in the store.
+_claim_loops = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -198,13 +203,15 @@ class WorkClaims:
         self.next_local = 0
         self.done_local = 0
         self.store = d.store if d.distributed else None
+        loop = next(_claim_loops)
+        self.claim_key, self.done_key = f"{CLAIM_KEY}/{loop}", f"{DONE_KEY}/{loop}"
 
     def claim(self) -> int:
         """The next unclaimed index, or -1 when all are taken."""
         if self.store is None:
             index, self.next_local = self.next_local, self.next_local + 1
         else:
-            index = self.store.add(CLAIM_KEY, 1) - 1
+            index = self.store.add(self.claim_key, 1) - 1
         return index if index < self.count else -1
 
     def add_done(self, positions: int) -> int:
@@ -212,7 +219,7 @@ class WorkClaims:
         if self.store is None:
             self.done_local += positions
             return self.done_local
-        return self.store.add(DONE_KEY, positions)
+        return self.store.add(self.done_key, positions)
 
 
 def claimed_indices(d: Dist, claims: WorkClaims, stop: StopFlag) -> Iterator[int]:

@@ -99,3 +99,22 @@ def claim_unit(store: Path, unit: int, committed: Callable[[], bool]) -> Iterato
         return
     with held(path):
         yield not committed()
+
+
+def run_once(
+    folder: Path, done: Callable[[], bool], run: Callable[[], None], wait_s: float
+) -> None:
+    """`run()` in one of the plain processes sharing `folder` (whoever claims it, as the pseudo
+    unit -1); the others wait, looking every `wait_s` seconds, until `done()`. `run` must make
+    `done()` true and remove `folder` (a decoding job's assembly removes its parts folder)."""
+    while not done():
+        try:
+            claim = try_claim(folder, -1)
+        except FileNotFoundError:  # the folder was just removed: done
+            continue
+        if claim is not None:
+            with held(claim):
+                if folder.exists():
+                    run()
+            return
+        time.sleep(wait_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from tdsdist.engine.decoder import end_of_answer_ids
@@ -19,13 +20,13 @@ from tdsdist.engine.lockstep import LockstepDecoder
 from tdsdist.engine.models import resolve_device
 from tdsdist.engine.scorer import PairScorer
 from tdsdist.errors import TdsError
-from tdsdist.parallel.dist import destroy, init_distributed
+from tdsdist.parallel.dist import Dist, destroy, init_distributed
 from tdsdist.serve.config import score_config
 from tdsdist.serve.engine import Engine
-from tdsdist.serve.pair import PairInputs, load_runners
+from tdsdist.serve.pair import PairInputs
 
 
-def run_serve(config: Any, log=print) -> None:
+def run_serve(config: Any, log: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM / SIGINT (module docstring)."""
     scoring = score_config(config)
     device = resolve_device(config.device)
@@ -37,7 +38,7 @@ def run_serve(config: Any, log=print) -> None:
                 f" --tp ({d.dims.tp})"
             )
         inputs = PairInputs.load(scoring)
-        runners = load_runners(scoring, inputs, device, d)
+        runners = inputs.pair.load(device, d, scoring.head_dtype or "float32")
         chunk = config.logits_chunk_mib << 20
         aligned, base = runners["aligned"], runners["base"]
         scorer = PairScorer(aligned, base, config.top_k, chunk, config.max_tokens_per_batch)
@@ -53,7 +54,14 @@ def run_serve(config: Any, log=print) -> None:
         destroy(d)
 
 
-def _serve_http(config, inputs, scorer, decoder, d, log) -> None:
+def _serve_http(
+    config: Any,
+    inputs: PairInputs,
+    scorer: PairScorer,
+    decoder: LockstepDecoder,
+    d: Dist,
+    log: Callable[[str], None],
+) -> None:
     import uvicorn
 
     from tdsdist.serve.app import build_app

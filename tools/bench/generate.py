@@ -1,7 +1,7 @@
 """Generate-and-record against generate-then-score (SmolLM2-135M-Instruct as aligned and base).
 
-(a) `generate --store` records the aligned side while decoding; `score` then runs the base pass.
-(b) `generate` without a store; `score` then runs both passes over the answers.
+(a) `generate --store` records the answers (their ids); `score` then completes it (pair head).
+(b) `generate` without a store; `score` then scores the answers file into a new store.
 Seconds of generation and of scoring (model loading excluded), medians over interleaved repeats.
 
     python -m tools.bench.generate --examples 4 --max-new-tokens 48 --repeats 2

@@ -49,7 +49,7 @@ def child(args: argparse.Namespace) -> dict:
     from tdsdist.parallel.dist import init_distributed
     from tdsdist.serve.config import ServeConfig, score_config
     from tdsdist.serve.engine import pair_arrays
-    from tdsdist.serve.pair import PairInputs, load_runners
+    from tdsdist.serve.pair import PairInputs
 
     torch.set_num_threads(args.threads)
     folder = args.model or str(prepare_smollm2())
@@ -58,12 +58,17 @@ def child(args: argparse.Namespace) -> dict:
     device = torch.device("cpu")
     d = init_distributed(1, 600, device)
     inputs = PairInputs.load(scoring)
-    runners = load_runners(scoring, inputs, device, d)
+    if hasattr(inputs, "pair"):  # the resolved pair loads its runners (`jobs.pair`)
+        runners = inputs.pair.load(device, d, scoring.head_dtype or "float32")
+    else:  # a checkout before it (`--code` compares versions)
+        from tdsdist.serve.pair import load_runners
+
+        runners = load_runners(scoring, inputs, device, d)
     end = end_of_answer_ids(runners["aligned"].model, inputs.tokenizer)
     chunk = config.logits_chunk_mib << 20
     prompts = _prompts(max(args.batches))
     contexts = [inputs.contexts([{"role": "user", "content": p}], args.tokens) for p in prompts]
-    sampling = Sampling(args.tokens, top_k=config.top_k)
+    sampling = Sampling(args.tokens)
     decoder = Decoder(runners["aligned"], inputs.tokenizer, sampling)
 
     def aligned_only(b: int) -> tuple[float, int]:

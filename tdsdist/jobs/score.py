@@ -41,7 +41,6 @@ from tdsdist.parallel.dist import (
     task_share,
 )
 from tdsdist.parallel.file_claims import claim_unit
-from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.store import Store, UnitRows
 from tdsdist.store_space import check_store_writable, no_space
 from tdsdist.units import in_task_share
@@ -54,30 +53,7 @@ FAULT_RANK_ENV = "TDSDIST_FAULT_RANK"  # only this global rank dies (default: an
 Log = Callable[[str], None]
 
 
-def load_model_runner(
-    config: ScoreConfig,
-    model: str,
-    vocab_size: int,
-    device: torch.device,
-    d: Dist,
-    head_dtype: str,
-) -> ModelRunner:
-    """One model of the pair, as this rank runs it (`parallel.loading.load_runner`)."""
-    revision = config.aligned_revision if model == "aligned" else config.base_revision
-    return load_runner(
-        getattr(config, model),
-        revision,
-        dtype=config.dtype,
-        vocab_size=vocab_size,
-        device=device,
-        d=d,
-        trust_remote_code=config.trust_remote_code,
-        head_dtype=head_dtype,
-    )
-
-
 def load_runners(
-    config: ScoreConfig,
     prep: Prepared,
     device: torch.device,
     d: Dist,
@@ -85,28 +61,16 @@ def load_runners(
     models: Sequence[str],
 ) -> dict[str, ModelRunner]:
     """The named models of the pair, as this rank runs them, with their shared prefixes set:
-    a `preloaded` one is used as it is (what `generate --base` hands over); an adapter loads
-    both from one copy of the base weights."""
+    a `preloaded` one is used as it is (what `generate --base` hands over); the others load
+    through the resolved pair's one loader (an adapter: both from one copy of the base weights)."""
+    missing = tuple(m for m in models if m not in preloaded)
     runners = dict(preloaded)
-    if config.aligned_adapter and not runners:
-        runners = load_adapter_runners(
-            config.base,
-            config.base_revision,
-            config.aligned_adapter,
-            dtype=config.dtype,
-            vocab_size=prep.vocab_size("base"),
-            device=device,
-            d=d,
-            trust_remote_code=config.trust_remote_code,
-            head_dtype=prep.head_dtype,
-        )
-    loaded = {}
+    if missing:
+        assert prep.pair is not None  # `prepare` resolves it
+        runners.update(prep.pair.load(device, d, prep.head_dtype, missing))
     for model in models:
-        loaded[model] = runners.get(model) or load_model_runner(
-            config, model, prep.vocab_size(model), device, d, prep.head_dtype
-        )
-        loaded[model].set_prefix(prep.prefixes[model])
-    return loaded
+        runners[model].set_prefix(prep.prefixes[model])
+    return {m: runners[m] for m in models}
 
 
 def load_scoring(
@@ -125,7 +89,7 @@ def load_scoring(
     scorer's `note` says so in the log)."""
 
     def load(models: Sequence[str]) -> dict[str, ModelRunner]:
-        return load_runners(config, prep, device, d, preloaded or {}, models)
+        return load_runners(prep, device, d, preloaded or {}, models)
 
     earlier = legacy_scoring(config, prep, store, load)
     return earlier or PairScoring.load(config, prep.plan, load, generated(store))

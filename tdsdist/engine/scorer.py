@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tdsdist.engine.head import HeadOutput
-from tdsdist.engine.pair_head import PairOutput, pair_positions
+from tdsdist.engine.pair_head import pair_positions
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.errors import TdsError
 
@@ -229,11 +229,17 @@ class PairScorer:
         self, answers: Sequence[AnswerPair], progress: Callable[[int], None] | None = None
     ) -> dict[str, np.ndarray]:
         """Store array name (`aligned/rank`, `positions/js`, ...) -> per-position values of all
-        answers, concatenated in the given order. `progress` counts positions of both passes."""
+        answers, concatenated in the given order. `progress` counts positions of both passes.
+
+        Each array is allocated once, at its final size, when the first batch comes back, and
+        every batch's rows are copied into their place as the batch finishes: the host holds the
+        answers' arrays once plus one batch, never a list of pieces and their concatenation."""
         fed = [
             len(a.answer) - 1 + max(len(a.aligned_context), len(a.base_context)) for a in answers
         ]
-        results: list[PairOutput | None] = [None] * len(answers)
+        starts = np.cumsum([0] + [len(a.answer) for a in answers])  # [n + 1] row offsets
+        arrays: dict[str, np.ndarray] = {}
+        scored = 0
         for batch in token_budget_batches(fed, self.max_tokens_per_batch):
             pairs = [answers[i] for i in batch]
             hidden = {
@@ -252,10 +258,17 @@ class PairScorer:
                 self.chunk_bytes,
                 base.shard,
             )
-            for i, part in zip(batch, out.to_cpu().split([len(p.answer) for p in pairs])):
-                results[i] = part
+            part = out.to_cpu().arrays()  # the batch's rows, in batch order
+            del out, hidden
+            if not arrays:  # shapes and dtypes as the head gives them
+                arrays = {
+                    k: np.empty((starts[-1],) + v.shape[1:], v.dtype) for k, v in part.items()
+                }
+            rows = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in batch])  # [N]
+            for name, values in part.items():
+                arrays[name][rows] = values
+            scored += len(batch)
             if progress is not None:
                 progress(2 * sum(len(p.answer) for p in pairs))
-        scored = [r for r in results if r is not None]
-        assert len(scored) == len(results), "an answer was not scored"
-        return PairOutput.cat(scored).arrays()
+        assert scored == len(answers) and arrays, "an answer was not scored"
+        return arrays

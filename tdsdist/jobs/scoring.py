@@ -20,6 +20,7 @@ from tdsdist.engine.scorer import AnswerPair, PairScorer
 from tdsdist.inputs.plan import Plan
 from tdsdist.metrics import topk_kl
 from tdsdist.store import UnitRows
+from tdsdist.topk_metrics import in_sub_blocks
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 
 Progress = Callable[[int], None]
@@ -71,14 +72,19 @@ def pair_arrays(
     plan: Plan, unit: UnitRows, pair: PairScorer, progress: Progress | None = None
 ) -> dict[str, np.ndarray]:
     """A unit's arrays from the pair head: both models on the same rows at once, the exact
-    divergences, and the top-k KL of format 1 beside them (for continuity)."""
+    divergences, and the top-k KL of format 1 beside them (for continuity). Each array is
+    allocated once at the unit's size (see `PairScorer.score`)."""
     items = [plan.items[i] for i in unit.examples]
     answers = [AnswerPair(it.aligned_context, it.base_context, it.answer) for it in items]
     arrays = pair.score(answers, progress)
     arrays["positions/token_id"] = np.concatenate([np.asarray(a.answer, np.int32) for a in answers])
-    arrays["positions/kl"] = topk_kl(
-        arrays["aligned/top_logprobs"], arrays["base/logprobs_at_aligned_top"]
-    )
+    top, at_top = arrays["aligned/top_logprobs"], arrays["base/logprobs_at_aligned_top"]
+    kl = arrays["positions/kl"] = np.empty(len(top), np.float32)
+
+    def one(a: int, b: int) -> None:  # per row: the sub-blocks change no value
+        kl[a:b] = topk_kl(top[a:b], at_top[a:b])
+
+    in_sub_blocks(one, len(top))  # float64 temporaries of a sub-block, not of the unit
     return arrays
 
 

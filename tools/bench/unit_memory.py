@@ -5,8 +5,8 @@ one thread) on the same `--examples` answers (the demo records repeated under ne
 cut at `--max-output-tokens`) with each `--unit-sizes` value, each in a fresh process, and
 reports the peak resident set size. The accelerator's memory is bounded by the batch
 (`--max-tokens-per-batch`) and the head's chunk whatever the unit; on the host a unit's rows are
-kept until its shards are written (about 400 B per position, twice that while the batches'
-pieces are concatenated), so the peak grows with the unit by that much and no more. Prints
+held once, at its final size, until its shards are written (about 570 B per position at k=20,
+uncompressed), so the peak grows with the unit by that and the writer's buffers, no more. Prints
 markdown: the peak, its growth over the smallest unit, and that growth per position of the
 largest unit.
 

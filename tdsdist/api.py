@@ -129,7 +129,7 @@ class TdsStore:
         `base_context` (int32 ids) and, with `decode`, `aligned_context_text` and
         `base_context_text` (special tokens kept). None for what the store did not record
         (stores of earlier releases; the base side of a store `generate` recorded, until scored)."""
-        from tdsdist.store_contexts import StoredContexts, decode_context
+        from tdsdist.store.contexts import StoredContexts, decode_context
 
         index = self._store.example_index(str(example_id))
         stored = StoredContexts(self._store)
@@ -145,7 +145,7 @@ class TdsStore:
     def fields(self) -> dict[str, list[Any]]:
         """The input fields the store kept (`--keep-fields`): `{name: [E] values}` in store
         order; none for a store made before fields were kept."""
-        from tdsdist.store_fields import field_names, read_field
+        from tdsdist.store.fields import field_names, read_field
 
         return {name: read_field(self._store, name) for name in field_names(self._store)}
 

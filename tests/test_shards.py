@@ -17,8 +17,8 @@ import pytest
 import zarr
 
 from tdsdist.analysis.chunks import BlockReader
-from tdsdist.integrity import damaged_units
 from tdsdist.store import DamagedChunk, Store, layout, shard_positions
+from tdsdist.store.integrity import damaged_units
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import build  # noqa: E402

@@ -48,7 +48,7 @@ from tdsdist.files import staged_file
 from tdsdist.metrics import CATEGORIES
 from tdsdist.safe_replace import check_replaceable_parquet
 from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_fields import field_names, read_field
+from tdsdist.store.fields import field_names, read_field
 
 MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
 CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())

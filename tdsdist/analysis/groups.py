@@ -27,7 +27,7 @@ from tdsdist.analysis import measures
 from tdsdist.analysis import published as pub
 from tdsdist.analysis.curves import CATEGORY_NAMES, PositionCurves, bootstrap_weights
 from tdsdist.store import MODELS, Store
-from tdsdist.store_fields import read_field
+from tdsdist.store.fields import read_field
 
 MIN_EXAMPLES = 5  # examples a group needs for an interval (and for a difference's interval)
 MISSING = "(missing)"

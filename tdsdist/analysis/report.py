@@ -58,7 +58,7 @@ from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.files import check_out_folder, publish, staged_folder
 from tdsdist.metrics import categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_contexts import StoredContexts
+from tdsdist.store.contexts import StoredContexts
 
 MARKER = ".tdsdist-report"
 TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store kept fewer)

@@ -17,7 +17,7 @@ import numpy as np
 
 from tdsdist.analysis.summary import Filters
 from tdsdist.store import MODELS, Store
-from tdsdist.store_contexts import StoredContexts, decode_context
+from tdsdist.store.contexts import StoredContexts, decode_context
 
 
 def special_ids(store: Store, filters: Filters) -> np.ndarray:

@@ -11,7 +11,7 @@ from tdsdist.analysis.published import published_rows
 from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
+from tdsdist.store.contexts import NOT_RECORDED, StoredContexts, decode_context
 from tdsdist.topk_metrics import published_block
 
 

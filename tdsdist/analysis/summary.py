@@ -22,7 +22,7 @@ from tdsdist.analysis.paired import per_example_sums
 from tdsdist.analysis.summary_text import render_text  # noqa: F401  (re-exported: analyze's text)
 from tdsdist.analysis_options import Filters, Thresholds
 from tdsdist.store import Store
-from tdsdist.store_fields import read_field
+from tdsdist.store.fields import read_field
 
 BLOCK_ROWS = 1 << 18
 CATEGORY_BY = pub.CATEGORY_BY

@@ -68,10 +68,10 @@ from tdsdist.safe_replace import (
     check_replaceable_store,
 )
 from tdsdist.store import MODEL_STATS, create
-from tdsdist.store_contexts import ExampleContexts
-from tdsdist.store_fields import ExampleFields, Writers, select
-from tdsdist.store_space import check_store_writable
-from tdsdist.units import unit_ranges
+from tdsdist.store.contexts import ExampleContexts
+from tdsdist.store.fields import ExampleFields, Writers, select
+from tdsdist.store.space import check_store_writable
+from tdsdist.store.units import unit_ranges
 
 #: What the answers file records about how each answer was generated: the model, its template
 #: and the decoding options that change the answers (the fingerprinted ones of `Decoding`, `Stops`).

@@ -57,11 +57,11 @@ from tdsdist.parallel.dist import (
 )
 from tdsdist.parallel.loading import load_runner
 from tdsdist.store import create
-from tdsdist.store_contexts import ExampleContexts
-from tdsdist.store_fields import ExampleFields, Writers
-from tdsdist.store_space import check_store_writable
+from tdsdist.store.contexts import ExampleContexts
+from tdsdist.store.fields import ExampleFields, Writers
+from tdsdist.store.space import check_store_writable
+from tdsdist.store.units import unit_ranges
 from tdsdist.topk_metrics import stored_arrays as published_arrays
-from tdsdist.units import unit_ranges
 
 #: What the answers file records about how each answer was decoded.
 SETTINGS = (

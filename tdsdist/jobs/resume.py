@@ -18,9 +18,9 @@ from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
 from tdsdist.safe_replace import check_replaceable_store
 from tdsdist.store import Store, StoreExists, create
-from tdsdist.store_contexts import ExampleContexts, StoredContexts, add_contexts
-from tdsdist.store_fields import ExampleFields, Writers, select
-from tdsdist.units import unit_ranges
+from tdsdist.store.contexts import ExampleContexts, StoredContexts, add_contexts
+from tdsdist.store.fields import ExampleFields, Writers, select
+from tdsdist.store.units import unit_ranges
 
 
 def open_or_create_store(prep: Prepared) -> Store:

@@ -44,9 +44,9 @@ from tdsdist.parallel.dist import (
 from tdsdist.parallel.file_claims import claim_unit
 from tdsdist.parallel.loading import load_adapter_runners, load_runner
 from tdsdist.store import MODEL_STATS, Store, UnitRows
-from tdsdist.store_space import check_store_writable, no_space
+from tdsdist.store.space import check_store_writable, no_space
+from tdsdist.store.units import in_task_share
 from tdsdist.topk_metrics import stored_arrays as published_arrays
-from tdsdist.units import in_task_share
 
 # Fault injection for tests of crash recovery: SIGKILL this process after writing the data of
 # the N-th unit of this run (0-based) and before marking it committed: the worst moment to die.

@@ -72,8 +72,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
 from tdsdist.safe_replace import check_replaceable_store
-from tdsdist.store_checks import DamagedChunk, check_chunks_present, check_metadata
-from tdsdist.units import unit_ranges
+from tdsdist.store.checks import DamagedChunk, check_chunks_present, check_metadata
+from tdsdist.store.units import unit_ranges
 
 
 class GroupWriter(Protocol):

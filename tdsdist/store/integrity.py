@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tdsdist.errors import TdsError
 from tdsdist.store import DamagedChunk, Store
-from tdsdist.store_contexts import GROUP, StoredContexts
+from tdsdist.store.contexts import GROUP, StoredContexts
 
 
 def damaged_units(store: Store) -> dict[int, list[str]]:

@@ -1,4 +1,4 @@
-"""Store format 4: one shard file per per-position array and work unit (`store.py`).
+"""Store format 4: one shard file per per-position array and work unit (`tdsdist/store/`).
 
 Each unit's shard is its own file, written whole in one write without reading anything back;
 inner chunks never written (padding, unscored units) cost nothing; a damaged inner chunk or shard

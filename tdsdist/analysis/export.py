@@ -16,7 +16,7 @@ units are not rows). Columns, in order (`COLUMNS`):
     `published.METRICS`; float32, the ranks int32, `published_top1_differs` bool; null where the
     store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores),
     nudged bool (a nudged store only, `tdsdist nudge`: the aligned model chose the token),
-    field_<name> per input field the store kept (`store_fields.py`; bool, int64, float64 or string
+    field_<name> per input field the store kept (`store/fields.py`; bool, int64, float64 or string
     as the values are; null where an example lacks it), and with `--group-by FIELD` a last
     column `group` (string: the group's name as `analyze --group-by` prints it).
 

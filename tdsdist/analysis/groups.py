@@ -1,7 +1,7 @@
 """Every statistic of `analyze` per group of examples (`--group-by FIELD`), with intervals, and the
 differences between groups.
 
-The groups are the values of one field the store kept from the input (`store_fields.py`): harmful
+The groups are the values of one field the store kept from the input (`store/fields.py`): harmful
 against benign prompts (Qi et al. 2025), a benchmark's categories. `summarize` accumulates sums
 per example (`curves.PositionCurves`, `published.PublishedSums`), so a group's statistic is the
 same pooled ratio over its own examples, and its 95% interval resamples its own examples

@@ -5,7 +5,7 @@ The report's summary is computed with `analyze`'s filters (`--exclude-first`,
 `--exclude-special-tokens`); each example page marks the positions those filters left out, by the
 rule `summary.summarize` applies (a position is out when it is among its answer's first N, or its
 token is one of the stored tokenizer's special ids), so that a reader sees which tokens the
-numbers do not count. The contexts come from the store (`store_contexts`), decoded with their
+numbers do not count. The contexts come from the store (`store/contexts.py`), decoded with their
 special tokens, so the template shows as the model read it.
 """
 

@@ -421,7 +421,7 @@ def _assemble(examples, contexts, units, parts, out, cfg, tokenizer, fingerprint
 
 
 def _kept_fields(cfg: GenerateConfig, examples) -> dict[str, list]:
-    """`--keep-fields` of the prompts' scalar metadata (`store_fields.py`)."""
+    """`--keep-fields` of the prompts' scalar metadata (`store/fields.py`)."""
     texts = {"id", "pure_input", "input", "output", "generator", "messages"}
     return select([dict(ex.metadata) for ex in examples], cfg.keep_fields, texts, cfg.data)
 

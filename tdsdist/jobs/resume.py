@@ -172,7 +172,7 @@ def create_store(prep: Prepared) -> Store:
 
 
 def _kept_fields(config, examples) -> dict[str, list]:
-    """`--keep-fields` of the examples' scalar metadata (`store_fields.py`)."""
+    """`--keep-fields` of the examples' scalar metadata (`store/fields.py`)."""
     texts = {config.id_field, config.instruction_field, config.input_field, config.output_field}
     records = [dict(ex.metadata) for ex in examples]
     return select(records, config.keep_fields, texts, config.data)

@@ -28,7 +28,8 @@ import zarr
 
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
-from tdsdist.store import CHECKSUM, COMPRESSOR, MODELS, Store
+from tdsdist.store.reader import Store
+from tdsdist.store.schema import CHECKSUM, COMPRESSOR, MODELS
 
 GROUP = "contexts"
 CHUNK_TOKENS = 1 << 18  # context ids per chunk (1 MiB of int32): a few examples' worth per read

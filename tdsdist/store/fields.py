@@ -31,7 +31,8 @@ import numpy as np
 import zarr
 
 from tdsdist.errors import TdsError
-from tdsdist.store import CHECKSUM, COMPRESSOR, Store
+from tdsdist.store.reader import Store
+from tdsdist.store.schema import CHECKSUM, COMPRESSOR
 
 GROUP = "fields"
 MAX_ALL_CHARS = 200  # `all`: a longer string value makes the field a text, not a label

@@ -9,8 +9,9 @@ made, so a damaged array there is reported, not repaired (the scores do not depe
 from __future__ import annotations
 
 from tdsdist.errors import TdsError
-from tdsdist.store import DamagedChunk, Store
+from tdsdist.store.checks import DamagedChunk
 from tdsdist.store.contexts import GROUP, StoredContexts
+from tdsdist.store.reader import Store
 
 
 def damaged_units(store: Store) -> dict[int, list[str]]:

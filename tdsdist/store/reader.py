@@ -1,336 +1,29 @@
-"""The Zarr v3 store: ragged per-position arrays, one writer per work unit, resumable.
+"""Reading (and writing a unit's rows into) an existing store: class `Store`.
 
-Layout (P = positions, including the alignment gaps between units; k = top-k):
-
-    zarr.json                      attrs: tdsdist (fingerprint, config, layout), timing
-    examples/id                    [E] str
-    examples/offset, length        [E] int64 / int32: rows of the example in the position arrays
-    examples/unit                  [E] int32
-    examples/answer_truncated      [E] bool   (also aligned_/base_context_truncated)
-    examples/aligned_context_length, base_context_length   [E] int32
-    units/committed                [U] uint8, chunk 1: each unit owns its flag
-    positions/token_id             [P] int32  the answer tokens (written at creation)
-    positions/kl                   [P] float32  top-k KL (a lower bound of kl_aligned_base)
-    positions/{kl_aligned_base, kl_base_aligned, js, tv}   [P] float32  (format 2)
-    positions/nudged               [P] int8  1: the aligned model chose the token (`nudge` only)
-    aligned/{top_ids [P,k] int32, top_logprobs [P,k] f32, logprob, rank, entropy [P]}
-    aligned/{ties [P] int32, logprobs_at_base_top [P,k] f32, rank_of_base_top1 [P] int32}  (2)
-    base/{the same five, plus logprobs_at_aligned_top [P,k] f32; ties [P] int32 (2)}
-    published/{jaccard, ndcg, kl_partial, weighted_sum, top_prob [P] f32; top_rank,
-               aligned_top1_base_rank [P] int32; top1_differs [P] int8}   (format 3)
-    tokenizer/<file name>          [bytes] uint8: the tokenizer files, so analysis needs no model
-    contexts/...                   optional: the instruction and both contexts' ids per example
-                                   (`store_contexts.py`; absent in older stores: "not recorded")
-
-Formats 1-3: each unit's rows start on a chunk boundary and span whole chunks (4,096 positions),
-one file per array and chunk, so two writers never touch the same file. Format 4: one file per
-array and unit (Zarr v3's sharding codec). The store's shard length `S` is fixed at creation from
-the plan: the largest unit's positions rounded up to the inner chunk (4,096 positions), at least
-one chunk (`shard_positions`). Unit `u` owns rows `[u * S, (u + 1) * S)`, exactly one shard of
-every per-position array, and nothing else: data-parallel ranks, array tasks and resumed runs
-never write the same file (zarr-python warns that concurrent partial writes into one shard are
-read-modify-write races that lose data). A unit's shard is written in one write of the whole
-shard region (`Store.write_rows` pads the rows to `S` with the fill value), so zarr never merges
-into an old shard; the rows past the unit's positions are fill, and an inner chunk that holds
-only fill is not stored (an unscored unit, a short unit's tail and the padding cost no bytes).
-From format 2 on every chunk of a per-position array (format 4: every inner chunk, and each
-shard's index) ends in a crc32c checksum, so a damaged chunk is one error naming the array and
-the unit. Everything that is known before scoring (ids, offsets, tokens) is written once, by the
-creator. A unit's flag is set only after its data is written, so a crash leaves it pending and a
-re-run rewrites it.
-
-What a unit size costs in format 4 (per-position arrays: 29; `units/committed`: one file per
-unit; about 50 further files of examples, tokenizer and metadata): files = 30 x units + a
-constant (1M answers at unit size 256: about 117,000 files; format 3 needs a file per 4,096
-positions whatever the unit size: about 2.2M). The largest file is the shard of a `[P, k]`
-float32 array (about 70 B per position at k=20): 5.3 MB measured for a unit of 256 answers of
-300 tokens (`tools/bench/scale.py`), four times that at 1,024. A kill loses the units being scored
-(each rank's current unit): at most `unit_size` answers per rank. While scoring, a unit's rows
-are held on the host until its shard is written (about 400 B per position, the same in format 3:
-`score` writes a unit once, at its end): 31 MB at 256 x 300, 123 MB at 1,024 x 300; the
-accelerator's memory is bounded by the batch and the head's chunk, not by the unit. Since the
-shard length is the largest unit's, the logical position axis is `units x S`: 13% over the
-positions measured for units of 256 answers of varied lengths (the padding costs no bytes, but
-readers' masks cover every row).
+What the store holds is described in the package docstring; which per-position arrays it has is
+the schema's answer for its format (`Store.columns`), so readers ask the store for a column, not
+for a format.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
 
 from tdsdist.errors import TdsError
-from tdsdist.files import publish, staged_folder
-from tdsdist.safe_replace import check_replaceable_store
 from tdsdist.store.checks import DamagedChunk, check_chunks_present, check_metadata
-from tdsdist.store.units import unit_ranges
-
-
-class GroupWriter(Protocol):
-    """What `create` needs of optional per-example contents (`store_contexts.ExampleContexts`):
-    they write themselves into the new root, so this module need not know them."""
-
-    def write(self, root: zarr.Group) -> None: ...
-
-
-#: 1: tdsdist 0.1.0 (one head per model, top-k KL only). 2: the pair head's arrays (exact
-#: divergences, ties, both top-k cross log-probabilities) and a crc32c checksum on every chunk of
-#: the per-position arrays. Stores of format 1 keep opening; their missing arrays read as absent.
-#: 3: AlignTDS's top-k metrics per position (`published/...`), computed when a unit is scored
-#: (`analysis/published.py`) so that the analysis reads 8 small arrays instead of four [P, k]
-#: tables; in stores of format 1 and 2 the analysis computes them from those tables.
-#: 4: one shard per per-position array and unit (see above); inner chunks and every array as in 3.
-#: Stores of formats 1-3 keep opening and resume in their own format.
-FORMAT_VERSION = 4
-CHUNK_POSITIONS = 4096
-#: About what one answer position takes on disk in format 3 (both models' statistics, top-k ids
-#: and log-probabilities, divergences; compressed): what a disk-full message says a run needs.
-BYTES_PER_POSITION = 400
-#: A new store's own files before any position (metadata, empty arrays, tokenizer files): about
-#: 1 MB on a file system of 4 KB blocks (measured on the tests' tiny store), one block a file.
-NEW_STORE_BYTES = 1_000_000
-MODELS = ("aligned", "base")
-
-
-@dataclass(frozen=True)
-class Column:
-    """One per-position array: `[P]`, or `[P, k]` when `per_candidate`."""
-
-    name: str
-    dtype: str
-    fill: float | int
-    per_candidate: bool = False
-
-
-#: The schema of the per-position arrays: the one list every reader and writer uses.
-#: Per model (`aligned/...`, `base/...`): what the scoring head returns for each position.
-MODEL_ARRAYS = (
-    Column("top_ids", "int32", -1, per_candidate=True),
-    Column("top_logprobs", "float32", float("nan"), per_candidate=True),
-    Column("logprob", "float32", float("nan")),
-    Column("rank", "int32", 0),
-    Column("entropy", "float32", float("nan")),
-)
-MODEL_STATS = tuple(c.name for c in MODEL_ARRAYS)
-#: The base model only: its log-probabilities at the aligned model's top-k ids.
-BASE_ARRAYS = (Column("logprobs_at_aligned_top", "float32", float("nan"), per_candidate=True),)
-#: Both models together (`positions/...`); `token_id` is written at creation.
-POSITION_ARRAYS = (Column("token_id", "int32", -1), Column("kl", "float32", float("nan")))
-#: Exact divergences between the two next-token distributions at each position (format 2).
-DIVERGENCES = ("kl_aligned_base", "kl_base_aligned", "js", "tv")
-#: The pair head's arrays (format 2), by group: exact divergences over the full vocabulary, tie
-#: counts, the aligned log-probabilities at the base top-k and the aligned rank of the base top 1.
-PAIR_ARRAYS = {
-    "positions": tuple(Column(name, "float32", float("nan")) for name in DIVERGENCES),
-    "aligned": (
-        Column("ties", "int32", -1),
-        Column("logprobs_at_base_top", "float32", float("nan"), per_candidate=True),
-        Column("rank_of_base_top1", "int32", 0),
-    ),
-    "base": (Column("ties", "int32", -1),),
-}
-#: AlignTDS's top-k metrics as published and tdsdist's top-1 ones (format 3; their formulas in
-#: `analysis/published.py`, whose `METRICS` lists them with the aligned rank of the base top 1).
-PUBLISHED_ARRAYS = (
-    *(
-        Column(name, "float32", float("nan"))
-        for name in ("jaccard", "ndcg", "kl_partial", "weighted_sum", "top_prob")
-    ),
-    Column("top_rank", "int32", -1),
-    Column("aligned_top1_base_rank", "int32", -1),
-    Column("top1_differs", "int8", -1),
-)
-#: Nudged decoding only (`tdsdist nudge`): 1 where the aligned model chose the position's token,
-#: 0 where the base model did. Absent from every other store (`Store.nudged`).
-NUDGED = Column("nudged", "int8", -1)
-COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
-#: After compression: a damaged chunk fails its checksum on read instead of decoding to numbers.
-CHECKSUM = Crc32cCodec()
+from tdsdist.store.schema import Column, columns_of
+from tdsdist.store.units import UnitRows, unit_ranges
 
 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype.*")
-
-
-class StoreExists(Exception):
-    """Raised by `create` when the store appeared meanwhile (another task made it): resume it."""
-
-
-@dataclass(frozen=True)
-class UnitRows:
-    """Where a unit's rows live: `[start, start + positions)` of the position arrays."""
-
-    index: int
-    examples: range
-    start: int
-    positions: int
-
-
-def shard_positions(lengths: np.ndarray, unit_size: int, chunk: int) -> int:
-    """Format 4's shard length: the largest unit's positions rounded up to `chunk` (at least one
-    chunk), so that each unit fits one shard and every shard has the same shape (Zarr's grid)."""
-    starts = np.arange(0, len(lengths), unit_size)
-    per_unit = np.add.reduceat(np.asarray(lengths, np.int64), starts) if len(starts) else [0]
-    return max(-(-int(max(per_unit)) // chunk), 1) * chunk
-
-
-def layout(
-    lengths: np.ndarray, unit_size: int, chunk: int, shard: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Example offsets and unit starts, each unit starting on a multiple of `chunk` (formats
-    1-3), or unit `u` at `u * shard` (format 4: one shard per unit).
-
-    Returns `(offsets [E], unit_starts [U + 1])`; the last entry is the padded total length.
-    """
-    n_units = (len(lengths) + unit_size - 1) // unit_size
-    offsets = np.zeros(len(lengths), dtype=np.int64)
-    unit_starts = np.zeros(n_units + 1, dtype=np.int64)
-    for u in range(n_units):
-        lo, hi = u * unit_size, min((u + 1) * unit_size, len(lengths))
-        within = np.concatenate([[0], np.cumsum(lengths[lo:hi])])
-        offsets[lo:hi] = unit_starts[u] + within[:-1]
-        if shard is not None:
-            unit_starts[u + 1] = (u + 1) * shard
-        else:
-            unit_starts[u + 1] = unit_starts[u] + -(-int(within[-1]) // chunk) * chunk
-    return offsets, unit_starts
-
-
-def _array(
-    group: zarr.Group,
-    name: str,
-    shape: tuple[int, ...],
-    dtype: Any,
-    chunk: int,
-    fill=0,
-    dims=None,
-    checksum: bool = False,
-    shard: int | None = None,
-):
-    """A compressed array chunked along its first axis; `dims` names the axes (for xarray).
-    With `shard`, the chunks are the inner chunks of shards of `shard` rows (format 4); the
-    shard index ends in a crc32c checksum too (the sharding codec's default index codecs)."""
-    chunks = (chunk,) + shape[1:]
-    compressors = [COMPRESSOR, CHECKSUM] if checksum else COMPRESSOR
-    if dims is None:
-        dims = ("position", "k")[: len(shape)]
-    return group.create_array(
-        name,
-        shape=shape,
-        chunks=chunks,
-        shards=None if shard is None else (shard,) + shape[1:],
-        dtype=dtype,
-        fill_value=fill,
-        compressors=compressors,
-        dimension_names=dims,
-    )
-
-
-def per_position_arrays(format_version: int, nudged: bool = False) -> dict[str, tuple[Column, ...]]:
-    """Every per-position array of a store of this format (and of a nudged store), by group."""
-    groups = {
-        "positions": POSITION_ARRAYS,
-        "aligned": MODEL_ARRAYS,
-        "base": MODEL_ARRAYS + BASE_ARRAYS,
-    }
-    if format_version >= 2:
-        groups = {g: columns + PAIR_ARRAYS[g] for g, columns in groups.items()}
-    if format_version >= 3:
-        groups["published"] = PUBLISHED_ARRAYS
-    if nudged:
-        groups["positions"] = groups["positions"] + (NUDGED,)
-    return groups
-
-
-def create(
-    path: Path,
-    *,
-    ids: list[str],
-    lengths: np.ndarray,  # [E] answer positions per example
-    token_ids: np.ndarray,  # [sum(lengths)] answers, concatenated in example order
-    flags: dict[str, np.ndarray],  # per-example bool / int arrays
-    unit_size: int,
-    top_k: int,
-    meta: dict[str, Any],
-    tokenizer,
-    overwrite: bool,
-    chunk: int = CHUNK_POSITIONS,
-    contexts: GroupWriter | None = None,
-    format_version: int = FORMAT_VERSION,
-    nudged: bool = False,
-) -> Store:
-    """Write the store's skeleton into a temporary folder, then move it into place.
-
-    Nothing is half-written: an error or a kill before the final rename leaves `path` as it was.
-    `contexts` (what each model saw) is optional: stores without it keep working.
-    `format_version` 2 or 3 makes the layout of an earlier release (tests and benchmarks of the
-    readers' older-store paths). `nudged`: the store of `tdsdist nudge` (`positions/nudged`).
-    """
-    if format_version not in (2, 3, FORMAT_VERSION):
-        raise ValueError(f"cannot create stores of format {format_version}")
-    path = Path(path)
-    shard = shard_positions(lengths, unit_size, chunk) if format_version >= 4 else None
-    if overwrite:
-        check_replaceable_store(path)  # never delete what is not a store
-    with staged_folder(path) as tmp:
-        root = zarr.open_group(tmp, mode="w")
-        offsets, unit_starts = layout(lengths, unit_size, chunk, shard)
-        total = int(unit_starts[-1])
-        n = len(ids)
-        ex = root.create_group("examples")
-        ex.create_array(
-            "id",
-            shape=(n,),
-            chunks=(max(n, 1),),
-            dtype=str,
-            dimension_names=("example",),
-            compressors=[COMPRESSOR, CHECKSUM],
-        )[:] = np.array(ids)
-        example = ("example",)
-        # Every array carries a checksum: a flipped byte in an offset must not move an answer.
-        sums = {"dims": example, "checksum": True}
-        _array(ex, "offset", (n,), "int64", max(n, 1), **sums)[:] = offsets
-        _array(ex, "length", (n,), "int32", max(n, 1), **sums)[:] = lengths
-        _array(ex, "unit", (n,), "int32", max(n, 1), **sums)[:] = np.arange(n) // unit_size
-        for name, values in flags.items():
-            _array(ex, name, (n,), values.dtype, max(n, 1), **sums)[:] = values
-        n_units = len(unit_starts) - 1
-        units = root.create_group("units")
-        _array(units, "committed", (n_units,), "uint8", 1, dims=("unit",), checksum=True)
-        for group_name, columns in per_position_arrays(format_version, nudged).items():
-            group = root.create_group(group_name)
-            for c in columns:
-                shape = (total, top_k) if c.per_candidate else (total,)
-                _array(group, c.name, shape, c.dtype, chunk, c.fill, checksum=True, shard=shard)
-        root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
-        _save_tokenizer(root.create_group("tokenizer"), tokenizer)
-        if contexts is not None:
-            contexts.write(root)
-        root.attrs["tdsdist"] = {
-            **meta,
-            "format_version": format_version,
-            "unit_size": unit_size,
-            "top_k": top_k,
-            "chunk_positions": chunk,
-            **({} if shard is None else {"shard_positions": shard}),
-            "examples": n,
-            "units": n_units,
-            "positions": int(lengths.sum()),
-            "unit_starts": unit_starts.tolist(),
-            **({"nudged": True} if nudged else {}),
-        }
-        if not publish(tmp, path, replace=overwrite):  # another array task made it: resume it
-            raise StoreExists(path)
-    return Store(path)
 
 
 def _all_fill(values: np.ndarray, fill) -> bool:
@@ -346,28 +39,6 @@ def _whole_shard(arr: zarr.Array, values: np.ndarray, shard: int) -> np.ndarray:
     out = np.full((shard,) + values.shape[1:], arr.fill_value, arr.dtype)
     out[: values.shape[0]] = values
     return out
-
-
-def _scatter(values, offsets, lengths, total, fill, dtype):
-    out = np.full(total, fill, dtype=dtype)
-    for off, ln, start in zip(offsets, lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
-        out[off : off + ln] = values[start : start + ln]
-    return out
-
-
-def _save_tokenizer(group: zarr.Group, tokenizer) -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save_pretrained(folder)
-        for name in sorted(os.listdir(folder)):
-            data = np.frombuffer(Path(folder, name).read_bytes(), dtype=np.uint8)
-            arr = group.create_array(
-                name,
-                shape=data.shape,
-                chunks=(max(len(data), 1),),
-                dtype="uint8",
-                compressors=[COMPRESSOR, CHECKSUM],
-            )
-            arr[:] = data
 
 
 class Store:
@@ -499,13 +170,15 @@ class Store:
         """Whether the store was written by `tdsdist nudge` (it has `positions/nudged`)."""
         return bool(self.meta.get("nudged", False))
 
+    @cached_property
+    def columns(self) -> dict[str, Column]:
+        """`group/name` -> column: every per-position array this store holds (its format's, and
+        `positions/nudged` in a nudged store). What readers ask instead of the format version."""
+        return columns_of(self.format_version, self.nudged)
+
     def array_names(self) -> list[str]:
-        """`group/name` of every per-position array this store's format has."""
-        return [
-            f"{g}/{c.name}"
-            for g, cs in per_position_arrays(self.format_version, self.nudged).items()
-            for c in cs
-        ]
+        """`group/name` of every per-position array this store holds."""
+        return list(self.columns)
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """Rows of a per-position (or example) array; a damaged chunk is a `DamagedChunk` error

@@ -22,15 +22,12 @@ from tdsdist.store.contexts import StoredContexts, decode_context
 
 def special_ids(store: Store, filters: Filters) -> np.ndarray:
     """The ids `--exclude-special-tokens` leaves out (none without it), as `summarize` takes them."""
-    if not filters.exclude_special_tokens:
-        return np.zeros(0, np.int64)
-    return np.array(sorted(store.tokenizer().all_special_ids), np.int64)
+    return filters.special_ids(store.tokenizer)
 
 
 def excluded_positions(filters: Filters, token_ids: np.ndarray, special: np.ndarray) -> np.ndarray:
     """`[n]` bool: the positions of one answer that the filters leave out of the summary."""
-    t = np.arange(len(token_ids))
-    return (t < filters.exclude_first) | np.isin(token_ids, special)
+    return ~filters.keep(np.arange(len(token_ids)), token_ids, special)
 
 
 def filters_record(filters: Filters, special: np.ndarray, tokenizer) -> dict[str, Any] | None:

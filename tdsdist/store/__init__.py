@@ -74,6 +74,7 @@ from tdsdist.store.schema import (
     PUBLISHED_ARRAYS,
     Column,
     columns_of,
+    flat_name,
     per_position_arrays,
 )
 from tdsdist.store.units import UnitRows, layout, shard_positions
@@ -103,6 +104,7 @@ __all__ = [
     "UnitRows",
     "columns_of",
     "create",
+    "flat_name",
     "layout",
     "per_position_arrays",
     "shard_positions",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -221,8 +222,39 @@ class Store:
         self.root["units/committed"][unit_index] = 0
         self.__dict__.pop("committed_when_opened", None)
 
+    @cached_property
+    def example_units(self) -> np.ndarray:
+        """`[E]` the unit of each example: the stored `examples/unit` (every store tdsdist has
+        written holds it); computed by the unit rule only for a store without it."""
+        if "unit" in self.root["examples"]:
+            return np.asarray(self._table("examples/unit"), np.int64)
+        return np.arange(self.meta["examples"], dtype=np.int64) // int(self.meta["unit_size"])
+
+    def unit_of(self, index: int) -> int:
+        """The unit that example `index` belongs to (the one home of that rule for readers)."""
+        return int(self.example_units[index])
+
+    def committed_examples(self) -> np.ndarray:
+        """`[E]` bool: the example's unit is committed (read now, as `committed()`)."""
+        committed: np.ndarray = self.committed()[self.example_units]
+        return committed
+
     def example_unit_committed(self, index: int) -> bool:
-        return bool(self._table("units/committed", index // self.meta["unit_size"]))
+        return bool(self._table("units/committed", self.unit_of(index)))
+
+    def example(self, index: int, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One example's rows of the per-position arrays `names` (default: every column this
+        store holds), `group/name` -> `[n]` or `[n, k]`: what the API, `show` and the report read.
+        An example whose unit is pending is one error line (its rows hold no scores yet)."""
+        if not self.example_unit_committed(index):
+            raise TdsError(
+                f"{self.path}: example {self.ids[index]!r} is not scored yet (its unit is pending)"
+            )
+        return self.read_columns(self.columns if names is None else names, self.rows(index))
+
+    def read_columns(self, names: Iterable[str], rows: slice) -> dict[str, np.ndarray]:
+        """`group/name` -> those rows of each per-position array (one example, or a run of them)."""
+        return {name: self.read(name, rows) for name in names}
 
     def tokenizer(self):
         """The tokenizer saved at creation, loaded without any model or network."""

@@ -129,3 +129,10 @@ def column(path: str) -> Column:
         return columns_of(FORMAT_VERSION, nudged=True)[path]
     except KeyError:
         raise KeyError(f"{path}: not a per-position array of the store schema") from None
+
+
+def flat_name(path: str) -> str:
+    """An array's name in a flat table (`export`'s columns, the API's example keys):
+    `aligned/rank` -> `aligned_rank`, `positions/js` -> `js`."""
+    group, _, name = path.partition("/")
+    return name if group == "positions" else f"{group}_{name}"

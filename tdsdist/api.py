@@ -58,7 +58,7 @@ class TdsStore:
     @property
     def has_divergences(self) -> bool:
         """Whether the store has the exact divergences (format 2; a 0.1.0 store has only `kl`)."""
-        return all(f"positions/{name}" in self._store.columns for name in DIVERGENCES)
+        return self._store.has_pair
 
     def example(self, example_id: str | int) -> dict[str, np.ndarray]:
         """Per-position arrays of one example: every per-position array the store holds, named

@@ -142,7 +142,7 @@ def export_parquet(
         "format_version": store.format_version,
         "thresholds": vars(thresholds),
         "filters": vars(filters),
-        "exact_divergences": _exact(store),
+        "exact_divergences": store.has_pair,
         "config": store.meta.get("fingerprint", {}),
     }
     nudged = [pa.field("nudged", pa.bool_())] if "positions/nudged" in store.columns else []
@@ -168,7 +168,7 @@ def _tables(store, thresholds, special, filters, token_text, ids):
     """One `pa.Table` per block of store rows, filtered positions left out."""
     reader = BlockReader(store)  # tdsdist's chunk files read directly, the arrays in threads
     names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
-    names += [f"positions/{n}" for n in DIVERGENCES] if _exact(store) else []
+    names += [f"positions/{n}" for n in DIVERGENCES] if store.has_pair else []
     names += ["base/top_logprobs"] + published_inputs(store)
     nudged = "positions/nudged" in store.columns
     names += ["positions/nudged"] if nudged else []
@@ -227,7 +227,7 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
     for name in DIVERGENCES:  # format 1 has none: a null column of the same type
         data[name] = (
             pa.array(column(f"positions/{name}"))
-            if _exact(store)
+            if store.has_pair
             else pa.nulls(len(where), pa.float32())
         )
     data["topk_kl"] = pa.array(column("positions/kl"))
@@ -241,11 +241,6 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
         else:
             data[f"published_{name}"] = pa.array(values[where].astype(kind.to_pandas_dtype()), kind)
     return pa.table(data, schema=SCHEMA)
-
-
-def _exact(store: Store) -> bool:
-    """Whether the store holds the exact divergences (the pair head's, format 2 on)."""
-    return all(f"positions/{name}" in store.columns for name in DIVERGENCES)
 
 
 def _other_columns(store: Store) -> dict[str, Column]:

@@ -25,9 +25,13 @@ class Store(Protocol):
 
     path: Path
     root: Any
-    meta: dict[str, Any]
-    lengths: np.ndarray
-    committed_when_opened: np.ndarray
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def lengths(self) -> np.ndarray: ...
+    @property
+    def committed_when_opened(self) -> np.ndarray: ...
 
 
 class DamagedChunk(TdsError):

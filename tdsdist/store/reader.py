@@ -10,31 +10,31 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
 
 from tdsdist.errors import TdsError
 from tdsdist.store.checks import DamagedChunk, check_chunks_present, check_metadata
-from tdsdist.store.schema import Column, columns_of
+from tdsdist.store.schema import PAIR_ARRAYS, PUBLISHED_ARRAYS, Column, columns_of, paths
 from tdsdist.store.units import UnitRows, unit_ranges
 
 warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.core.dtype.*")
 
 
-def _all_fill(values: np.ndarray, fill) -> bool:
+def _all_fill(values: np.ndarray, fill: Any) -> bool:
     """Whether every row equals the array's fill value (NaN counts as equal to a NaN fill)."""
     if np.issubdtype(np.asarray(fill).dtype, np.floating) and np.isnan(fill):
         return bool(np.isnan(values).all())
     return bool((values == fill).all())
 
 
-def _whole_shard(arr: zarr.Array, values: np.ndarray, shard: int) -> np.ndarray:
+def _whole_shard(arr: zarr.Array[Any], values: np.ndarray, shard: int) -> np.ndarray:
     """`values` `[positions, ...]` followed by the array's fill up to `[shard, ...]` (one more
     copy of one array's rows of the unit, freed after its write)."""
     out = np.full((shard,) + values.shape[1:], arr.fill_value, arr.dtype)
@@ -45,19 +45,19 @@ def _whole_shard(arr: zarr.Array, values: np.ndarray, shard: int) -> np.ndarray:
 class Store:
     """Read and write access to a tdsdist store (one per process; cheap to open)."""
 
-    def __init__(self, path: Path | str, mode: str = "r+") -> None:
+    def __init__(self, path: Path | str, mode: Literal["r", "r+"] = "r+") -> None:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise TdsError(f"{self.path}: not a tdsdist store (no zarr.json)")
         check_metadata(self.path)
         self.root = zarr.open_group(self.path, mode=mode)
-        self._arrays: dict[str, zarr.Array] = {}
+        self._arrays: dict[str, zarr.Array[Any]] = {}
         if "tdsdist" not in self.root.attrs:
             raise TdsError(f"{self.path}: not a tdsdist store (no tdsdist attributes)")
 
     @cached_property
     def meta(self) -> dict[str, Any]:
-        return dict(self.root.attrs["tdsdist"])
+        return dict(cast(Mapping[str, Any], self.root.attrs["tdsdist"]))
 
     @property
     def top_k(self) -> int:
@@ -78,7 +78,8 @@ class Store:
     def _table(self, name: str, index: int | None = None) -> np.ndarray:
         """A small array read whole (or one entry); a checksum that fails is one line naming it."""
         try:
-            return self.root[name][:] if index is None else self.root[name][index]
+            arr = self.array(name)
+            return np.asarray(arr[:] if index is None else arr[index])
         except ValueError as e:
             if "checksum" not in str(e) and "decompress" not in str(e).lower():
                 raise
@@ -87,6 +88,13 @@ class Store:
                 f" store: restore the store from a copy (`tdsdist verify {self.path}` lists the"
                 " damage)"
             ) from None
+
+    def array(self, name: str) -> zarr.Array[Any]:
+        """The zarr array `name` (`group/name`), lazy."""
+        member = self.root[name]
+        if not isinstance(member, zarr.Array):
+            raise TdsError(f"{self.path}: {name}: a group where an array belongs")
+        return member
 
     def units(self) -> list[UnitRows]:
         starts = self.meta["unit_starts"]
@@ -119,10 +127,10 @@ class Store:
             # every inner chunk); inside it an inner chunk of fill (the padding) is not stored,
             # which the shard's checksummed index records. (An array takes the setting when
             # opened: it is opened inside the `with`.)
-            fill = self.root[name].fill_value if shard is not None else None
+            fill = self.array(name).fill_value if shard is not None else None
             everything = shard is None or _all_fill(values, fill)
             with zarr.config.set({"array.write_empty_chunks": everything}):
-                arr = self.root[name]
+                arr = self.array(name)
                 if shard is None:
                     arr[lo:hi] = values
                 else:
@@ -140,7 +148,7 @@ class Store:
 
     def mark_committed(self, unit: UnitRows) -> None:
         """Only after `write_rows` returned: a flag set means the unit's data is all on disk."""
-        self.root["units/committed"][unit.index] = 1
+        self.array("units/committed")[unit.index] = 1
 
     def example_index(self, example_id: str) -> int:
         try:
@@ -158,13 +166,13 @@ class Store:
 
     @property
     def has_pair(self) -> bool:
-        """Whether the store holds the pair head's arrays (format 2): exact divergences, ties."""
-        return self.format_version >= 2
+        """Whether the store holds the pair head's arrays (format 2 on): exact divergences, ties."""
+        return all(name in self.columns for name in paths(PAIR_ARRAYS))
 
     @property
     def has_published(self) -> bool:
-        """Whether AlignTDS's top-k metrics were stored when scoring (format 3)."""
-        return self.format_version >= 3
+        """Whether AlignTDS's top-k metrics were stored when scoring (format 3 on)."""
+        return all(name in self.columns for name in paths({"published": PUBLISHED_ARRAYS}))
 
     @property
     def nudged(self) -> bool:
@@ -185,12 +193,12 @@ class Store:
         """Rows of a per-position (or example) array; a damaged chunk is a `DamagedChunk` error
         naming the array and the unit, never silent numbers."""
         if name not in self._arrays:
-            self._arrays[name] = self.root[name]
+            self._arrays[name] = self.array(name)
         arr = self._arrays[name]
         if name in self._position_arrays:
             check_chunks_present(self, name, rows)  # zarr would read a lost chunk as its fill
         try:
-            return arr[:] if rows is None else arr[rows]
+            return np.asarray(arr[:] if rows is None else arr[rows])
         except ValueError as e:
             if "checksum" not in str(e):
                 raise
@@ -219,14 +227,14 @@ class Store:
 
     def mark_pending(self, unit_index: int) -> None:
         """Clear a unit's committed flag, so that the same `score` command scores it again."""
-        self.root["units/committed"][unit_index] = 0
+        self.array("units/committed")[unit_index] = 0
         self.__dict__.pop("committed_when_opened", None)
 
     @cached_property
     def example_units(self) -> np.ndarray:
         """`[E]` the unit of each example: the stored `examples/unit` (every store tdsdist has
         written holds it); computed by the unit rule only for a store without it."""
-        if "unit" in self.root["examples"]:
+        if "unit" in self._group("examples"):
             return np.asarray(self._table("examples/unit"), np.int64)
         return np.arange(self.meta["examples"], dtype=np.int64) // int(self.meta["unit_size"])
 
@@ -256,14 +264,19 @@ class Store:
         """`group/name` -> those rows of each per-position array (one example, or a run of them)."""
         return {name: self.read(name, rows) for name in names}
 
-    def tokenizer(self):
+    def _group(self, name: str) -> zarr.Group:
+        member = self.root[name]
+        if not isinstance(member, zarr.Group):
+            raise TdsError(f"{self.path}: {name}: an array where a group belongs")
+        return member
+
+    def tokenizer(self) -> Any:
         """The tokenizer saved at creation, loaded without any model or network."""
         from transformers import AutoTokenizer
 
-        group = self.root["tokenizer"]
         with tempfile.TemporaryDirectory() as folder:
-            for name, arr in group.arrays():
-                Path(folder, name).write_bytes(arr[:].tobytes())
+            for name, arr in self._group("tokenizer").arrays():
+                Path(folder, name).write_bytes(np.asarray(arr[:]).tobytes())
             return AutoTokenizer.from_pretrained(folder)
 
     def set_timing(self, timing: dict[str, float | int]) -> None:

@@ -113,13 +113,14 @@ def per_position_arrays(format_version: int, nudged: bool = False) -> dict[str, 
     return groups
 
 
+def paths(groups: dict[str, tuple[Column, ...]]) -> dict[str, Column]:
+    """`group/name` -> column, in order, of columns given by group."""
+    return {f"{group}/{c.name}": c for group, columns in groups.items() for c in columns}
+
+
 def columns_of(format_version: int, nudged: bool = False) -> dict[str, Column]:
     """`group/name` -> column: every per-position array of a store of this format, in order."""
-    return {
-        f"{group}/{c.name}": c
-        for group, columns in per_position_arrays(format_version, nudged).items()
-        for c in columns
-    }
+    return paths(per_position_arrays(format_version, nudged))
 
 
 def column(path: str) -> Column:

@@ -46,16 +46,16 @@ def _array(
     shape: tuple[int, ...],
     dtype: Any,
     chunk: int,
-    fill=0,
-    dims=None,
+    fill: float | int = 0,
+    dims: tuple[str, ...] | None = None,
     checksum: bool = False,
     shard: int | None = None,
-):
+) -> zarr.Array[Any]:
     """A compressed array chunked along its first axis; `dims` names the axes (for xarray).
     With `shard`, the chunks are the inner chunks of shards of `shard` rows (format 4); the
     shard index ends in a crc32c checksum too (the sharding codec's default index codecs)."""
     chunks = (chunk,) + shape[1:]
-    compressors = [COMPRESSOR, CHECKSUM] if checksum else COMPRESSOR
+    compressors: Any = [COMPRESSOR, CHECKSUM] if checksum else COMPRESSOR
     if dims is None:
         dims = ("position", "k")[: len(shape)]
     return group.create_array(
@@ -80,7 +80,7 @@ def create(
     unit_size: int,
     top_k: int,
     meta: dict[str, Any],
-    tokenizer,
+    tokenizer: Any,
     overwrite: bool,
     chunk: int = CHUNK_POSITIONS,
     contexts: GroupWriter | None = None,
@@ -114,14 +114,16 @@ def create(
             dimension_names=("example",),
             compressors=[COMPRESSOR, CHECKSUM],
         )[:] = np.array(ids)
-        example = ("example",)
         # Every array carries a checksum: a flipped byte in an offset must not move an answer.
-        sums = {"dims": example, "checksum": True}
-        _array(ex, "offset", (n,), "int64", max(n, 1), **sums)[:] = offsets
-        _array(ex, "length", (n,), "int32", max(n, 1), **sums)[:] = lengths
-        _array(ex, "unit", (n,), "int32", max(n, 1), **sums)[:] = np.arange(n) // unit_size
-        for name, values in flags.items():
-            _array(ex, name, (n,), values.dtype, max(n, 1), **sums)[:] = values
+        per_example = {
+            "offset": offsets,
+            "length": lengths,
+            "unit": (np.arange(n) // unit_size).astype(np.int32),
+            **flags,
+        }
+        for name, values in per_example.items():
+            dtype = "int32" if name == "length" else values.dtype
+            _array(ex, name, (n,), dtype, max(n, 1), dims=("example",), checksum=True)[:] = values
         n_units = len(unit_starts) - 1
         units = root.create_group("units")
         _array(units, "committed", (n_units,), "uint8", 1, dims=("unit",), checksum=True)
@@ -132,7 +134,8 @@ def create(
                 _array(
                     group, c.name, shape, c.dtype, chunk, c.fill, c.dims, checksum=True, shard=shard
                 )
-        root["positions/token_id"][:] = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
+        answers = _scatter(token_ids, offsets, lengths, total, -1, np.int32)
+        _array_of(root, "positions/token_id")[:] = answers
         _save_tokenizer(root.create_group("tokenizer"), tokenizer)
         if contexts is not None:
             contexts.write(root)
@@ -154,14 +157,28 @@ def create(
     return Store(path)
 
 
-def _scatter(values, offsets, lengths, total, fill, dtype):
+def _array_of(root: zarr.Group, name: str) -> zarr.Array[Any]:
+    member = root[name]
+    assert isinstance(member, zarr.Array), name  # made just above
+    return member
+
+
+def _scatter(
+    values: np.ndarray,  # [sum(lengths)]
+    offsets: np.ndarray,  # [E]
+    lengths: np.ndarray,  # [E]
+    total: int,
+    fill: int,
+    dtype: Any,
+) -> np.ndarray:  # [total]
+    """Each example's values at its rows of the position axis, `fill` elsewhere."""
     out = np.full(total, fill, dtype=dtype)
     for off, ln, start in zip(offsets, lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
         out[off : off + ln] = values[start : start + ln]
     return out
 
 
-def _save_tokenizer(group: zarr.Group, tokenizer) -> None:
+def _save_tokenizer(group: zarr.Group, tokenizer: Any) -> None:
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
         for name in sorted(os.listdir(folder)):

@@ -6,6 +6,7 @@ from the stored `examples/unit`, computed only where a store lacks it) and which
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -152,3 +153,44 @@ def test_filters_special_ids_load_the_tokenizer_only_when_asked() -> None:
     assert Filters().special_ids(never).tolist() == []
     got = Filters(exclude_special_tokens=True).special_ids(Tokenizer)
     assert got.tolist() == [1, 3, 5] and got.dtype == np.int64
+
+
+def test_the_heads_containers_take_names_and_dtypes_from_the_schema() -> None:
+    """Every field of the pair head's container is a schema column, converted to its dtype; the
+    one-model head's fields are the per-model columns (and the base's support log-probs)."""
+    import torch
+
+    from tdsdist.engine.head import HeadOutput
+    from tdsdist.engine.pair_head import PairOutput
+
+    n, k = 3, 4
+    pair = PairOutput(
+        **{
+            f.name: torch.ones(n, k)
+            if PairOutput.column_of(f.name).per_candidate
+            else torch.ones(n)
+            for f in dataclasses.fields(PairOutput)
+        }
+    )
+    arrays = pair.arrays()
+    everything = schema.columns_of(schema.FORMAT_VERSION)
+    assert set(arrays) == {p for p in everything if not p.startswith("published/")} - {
+        "positions/token_id",
+        "positions/kl",
+    }
+    for name, values in arrays.items():
+        assert values.dtype == np.dtype(everything[name].dtype), name
+    head = HeadOutput(
+        *(torch.ones(n, k, dtype=torch.float64) for _ in range(2)),
+        *(torch.ones(n, dtype=torch.float64) for _ in range(3)),
+        support_logprobs=torch.ones(n, k),
+    )
+    got = head.numpy()
+    for c in schema.MODEL_ARRAYS:
+        assert got[c.name].dtype == np.dtype(c.dtype), c.name
+    assert got["support_logprobs"].dtype == np.dtype(schema.BASE_ARRAYS[0].dtype)
+    # split / cat / to_cpu: one implementation for both containers (`engine/rows.py`).
+    parts = pair.split([1, 2])
+    assert [p.js.shape[0] for p in parts] == [1, 2]
+    assert torch.equal(PairOutput.cat(parts).to_cpu().aligned_top_ids, pair.aligned_top_ids)
+    assert HeadOutput.cat(head.split([2, 1])).support_logprobs.shape == (n, k)

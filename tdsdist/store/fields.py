@@ -106,7 +106,7 @@ def field_names(store: Store) -> list[str]:
     """The kept fields' names (none for a store made before fields were kept)."""
     if GROUP not in store.root:
         return []
-    return sorted(name for name, _ in store.root[GROUP].arrays())
+    return sorted(name for name, _ in store.group(GROUP).arrays())
 
 
 def read_field(store: Store, name: str) -> list[Any]:
@@ -117,4 +117,4 @@ def read_field(store: Store, name: str) -> list[Any]:
             ", ".join(names) if names else "none (stores made before tdsdist kept fields have none)"
         )
         raise TdsError(f"{store.path}: no kept field {name!r}; kept fields: {kept}")
-    return [json.loads(str(v)) for v in store.root[f"{GROUP}/{name}"][:]]
+    return [json.loads(str(v)) for v in np.asarray(store.array(f"{GROUP}/{name}")[:])]

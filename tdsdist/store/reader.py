@@ -234,7 +234,7 @@ class Store:
     def example_units(self) -> np.ndarray:
         """`[E]` the unit of each example: the stored `examples/unit` (every store tdsdist has
         written holds it); computed by the unit rule only for a store without it."""
-        if "unit" in self._group("examples"):
+        if "unit" in self.group("examples"):
             return np.asarray(self._table("examples/unit"), np.int64)
         return np.arange(self.meta["examples"], dtype=np.int64) // int(self.meta["unit_size"])
 
@@ -264,7 +264,8 @@ class Store:
         """`group/name` -> those rows of each per-position array (one example, or a run of them)."""
         return {name: self.read(name, rows) for name in names}
 
-    def _group(self, name: str) -> zarr.Group:
+    def group(self, name: str) -> zarr.Group:
+        """The zarr group `name` (`examples`, `contexts`, ...)."""
         member = self.root[name]
         if not isinstance(member, zarr.Group):
             raise TdsError(f"{self.path}: {name}: an array where a group belongs")
@@ -275,7 +276,7 @@ class Store:
         from transformers import AutoTokenizer
 
         with tempfile.TemporaryDirectory() as folder:
-            for name, arr in self._group("tokenizer").arrays():
+            for name, arr in self.group("tokenizer").arrays():
                 Path(folder, name).write_bytes(np.asarray(arr[:]).tobytes())
             return AutoTokenizer.from_pretrained(folder)
 

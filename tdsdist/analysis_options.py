@@ -5,8 +5,9 @@ Kept apart from the analysis package so that `--help` imports no numpy nor zarr.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tdsdist.options import Section, opt
 
@@ -47,6 +48,24 @@ class Filters(Section):
     def check(self) -> None:
         if self.exclude_first < 0:
             raise ValueError("exclude_first must be >= 0")
+
+    def special_ids(self, load_tokenizer: Callable[[], Any]) -> np.ndarray:
+        """`[s]` int64, sorted: the ids `exclude_special_tokens` leaves out, none without it
+        (`load_tokenizer` is called only then: loading one takes seconds)."""
+        import numpy as np  # not imported for `--help`
+
+        if not self.exclude_special_tokens:
+            return np.zeros(0, np.int64)
+        return np.array(sorted(load_tokenizer().all_special_ids), np.int64)
+
+    def keep(self, t: np.ndarray, token_ids: np.ndarray, special: np.ndarray) -> np.ndarray:
+        """`[n]` bool: the positions every statistic counts, given each position's place in its
+        answer `t` `[n]` and token `token_ids` `[n]` (`special`: `special_ids`). The one rule:
+        `analyze`, `export` and the report's pages leave out the same positions."""
+        import numpy as np
+
+        keep: np.ndarray = (t >= self.exclude_first) & ~np.isin(token_ids, special)
+        return keep
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,11 +18,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
-from tdsdist.store import DIVERGENCES, MODELS, PAIR_ARRAYS, Store
-
-PER_POSITION = ("logprob", "rank", "entropy", "top_ids", "top_logprobs")
+from tdsdist.store import DIVERGENCES, MODELS, Store, flat_name
 
 
 class TdsStore:
@@ -64,38 +61,25 @@ class TdsStore:
         return self._store.has_pair
 
     def example(self, example_id: str | int) -> dict[str, np.ndarray]:
-        """Per-position arrays of one example: `token_id`, `kl`, `category` (0/1/2) and
-        `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}`, plus
-        `base_logprobs_at_aligned_top` and `base_top1_differs` (the base top 1 is not the aligned
-        top 1, the positions AlignTDS marks); with `has_divergences` also `kl_aligned_base`,
+        """Per-position arrays of one example: every per-position array the store holds, named
+        `{group}_{name}` (`positions/...`: `name`; `store.schema` lists them): `token_id`, `kl`,
+        `{aligned,base}_{logprob,rank,entropy,top_ids,top_logprobs}` and
+        `base_logprobs_at_aligned_top`; with `has_divergences` also `kl_aligned_base`,
         `kl_base_aligned`, `js`, `tv`, `{aligned,base}_ties`, `aligned_logprobs_at_base_top` and
-        `aligned_rank_of_base_top1`; `{aligned,base}_branching` (exp of the entropy) and
-        `base_top1_prob` (the base model's probability of its own top 1); a nudged store
-        (`tdsdist nudge`) also `nudged` (bool: the aligned model chose the token)."""
-        index = self._store.example_index(str(example_id))
-        if not self._store.example_unit_committed(index):
-            raise TdsError(f"{self.path}: example {example_id!r} is not scored yet")
-        rows = self._store.rows(index)
-        out = {
-            "token_id": self._store.read("positions/token_id", rows),
-            "kl": self._store.read("positions/kl", rows),
-        }
-        for model in MODELS:
-            for name in PER_POSITION:
-                out[f"{model}_{name}"] = self._store.read(f"{model}/{name}", rows)
-        out["base_logprobs_at_aligned_top"] = self._store.read("base/logprobs_at_aligned_top", rows)
-        if self.has_divergences:
-            for group, columns in PAIR_ARRAYS.items():
-                for c in columns:
-                    key = c.name if group == "positions" else f"{group}_{c.name}"
-                    out[key] = self._store.read(f"{group}/{c.name}", rows)
+        `aligned_rank_of_base_top1`; in stores of format 3 the stored `published_*` metrics; a
+        nudged store (`tdsdist nudge`) also `nudged` (bool: the aligned model chose the token).
+        Derived here: `category` (0/1/2), `base_top1_differs` (the base top 1 is not the aligned
+        top 1, the positions AlignTDS marks), `{aligned,base}_branching` (exp of the entropy) and
+        `base_top1_prob` (the base model's probability of its own top 1)."""
+        arrays = self._store.example(self._store.example_index(str(example_id)))
+        out = {flat_name(name): values for name, values in arrays.items()}
         for model in MODELS:  # float64: exp of a float32 entropy of up to ~12 nats
             out[f"{model}_branching"] = np.exp(out[f"{model}_entropy"].astype(np.float64))
         out["base_top1_prob"] = np.exp(out["base_top_logprobs"][:, 0].astype(np.float64))
         out["category"] = categories(out["base_rank"])
         out["base_top1_differs"] = out["base_top_ids"][:, 0] != out["aligned_top_ids"][:, 0]
-        if self._store.nudged:
-            out["nudged"] = self._store.read("positions/nudged", rows).astype(bool)
+        if "nudged" in out:
+            out["nudged"] = out["nudged"].astype(bool)
         return out
 
     def dataframe(self, example_id: str | int):
@@ -129,7 +113,7 @@ class TdsStore:
         `base_context` (int32 ids) and, with `decode`, `aligned_context_text` and
         `base_context_text` (special tokens kept). None for what the store did not record
         (stores of earlier releases; the base side of a store `generate` recorded, until scored)."""
-        from tdsdist.store_contexts import StoredContexts, decode_context
+        from tdsdist.store.contexts import StoredContexts, decode_context
 
         index = self._store.example_index(str(example_id))
         stored = StoredContexts(self._store)
@@ -145,7 +129,7 @@ class TdsStore:
     def fields(self) -> dict[str, list[Any]]:
         """The input fields the store kept (`--keep-fields`): `{name: [E] values}` in store
         order; none for a store made before fields were kept."""
-        from tdsdist.store_fields import field_names, read_field
+        from tdsdist.store.fields import field_names, read_field
 
         return {name: read_field(self._store, name) for name in field_names(self._store)}
 

@@ -28,7 +28,7 @@ from tdsdist.cli import main
 from tdsdist.config import GenerateConfig, ScoreConfig, build_config, load_yaml
 from tdsdist.jobs.prepare import prepare
 from tdsdist.store import MODELS, Store
-from tdsdist.store_contexts import GROUP, NOT_RECORDED, StoredContexts
+from tdsdist.store.contexts import GROUP, NOT_RECORDED, StoredContexts
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "store-0.1.0"

@@ -366,7 +366,7 @@ def test_a_special_token_string_in_a_prompt_is_text(tiny_pair, tmp_path: Path) -
     )
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    from tdsdist.store_contexts import StoredContexts
+    from tdsdist.store.contexts import StoredContexts
 
     tok = AutoTokenizer.from_pretrained(tiny_pair[0])
     special = set(tok.all_special_ids)

@@ -258,7 +258,7 @@ def test_keep_fields_choices_and_resume(tiny_pair, tmp_path: Path) -> None:
     """`all` leaves out long strings; `none` keeps none; named fields must exist. The fields are
     outside the fingerprint: a store made without them resumes under any --keep-fields."""
     from tdsdist.store import Store
-    from tdsdist.store_fields import field_names, read_field
+    from tdsdist.store.fields import field_names, read_field
 
     records = _records()[:4]
     for r in records:
@@ -291,7 +291,7 @@ def test_keep_fields_choices_and_resume(tiny_pair, tmp_path: Path) -> None:
 
 def test_generate_keeps_the_prompts_fields(tiny_pair, tmp_path: Path) -> None:
     from tdsdist.store import Store
-    from tdsdist.store_fields import read_field
+    from tdsdist.store.fields import read_field
 
     prompts = [
         {"id": r["id"], "pure_input": r["pure_input"], "topic": r["topic"]} for r in _records()[:3]

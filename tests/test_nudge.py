@@ -27,7 +27,7 @@ from tdsdist.inputs.templates import base_context_fn
 from tdsdist.jobs.demo import demo_data_path
 from tdsdist.jobs.prepare import prepare
 from tdsdist.store import Store
-from tdsdist.store_contexts import StoredContexts
+from tdsdist.store.contexts import StoredContexts
 
 K, LIMIT, NEW = 5, 5, 12
 

@@ -40,7 +40,7 @@ from tdsdist.errors import TdsError
 from tdsdist.jobs.demo import demo_data_path
 from tdsdist.metrics import CATEGORIES, topk_kl
 from tdsdist.store import MODELS, Store, create
-from tdsdist.store_contexts import StoredContexts, decode_context
+from tdsdist.store.contexts import StoredContexts, decode_context
 
 EVIL_SCRIPT = "<script>alert(1)</script>"
 EVIL_IMG = "<img src=x onerror=alert(2)>"

@@ -1,4 +1,4 @@
-"""Store format 4: one shard file per per-position array and work unit (`store.py`).
+"""Store format 4: one shard file per per-position array and work unit (`tdsdist/store/`).
 
 Each unit's shard is its own file, written whole in one write without reading anything back;
 inner chunks never written (padding, unscored units) cost nothing; a damaged inner chunk or shard
@@ -18,8 +18,8 @@ import zarr
 from tdsdist_testkit.cli_args import cli_args
 
 from tdsdist.analysis.chunks import BlockReader
-from tdsdist.integrity import damaged_units
 from tdsdist.store import DamagedChunk, Store, layout, shard_positions
+from tdsdist.store.integrity import damaged_units
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import build  # noqa: E402

@@ -17,7 +17,7 @@ from tdsdist.inputs.data import Example
 from tdsdist.inputs.plan import context_tokens, tokenize_context
 from tdsdist.inputs.templates import aligned_context_fn, base_context_fn
 from tdsdist.store import Store
-from tdsdist.store_contexts import StoredContexts
+from tdsdist.store.contexts import StoredContexts
 
 SMOLLM2 = Path.home() / ".cache" / "tdsdist" / "smollm2-135m-instruct"
 CHAT = "<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"

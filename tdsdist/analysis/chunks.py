@@ -234,7 +234,7 @@ class _Shard:
 def committed_blocks(store: Store, block_rows: int):
     """(row slice, valid mask, position-in-answer, answer length, example index) per block of
     committed rows."""
-    done = store.committed()
+    done = store.committed_examples()  # [E]
     starts = np.asarray(store.meta["unit_starts"])
     offsets, lengths = store.offsets, store.lengths
     total = int(starts[-1])
@@ -247,7 +247,7 @@ def committed_blocks(store: Store, block_rows: int):
         example = np.zeros(hi - lo, np.int64)
         for_examples = range(max(first - 1, 0), last)
         for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
-            if not done[e // store.meta["unit_size"]]:
+            if not done[e]:
                 continue
             a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
             if a < b:

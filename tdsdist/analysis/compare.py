@@ -94,7 +94,7 @@ def compare(paths: list[str], allow_different_data: bool = False, **summary: Any
     table = [{"statistic": name, "values": [get(s) for s in summaries]} for name, get in ROWS]
     result: dict[str, Any] = {"stores": paths, "table": table, "summaries": summaries}
     if same_answers(stores):
-        shared = np.logical_and.reduce([_committed_examples(s) for s in stores])
+        shared = np.logical_and.reduce([s.committed_examples() for s in stores])
         resamples, seed = summary.get("resamples", 1000), summary.get("seed", 0)
         result["paired"] = {
             "reference": paths[0],
@@ -152,13 +152,6 @@ def same_answers(stores: list[Store]) -> bool:
     return all(
         _data_identity(s) == _data_identity(first) and s.ids == first.ids for s in stores[1:]
     )
-
-
-def _committed_examples(store: Store) -> np.ndarray:
-    """`[E]` bool: the example's unit is committed."""
-    done = store.committed()
-    committed: np.ndarray = done[np.arange(len(store.ids)) // store.meta["unit_size"]]
-    return committed
 
 
 DATA_KEYS = ("data_sha256", "limit", "max_output_tokens")

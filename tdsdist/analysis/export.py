@@ -16,7 +16,7 @@ units are not rows). Columns, in order (`COLUMNS`):
     `published.METRICS`; float32, the ranks int32, `published_top1_differs` bool; null where the
     store lacks an input, e.g. `published_base_top1_aligned_rank` in format-1 stores),
     nudged bool (a nudged store only, `tdsdist nudge`: the aligned model chose the token),
-    field_<name> per input field the store kept (`store_fields.py`; bool, int64, float64 or string
+    field_<name> per input field the store kept (`store/fields.py`; bool, int64, float64 or string
     as the values are; null where an example lacks it), and with `--group-by FIELD` a last
     column `group` (string: the group's name as `analyze --group-by` prints it).
 
@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tdsdist.analysis import show
 from tdsdist.analysis.chunks import BlockReader, committed_blocks
 from tdsdist.analysis.groups import label_of
 from tdsdist.analysis.published import NAMES as PUBLISHED
@@ -47,10 +48,23 @@ from tdsdist.errors import TdsError
 from tdsdist.files import staged_file
 from tdsdist.metrics import CATEGORIES
 from tdsdist.safe_replace import check_replaceable_parquet
-from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_fields import field_names, read_field
+from tdsdist.store import DIVERGENCES, MODELS, Column, Store, flat_name
+from tdsdist.store.fields import field_names, read_field
+from tdsdist.store.schema import column
 
-MODEL_COLUMNS = (("logprob", pa.float32()), ("rank", pa.int32()), ("entropy", pa.float32()))
+#: Each model's `[P]` statistics in the table, with the store's dtypes.
+MODEL_COLUMNS = tuple(
+    (name, pa.from_numpy_dtype(np.dtype(column(f"base/{name}").dtype)))
+    for name in ("logprob", "rank", "entropy")
+)
+#: Store arrays the table lays out by name (`SCHEMA`, `nudged`) or derives its columns from (the
+#: top-k tables: `base_top1_prob`, `topk_kl`, the `published/` group: `published_*`), and those it
+#: leaves out (the tie counts; the aligned rank of the base top 1 is
+#: `published_base_top1_aligned_rank`): the arrays `show` lays out or leaves out, too. Every
+#: other per-position array a store holds is a column of its own after `nudged`, named as
+#: `open_store(...).example` names it (`schema.flat_name`): an array added to the schema needs no
+#: code here.
+LAID_OUT = show.LAID_OUT | show.NOT_SHOWN
 CATEGORY_TYPE = pa.dictionary(pa.int8(), pa.string())
 TEXT_TYPE = pa.dictionary(pa.int32(), pa.string())  # pandas: categorical; DuckDB: VARCHAR
 
@@ -120,11 +134,7 @@ def export_parquet(
         raise TdsError(f"{path}: is a folder; give a file name (e.g. {path / 'positions.parquet'})")
     check_replaceable_parquet(path)
     tokenizer = store.tokenizer()
-    special = (
-        np.array(sorted(tokenizer.all_special_ids), np.int64)
-        if filters.exclude_special_tokens
-        else np.zeros(0, np.int64)
-    )
+    special = filters.special_ids(lambda: tokenizer)
     token_text = TokenText(tokenizer)
     ids = store.ids
     meta = {
@@ -135,8 +145,11 @@ def export_parquet(
         "exact_divergences": store.has_pair,
         "config": store.meta.get("fingerprint", {}),
     }
-    nudged = [pa.field("nudged", pa.bool_())] if store.nudged else []
-    schema = pa.schema([*SCHEMA, *nudged, *(pa.field(k, v.type) for k, v in fields.items())])
+    nudged = [pa.field("nudged", pa.bool_())] if "positions/nudged" in store.columns else []
+    others = [pa.field(flat_name(n), _arrow_type(c)) for n, c in _other_columns(store).items()]
+    schema = pa.schema(
+        [*SCHEMA, *nudged, *others, *(pa.field(k, v.type) for k, v in fields.items())]
+    )
     schema = schema.with_metadata({"tdsdist": json.dumps(meta, default=str)})
     rows = groups = 0
     with staged_file(path) as tmp:
@@ -157,11 +170,14 @@ def _tables(store, thresholds, special, filters, token_text, ids):
     names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
     names += [f"positions/{n}" for n in DIVERGENCES] if store.has_pair else []
     names += ["base/top_logprobs"] + published_inputs(store)
-    names += ["positions/nudged"] if store.nudged else []
+    nudged = "positions/nudged" in store.columns
+    names += ["positions/nudged"] if nudged else []
+    others = _other_columns(store)
+    names += list(others)
     for rows, valid, t, _, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(names, rows)
         tokens = reader.read("positions/token_id", rows)[valid]
-        keep = (t >= filters.exclude_first) & ~np.isin(tokens, special)
+        keep = filters.keep(t, tokens, special)
         if keep.any():
             where = np.flatnonzero(valid)[keep]  # rows of the block that become table rows
             table = _table(
@@ -176,9 +192,12 @@ def _tables(store, thresholds, special, filters, token_text, ids):
                 token_text,
                 ids,
             )
-            if store.nudged:
-                nudged = reader.read("positions/nudged", rows)[where].astype(bool)
-                table = table.append_column("nudged", pa.array(nudged))
+            if nudged:
+                chose = reader.read("positions/nudged", rows)[where].astype(bool)
+                table = table.append_column("nudged", pa.array(chose))
+            for name, c in others.items():
+                values = reader.read(name, rows)[where]
+                table = table.append_column(flat_name(name), _arrow_values(values, c))
             yield table
         else:
             reader.forget()
@@ -222,6 +241,28 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
         else:
             data[f"published_{name}"] = pa.array(values[where].astype(kind.to_pandas_dtype()), kind)
     return pa.table(data, schema=SCHEMA)
+
+
+def _other_columns(store: Store) -> dict[str, Column]:
+    """The store's per-position arrays that `LAID_OUT` does not name: a column each."""
+    return {
+        name: c
+        for name, c in store.columns.items()
+        if name not in LAID_OUT and not name.startswith("published/")
+    }
+
+
+def _arrow_type(c: Column) -> pa.DataType:
+    kind = pa.from_numpy_dtype(np.dtype(c.dtype))
+    return pa.list_(kind) if c.per_candidate else kind
+
+
+def _arrow_values(values: np.ndarray, c: Column) -> pa.Array:
+    """`[n]` or `[n, k]` rows as the column's Arrow array (a list per row for `[n, k]`)."""
+    if not c.per_candidate:
+        return pa.array(values, _arrow_type(c))
+    offsets = np.arange(0, values.size + 1, max(values.shape[1], 1), dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.reshape(-1)))
 
 
 def _token_strings(token_text: TokenText, tokens: np.ndarray) -> pa.DictionaryArray:

@@ -1,7 +1,7 @@
 """Every statistic of `analyze` per group of examples (`--group-by FIELD`), with intervals, and the
 differences between groups.
 
-The groups are the values of one field the store kept from the input (`store_fields.py`): harmful
+The groups are the values of one field the store kept from the input (`store/fields.py`): harmful
 against benign prompts (Qi et al. 2025), a benchmark's categories. `summarize` accumulates sums
 per example (`curves.PositionCurves`, `published.PublishedSums`), so a group's statistic is the
 same pooled ratio over its own examples, and its 95% interval resamples its own examples
@@ -27,7 +27,7 @@ from tdsdist.analysis import measures
 from tdsdist.analysis import published as pub
 from tdsdist.analysis.curves import CATEGORY_NAMES, PositionCurves, bootstrap_weights
 from tdsdist.store import MODELS, Store
-from tdsdist.store_fields import read_field
+from tdsdist.store.fields import read_field
 
 MIN_EXAMPLES = 5  # examples a group needs for an interval (and for a difference's interval)
 MISSING = "(missing)"

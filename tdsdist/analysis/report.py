@@ -58,8 +58,8 @@ from tdsdist.analysis.summary import Filters
 from tdsdist.analysis.token_text import TokenText, text_ends
 from tdsdist.files import check_out_folder, publish, staged_folder
 from tdsdist.metrics import categories
-from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_contexts import StoredContexts
+from tdsdist.store import DIVERGENCES, MODEL_STATS, MODELS, Store
+from tdsdist.store.contexts import StoredContexts
 
 MARKER = ".tdsdist-report"
 TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store kept fewer)
@@ -202,14 +202,22 @@ def _blocks(indices: list[int], offsets: np.ndarray, lengths: np.ndarray):
         yield run
 
 
+#: What an example page shows of each position: both models' statistics and tie counts, the
+#: top-k KL and the exact divergences (the last two kinds where the store holds them).
+PAGE_ARRAYS = (
+    *(f"{m}/{n}" for m in MODELS for n in (*MODEL_STATS, "ties")),
+    "positions/kl",
+    *(f"positions/{n}" for n in DIVERGENCES),
+)
+
+
 def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters):
     """Write `ex-N.js` for each example of a committed unit; return the rows of the index and
     the filters' record."""
     n_examples = len(store.ids)
     offsets, lengths = store.offsets, store.lengths
-    unit_size = int(store.meta["unit_size"])
-    done = store.committed()
-    scored = [i for i in range(n_examples) if done[i // unit_size]]
+    done = store.committed_examples()  # [E]
+    scored = [i for i in range(n_examples) if done[i]]
     neighbours = {
         i: (scored[j - 1] if j else None, scored[j + 1] if j + 1 < len(scored) else None)
         for j, i in enumerate(scored)
@@ -225,7 +233,7 @@ def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters)
     stored = StoredContexts(store)
     rows: list[dict[str, Any]] = []
     for i in range(n_examples):  # pending examples: their answers are known, their scores not
-        if done[i // unit_size]:
+        if done[i]:
             rows.append({})
             continue
         ids = all_tokens[int(offsets[i]) : int(offsets[i] + lengths[i])].tolist()
@@ -233,20 +241,12 @@ def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters)
     for run in _blocks(scored, offsets, lengths):
         lo = int(offsets[run[0]])
         hi = int(offsets[run[-1]] + lengths[run[-1]])
-        block = {
-            "positions/token_id": all_tokens[lo:hi],
-            "positions/kl": store.read("positions/kl", slice(lo, hi)),
-        }
-        if store.has_pair:  # the exact divergences and tie counts (format 2)
-            for name in DIVERGENCES:
-                block[f"positions/{name}"] = store.read(f"positions/{name}", slice(lo, hi))
-            for model in MODELS:
-                block[f"{model}/ties"] = store.read(f"{model}/ties", slice(lo, hi))
-        for model in MODELS:
-            for name in ("rank", "logprob", "entropy"):
-                block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))
-            for name in ("top_ids", "top_logprobs"):
-                block[f"{model}/{name}"] = store.read(f"{model}/{name}", slice(lo, hi))[:, :shown]
+        names = [n for n in PAGE_ARRAYS if n in store.columns]  # ties, divergences: format 2
+        block = store.read_columns(names, slice(lo, hi))
+        for name in names:  # the pages show the first `shown` of each top-k list
+            if store.columns[name].per_candidate:
+                block[name] = block[name][:, :shown]
+        block["positions/token_id"] = all_tokens[lo:hi]
         for i in run:
             a, b = int(offsets[i]) - lo, int(offsets[i] + lengths[i]) - lo
             data = {name: values[a:b] for name, values in block.items()}

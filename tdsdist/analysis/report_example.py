@@ -5,7 +5,7 @@ The report's summary is computed with `analyze`'s filters (`--exclude-first`,
 `--exclude-special-tokens`); each example page marks the positions those filters left out, by the
 rule `summary.summarize` applies (a position is out when it is among its answer's first N, or its
 token is one of the stored tokenizer's special ids), so that a reader sees which tokens the
-numbers do not count. The contexts come from the store (`store_contexts`), decoded with their
+numbers do not count. The contexts come from the store (`store/contexts.py`), decoded with their
 special tokens, so the template shows as the model read it.
 """
 
@@ -17,20 +17,17 @@ import numpy as np
 
 from tdsdist.analysis.summary import Filters
 from tdsdist.store import MODELS, Store
-from tdsdist.store_contexts import StoredContexts, decode_context
+from tdsdist.store.contexts import StoredContexts, decode_context
 
 
 def special_ids(store: Store, filters: Filters) -> np.ndarray:
     """The ids `--exclude-special-tokens` leaves out (none without it), as `summarize` takes them."""
-    if not filters.exclude_special_tokens:
-        return np.zeros(0, np.int64)
-    return np.array(sorted(store.tokenizer().all_special_ids), np.int64)
+    return filters.special_ids(store.tokenizer)
 
 
 def excluded_positions(filters: Filters, token_ids: np.ndarray, special: np.ndarray) -> np.ndarray:
     """`[n]` bool: the positions of one answer that the filters leave out of the summary."""
-    t = np.arange(len(token_ids))
-    return (t < filters.exclude_first) | np.isin(token_ids, special)
+    return ~filters.keep(np.arange(len(token_ids)), token_ids, special)
 
 
 def filters_record(filters: Filters, special: np.ndarray, tokenizer) -> dict[str, Any] | None:

@@ -8,11 +8,32 @@ import numpy as np
 
 from tdsdist.analysis.published import NAMES as PUBLISHED
 from tdsdist.analysis.published import published_rows
-from tdsdist.errors import TdsError
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store
-from tdsdist.store_contexts import NOT_RECORDED, StoredContexts, decode_context
+from tdsdist.store.contexts import NOT_RECORDED, StoredContexts, decode_context
 from tdsdist.topk_metrics import published_block
+
+#: The arrays the position objects lay out by name (`position_records`), and the one `show` leaves
+#: out (the base log-probabilities at the aligned top-k: the API and the store have them; their
+#: KL is `kl`). The `published/` metrics come from `published_rows` (computed for stores made
+#: before format 3). Every other per-position array a store holds is shown as it is, under its
+#: group (`other_columns`): a new array in the schema needs no code here.
+LAID_OUT = frozenset(
+    {
+        *(
+            f"{m}/{n}"
+            for m in MODELS
+            for n in ("top_ids", "top_logprobs", "logprob", "rank", "entropy", "ties")
+        ),
+        "aligned/logprobs_at_base_top",
+        "aligned/rank_of_base_top1",
+        "positions/token_id",
+        "positions/kl",
+        "positions/nudged",
+        *(f"positions/{n}" for n in DIVERGENCES),
+    }
+)
+NOT_SHOWN = frozenset({"base/logprobs_at_aligned_top"})
 
 
 def example_record(store: Store, example_id: str) -> dict[str, Any]:
@@ -23,31 +44,31 @@ def example_record(store: Store, example_id: str) -> dict[str, Any]:
     and, per model, the context ids and their text (special tokens kept), null where the store
     did not record them (stores of earlier releases)."""
     index = store.example_index(example_id)
-    if not store.example_unit_committed(index):
-        raise TdsError(
-            f"{store.path}: example {example_id!r} is not scored yet (its unit is pending)"
-        )
+    shown = [n for n in store.columns if n not in NOT_SHOWN and not n.startswith("published/")]
+    arrays = store.example(index, shown)
     rows = store.rows(index)
     tokenizer = store.tokenizer()
-    token_ids = store.read("positions/token_id", rows)
-    names = ["logprob", "rank", "entropy", "top_ids", "top_logprobs"]
-    names += ["ties"] if store.has_pair else []
-    arrays = {f"{m}/{n}": store.read(f"{m}/{n}", rows) for m in MODELS for n in names}
-    arrays["positions/kl"] = store.read("positions/kl", rows)
-    if store.has_pair:
-        arrays.update({f"positions/{n}": store.read(f"positions/{n}", rows) for n in DIVERGENCES})
-        for n in ("logprobs_at_base_top", "rank_of_base_top1"):
-            arrays[f"aligned/{n}"] = store.read(f"aligned/{n}", rows)
-    if store.nudged:  # which model chose each token (`tdsdist nudge`)
-        arrays["positions/nudged"] = store.read("positions/nudged", rows)
+    token_ids = arrays["positions/token_id"]
+    exact = "aligned/ties" in arrays  # the pair head's arrays (format 2)
     published = published_rows(store, rows)  # as `export` reads them (stored in format 3)
-    positions = position_records(token_ids.tolist(), arrays, tokenizer, store.has_pair, published)
+    positions = position_records(token_ids.tolist(), arrays, tokenizer, exact, published)
+    other_columns(positions, {n: arrays[n] for n in arrays if n not in LAID_OUT})
     return {
         "id": store.ids[index],
         "format_version": store.format_version,
         **inputs_record(store, index, tokenizer),
         "positions": positions,
     }
+
+
+def other_columns(positions: list[dict[str, Any]], arrays: dict[str, np.ndarray]) -> None:
+    """Each array `group/name` into every position object as it is: under the model's object
+    for a model's array, at the top for `positions/...`, under `group` otherwise."""
+    for name, values in arrays.items():
+        group, _, column = name.partition("/")
+        for t, entry in enumerate(positions):
+            place = entry if group == "positions" else entry.setdefault(group, {})
+            place[column] = values[t].tolist()  # a Python number, or a list ([P, k] arrays)
 
 
 def published_records(values: dict[str, np.ndarray | None], n: int) -> list[dict[str, Any]]:

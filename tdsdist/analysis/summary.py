@@ -22,7 +22,7 @@ from tdsdist.analysis.paired import per_example_sums
 from tdsdist.analysis.summary_text import render_text  # noqa: F401  (re-exported: analyze's text)
 from tdsdist.analysis_options import Filters, Thresholds
 from tdsdist.store import Store
-from tdsdist.store_fields import read_field
+from tdsdist.store.fields import read_field
 
 BLOCK_ROWS = 1 << 18
 CATEGORY_BY = pub.CATEGORY_BY
@@ -111,11 +111,7 @@ def summarize(
     # transformers (and torch) import for seconds: load the tokenizer beside the blocks' numpy.
     tokenizer_load = pool().submit(store.tokenizer)
     vocab = int(store.meta.get("vocab_size", 0)) or 1
-    special = (
-        np.array(sorted(tokenizer_load.result().all_special_ids), np.int64)
-        if filters.exclude_special_tokens
-        else np.zeros(0, np.int64)
-    )
+    special = filters.special_ids(tokenizer_load.result)
     # The curves carry every measure (`measures.py`): entropies, the base top-1 probability and
     # the exact divergences (a vocabulary union leaves out KL(aligned || base), +inf everywhere:
     # README "Vocabularies that differ by appended tokens").
@@ -155,7 +151,7 @@ def summarize(
         block_tokens = read("positions/token_id", rows)  # read once per block
         if filters.exclude_first or special.size:
             token = block_tokens[valid]
-            keep = (t >= filters.exclude_first) & ~np.isin(token, special)
+            keep = filters.keep(t, token, special)
             excluded += int((~keep).sum())
             valid = valid.copy()
             valid[valid] = keep
@@ -318,7 +314,8 @@ def summarize(
 
 def _committed(store: Store, done: np.ndarray) -> np.ndarray:
     """`[E]` bool: the example's unit is committed."""
-    return done[np.arange(len(store.ids)) // store.meta["unit_size"]]
+    committed: np.ndarray = done[store.example_units]
+    return committed
 
 
 def _with_ci(rows: list[dict], curves: PositionCurves, resamples, seed, weights) -> list[dict]:

@@ -33,7 +33,7 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
         "pending": int((~done).sum()),
     }
     if task_count:
-        from tdsdist.units import in_task_share
+        from tdsdist.store.units import in_task_share
 
         report["tasks"] = []
         for t in range(task_count):
@@ -59,9 +59,9 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
 @user_errors
 def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
-    from tdsdist.integrity import damaged_contexts, damaged_units, unchecked_note
     from tdsdist.store import Store
-    from tdsdist.store_checks import damaged_tables, layout_problems
+    from tdsdist.store.checks import damaged_tables, layout_problems
+    from tdsdist.store.integrity import damaged_contexts, damaged_units, unchecked_note
 
     store = Store(store_dir, mode="r+" if repair else "r")
     note = unchecked_note(store)

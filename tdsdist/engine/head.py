@@ -17,20 +17,23 @@ all-reduces and all-gathers over `group`, with traffic O(k x tp) per position, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from tdsdist.engine.rows import RowTensors
+from tdsdist.store.schema import BASE_ARRAYS, MODEL_ARRAYS, Column
+
 
 @dataclass
-class HeadOutput:
-    """Per-position statistics of N rows; split, joined and converted here and nowhere else.
+class HeadOutput(RowTensors):
+    """Per-position statistics of N rows (split, joined and converted by `RowTensors`).
 
-    The field names are the store's per-model array names (`tdsdist.store.MODEL_ARRAYS`), except
+    The field names are the store's per-model array names (`store.schema.MODEL_ARRAYS`), except
     `support_logprobs`, which the scoring job stores as `base/logprobs_at_aligned_top`.
     """
 
@@ -41,42 +44,15 @@ class HeadOutput:
     entropy: torch.Tensor  # [N] float32
     support_logprobs: torch.Tensor | None = None  # [N, k] float32, at the given support ids
 
-    def _items(self) -> dict[str, Any]:  # Tensor, or None for support_logprobs
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @staticmethod
-    def _of(items: dict[str, Any]) -> HeadOutput:
-        """From field name -> tensor or None (typed loosely: one field is optional)."""
-        return HeadOutput(**items)
-
-    def to_cpu(self) -> HeadOutput:
-        return HeadOutput._of({k: None if v is None else v.cpu() for k, v in self._items().items()})
-
-    def split(self, sizes: list[int]) -> list[HeadOutput]:
-        """Consecutive pieces of `sizes` rows (one per sequence of a batch)."""
-        parts = {k: None if v is None else torch.split(v, sizes) for k, v in self._items().items()}
-        return [
-            HeadOutput._of({k: None if v is None else v[j] for k, v in parts.items()})
-            for j in range(len(sizes))
-        ]
-
-    @staticmethod
-    def cat(parts: list[HeadOutput]) -> HeadOutput:
-        if len(parts) == 1:
-            return parts[0]
-        items = [p._items() for p in parts]
-        return HeadOutput._of(
-            {k: None if items[0][k] is None else torch.cat([i[k] for i in items]) for k in items[0]}
-        )
+    @classmethod
+    def column_of(cls, field: str) -> Column:
+        if field == "support_logprobs":
+            return BASE_ARRAYS[0]
+        return {c.name: c for c in MODEL_ARRAYS}[field]
 
     def numpy(self) -> dict[str, np.ndarray]:
-        """The arrays in the store's dtypes: ids and ranks int32, the rest float32."""
-        out = {}
-        for name, value in self._items().items():
-            if value is not None:
-                integer = name in ("top_ids", "rank")
-                out[name] = value.to(torch.int32 if integer else torch.float32).cpu().numpy()
-        return out
+        """Field name -> numpy array in the store's dtype (ids and ranks int32, the rest float32)."""
+        return self.by_field()
 
 
 @dataclass(frozen=True)

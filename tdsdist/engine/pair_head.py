@@ -36,24 +36,25 @@ probabilities, two scratch) fit in what two one-model heads' buffers take for th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from tdsdist.engine.head import Projection, VocabShard, all_reduce, gather_top, logits_at
+from tdsdist.engine.rows import RowTensors
+from tdsdist.store.schema import MODELS, Column, column
 
 #: float32 buffers of one chunk: both logits (then log-softmax), both probabilities, two scratch.
 BUFFERS = 6
-INTEGER_FIELDS = ("top_ids", "rank", "ties", "rank_of_base_top1")
 
 
 @dataclass
-class PairOutput:
-    """Per-position statistics of both models at N rows. Field names are the store's array
-    names with the group as prefix (`aligned_rank` is `aligned/rank`, `kl_aligned_base` is
-    `positions/kl_aligned_base`)."""
+class PairOutput(RowTensors):
+    """Per-position statistics of both models at N rows (split, joined and converted by
+    `RowTensors`). Field names are the store's array names with the group as prefix
+    (`aligned_rank` is `aligned/rank`, `kl_aligned_base` is `positions/kl_aligned_base`)."""
 
     aligned_top_ids: torch.Tensor  # [N, k]
     aligned_top_logprobs: torch.Tensor  # [N, k]
@@ -75,33 +76,19 @@ class PairOutput:
     js: torch.Tensor  # [N]
     tv: torch.Tensor  # [N]
 
-    def _items(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @classmethod
+    def store_name(cls, field: str) -> str:
+        """`aligned_rank` -> `aligned/rank`, `js` -> `positions/js`."""
+        group, _, stat = field.partition("_")
+        return f"{group}/{stat}" if group in MODELS else f"positions/{field}"
 
-    def to_cpu(self) -> PairOutput:
-        return PairOutput(**{k: v.cpu() for k, v in self._items().items()})
-
-    def split(self, sizes: list[int]) -> list[PairOutput]:
-        parts = {k: torch.split(v, sizes) for k, v in self._items().items()}
-        return [PairOutput(**{k: v[j] for k, v in parts.items()}) for j in range(len(sizes))]
-
-    @staticmethod
-    def cat(parts: list[PairOutput]) -> PairOutput:
-        if len(parts) == 1:
-            return parts[0]
-        items = [p._items() for p in parts]
-        return PairOutput(**{k: torch.cat([i[k] for i in items]) for k in items[0]})
+    @classmethod
+    def column_of(cls, field: str) -> Column:
+        return column(cls.store_name(field))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Store array name -> numpy array in the store's dtype (ids and counts int32)."""
-        out = {}
-        for name, value in self._items().items():
-            group, _, stat = name.partition("_")
-            if group not in ("aligned", "base"):
-                group, stat = "positions", name
-            integer = stat in INTEGER_FIELDS
-            out[f"{group}/{stat}"] = value.to(torch.int32 if integer else torch.float32).numpy()
-        return out
+        return {self.store_name(k): v for k, v in self.by_field().items()}
 
 
 def _sum(t: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,7 @@ class Example:
     answer: str
     messages: tuple[dict[str, str], ...] | None = None
     #: The record's other fields with a scalar value (str, int, float, bool), in file order:
-    #: what `--keep-fields` may keep in the store for `--group-by` (`store_fields.py`).
+    #: what `--keep-fields` may keep in the store for `--group-by` (`store/fields.py`).
     metadata: tuple[tuple[str, Any], ...] = ()
 
 

@@ -14,7 +14,7 @@ from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
 from tdsdist.inputs.special_text import encode_context, encode_text
 from tdsdist.inputs.templates import ContextFn
-from tdsdist.units import unit_ranges
+from tdsdist.store.units import unit_ranges
 
 
 @dataclass(frozen=True)

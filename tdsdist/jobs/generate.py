@@ -42,8 +42,8 @@ from tdsdist.jobs.parts import (
 )
 from tdsdist.jobs.score import score_on
 from tdsdist.parallel.dist import Dist, any_rank, checked_on_main, destroy, init_distributed
-from tdsdist.store_space import check_store_writable
-from tdsdist.units import unit_ranges
+from tdsdist.store.space import check_store_writable
+from tdsdist.store.units import unit_ranges
 
 Log = Callable[[str], None]
 

@@ -31,8 +31,8 @@ from tdsdist.inputs.fingerprint import (
 from tdsdist.jobs.parts import DecodingRun, answer_records, kept_fields, part_path, write_answers
 from tdsdist.options import fingerprint_fields, section_values
 from tdsdist.store import create
-from tdsdist.store_contexts import ExampleContexts
-from tdsdist.store_fields import ExampleFields, Writers
+from tdsdist.store.contexts import ExampleContexts
+from tdsdist.store.fields import ExampleFields, Writers
 
 #: What the answers file records about how each answer was generated: the model, its template
 #: and the decoding options that change the answers (the fingerprinted ones of `Decoding`, `Stops`).

@@ -36,8 +36,8 @@ from tdsdist.jobs.nudge_store import NudgeRun, assemble
 from tdsdist.jobs.pair import ResolvedPair
 from tdsdist.jobs.parts import assemble_parts, decode_units, pending_units, prepare_parts
 from tdsdist.parallel.dist import Dist, any_rank, checked_on_main, destroy, init_distributed
-from tdsdist.store_space import check_store_writable
-from tdsdist.units import unit_ranges
+from tdsdist.store.space import check_store_writable
+from tdsdist.store.units import unit_ranges
 
 Log = Callable[[str], None]
 

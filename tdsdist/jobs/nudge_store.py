@@ -28,8 +28,8 @@ from tdsdist.jobs.nudge_units import read_parts
 from tdsdist.jobs.parts import DecodingRun, answer_records, kept_fields, write_answers
 from tdsdist.options import section_values
 from tdsdist.store import create
-from tdsdist.store_contexts import ExampleContexts
-from tdsdist.store_fields import ExampleFields, Writers
+from tdsdist.store.contexts import ExampleContexts
+from tdsdist.store.fields import ExampleFields, Writers
 from tdsdist.topk_metrics import stored_arrays as published_arrays
 
 #: What the answers file records about how each answer was decoded.

@@ -30,7 +30,7 @@ from tdsdist.safe_replace import (
     check_replaceable_parts,
     check_replaceable_store,
 )
-from tdsdist.store_fields import select
+from tdsdist.store.fields import select
 
 R = TypeVar("R")
 C = TypeVar("C")
@@ -160,7 +160,7 @@ def assemble_parts(d: Dist, parts: Path, out: Path, assemble: Callable[[], R]) -
 
 
 def kept_fields(cfg: Any, examples: Sequence[Example]) -> dict[str, list[Any]]:
-    """`--keep-fields` of the prompts' scalar metadata (`store_fields.py`), for `score` to keep."""
+    """`--keep-fields` of the prompts' scalar metadata (`store/fields.py`), for `score` to keep."""
     texts = {"id", "pure_input", "input", "output", "generator", "messages"}
     return select([dict(ex.metadata) for ex in examples], cfg.keep_fields, texts, cfg.data)
 

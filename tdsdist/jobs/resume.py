@@ -18,9 +18,9 @@ from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
 from tdsdist.safe_replace import check_replaceable_store
 from tdsdist.store import Store, StoreExists, create
-from tdsdist.store_contexts import ExampleContexts, StoredContexts, add_contexts
-from tdsdist.store_fields import ExampleFields, Writers, select
-from tdsdist.units import unit_ranges
+from tdsdist.store.contexts import ExampleContexts, StoredContexts, add_contexts
+from tdsdist.store.fields import ExampleFields, Writers, select
+from tdsdist.store.units import unit_ranges
 
 
 def open_or_create_store(prep: Prepared) -> Store:
@@ -174,7 +174,7 @@ def create_store(prep: Prepared) -> Store:
 
 
 def _kept_fields(config, examples) -> dict[str, list]:
-    """`--keep-fields` of the examples' scalar metadata (`store_fields.py`)."""
+    """`--keep-fields` of the examples' scalar metadata (`store/fields.py`)."""
     texts = {config.id_field, config.instruction_field, config.input_field, config.output_field}
     records = [dict(ex.metadata) for ex in examples]
     return select(records, config.keep_fields, texts, config.data)

@@ -42,8 +42,8 @@ from tdsdist.parallel.dist import (
 )
 from tdsdist.parallel.file_claims import claim_unit
 from tdsdist.store import Store, UnitRows
-from tdsdist.store_space import check_store_writable, no_space
-from tdsdist.units import in_task_share
+from tdsdist.store.space import check_store_writable, no_space
+from tdsdist.store.units import in_task_share
 
 # Fault injection for tests of crash recovery: SIGKILL this process after writing the data of
 # the N-th unit of this run (0-based) and before marking it committed: the worst moment to die.

@@ -153,7 +153,7 @@ elif what == "export":
     from tdsdist.analysis.export import export_parquet
     export_parquet(store, out)
 elif what == "verify":
-    from tdsdist.integrity import damaged_units
+    from tdsdist.store.integrity import damaged_units
     assert damaged_units(store) == {}
 print(json.dumps({"seconds": time.perf_counter() - imported}))
 """

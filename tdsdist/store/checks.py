@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,9 +26,13 @@ class Store(Protocol):
 
     path: Path
     root: Any
-    meta: dict[str, Any]
-    lengths: np.ndarray
-    committed_when_opened: np.ndarray
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+    @property
+    def lengths(self) -> np.ndarray: ...
+    @property
+    def committed_when_opened(self) -> np.ndarray: ...
 
 
 class DamagedChunk(TdsError):
@@ -35,13 +40,13 @@ class DamagedChunk(TdsError):
     (a damaged disk, a truncated or partial copy)."""
 
 
-def chunk_file(store: Store, name: str, c: int):
+def chunk_file(store: Store, name: str, c: int) -> Path:
     """The file of chunk `c` of a per-position array (`[P, k]` arrays: one chunk along k)."""
     folder = store.path / name / "c" / str(c)
     return folder / "0" if store.root[name].ndim == 2 else folder
 
 
-def _committed_ranges(store: Store, lo: int, hi: int):
+def _committed_ranges(store: Store, lo: int, hi: int) -> Iterator[tuple[int, int, int]]:
     """(unit, first row, stop row) of the committed units' rows inside `[lo, hi)`."""
     done = store.committed_when_opened
     starts = store.meta["unit_starts"]

@@ -31,7 +31,8 @@ import numpy as np
 import zarr
 
 from tdsdist.errors import TdsError
-from tdsdist.store import CHECKSUM, COMPRESSOR, Store
+from tdsdist.store.reader import Store
+from tdsdist.store.schema import CHECKSUM, COMPRESSOR
 
 GROUP = "fields"
 MAX_ALL_CHARS = 200  # `all`: a longer string value makes the field a text, not a label
@@ -105,7 +106,7 @@ def field_names(store: Store) -> list[str]:
     """The kept fields' names (none for a store made before fields were kept)."""
     if GROUP not in store.root:
         return []
-    return sorted(name for name, _ in store.root[GROUP].arrays())
+    return sorted(name for name, _ in store.group(GROUP).arrays())
 
 
 def read_field(store: Store, name: str) -> list[Any]:
@@ -116,4 +117,4 @@ def read_field(store: Store, name: str) -> list[Any]:
             ", ".join(names) if names else "none (stores made before tdsdist kept fields have none)"
         )
         raise TdsError(f"{store.path}: no kept field {name!r}; kept fields: {kept}")
-    return [json.loads(str(v)) for v in store.root[f"{GROUP}/{name}"][:]]
+    return [json.loads(str(v)) for v in np.asarray(store.array(f"{GROUP}/{name}")[:])]

@@ -22,13 +22,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import zarr
 
 from tdsdist.errors import TdsError
 from tdsdist.files import publish, staged_folder
-from tdsdist.store import CHECKSUM, COMPRESSOR, MODELS, Store
+from tdsdist.store.reader import Store
+from tdsdist.store.schema import CHECKSUM, COMPRESSOR, MODELS
 
 GROUP = "contexts"
 CHUNK_TOKENS = 1 << 18  # context ids per chunk (1 MiB of int32): a few examples' worth per read
@@ -68,7 +70,6 @@ def _write_ragged(group: zarr.Group, model: str, contexts: Sequence[Sequence[int
     flat = np.concatenate(
         [np.asarray(c, dtype=np.int32) for c in contexts] + [np.zeros(0, np.int32)]
     )
-    kwargs = {"compressors": [COMPRESSOR, CHECKSUM]}
     group.create_array(
         "ids",
         shape=flat.shape,
@@ -76,7 +77,7 @@ def _write_ragged(group: zarr.Group, model: str, contexts: Sequence[Sequence[int
         dtype="int32",
         fill_value=-1,
         dimension_names=(f"{model}_context_token",),
-        **kwargs,
+        compressors=[COMPRESSOR, CHECKSUM],
     )[:] = flat
     group.create_array(
         "offset",
@@ -84,7 +85,7 @@ def _write_ragged(group: zarr.Group, model: str, contexts: Sequence[Sequence[int
         chunks=(len(offset),),
         dtype="int64",
         dimension_names=("example_bound",),
-        **kwargs,
+        compressors=[COMPRESSOR, CHECKSUM],
     )[:] = offset  # written last: a reader trusts the ids once the offsets are there
 
 
@@ -108,8 +109,7 @@ class StoredContexts:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        root = store.root
-        self.group = root[GROUP] if GROUP in root else None
+        self.group = store.group(GROUP) if GROUP in store.root else None
 
     @property
     def recorded(self) -> bool:
@@ -140,8 +140,12 @@ class StoredContexts:
 
     def _read(self, name: str, rows: slice = slice(None)) -> np.ndarray:
         """A damaged chunk is an error naming the array, never other text or ids."""
+        assert self.group is not None  # callers check `recorded` / `has`
+        member = self.group[name]
+        if not isinstance(member, zarr.Array):
+            raise TdsError(f"{self.store.path}: {GROUP}/{name}: a group where an array belongs")
         try:
-            return self.group[name][rows]
+            return np.asarray(member[rows])
         except ValueError as e:
             if "checksum" not in str(e):
                 raise
@@ -152,9 +156,11 @@ class StoredContexts:
             ) from None
 
 
-def decode_context(tokenizer, ids: np.ndarray) -> str:
+def decode_context(tokenizer: Any, ids: np.ndarray) -> str:
     """The context as text with its template visible: special tokens kept (a BOS, `[INST]`,
     chat markers), and no clean-up of spaces, so the text shows what the ids are."""
-    return tokenizer.decode(
-        [int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    return str(
+        tokenizer.decode(
+            [int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
     )

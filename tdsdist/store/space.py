@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from tdsdist.errors import TdsError
-from tdsdist.store import BYTES_PER_POSITION, NEW_STORE_BYTES
+from tdsdist.store.schema import BYTES_PER_POSITION, NEW_STORE_BYTES
 
 #: What a full disk or an exhausted quota raises.
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

@@ -8,9 +8,12 @@ made, so a damaged array there is reported, not repaired (the scores do not depe
 
 from __future__ import annotations
 
+import zarr
+
 from tdsdist.errors import TdsError
-from tdsdist.store import DamagedChunk, Store
-from tdsdist.store_contexts import GROUP, StoredContexts
+from tdsdist.store.checks import DamagedChunk
+from tdsdist.store.contexts import GROUP, StoredContexts
+from tdsdist.store.reader import Store
 
 
 def unchecked_note(store: Store) -> str | None:
@@ -46,7 +49,7 @@ def damaged_contexts(store: Store) -> list[str]:
     """The arrays of the `contexts/` group that fail their checksum (none for a store without
     the group). Each array is read whole: the group is small beside the per-position arrays."""
     contexts = StoredContexts(store)
-    if not contexts.recorded:
+    if not contexts.recorded or not isinstance(contexts.group, zarr.Group):
         return []
     damaged = []
     for name in sorted(_array_paths(contexts.group)):
@@ -57,10 +60,10 @@ def damaged_contexts(store: Store) -> list[str]:
     return damaged
 
 
-def _array_paths(group, prefix: str = "") -> list[str]:
+def _array_paths(group: zarr.Group, prefix: str = "") -> list[str]:
     paths = []
     for name, member in group.members():
-        if hasattr(member, "members"):
+        if isinstance(member, zarr.Group):
             paths += _array_paths(member, f"{prefix}{name}/")
         else:
             paths.append(f"{prefix}{name}")

@@ -233,27 +233,32 @@ class _Shard:
 
 def committed_blocks(store: Store, block_rows: int):
     """(row slice, valid mask, position-in-answer, answer length, example index) per block of
-    committed rows."""
+    committed rows. Vectorised over the examples of a block (a few thousand of them): a Python
+    loop per example cost 10 ms per 256K-row block, more than some statistics."""
     done = store.committed()
     starts = np.asarray(store.meta["unit_starts"])
-    offsets, lengths = store.offsets, store.lengths
+    offsets = np.asarray(store.offsets, np.int64)
+    lengths = np.asarray(store.lengths, np.int64)
+    unit_size = store.meta["unit_size"]
     total = int(starts[-1])
     for lo in range(0, total, block_rows):
         hi = min(lo + block_rows, total)
         first = int(np.searchsorted(offsets, lo, side="left"))
         last = int(np.searchsorted(offsets, hi, side="left"))
+        e = np.arange(max(first - 1, 0), last)  # examples overlapping the block
+        e = e[done[e // unit_size]]
+        a = np.maximum(offsets[e], lo)
+        b = np.minimum(offsets[e] + lengths[e], hi)
+        e, a, b = e[a < b], a[a < b], b[a < b]
+        n = b - a  # [examples] rows of each in the block
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # 0 .. n-1 each
+        row = np.repeat(a - lo, n) + within  # [rows of examples] block row
         t = np.full(hi - lo, -1, np.int64)
         length = np.zeros(hi - lo, np.int64)
         example = np.zeros(hi - lo, np.int64)
-        for_examples = range(max(first - 1, 0), last)
-        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
-            if not done[e // store.meta["unit_size"]]:
-                continue
-            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
-            if a < b:
-                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
-                length[a - lo : b - lo] = lengths[e]
-                example[a - lo : b - lo] = e
+        t[row] = np.repeat(a - offsets[e], n) + within
+        length[row] = np.repeat(lengths[e], n)
+        example[row] = np.repeat(e, n)
         valid = t >= 0
         if valid.any():
             yield slice(lo, hi), valid, t[valid], length[valid], example[valid]

@@ -91,8 +91,9 @@ class _Layout:
 
 @functools.cache
 def metrics_pool() -> ThreadPoolExecutor:
-    """One thread for whole blocks' published metrics: it waits on `pool`'s tasks, which never
-    wait on anything, so the two cannot deadlock."""
+    """One thread for whole blocks' published metrics and sums, in the order submitted (one
+    thread: a block's sums are added after the previous block's, as in one loop): it waits on
+    `pool`'s tasks, which never wait on anything, so the two cannot deadlock."""
     return ThreadPoolExecutor(1)
 
 
@@ -252,13 +253,15 @@ def committed_blocks(store: Store, block_rows: int):
         e, a, b = e[a < b], a[a < b], b[a < b]
         n = b - a  # [examples] rows of each in the block
         within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # 0 .. n-1 each
-        row = np.repeat(a - lo, n) + within  # [rows of examples] block row
-        t = np.full(hi - lo, -1, np.int64)
-        length = np.zeros(hi - lo, np.int64)
-        example = np.zeros(hi - lo, np.int64)
-        t[row] = np.repeat(a - offsets[e], n) + within
-        length[row] = np.repeat(lengths[e], n)
-        example[row] = np.repeat(e, n)
-        valid = t >= 0
-        if valid.any():
-            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]
+        # Offsets ascend (`store.layout`), so the committed rows in block order are the
+        # examples' rows one after the other: no scatter into the block and back.
+        valid = np.zeros(hi - lo, bool)
+        valid[np.repeat(a - lo, n) + within] = True
+        if n.size:
+            yield (
+                slice(lo, hi),
+                valid,
+                np.repeat(a - offsets[e], n) + within,
+                np.repeat(lengths[e], n),
+                np.repeat(e, n),
+            )

@@ -7,6 +7,7 @@ stated per key) or a per-vocabulary-token count. No Python loop runs per positio
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ def kl_bins(kl: np.ndarray) -> np.ndarray:
     where the exact edges say so: the guess is never off by more than one bin."""
     with np.errstate(divide="ignore"):
         guess = np.floor((np.log10(kl) + 6.0) * 200.0)  # -inf at 0
-    i = np.clip(np.nan_to_num(guess, neginf=-1.0), -1.0, 1800.0).astype(np.int64) + 1
+    i = np.clip(guess, -1.0, 1800.0).astype(np.int64) + 1
     i -= KL_EDGES[i] > kl
     i += KL_EDGES[i + 1] <= kl
     return i
@@ -162,7 +163,13 @@ def summarize(
     needed += [n for n in measures.arrays(store) if n not in needed]
     if published or category_by == "aligned-top1":
         needed += pub.inputs(store)
-    in_flight: list = []  # the last block's published sums (a future)
+    # The published sums and the curves' are added in the metrics thread, block after block
+    # (its one thread keeps the order: the same sums), beside this thread's statistics.
+    in_flight: list = []  # the metrics thread's futures of the last block
+    # The resamples depend only on the examples: drawn in a thread of their own meanwhile.
+    draws = ThreadPoolExecutor(1)
+    drawn = draws.submit(bootstrap_weights, len(store.ids), resamples, seed)
+    draws.shutdown(wait=False)
     for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(needed, rows)  # every array of the block at once, each in a thread
         block_tokens = read("positions/token_id", rows)  # read once per block
@@ -192,10 +199,9 @@ def summarize(
                 else None
             )
             cat = thresholds.categorize(base_rank)
-        if published_sums is not None:  # summed in the metrics thread too, blocks in order
-            in_flight.append(metrics_pool().submit(published_sums.add_result, metrics, example, t))
-            while len(in_flight) > 1:  # the previous block's: done while this one computes
-                in_flight.pop(0).result()
+        block_sums = []  # this block's, in the metrics thread
+        if published_sums is not None:
+            block_sums.append(metrics_pool().submit(published_sums.add_result, metrics, example, t))
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(
             np.searchsorted(rank_edges, base_rank, side="right") - 1, minlength=len(RANK_BINS)
@@ -220,11 +226,14 @@ def summarize(
         # the exact KLs may be +inf (a masked token): kept as such
         values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob, "kl": kl}
         values.update(measures.block_values(read, rows, valid, store))
-        curves.add(example, t, cat, base_rank, values)
+        block_sums.append(metrics_pool().submit(curves.add, example, t, cat, base_rank, values))
+        for added in in_flight:  # the previous block's: done while this one was computed
+            added.result()
+        in_flight = block_sums
     for added in in_flight:
         added.result()
     n = int(counts.sum())
-    weights = bootstrap_weights(len(store.ids), resamples, seed)  # the same draws for all
+    weights = drawn.result()  # the same draws for all
     curve = curves.result(resamples, seed, weights)
     for row in curve["by_position"]:
         measures.add_branching(row)

@@ -1,5 +1,6 @@
 """The analysis's vectorised shortcuts against the direct numpy they replace: the committed
-rows of each block, the KL histogram's bins and the published metrics' per-example sums."""
+rows of each block, the KL histogram's bins, the published metrics' per-example sums, and forgetting one block's
+prefetched reads."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tdsdist.analysis.chunks import committed_blocks
+from tdsdist.analysis.chunks import BlockReader, committed_blocks
 from tdsdist.analysis.published import NAMES, PublishedSums
 from tdsdist.analysis.summary import KL_EDGES, kl_bins
 
@@ -79,3 +80,17 @@ def test_published_sums_over_the_rows_touched_equal_sums_over_all_examples() -> 
             want[:, j] += np.bincount(example, weights=values[name], minlength=examples)
     np.testing.assert_array_equal(sums.per_example, want)
     assert not sums.present[NAMES[0]] and all(sums.present[n] for n in NAMES[1:])
+
+
+def test_forgetting_a_block_keeps_the_reads_of_another(tmp_path) -> None:
+    store = build(tmp_path / "s.zarr", [40, 50, 60], unit_size=1)
+    reader = BlockReader(store)
+    first, second = slice(0, 30), slice(30, 90)
+    reader.prefetch(["base/rank", "positions/kl"], first)
+    reader.prefetch(["base/rank"], second)
+    reader.forget(first)  # the filters left `first` empty; `second` is another thread's
+    assert list(reader.pending) == [("base/rank", 30, 90)]
+    np.testing.assert_array_equal(reader.read("base/rank", second), store.read("base/rank", second))
+    reader.prefetch(["base/rank"], first)
+    reader.forget()
+    assert not reader.pending

@@ -112,11 +112,14 @@ class BlockReader:
             if key not in self.pending:
                 self.pending[key] = pool().submit(self._read, name, rows)
 
-    def forget(self) -> None:
-        """Drop the prefetched reads not taken (a block the filters left empty)."""
-        for future in self.pending.values():
-            future.cancel()
-        self.pending.clear()
+    def forget(self, rows: slice | None = None) -> None:
+        """Drop the prefetched reads of `rows` not taken (a block the filters left empty), or
+        all of them: not those of another block, which the metrics thread may be reading."""
+        for key in list(self.pending):  # a snapshot: the metrics thread takes its own keys
+            if rows is None or key[1:] == (rows.start, rows.stop):
+                future = self.pending.pop(key, None)
+                if future is not None:
+                    future.cancel()
 
     def read(self, name: str, rows: slice) -> np.ndarray:
         """The rows (a prefetched read is handed over once: its memory goes with it)."""

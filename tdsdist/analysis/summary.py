@@ -181,7 +181,7 @@ def summarize(
             valid[valid] = keep
             t, length, example = t[keep], length[keep], example[keep]
             if not keep.any():
-                reader.forget()
+                reader.forget(rows)
                 continue
         base_rank = read("base/rank", rows)[valid]
         aligned_rank = read("aligned/rank", rows)[valid]

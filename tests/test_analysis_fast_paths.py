@@ -1,6 +1,6 @@
 """The analysis's vectorised shortcuts against the direct numpy they replace: the committed
-rows of each block, the KL histogram's bins, the published metrics' per-example sums, and forgetting one block's
-prefetched reads."""
+rows of each block, the KL histogram's bins, the published metrics' per-example sums; and
+forgetting one block's prefetched reads."""
 
 from __future__ import annotations
 

@@ -91,8 +91,9 @@ class _Layout:
 
 @functools.cache
 def metrics_pool() -> ThreadPoolExecutor:
-    """One thread for whole blocks' published metrics: it waits on `pool`'s tasks, which never
-    wait on anything, so the two cannot deadlock."""
+    """One thread for whole blocks' published metrics and sums, in the order submitted (one
+    thread: a block's sums are added after the previous block's, as in one loop): it waits on
+    `pool`'s tasks, which never wait on anything, so the two cannot deadlock."""
     return ThreadPoolExecutor(1)
 
 
@@ -111,11 +112,14 @@ class BlockReader:
             if key not in self.pending:
                 self.pending[key] = pool().submit(self._read, name, rows)
 
-    def forget(self) -> None:
-        """Drop the prefetched reads not taken (a block the filters left empty)."""
-        for future in self.pending.values():
-            future.cancel()
-        self.pending.clear()
+    def forget(self, rows: slice | None = None) -> None:
+        """Drop the prefetched reads of `rows` not taken (a block the filters left empty), or
+        all of them: not those of another block, which the metrics thread may be reading."""
+        for key in list(self.pending):  # a snapshot: the metrics thread takes its own keys
+            if rows is None or key[1:] == (rows.start, rows.stop):
+                future = self.pending.pop(key, None)
+                if future is not None:
+                    future.cancel()
 
     def read(self, name: str, rows: slice) -> np.ndarray:
         """The rows (a prefetched read is handed over once: its memory goes with it)."""
@@ -233,27 +237,33 @@ class _Shard:
 
 def committed_blocks(store: Store, block_rows: int):
     """(row slice, valid mask, position-in-answer, answer length, example index) per block of
-    committed rows."""
+    committed rows. Vectorised over the examples of a block (a few thousand of them): a Python
+    loop per example cost 10 ms per 256K-row block, more than some statistics."""
     done = store.committed_examples()  # [E]
     starts = np.asarray(store.meta["unit_starts"])
-    offsets, lengths = store.offsets, store.lengths
+    offsets = np.asarray(store.offsets, np.int64)
+    lengths = np.asarray(store.lengths, np.int64)
     total = int(starts[-1])
     for lo in range(0, total, block_rows):
         hi = min(lo + block_rows, total)
         first = int(np.searchsorted(offsets, lo, side="left"))
         last = int(np.searchsorted(offsets, hi, side="left"))
-        t = np.full(hi - lo, -1, np.int64)
-        length = np.zeros(hi - lo, np.int64)
-        example = np.zeros(hi - lo, np.int64)
-        for_examples = range(max(first - 1, 0), last)
-        for e in for_examples:  # examples overlapping the block (a loop per example, not per row)
-            if not done[e]:
-                continue
-            a, b = max(int(offsets[e]), lo), min(int(offsets[e] + lengths[e]), hi)
-            if a < b:
-                t[a - lo : b - lo] = np.arange(a - int(offsets[e]), b - int(offsets[e]))
-                length[a - lo : b - lo] = lengths[e]
-                example[a - lo : b - lo] = e
-        valid = t >= 0
-        if valid.any():
-            yield slice(lo, hi), valid, t[valid], length[valid], example[valid]
+        e = np.arange(max(first - 1, 0), last)  # examples overlapping the block
+        e = e[done[e]]
+        a = np.maximum(offsets[e], lo)
+        b = np.minimum(offsets[e] + lengths[e], hi)
+        e, a, b = e[a < b], a[a < b], b[a < b]
+        n = b - a  # [examples] rows of each in the block
+        within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # 0 .. n-1 each
+        # Offsets ascend (`store.layout`), so the committed rows in block order are the
+        # examples' rows one after the other: no scatter into the block and back.
+        valid = np.zeros(hi - lo, bool)
+        valid[np.repeat(a - lo, n) + within] = True
+        if n.size:
+            yield (
+                slice(lo, hi),
+                valid,
+                np.repeat(a - offsets[e], n) + within,
+                np.repeat(lengths[e], n),
+                np.repeat(e, n),
+            )

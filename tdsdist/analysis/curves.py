@@ -153,8 +153,8 @@ def bootstrap_sums(weights: np.ndarray, sums: np.ndarray) -> np.ndarray:
     flat = sums.reshape(e, bins * cols)
     used = np.flatnonzero(flat.any(0))  # columns all zero (the +inf counts, as a rule) stay 0
     out = np.zeros((len(weights), bins * cols), np.float64)
-    if used.size == flat.shape[1]:
-        out[:] = weights @ flat
+    if used.size >= flat.shape[1] // 2:  # copying the used columns would cost more than the
+        out[:] = weights @ flat  # product's on the others (whose sums are exactly 0)
     elif used.size:
         out[:, used] = weights @ flat[:, used]
     return out.reshape(-1, bins, cols)

@@ -90,16 +90,21 @@ class PublishedSums:
         self.present = dict.fromkeys(NAMES, False)
 
     def add(self, example: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray | None]) -> None:
-        e, n = len(self.per_example), len(self.per_bin)
+        n = len(self.per_bin)
         bins = np.minimum(t, self.max_t + 1)
-        self.per_example[:, 0] += np.bincount(example, minlength=e)
+        # Only the examples these rows touch (a block spans a few thousand of the store's E):
+        # the same sums, in the same order, as counting over all E.
+        first = int(example.min()) if example.size else 0
+        local, rows = example - first, self.per_example[first:]
+        e = int(local.max()) + 1 if example.size else 0
+        rows[:e, 0] += np.bincount(local, minlength=e)
         self.per_bin[:, 0] += np.bincount(bins, minlength=n)
         for j, name in enumerate(NAMES):
             v = values.get(name)
             if v is None:
                 continue
             self.present[name] = True
-            self.per_example[:, 1 + j] += np.bincount(example, weights=v, minlength=e)
+            rows[:e, 1 + j] += np.bincount(local, weights=v, minlength=e)
             self.per_bin[:, 1 + j] += np.bincount(bins, weights=v, minlength=n)
 
     def add_result(

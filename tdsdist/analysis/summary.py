@@ -7,6 +7,7 @@ stated per key) or a per-vocabulary-token count. No Python loop runs per positio
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,19 @@ POSITION_EDGES = [0, 5, 10, 20, 50, 100, 200, 500]  # absolute position buckets:
 DECILES = 10
 PROB_BINS = 10_000  # base probability histogram on [0, 1]: medians exact to 1e-4
 KL_EDGES = np.concatenate([[0.0], np.logspace(-6, 3, 1801), [np.inf]])  # 0.5% relative bins
+
+
+def kl_bins(kl: np.ndarray) -> np.ndarray:
+    """`[m]` finite KLs >= 0 -> `[m]` int64 bin of `KL_EDGES`: the same as `searchsorted(KL_EDGES,
+    kl, side="right") - 1`, 10x faster (a binary search over 1,803 edges mispredicts a branch
+    per step). The bin is guessed from log10 (uniform in log past the 0 bin), then moved by one
+    where the exact edges say so: the guess is never off by more than one bin."""
+    with np.errstate(divide="ignore"):
+        guess = np.floor((np.log10(kl) + 6.0) * 200.0)  # -inf at 0
+    i = np.clip(guess, -1.0, 1800.0).astype(np.int64) + 1
+    i -= KL_EDGES[i] > kl
+    i += KL_EDGES[i + 1] <= kl
+    return i
 
 
 class _Acc:
@@ -145,7 +159,13 @@ def summarize(
     needed += [n for n in measures.arrays(store) if n not in needed]
     if published or category_by == "aligned-top1":
         needed += pub.inputs(store)
-    in_flight: list = []  # (metrics or their future, example, t) of the last block
+    # The published sums and the curves' are added in the metrics thread, block after block
+    # (its one thread keeps the order: the same sums), beside this thread's statistics.
+    in_flight: list = []  # the metrics thread's futures of the last block
+    # The resamples depend only on the examples: drawn in a thread of their own meanwhile.
+    draws = ThreadPoolExecutor(1)
+    drawn = draws.submit(bootstrap_weights, len(store.ids), resamples, seed)
+    draws.shutdown(wait=False)
     for rows, valid, t, length, example in committed_blocks(store, BLOCK_ROWS):
         reader.prefetch(needed, rows)  # every array of the block at once, each in a thread
         block_tokens = read("positions/token_id", rows)  # read once per block
@@ -157,7 +177,7 @@ def summarize(
             valid[valid] = keep
             t, length, example = t[keep], length[keep], example[keep]
             if not keep.any():
-                reader.forget()
+                reader.forget(rows)
                 continue
         base_rank = read("base/rank", rows)[valid]
         aligned_rank = read("aligned/rank", rows)[valid]
@@ -175,10 +195,9 @@ def summarize(
                 else None
             )
             cat = thresholds.categorize(base_rank)
+        block_sums = []  # this block's, in the metrics thread
         if published_sums is not None:
-            in_flight.append((metrics, example, t))
-            while len(in_flight) > 1:  # the previous block's: collected while this one computes
-                published_sums.add_result(*in_flight.pop(0))
+            block_sums.append(metrics_pool().submit(published_sums.add_result, metrics, example, t))
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(
             np.searchsorted(rank_edges, base_rank, side="right") - 1, minlength=len(RANK_BINS)
@@ -187,9 +206,7 @@ def summarize(
             np.minimum((prob * PROB_BINS).astype(np.int64), PROB_BINS - 1), minlength=PROB_BINS
         )
         finite_kl = np.clip(np.where(np.isfinite(kl), kl, KL_EDGES[-2]), 0.0, None)
-        kl_hist += np.bincount(
-            np.searchsorted(KL_EDGES, finite_kl, side="right") - 1, minlength=len(kl_hist)
-        )[: len(kl_hist)]
+        kl_hist += np.bincount(kl_bins(finite_kl), minlength=len(kl_hist))[: len(kl_hist)]
         prob_sum += prob.sum()
         kl_sum += finite_kl.sum()
         kl_max = max(kl_max, float(kl.max()))
@@ -205,11 +222,14 @@ def summarize(
         # the exact KLs may be +inf (a masked token): kept as such
         values = {"base_rank": base_rank.astype(np.float64), "base_prob": prob, "kl": kl}
         values.update(measures.block_values(read, rows, valid, store))
-        curves.add(example, t, cat, base_rank, values)
-    while in_flight:
-        published_sums.add_result(*in_flight.pop(0))
+        block_sums.append(metrics_pool().submit(curves.add, example, t, cat, base_rank, values))
+        for added in in_flight:  # the previous block's: done while this one was computed
+            added.result()
+        in_flight = block_sums
+    for added in in_flight:
+        added.result()
     n = int(counts.sum())
-    weights = bootstrap_weights(len(store.ids), resamples, seed)  # the same draws for all
+    weights = drawn.result()  # the same draws for all
     curve = curves.result(resamples, seed, weights)
     for row in curve["by_position"]:
         measures.add_branching(row)

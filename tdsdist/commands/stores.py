@@ -59,6 +59,7 @@ def status_command(store_dir: str, task_count: int | None, as_json: bool) -> Non
 @user_errors
 def verify_command(store_dir: str, repair: bool) -> None:
     """Read every committed unit and list the damaged ones (chunks failing their checksum)."""
+    from tdsdist.analysis.chunks import BlockReader
     from tdsdist.store import Store
     from tdsdist.store.checks import damaged_tables, layout_problems
     from tdsdist.store.integrity import damaged_contexts, damaged_units, unchecked_note
@@ -74,7 +75,7 @@ def verify_command(store_dir: str, repair: bool) -> None:
     if tables:
         click.echo(f"{store.path}: {len(tables)} damaged table(s); units not read")
         sys.exit(1)
-    damaged = damaged_units(store)
+    damaged = damaged_units(store, BlockReader(store))  # decoded by tdsdist, arrays in threads
     contexts = damaged_contexts(store)
     done = int(store.committed().sum())
     for unit, names in sorted(damaged.items()):

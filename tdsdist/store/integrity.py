@@ -8,6 +8,9 @@ made, so a damaged array there is reported, not repaired (the scores do not depe
 
 from __future__ import annotations
 
+from typing import Protocol
+
+import numpy as np
 import zarr
 
 from tdsdist.errors import TdsError
@@ -27,19 +30,36 @@ def unchecked_note(store: Store) -> str | None:
     )
 
 
-def damaged_units(store: Store) -> dict[int, list[str]]:
+AHEAD = 4  # arrays of a unit read at once by a `RowReader`
+
+
+class RowReader(Protocol):
+    """Reads rows of per-position arrays as `Store.read` does, with its errors (a damaged chunk
+    is its `DamagedChunk`): `tdsdist.analysis.chunks.BlockReader`, which decodes the chunks
+    itself, several arrays at once in threads."""
+
+    def prefetch(self, names: list[str], rows: slice) -> None: ...
+
+    def read(self, name: str, rows: slice) -> np.ndarray: ...
+
+
+def damaged_units(store: Store, reader: RowReader | None = None) -> dict[int, list[str]]:
     """Committed units with a chunk that fails its checksum -> the arrays affected. Reads
     every committed unit's rows of every per-position array (a unit's rows are whole chunks
-    of its own, so a unit is read exactly)."""
+    of its own, so a unit is read exactly), through `reader` where given (`AHEAD` arrays at
+    once), else through `Store.read`."""
     damaged: dict[int, list[str]] = {}
     done = store.committed()
+    names = store.array_names()
     for unit in store.units():
         if not done[unit.index] or unit.positions == 0:
             continue
         rows = slice(unit.start, unit.start + unit.positions)
-        for name in store.array_names():
+        for i, name in enumerate(names):
+            if reader is not None:  # a few arrays ahead: memory of a few, not of the unit
+                reader.prefetch(names[i : i + AHEAD], rows)
             try:
-                store.read(name, rows)
+                reader.read(name, rows) if reader is not None else store.read(name, rows)
             except DamagedChunk:
                 damaged.setdefault(unit.index, []).append(name)
     return damaged

@@ -10,8 +10,9 @@ same run, alternating formats:
 - files and bytes (apparent: the sum of file sizes; allocated: what `du` counts), per position;
 - `open`: `Store(path)` with its metadata, examples and committed flags (what every command does);
 - `analyze` (`summarize`), `export` (`export_parquet` to a scratch file) and `verify`
-  (`damaged_units`): positions per second, wall clock, each in a fresh process (with
-  `--zarr-analyze`, `analyze` reading through zarr too, without tdsdist's chunk and shard reader);
+  (`damaged_units` with tdsdist's chunk and shard reader, as `tdsdist verify`): positions per
+  second, wall clock, each in a fresh process (with `--zarr-analyze` and `--zarr-verify`,
+  `analyze` and `verify` reading through zarr too, without tdsdist's reader);
 - `status` with `--status-units` units (a second pair of small stores: one example per unit).
 
 It then projects a run of `--project-answers` answers of `--project-length` positions at this unit
@@ -152,9 +153,10 @@ elif what in ("analyze", "analyze-zarr"):
 elif what == "export":
     from tdsdist.analysis.export import export_parquet
     export_parquet(store, out)
-elif what == "verify":
+elif what in ("verify", "verify-zarr"):  # as `tdsdist verify`; or every read through zarr
+    from tdsdist.analysis.chunks import BlockReader
     from tdsdist.store.integrity import damaged_units
-    assert damaged_units(store) == {}
+    assert damaged_units(store, BlockReader(store) if what == "verify" else None) == {}
 print(json.dumps({"seconds": time.perf_counter() - imported}))
 """
 
@@ -200,6 +202,9 @@ def main() -> None:
     parser.add_argument(
         "--zarr-analyze", action="store_true", help="Also time `analyze` reading through zarr."
     )
+    parser.add_argument(
+        "--zarr-verify", action="store_true", help="Also time `verify` reading through zarr."
+    )
     args = parser.parse_args()
     shutil.rmtree(args.folder, ignore_errors=True)
     args.folder.mkdir(parents=True)
@@ -229,6 +234,7 @@ def main() -> None:
     times: dict[tuple[int, str], list[float]] = {}
     commands = ("open", "analyze", "export", "verify")
     commands += ("analyze-zarr",) if args.zarr_analyze else ()
+    commands += ("verify-zarr",) if args.zarr_verify else ()
     for _ in range(args.repeats):  # alternated: a busy machine slows both alike
         for what in commands + ("status",):
             for v in versions:

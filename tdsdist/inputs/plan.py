@@ -14,6 +14,7 @@ from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
 from tdsdist.inputs.special_text import encode_context, encode_text
 from tdsdist.inputs.templates import ContextFn
+from tdsdist.inputs.tokenizer import Tokenizer
 from tdsdist.store.units import unit_ranges
 
 
@@ -46,7 +47,7 @@ class AnswerEnd:
     text: str
     mode: str = "drop"  # drop | map
 
-    def apply(self, answer: str, tokenizer) -> tuple[str, list[int]]:
+    def apply(self, answer: str, tokenizer: Tokenizer) -> tuple[str, list[int]]:
         """The answer text to tokenize, and the ids to append after its tokens."""
         stripped = answer.rstrip()
         if not stripped.endswith(self.text):
@@ -65,7 +66,7 @@ class Plan:
 
 
 def tokenize_context(
-    tokenizer, text: str, special_tokens: bool, keep_double_bos: bool = False
+    tokenizer: Tokenizer, text: str, special_tokens: bool, keep_double_bos: bool = False
 ) -> list[int]:
     """Context ids as the tokenizer makes them by default, never with a doubled BOS unless
     `keep_double_bos` (`--aligned-template input-verbatim`).
@@ -79,7 +80,7 @@ def tokenize_context(
 
 
 def context_tokens(
-    tokenizer,
+    tokenizer: Tokenizer,
     render: ContextFn,
     ex: Example,
     special_tokens: bool,
@@ -98,7 +99,7 @@ def context_tokens(
 
 
 def _single_bos(
-    tokenizer, ids: list[int], special_tokens: bool, keep_double_bos: bool
+    tokenizer: Tokenizer, ids: list[int], special_tokens: bool, keep_double_bos: bool
 ) -> list[int]:
     bos = tokenizer.bos_token_id
     doubled = bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos
@@ -138,7 +139,7 @@ def _fit_context(
 
 def make_plan(
     examples: Sequence[Example],
-    tokenizer,
+    tokenizer: Tokenizer,
     aligned_context: ContextFn,
     base_context: ContextFn,
     *,
@@ -149,7 +150,7 @@ def make_plan(
     truncate_context: bool,
     unit_size: int,
     answer_end: AnswerEnd | None = None,
-    base_tokenizer=None,
+    base_tokenizer: Tokenizer | None = None,
     aligned_keep_double_bos: bool = False,
     split_special_text: bool = False,
 ) -> Plan:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tdsdist.errors import TdsError
 from tdsdist.inputs.data import Example
+from tdsdist.inputs.tokenizer import Tokenizer
 
 SPLIT, PARSE = "split", "parse"
 CHOICES = (SPLIT, PARSE)
@@ -50,7 +51,7 @@ def resolve(choice: str | None, store: Path | str | None, overwrite: bool) -> st
     return kept or SPLIT
 
 
-def special_strings(tokenizer) -> list[str]:
+def special_strings(tokenizer: Tokenizer) -> list[str]:
     """Every special token's text (the added ones flagged special included), longest first."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     names = set(tokenizer.all_special_tokens)
@@ -58,13 +59,13 @@ def special_strings(tokenizer) -> list[str]:
     return sorted((n for n in names if n), key=len, reverse=True)
 
 
-def count_with_special(texts: Sequence[str], tokenizer) -> int:
+def count_with_special(texts: Sequence[str], tokenizer: Tokenizer) -> int:
     """How many of `texts` contain a special token's string."""
     strings = special_strings(tokenizer)
     return sum(any(s in text for s in strings) for text in texts)
 
 
-def encode_text(tokenizer, text: str, split: bool) -> list[int]:
+def encode_text(tokenizer: Tokenizer, text: str, split: bool) -> list[int]:
     """Ids of `text` without added special tokens; a special-token string in it stays text when
     `split`."""
     if split:
@@ -145,7 +146,11 @@ def _segments(real: str, marked: str, texts: list[str]) -> list[tuple[str, bool]
 
 
 def encode_context(
-    tokenizer, render: Callable[[Example], str], ex: Example, real: str, special_tokens: bool
+    tokenizer: Tokenizer,
+    render: Callable[[Example], str],
+    ex: Example,
+    real: str,
+    special_tokens: bool,
 ) -> list[int] | None:
     """Ids of the rendered context `real` = `render(ex)` with every special-token string inside
     a user text kept as text, or None when no user text holds one (tokenize `real` as before).

@@ -10,18 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from tdsdist.errors import TdsError, first_line
 from tdsdist.model_paths import check_model_source
 
+Tokenizer = Any
+"""A transformers tokenizer (`PreTrainedTokenizerBase`). `Any`: its methods are mostly untyped
+there, and tdsdist uses a handful of them (`__call__`, `get_vocab`, `apply_chat_template`, the
+special-token attributes)."""
 
-def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False):
+
+def load_tokenizer(
+    name: str, revision: str | None = None, trust_remote_code: bool = False
+) -> Tokenizer:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     # tdsdist checks lengths against the model's window itself, per example, with a clear message;
     # transformers' "longer than the maximum sequence length" warning would only be noise.
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # untyped in transformers
 
     check_model_source(name, weights=False)  # never minutes of hub retries for a local typo
     try:
@@ -32,11 +40,11 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         raise TdsError(f"cannot load the tokenizer of {name!r}: {first_line(e)}") from None
 
 
-def vocabulary(tokenizer) -> dict[str, int]:
+def vocabulary(tokenizer: Tokenizer) -> dict[str, int]:
     return dict(tokenizer.get_vocab())
 
 
-def tokenizer_hash(tokenizer) -> str:
+def tokenizer_hash(tokenizer: Tokenizer) -> str:
     """Fingerprint of what maps text to ids: vocabulary, special tokens and chat template."""
     payload = {
         "vocab": sorted(vocabulary(tokenizer).items(), key=lambda kv: kv[1]),
@@ -63,7 +71,9 @@ class VocabularyUnion:
         return {"base": self.base, "aligned": self.aligned}
 
 
-def compare_vocabularies(aligned_tok, base_tok, aligned: str, base: str) -> VocabularyUnion | None:
+def compare_vocabularies(
+    aligned_tok: Tokenizer, base_tok: Tokenizer, aligned: str, base: str
+) -> VocabularyUnion | None:
     """None for one shared vocabulary; a `VocabularyUnion` when the aligned vocabulary appends
     tokens after the base one (every base token keeps its id, every other aligned id is at least
     the base size). Any other difference would make ranks and divergences compare different

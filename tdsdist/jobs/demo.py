@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from tdsdist.config import ScoreConfig
 
@@ -49,9 +50,10 @@ def run_demo(
     max_output_tokens: int | None,
     echo: Callable[[str], None],
     report: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     from tdsdist.analysis.report import write_report
-    from tdsdist.analysis.summary import render_text, summarize
+    from tdsdist.analysis.summary import summarize
+    from tdsdist.analysis.summary_text import render_text
     from tdsdist.jobs.score import run_score
     from tdsdist.store import Store
 

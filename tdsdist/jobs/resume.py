@@ -8,11 +8,15 @@ as the answers (re-tokenizing the answer text need not give back the ids the mod
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from tdsdist.config import ScoreConfig
 from tdsdist.errors import TdsError
+from tdsdist.inputs.data import Example
 from tdsdist.inputs.fingerprint import BASE_KEYS, differences
 from tdsdist.inputs.plan import Plan
 from tdsdist.jobs.prepare import Prepared
@@ -63,7 +67,7 @@ def resume_store(path: Path, prep: Prepared) -> Store:
     return store
 
 
-def union_meta(prep: Prepared) -> dict:
+def union_meta(prep: Prepared) -> dict[str, Any]:
     """`vocab_union: {base: V_b, aligned: V_a}`, only for a vocabulary union (old stores lack it)."""
     return {} if prep.vocab_union is None else {"vocab_union": prep.vocab_union.meta()}
 
@@ -79,7 +83,7 @@ def add_base_contexts(store: Store, prep: Prepared) -> None:
         add_contexts(store, "base", [by_id[i].base_context for i in store.ids])
 
 
-def adopt_head_dtype(prep: Prepared, stored: dict) -> None:
+def adopt_head_dtype(prep: Prepared, stored: dict[str, Any]) -> None:
     """Without `--head-dtype`, an existing store keeps the head it was made with: one without the
     key (tdsdist 0.1.0, or a float32 model) projected in the model's dtype."""
     if prep.config.head_dtype is None and "head_dtype" not in stored:
@@ -173,7 +177,7 @@ def create_store(prep: Prepared) -> Store:
     )
 
 
-def _kept_fields(config, examples) -> dict[str, list]:
+def _kept_fields(config: ScoreConfig, examples: Sequence[Example]) -> dict[str, list[Any]]:
     """`--keep-fields` of the examples' scalar metadata (`store/fields.py`)."""
     texts = {config.id_field, config.instruction_field, config.input_field, config.output_field}
     records = [dict(ex.metadata) for ex in examples]

@@ -391,15 +391,19 @@ def test_two_processes_on_one_run_generate_each_unit_once(tiny_pair, greedy, tmp
     import subprocess
     import sys
 
-    log = tmp_path / "units.log"
+    log, started = tmp_path / "units.log", tmp_path / "started"
+    started.mkdir()
     wrapper = (
-        "import sys, time, tdsdist.jobs.generate as g\n"
+        "import os, sys, time, tdsdist.jobs.generate as g\n"
         "orig = g._generate_unit\n"
         "def logged(decoder, contexts, unit, n, cfg):\n"
         f"    with open({str(log)!r}, 'a') as f: f.write(f'{{n}}\\n')\n"
         "    time.sleep(1.0)  # both processes are still at work when the other starts\n"
         "    return orig(decoder, contexts, unit, n, cfg)\n"
         "g._generate_unit = logged\n"
+        # Both start the job together however long the imports took (a loaded machine).
+        f"open(os.path.join({str(started)!r}, str(os.getpid())), 'w').close()\n"
+        f"while len(os.listdir({str(started)!r})) < 2: time.sleep(0.05)\n"
         "from tdsdist.cli import entry; sys.argv[0] = 'tdsdist'; entry()\n"
     )
     out = tmp_path / "two.json"

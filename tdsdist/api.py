@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 
 from tdsdist.metrics import CATEGORIES, categories
 from tdsdist.store import DIVERGENCES, MODELS, Store, flat_name
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class TdsStore:
@@ -44,12 +47,12 @@ class TdsStore:
         return dict(self._store.meta["config"])
 
     @cached_property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self._store.tokenizer()
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str) -> zarr.Array[Any]:
         """A whole per-position array (e.g. `base/rank`), lazy; rows of pending units are fill."""
-        return self._store.root[name]
+        return self._store.array(name)
 
     def committed_rows(self) -> np.ndarray:
         """Boolean mask over the position axis: rows that hold a scored answer position."""
@@ -82,7 +85,7 @@ class TdsStore:
             out["nudged"] = out["nudged"].astype(bool)
         return out
 
-    def dataframe(self, example_id: str | int):
+    def dataframe(self, example_id: str | int) -> pd.DataFrame:
         """One example as a pandas DataFrame, one row per position, tokens decoded."""
         import pandas as pd
 

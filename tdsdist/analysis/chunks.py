@@ -19,28 +19,49 @@ read (one small `pread` from the end of the file, checked), then each inner chun
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Final
 
 import google_crc32c
 import numpy as np
 from numcodecs import Blosc
 
 from tdsdist.store import Store
-from tdsdist.threads import pool  # noqa: F401  (re-exported: the analysis's threads)
+from tdsdist.threads import pool as pool  # re-exported: the analysis's threads
 
 _BLOSC = Blosc()
 _NEVER_WRITTEN = 2**64 - 1  # the shard index's offset and length of an inner chunk not stored
-_UNREADABLE = object()  # the fast path cannot vouch for these bytes: zarr decides
+
+
+class _Unreadable(enum.Enum):
+    """A sentinel type of one value (an enum, so that `is` narrows it away for mypy)."""
+
+    UNREADABLE = 0
+
+
+# The fast path cannot vouch for these bytes: zarr decides.
+_UNREADABLE: Final = _Unreadable.UNREADABLE
+#: A chunk's stored bytes, None (never written: the fill value) or `_UNREADABLE`.
+_Encoded = bytes | None | _Unreadable
 
 
 class _Layout:
     """What the fast path needs of one array (from its zarr.json), or None if it does not apply."""
 
-    def __init__(self, folder: Path, meta: dict, codecs: list, chunk: int, shard: int | None):
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict[str, Any],
+        codecs: list[dict[str, Any]],
+        chunk: int,
+        shard: int | None,
+    ) -> None:
         self.folder = folder
         self.shape = tuple(meta["shape"])
         self.chunk = chunk  # rows of a chunk (format 4: of an inner chunk)
@@ -104,7 +125,7 @@ class BlockReader:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.layouts: dict[str, _Layout | None] = {}
-        self.pending: dict[tuple[str, int, int], Future] = {}
+        self.pending: dict[tuple[str, int, int], Future[np.ndarray]] = {}
 
     def prefetch(self, names: list[str], rows: slice) -> None:
         for name in names:
@@ -135,7 +156,7 @@ class BlockReader:
         lo, hi, _ = rows.indices(layout.shape[0])
         out = np.empty((max(hi - lo, 0),) + layout.shape[1:], layout.dtype)
         chunk = layout.chunk
-        shards: dict[int, object] = {}  # format 4: the shard files this read opened
+        shards: dict[int, _Shard | _Unreadable] = {}  # format 4: the shard files this read opened
         try:
             for c in range(lo // chunk, -(-hi // chunk)):
                 a, b = max(c * chunk, lo), min((c + 1) * chunk, hi, layout.shape[0])
@@ -153,7 +174,7 @@ class BlockReader:
         return out
 
     @staticmethod
-    def _encoded(layout: _Layout, c: int, shards: dict[int, object]):
+    def _encoded(layout: _Layout, c: int, shards: dict[int, _Shard | _Unreadable]) -> _Encoded:
         """Chunk `c`'s stored bytes, None where a shard's index says it was never written (the
         padding, a unit's fill), or `_UNREADABLE` (an absent chunk or shard file: `Store.read`
         tells a unit never scored from a committed one that lost it)."""
@@ -170,7 +191,11 @@ class BlockReader:
 
     @classmethod
     def _chunk(
-        cls, layout: _Layout, c: int, target: np.ndarray | None, shards: dict[int, object]
+        cls,
+        layout: _Layout,
+        c: int,
+        target: np.ndarray | None,
+        shards: dict[int, _Shard | _Unreadable],
     ) -> np.ndarray | None:
         """Chunk `c` decoded (`[chunk, ...]`, into `target` when given), the fill value where it
         was never written, or None where the fast path cannot vouch for it."""
@@ -204,7 +229,7 @@ class _Shard:
         self.end = end  # where the index starts: no chunk reaches past it
 
     @classmethod
-    def open(cls, path: Path, chunks: int):
+    def open(cls, path: Path, chunks: int) -> _Shard | _Unreadable:
         """The shard, or `_UNREADABLE` (no such file, a short file, an index that fails its
         checksum)."""
         try:
@@ -222,7 +247,7 @@ class _Shard:
             return _UNREADABLE
         return cls(fd, np.frombuffer(raw[:-4], "<u8").reshape(chunks, 2), end)
 
-    def chunk(self, i: int):
+    def chunk(self, i: int) -> _Encoded:
         offset, length = (int(x) for x in self.index[i])
         if offset == _NEVER_WRITTEN and length == _NEVER_WRITTEN:
             return None
@@ -235,7 +260,9 @@ class _Shard:
         os.close(self.fd)
 
 
-def committed_blocks(store: Store, block_rows: int):
+def committed_blocks(
+    store: Store, block_rows: int
+) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """(row slice, valid mask, position-in-answer, answer length, example index) per block of
     committed rows. Vectorised over the examples of a block (a few thousand of them): a Python
     loop per example cost 10 ms per 256K-row block, more than some statistics."""

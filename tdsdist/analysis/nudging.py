@@ -27,7 +27,7 @@ from tdsdist.store import Store
 def summary(
     store: Store,
     overall: dict[str, Any],
-    tokenizer,
+    tokenizer: Any,
     min_support: int,
     top: int,
     resamples: int,
@@ -50,7 +50,7 @@ def summary(
 
 
 def top_tokens(
-    tokens: np.ndarray, nudged: np.ndarray, tokenizer, min_support: int, top: int
+    tokens: np.ndarray, nudged: np.ndarray, tokenizer: Any, min_support: int, top: int
 ) -> list[dict[str, Any]]:
     """`[{token_id, token, count, seen, rate}]`, most often nudged first (ties: lower id)."""
     if tokens.size == 0:
@@ -91,7 +91,9 @@ def compare(store: Store, resamples: int, seed: int) -> dict[str, Any] | None:
     if not all(f"examples/{n}" in store.root for n in names):
         return None
     done = np.repeat(store.committed(), [len(u.examples) for u in store.units()])
-    nudged, base = (store.root[f"examples/{n}"][:].astype(np.float64)[done] for n in names)
+    nudged, base = (
+        np.asarray(store.array(f"examples/{n}")[:]).astype(np.float64)[done] for n in names
+    )
     out: dict[str, Any] = {}
     for key, values in (("nudged", nudged), ("base_only", base)):
         ok = np.isfinite(values)  # a base-only answer can be empty
@@ -126,7 +128,7 @@ def render_lines(nudge: dict[str, Any]) -> list[str]:
     c = nudge.get("compare")
     if c:
 
-        def cell(d: dict) -> str:
+        def cell(d: dict[str, Any]) -> str:
             if d["mean"] is None:
                 return "-"
             return f"{d['mean']:.3f} [{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]"

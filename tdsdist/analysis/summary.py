@@ -7,7 +7,7 @@ stated per key) or a per-vocabulary-token count. No Python loop runs per positio
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ def kl_bins(kl: np.ndarray) -> np.ndarray:
     where the exact edges say so: the guess is never off by more than one bin."""
     with np.errstate(divide="ignore"):
         guess = np.floor((np.log10(kl) + 6.0) * 200.0)  # -inf at 0
-    i = np.clip(guess, -1.0, 1800.0).astype(np.int64) + 1
+    i: np.ndarray = np.clip(guess, -1.0, 1800.0).astype(np.int64) + 1
     i -= KL_EDGES[i] > kl
     i += KL_EDGES[i + 1] <= kl
     return i
@@ -101,8 +101,8 @@ def summarize(
     category_by: str = "answer",
     published: bool = True,
     token_rows: int = 50,
-    per_example: dict | None = None,
-    groups: dict | None = None,
+    per_example: dict[str, Any] | None = None,
+    groups: dict[str, Any] | None = None,
     group_by: str | None = None,
 ) -> dict[str, Any]:
     """All statistics of the committed units (pending units are counted, not included).
@@ -161,7 +161,7 @@ def summarize(
         needed += pub.inputs(store)
     # The published sums and the curves' are added in the metrics thread, block after block
     # (its one thread keeps the order: the same sums), beside this thread's statistics.
-    in_flight: list = []  # the metrics thread's futures of the last block
+    in_flight: list[Future[None]] = []  # the metrics thread's futures of the last block
     # The resamples depend only on the examples: drawn in a thread of their own meanwhile.
     draws = ThreadPoolExecutor(1)
     drawn = draws.submit(bootstrap_weights, len(store.ids), resamples, seed)
@@ -185,9 +185,12 @@ def summarize(
         prob = np.exp(base_logprob.astype(np.float64))
         kl = read("positions/kl", rows)[valid].astype(np.float64)
         tokens = np.clip(block_tokens[valid], 0, vocab - 1)
+        metrics: pub.Metrics | Future[pub.Metrics] | None
         if category_by == "aligned-top1":  # the categories need the metrics now
-            metrics = pub.read_block(read, rows, store, valid)
-            cat = thresholds.categorize(metrics["aligned_top1_base_rank"])
+            metrics = block_metrics = pub.read_block(read, rows, store, valid)
+            top1_rank = block_metrics["aligned_top1_base_rank"]
+            assert top1_rank is not None  # stored (format 3) or from the top-k tables: never None
+            cat = thresholds.categorize(top1_rank)
         else:  # computed in a thread beside this block's own statistics
             metrics = (
                 metrics_pool().submit(pub.read_block, read, rows, store, valid)
@@ -195,8 +198,9 @@ def summarize(
                 else None
             )
             cat = thresholds.categorize(base_rank)
-        block_sums = []  # this block's, in the metrics thread
+        block_sums: list[Future[None]] = []  # this block's, in the metrics thread
         if published_sums is not None:
+            assert metrics is not None  # read whenever published (published_sums is None if not)
             block_sums.append(metrics_pool().submit(published_sums.add_result, metrics, example, t))
         counts += np.bincount(cat, minlength=3)
         rank_hist += np.bincount(
@@ -317,7 +321,7 @@ def summarize(
         },
         **(
             {"groups": by_group(store, group_by, groups, _committed(store, done), resamples, seed)}
-            if group_by
+            if group_by and groups is not None  # groups: set above whenever group_by is
             else {}
         ),
         **(
@@ -338,7 +342,13 @@ def _committed(store: Store, done: np.ndarray) -> np.ndarray:
     return committed
 
 
-def _with_ci(rows: list[dict], curves: PositionCurves, resamples, seed, weights) -> list[dict]:
+def _with_ci(
+    rows: list[dict[str, Any]],
+    curves: PositionCurves,
+    resamples: int,
+    seed: int,
+    weights: np.ndarray,
+) -> list[dict[str, Any]]:
     """`shifted_ci` on each bucket row: the 95% interval over examples of its shifted fraction."""
     for row, r in zip(rows, curves.result(resamples, seed, weights)["by_position"]):
         row["shifted_ci"] = r["shifted"]["ci"]
@@ -364,7 +374,9 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float | None:
     return float(lo if not np.isfinite(hi) else (lo + hi) / 2)
 
 
-def _token_table(count, hits, min_support, top, tokenizer, key) -> list[dict[str, Any]]:
+def _token_table(
+    count: np.ndarray, hits: np.ndarray, min_support: int, top: int, tokenizer: Any, key: str
+) -> list[dict[str, Any]]:
     """Tokens by how often they are `key`, among those seen at least `min_support` times."""
     eligible = np.flatnonzero((count >= min_support) & (hits > 0))
     order = eligible[np.lexsort((-hits[eligible] / count[eligible], -hits[eligible]))][:top]

@@ -29,6 +29,7 @@ written under a temporary name and renamed at the end, so an interrupted export 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,10 @@ from tdsdist.analysis import show
 from tdsdist.analysis.chunks import BlockReader, committed_blocks
 from tdsdist.analysis.groups import label_of
 from tdsdist.analysis.published import NAMES as PUBLISHED
+from tdsdist.analysis.published import Read, read_block
 from tdsdist.analysis.published import inputs as published_inputs
-from tdsdist.analysis.published import read_block
-from tdsdist.analysis.summary import Filters, Thresholds
 from tdsdist.analysis.token_text import TokenText
+from tdsdist.analysis_options import Filters, Thresholds
 from tdsdist.errors import TdsError
 from tdsdist.files import staged_file
 from tdsdist.metrics import CATEGORIES
@@ -164,7 +165,14 @@ def export_parquet(
     return {"path": str(path), "rows": rows, "row_groups": groups}
 
 
-def _tables(store, thresholds, special, filters, token_text, ids):
+def _tables(
+    store: Store,
+    thresholds: Thresholds,
+    special: np.ndarray,
+    filters: Filters,
+    token_text: TokenText,
+    ids: list[str],
+) -> Iterator[pa.Table]:
     """One `pa.Table` per block of store rows, filtered positions left out."""
     reader = BlockReader(store)  # tdsdist's chunk files read directly, the arrays in threads
     names = [f"{m}/{n}" for m in MODELS for n, _ in MODEL_COLUMNS] + ["positions/kl"]
@@ -203,9 +211,21 @@ def _tables(store, thresholds, special, filters, token_text, ids):
             reader.forget()
 
 
-def _table(store, read, rows, where, t, example, tokens, thresholds, token_text, ids) -> pa.Table:
+def _table(
+    store: Store,
+    read: Read,
+    rows: slice,
+    where: np.ndarray,  # [n] rows of the block that become table rows
+    t: np.ndarray,  # [n]
+    example: np.ndarray,  # [n]
+    tokens: np.ndarray,  # [n]
+    thresholds: Thresholds,
+    token_text: TokenText,
+    ids: list[str],
+) -> pa.Table:
     def column(name: str) -> np.ndarray:
-        return read(name, rows)[where]
+        picked: np.ndarray = read(name, rows)[where]  # numpy's stubs: fancy indexing gives Any
+        return picked
 
     rank = column("base/rank")
     data: dict[str, pa.Array] = {
@@ -235,11 +255,11 @@ def _table(store, read, rows, where, t, example, tokens, thresholds, token_text,
     data["category"] = pa.DictionaryArray.from_arrays(codes, pa.array(CATEGORIES))
     published = read_block(read, rows, store)
     for name in PUBLISHED:
-        kind, values = _published_type(name), published.get(name)
-        if values is None:
+        kind, metric = _published_type(name), published.get(name)
+        if metric is None:
             data[f"published_{name}"] = pa.nulls(len(where), kind)
         else:
-            data[f"published_{name}"] = pa.array(values[where].astype(kind.to_pandas_dtype()), kind)
+            data[f"published_{name}"] = pa.array(metric[where].astype(kind.to_pandas_dtype()), kind)
     return pa.table(data, schema=SCHEMA)
 
 

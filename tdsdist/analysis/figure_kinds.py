@@ -7,7 +7,7 @@ intervals over examples, drawn as error bars or bands.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,10 @@ from tdsdist.analysis.figure_style import (
     visible_token,
 )
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 Stores = list[tuple[dict[str, Any], str, str]]
 Drawn = tuple[Any, str, str] | None
 #: The y range of a percentage against t: a line at 0% or 100% is drawn whole, not cut by the
@@ -28,7 +32,7 @@ Drawn = tuple[Any, str, str] | None
 _PERCENT = (-1.5, 101.5)
 
 
-def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs):
+def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs: Any) -> tuple[Figure, Any]:
     """A figure of its own, without pyplot: no global state, no interactive backend touched
     (a notebook's backend stays as it was); `savefig` picks the writer by the file's format."""
     from matplotlib.figure import Figure
@@ -37,7 +41,7 @@ def _figure(height: float = HEIGHT_IN, rows: int = 1, **kwargs):
     return fig, fig.subplots(rows, 1, **kwargs)
 
 
-def _legend(ax, stores: Stores) -> None:
+def _legend(ax: Axes, stores: Stores) -> None:
     """Above the axes, outside them (inside, it would hide bars or bands); drawn for one store
     too, since it names the pair. One column: long pair names fit a paper's column."""
     ax.figure.legend(loc="outside upper center", ncols=1, frameon=False)
@@ -51,7 +55,7 @@ def _ci(entry: dict[str, Any] | None, scale: float = 1.0) -> tuple[float, float,
     return finite(value) * scale, finite(low) * scale, finite(high) * scale
 
 
-def _grouped_bars(ax, stores: Stores, values: list[list[tuple[float, float, float]]]) -> None:
+def _grouped_bars(ax: Axes, stores: Stores, values: list[list[tuple[float, float, float]]]) -> None:
     """Bars of each store side by side per group; error bars where an interval exists."""
     n = len(stores)
     width = 0.8 / n
@@ -101,7 +105,13 @@ def _position_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in summary.get("by_position") or [] if r.get("positions") and not r.get("tail")]
 
 
-def _curve(ax, stores: Stores, key: str | None, scale: float, keys: dict[int, str] | None = None):
+def _curve(
+    ax: Axes,
+    stores: Stores,
+    key: str | None,
+    scale: float,
+    keys: dict[int, str | None] | None = None,
+) -> bool:
     """Mean line and interval band per store, against t; `keys` overrides `key` per store."""
     drawn = False
     for j, (summary, label, colour) in enumerate(stores):
@@ -118,7 +128,11 @@ def _curve(ax, stores: Stores, key: str | None, scale: float, keys: dict[int, st
 
 
 def _position_axes(
-    ax, stores: Stores, ylabel: str, title: str, ylim: tuple[float | None, float | None] | None
+    ax: Axes,
+    stores: Stores,
+    ylabel: str,
+    title: str,
+    ylim: tuple[float | None, float | None] | None,
 ) -> None:
     """What every figure against t has: its axis labels, t from 0, `ylim` (None: matplotlib's),
     its title and the legend of the stores."""
@@ -197,7 +211,9 @@ def divergence_by_position(stores: Stores) -> Drawn:
     )
 
 
-def _styled_curves(ax, stores: Stores, keys: list[tuple[str, str]], legend: bool = True) -> bool:
+def _styled_curves(
+    ax: Axes, stores: Stores, keys: list[tuple[str, str]], legend: bool = True
+) -> bool:
     """Several statistics per store: colour per store, line style per statistic (`keys`:
     (summary key, line style); the title says which is which); interval bands as `_curve`.
     `legend`: label each store once (the figure's legend above the axes names the colours)."""
@@ -273,7 +289,7 @@ def base_top1_by_position(stores: Stores) -> Drawn:
 
 
 def rank_histogram(stores: Stores) -> Drawn:
-    hists = [s.get("rank_histogram") for s, _, _ in stores]
+    hists: list[Any] = [s.get("rank_histogram") for s, _, _ in stores]
     if not all(hists):
         return None
     fig, ax = _figure()
@@ -371,6 +387,6 @@ def top_nudged_tokens(stores: Stores) -> Drawn:
     )
 
 
-def _close(fig) -> None:
+def _close(fig: Figure) -> Drawn:
     """Nothing to draw: the figure is dropped (not registered anywhere, so nothing to close)."""
     return None

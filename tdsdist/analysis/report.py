@@ -41,9 +41,10 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -54,8 +55,8 @@ from tdsdist.analysis.report_example import (
     inputs_for_page,
     special_ids,
 )
-from tdsdist.analysis.summary import Filters
 from tdsdist.analysis.token_text import TokenText, text_ends
+from tdsdist.analysis_options import Filters
 from tdsdist.files import check_out_folder, publish, staged_folder
 from tdsdist.metrics import categories
 from tdsdist.store import DIVERGENCES, MODEL_STATS, MODELS, Store
@@ -96,10 +97,13 @@ def read_js_call(text: str) -> list[Any]:
     head, _, rest = text.partition("(")
     if not head.startswith("tdsReport.") or not rest.endswith(");\n"):
         raise ValueError("not a tdsdist report data file")
-    return json.loads("[" + rest[: -len(");\n")] + "]")
+    args: list[Any] = json.loads("[" + rest[: -len(");\n")] + "]")
+    return args
 
 
-def write_report(store: Store, out: Path, summary: dict, filters: Filters = Filters()) -> Path:
+def write_report(
+    store: Store, out: Path, summary: dict[str, Any], filters: Filters = Filters()
+) -> Path:
     """Write the site of `store` into the folder `out` and return the path of its `index.html`.
 
     `summary` is `tdsdist.analysis.summary.summarize(store)` (keys missing from it are shown as absent),
@@ -147,7 +151,7 @@ def _copy_assets(site: Path) -> None:
         (site / "assets" / name).write_bytes((source / name).read_bytes())
 
 
-def _thresholds(summary: dict) -> dict[str, int]:
+def _thresholds(summary: dict[str, Any]) -> dict[str, int]:
     t = summary.get("thresholds") or {}
     return {
         "unshifted_max": int(t.get("unshifted_max", 1)),
@@ -163,23 +167,24 @@ def _preview(text: str) -> str:
     return short + ("\u2026" if short != " ".join(words) else "")
 
 
-def _round(x: np.ndarray, decimals: int = 3) -> list:
+def _round(x: np.ndarray, decimals: int = 3) -> list[Any]:
     """Rounded as the page shows them (a log-probability to 0.001: probability to 0.1%)."""
-    return np.round(np.asarray(x, dtype=np.float64), decimals).tolist()
+    rounded: list[Any] = np.round(np.asarray(x, dtype=np.float64), decimals).tolist()
+    return rounded
 
 
-def _milli(x: np.ndarray) -> list:
+def _milli(x: np.ndarray) -> list[Any]:
     """Log-probabilities as integer thousandths (null for -inf, probability 0): exact to the
     0.1% of probability the page shows, and quicker to write and read than floats."""
     x = np.asarray(x, dtype=np.float64)
-    milli = np.rint(np.where(np.isfinite(x), x, 0.0) * 1000).astype(np.int64).tolist()
+    milli: list[Any] = np.rint(np.where(np.isfinite(x), x, 0.0) * 1000).astype(np.int64).tolist()
     if np.isfinite(x).all():
         return milli
     finite = np.isfinite(x).tolist()
     return [[v if ok else None for v, ok in zip(r, f)] for r, f in zip(milli, finite)]
 
 
-def _significant(x: np.ndarray) -> list:
+def _significant(x: np.ndarray) -> list[float]:
     """Three significant digits (KL spans orders of magnitude; the page shows three)."""
     return [float(f"{v:.3g}") for v in np.asarray(x, dtype=np.float64).tolist()]
 
@@ -188,7 +193,7 @@ def _mean(x: np.ndarray) -> float | None:
     return float(np.mean(x)) if len(x) else None
 
 
-def _blocks(indices: list[int], offsets: np.ndarray, lengths: np.ndarray):
+def _blocks(indices: list[int], offsets: np.ndarray, lengths: np.ndarray) -> Iterator[list[int]]:
     """Runs of consecutive examples whose rows fit in `BLOCK_ROWS` (one read each)."""
     run: list[int] = []
     for i in indices:
@@ -211,7 +216,9 @@ PAGE_ARRAYS = (
 )
 
 
-def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters):
+def _write_examples(
+    store: Store, folder: Path, summary: dict[str, Any], filters: Filters
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Write `ex-N.js` for each example of a committed unit; return the rows of the index and
     the filters' record."""
     n_examples = len(store.ids)
@@ -266,16 +273,25 @@ def _write_examples(store: Store, folder: Path, summary: dict, filters: Filters)
 
 
 def _example_flags(store: Store) -> list[dict[str, Any]]:
-    group = store.root["examples"]
+    group = store.group("examples")
     skip = {"id", "offset", "length", "unit"}
-    columns = {name: arr[:] for name, arr in group.arrays() if name not in skip}
+    # cast: zarr types `arr[:]` as array-or-scalar; a whole 1-d array reads as an ndarray
+    columns = {name: cast(np.ndarray, arr[:]) for name, arr in group.arrays() if name not in skip}
     return [
         {name: values[i].item() for name, values in sorted(columns.items())}
         for i in range(len(store.ids))
     ]
 
 
-def _example(store, i, data, tokenizer, token_text, thresholds, keep) -> tuple[dict, dict]:
+def _example(
+    store: Store,
+    i: int,
+    data: dict[str, np.ndarray],
+    tokenizer: Any,
+    token_text: TokenText,
+    thresholds: dict[str, int],
+    keep: np.ndarray,  # [n] bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The page's record and the index row; `stats` count the positions in `keep` (`[n]` bool)."""
     ids = data["positions/token_id"].tolist()
     text = tokenizer.decode(ids)
@@ -328,7 +344,9 @@ def _example(store, i, data, tokenizer, token_text, thresholds, keep) -> tuple[d
     return record, _index_row(store, i, text, stats)
 
 
-def _index_row(store: Store, i: int, text: str, stats: dict | None) -> dict[str, Any]:
+def _index_row(
+    store: Store, i: int, text: str, stats: dict[str, float | None] | None
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "i": i,
         "id": store.ids[i],

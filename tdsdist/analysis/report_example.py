@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tdsdist.analysis.summary import Filters
+from tdsdist.analysis_options import Filters
 from tdsdist.store import MODELS, Store
 from tdsdist.store.contexts import StoredContexts, decode_context
 
@@ -30,7 +30,7 @@ def excluded_positions(filters: Filters, token_ids: np.ndarray, special: np.ndar
     return ~filters.keep(np.arange(len(token_ids)), token_ids, special)
 
 
-def filters_record(filters: Filters, special: np.ndarray, tokenizer) -> dict[str, Any] | None:
+def filters_record(filters: Filters, special: np.ndarray, tokenizer: Any) -> dict[str, Any] | None:
     """What the pages say about the filters; None when nothing is left out."""
     if not filters.exclude_first and not filters.exclude_special_tokens:
         return None
@@ -42,7 +42,7 @@ def filters_record(filters: Filters, special: np.ndarray, tokenizer) -> dict[str
     }
 
 
-def inputs_for_page(stored: StoredContexts, index: int, tokenizer) -> dict[str, Any]:
+def inputs_for_page(stored: StoredContexts, index: int, tokenizer: Any) -> dict[str, Any]:
     """`instruction` and per model `{"text", "n"}` (the context, special tokens kept), each
     None where the store did not record it."""
     contexts: dict[str, Any] = {}

@@ -87,7 +87,7 @@ def published_records(values: dict[str, np.ndarray | None], n: int) -> list[dict
 def position_records(
     token_ids: list[int],
     arrays: dict[str, np.ndarray],
-    tokenizer,
+    tokenizer: Any,
     exact: bool = True,
     published: dict[str, np.ndarray | None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -100,11 +100,13 @@ def position_records(
     `positions/nudged` (a nudged store) each object says whether the aligned model chose it."""
     cats = categories(np.asarray(arrays["base/rank"]))
     if published is None:
-        tables = [
+        aligned_ids, aligned_lp, base_ids, base_lp = (
             np.asarray(arrays[f"{m}/{n}"]) for m in MODELS for n in ("top_ids", "top_logprobs")
-        ]
+        )
         pair = arrays.get("aligned/rank_of_base_top1") if exact else None
-        published = published_block(*tables, None if pair is None else np.asarray(pair))
+        published = published_block(
+            aligned_ids, aligned_lp, base_ids, base_lp, None if pair is None else np.asarray(pair)
+        )
     published_at = published_records(published, len(token_ids))
     positions = []
     for t, token_id in enumerate(token_ids):
@@ -152,7 +154,7 @@ def position_records(
     return positions
 
 
-def inputs_record(store: Store, index: int, tokenizer) -> dict[str, Any]:
+def inputs_record(store: Store, index: int, tokenizer: Any) -> dict[str, Any]:
     """`instruction` (str or None) and `contexts`: per model `{"token_ids", "text"}` or None
     (not recorded)."""
     stored = StoredContexts(store)

@@ -20,12 +20,15 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tdsdist.errors import TdsError, first_line
 from tdsdist.files import file_sha256
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -112,7 +115,8 @@ def check_fits_base(
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(
+        # transformers leaves `from_config` unannotated
+        skeleton = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
             base_config, trust_remote_code=trust_remote_code
         )
     modules = dict(skeleton.named_modules())
@@ -157,7 +161,12 @@ def check_output_projection(adapter: Adapter, base_config: Any) -> None:
         )
 
 
-def _misfit(name: str, shape: tuple[int, ...], modules: dict, params: dict) -> str | None:
+def _misfit(
+    name: str,
+    shape: tuple[int, ...],
+    modules: dict[str, Any],  # name -> nn.Module, read by duck typing
+    params: dict[str, tuple[int, ...]],
+) -> str | None:
     match = _LORA_KEY.match(name)
     if match is None:  # a full tensor (modules_to_save): it must be a parameter of that shape
         if name in params and params[name] != shape:
@@ -193,7 +202,7 @@ def _same_base(named: str, base: str) -> bool:
     return a.name.lower() == b.name.lower()
 
 
-def apply_adapter(model: torch.nn.Module, adapter: Adapter) -> Any:
+def apply_adapter(model: PreTrainedModel, adapter: Adapter) -> Any:
     """peft's `PeftModel` over `model`, the adapter injected in place (the same module objects:
     `model` itself now runs with the adapter on, unless inside `disable_adapter()`).
 
@@ -206,7 +215,8 @@ def apply_adapter(model: torch.nn.Module, adapter: Adapter) -> Any:
             peft_model = PeftModel.from_pretrained(model, str(adapter.path), is_trainable=False)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         raise TdsError(f"{adapter.where()}: peft cannot load it ({first_line(e)})") from None
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]  # unannotated upstream
+    embeddings = model.get_input_embeddings()
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     if _is_peft_layer(head) or (tied and _is_peft_layer(embeddings)):
         raise TdsError(

@@ -7,12 +7,16 @@ both jobs take `--device auto|cpu|cuda|cuda:N`.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tdsdist.config import DTYPES
 from tdsdist.errors import TdsError, first_line
 from tdsdist.model_paths import check_model_source
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
 
 #: The torch dtype of each `--dtype` name (`config.DTYPES`).
 DTYPE = {name: getattr(torch, name) for name in DTYPES}
@@ -30,16 +34,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_model_config(name: str, revision: str | None = None, trust_remote_code: bool = False):
+def load_model_config(
+    name: str, revision: str | None = None, trust_remote_code: bool = False
+) -> PreTrainedConfig:
     from transformers import AutoConfig
 
     check_model_source(name)  # a file, a folder without weights, no hub: one line, before loading
     try:
-        return AutoConfig.from_pretrained(
+        config: PreTrainedConfig = AutoConfig.from_pretrained(
             name, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
         raise TdsError(f"cannot load the configuration of {name!r}: {first_line(e)}") from None
+    return config
 
 
 def load_model(
@@ -48,22 +55,25 @@ def load_model(
     device: torch.device,
     revision: str | None = None,
     trust_remote_code: bool = False,
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """The causal LM in eval mode on `device`, weights in `dtype`."""
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             name, revision=revision, dtype=DTYPE[dtype], trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as e:
         raise TdsError(f"cannot load the model {name!r}: {first_line(e)}") from None
-    return model.to(device).eval()
+    # transformers wraps `to` in `functools.wraps(nn.Module.to)`, whose stub wants `self` as
+    # argument 1, and leaves `eval` unannotated: both return the model itself.
+    model = model.to(device).eval()  # type: ignore[arg-type]
+    return model
 
 
-def model_window(config, tokenizer) -> int:
+def model_window(config: PreTrainedConfig, tokenizer: Any) -> int:
     """Longest sequence the model takes: its position limit, or the tokenizer's if smaller."""
-    limits = [
+    limits: list[int] = [
         getattr(config, key)
         for key in ("max_position_embeddings", "n_positions", "seq_length")
         if isinstance(getattr(config, key, None), int)
@@ -76,15 +86,15 @@ def model_window(config, tokenizer) -> int:
     return min(limits)
 
 
-def output_projection(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def output_projection(model: PreTrainedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LM head's weight `[V, H]` and bias, whether tied to the embeddings or not."""
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]  # unannotated upstream
     if head is None or not hasattr(head, "weight"):
         raise TdsError(f"{type(model).__name__} has no output embedding layer to score with")
     return head.weight, getattr(head, "bias", None)
 
 
-def logit_softcap(model: torch.nn.Module) -> float | None:
+def logit_softcap(model: PreTrainedModel) -> float | None:
     """Gemma-2 style final soft-capping (`cap * tanh(logits / cap)`), which changes ranks' scale."""
     cap = getattr(model.config, "final_logit_softcapping", None)
     return float(cap) if cap else None

@@ -11,8 +11,13 @@ nothing: one layer's buffer is alive at a time, and one cache object serves ever
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def _with_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -25,27 +30,31 @@ def _with_prefix(prefix: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class PrefixLayer(DynamicLayer):
+# transformers leaves `CacheLayerMixin.__init_subclass__` and `__init__` unannotated.
+class PrefixLayer(DynamicLayer):  # type: ignore[no-untyped-call]
     """One layer's prefix keys and values, shared by all sequences and never grown.
 
     `get_seq_length` (the P tokens already seen) and the mask sizes come from `DynamicLayer`,
     which reads them off the stored `[1, heads, P, d]` keys.
     """
 
+    keys: torch.Tensor  # never None here (the base class starts empty)
+    values: torch.Tensor
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # unannotated in transformers
         self.keys, self.values = keys, values
         self.device = keys.device
         self.is_initialized = True
 
     def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return _with_prefix(self.keys, key_states), _with_prefix(self.values, value_states)
 
 
 @torch.inference_mode()
-def compute_prefix_cache(model: torch.nn.Module, prefix: list[int], cache_kwarg: str) -> Cache:
+def compute_prefix_cache(model: PreTrainedModel, prefix: list[int], cache_kwarg: str) -> Cache:
     """Run the prefix once (batch of one) and wrap its keys and values for reuse.
 
     `cache_kwarg`: the name the model's forward (and its output) gives the cache.
@@ -58,6 +67,5 @@ def compute_prefix_cache(model: torch.nn.Module, prefix: list[int], cache_kwarg:
 
 def cache_bytes(cache: Cache) -> int:
     """Memory held by the stored prefix keys and values (one copy, whatever the batch)."""
-    return sum(
-        t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
-    )
+    layers = cast(list[PrefixLayer], cache.layers)  # built by `compute_prefix_cache`
+    return sum(t.numel() * t.element_size() for layer in layers for t in (layer.keys, layer.values))

@@ -14,7 +14,7 @@ import contextlib
 import inspect
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,13 +24,16 @@ from tdsdist.engine.models import logit_softcap, output_projection
 from tdsdist.engine.prefix_cache import cache_bytes, compute_prefix_cache
 from tdsdist.errors import TdsError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 class ModelRunner:
     """One model (whole, or this rank's part of it) and its projection onto the vocabulary."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         vocab_size: int,
         device: torch.device,
         shard: VocabShard = VocabShard(),
@@ -100,7 +103,10 @@ class ModelRunner:
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         with self.body_context():
-            return self.model.base_model(input_ids=input_ids, **kwargs).last_hidden_state
+            hidden: torch.Tensor = self.model.base_model(
+                input_ids=input_ids, **kwargs
+            ).last_hidden_state
+            return hidden
 
     def logits(
         self,

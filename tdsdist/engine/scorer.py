@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from tdsdist.engine.head import HeadOutput
 from tdsdist.engine.pair_head import pair_positions
 from tdsdist.engine.runner import ModelRunner
 from tdsdist.errors import TdsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class Scorer:
     @classmethod
     def for_model(
         cls,
-        model: torch.nn.Module,
+        model: PreTrainedModel,
         vocab_size: int,
         top_k: int,
         chunk_bytes: int,

@@ -112,8 +112,9 @@ def _build(gguf: Path, out: Path) -> None:
     )
     # The weights are already dequantized; without this, config.json would keep a GGUF
     # quantization_config and every later from_pretrained would look for the GGUF file.
+    # (transformers sets `hf_quantizer` on the loaded model without declaring it on the class.)
     if model.hf_quantizer is not None:
-        model.hf_quantizer.remove_quantization_config(model)
+        model.hf_quantizer.remove_quantization_config(model)  # type: ignore[union-attr, operator]
     # save_pretrained unwraps the model through accelerate, which imports DeepSpeed when it is
     # installed; DeepSpeed then announces "Setting accelerator to CPU" on a machine without a
     # GPU, a warning about tensor parallelism that a one-process demo does not use.

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -33,6 +34,9 @@ import torch.distributed as dist
 from tdsdist.engine.head import VocabShard, vocab_slice
 from tdsdist.engine.models import output_projection
 from tdsdist.errors import TdsError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 SHM_DIR = Path("/dev/shm")
 #: Name prefix of DeepSpeed's CPU all-reduce buffers: `{prefix}_{uid}_{MASTER_ADDR}_{MASTER_PORT}_{rank}`.
@@ -65,7 +69,7 @@ class VocabParallelHead(torch.nn.Module):
         return f"rows=[{self.start}, {self.start + rows}), hidden={hidden}, bias={self.bias is not None}"
 
 
-def install_vocab_slice(model: torch.nn.Module, start: int, end: int) -> VocabParallelHead:
+def install_vocab_slice(model: PreTrainedModel, start: int, end: int) -> VocabParallelHead:
     """Copy rows `[start, end)` of the output projection into a `VocabParallelHead` that replaces
     the LM head; returns it.
 
@@ -84,9 +88,11 @@ def install_vocab_slice(model: torch.nn.Module, start: int, end: int) -> VocabPa
     return install_head(model, head)
 
 
-def install_head(model: torch.nn.Module, head: VocabParallelHead) -> VocabParallelHead:
-    model.set_output_embeddings(head)
-    if model.get_output_embeddings() is not head:
+def install_head(model: PreTrainedModel, head: VocabParallelHead) -> VocabParallelHead:
+    # transformers leaves both accessors unannotated
+    model.set_output_embeddings(head)  # type: ignore[no-untyped-call]
+    installed: torch.nn.Module | None = model.get_output_embeddings()  # type: ignore[no-untyped-call]
+    if installed is not head:
         raise TdsError(f"cannot replace the output layer of {type(model).__name__}")
     return head
 
@@ -243,13 +249,13 @@ def _check_head_left_alone(model: torch.nn.Module) -> None:
 
 
 def shard_for_tp(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     vocab_size: int,
     tp_group: dist.ProcessGroup,
     tp_size: int,
     tp_rank: int,
     device: torch.device,
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None, VocabShard]:
+) -> tuple[PreTrainedModel, torch.Tensor, torch.Tensor | None, VocabShard]:
     """Split `model` across `tp_group`: the body by AutoTP, the output projection by vocabulary.
 
     Every rank of the world must call this at the same time, for each model, in the same order
@@ -274,12 +280,12 @@ def check_group(tp_group: dist.ProcessGroup, tp_size: int, tp_rank: int) -> None
 
 
 def autotp(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     tp_group: dist.ProcessGroup,
     tp_size: int,
     device: torch.device,
     **checkpoint: object,
-) -> torch.nn.Module:
+) -> PreTrainedModel:
     """DeepSpeed AutoTP over our group; `checkpoint`/`base_dir` make it load shard by shard."""
     import deepspeed
 
@@ -302,6 +308,6 @@ def autotp(
             f"DeepSpeed's shard-by-shard loading left {len(unloaded)} weights unloaded (e.g."
             f" {unloaded[0]!r}); this architecture needs the whole-model loading path"
         )
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]  # as in `models.load_model`
     _check_head_left_alone(model)
     return model

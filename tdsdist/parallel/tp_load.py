@@ -11,6 +11,7 @@ one safetensors file at a time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,9 @@ import torch.distributed as dist
 from tdsdist.engine.head import VocabShard, vocab_slice
 from tdsdist.errors import TdsError
 from tdsdist.parallel.tp import VocabParallelHead, autotp, check_group, install_head
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def safetensors_files(folder: str | Path) -> list[str]:
@@ -70,7 +74,7 @@ def load_sharded_for_tp(
     tp_rank: int,
     device: torch.device,
     trust_remote_code: bool = False,
-) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None, VocabShard]:
+) -> tuple[PreTrainedModel, torch.Tensor, torch.Tensor | None, VocabShard]:
     """What `shard_for_tp` returns, without ever holding the whole model on this rank.
 
     Why: loading whole, each rank makes a private copy of every weight that changes dtype (140 GB
@@ -91,7 +95,8 @@ def load_sharded_for_tp(
         raise TdsError(f"{folder}: no .safetensors files to load shard by shard")
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(
+        # transformers leaves `from_config` unannotated
+        model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
             config, dtype=dtype, trust_remote_code=trust_remote_code
         )
     start, end = vocab_slice(vocab_size, tp_rank, tp_size)
@@ -102,14 +107,14 @@ def load_sharded_for_tp(
     return model, head.weight, head.bias, VocabShard(start, tp_group, vocab_size)
 
 
-def _ties_embeddings(model: torch.nn.Module) -> bool:
+def _ties_embeddings(model: PreTrainedModel) -> bool:
     config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return bool(getattr(text, "tie_word_embeddings", False))
 
 
 def _checkpoint_rows(
-    model: torch.nn.Module, folder: Path, files: list[str], start: int, end: int, dtype: torch.dtype
+    model: PreTrainedModel, folder: Path, files: list[str], start: int, end: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rows `[start, end)` of the output projection (and its bias), read from the checkpoint.
 
@@ -118,7 +123,7 @@ def _checkpoint_rows(
     """
     from safetensors import safe_open
 
-    head = model.get_output_embeddings()
+    head = model.get_output_embeddings()  # type: ignore[no-untyped-call]  # unannotated upstream
     where = {}
     for name in files:
         with safe_open(folder / name, framework="pt") as f:
@@ -131,13 +136,13 @@ def _checkpoint_rows(
         if not found:
             raise TdsError(f"{folder}: the checkpoint has no {what} (looked for {names})")
         with safe_open(folder / where[found[0]], framework="pt") as f:
-            part = f.get_slice(found[0])[start:end]
+            part: torch.Tensor = f.get_slice(found[0])[start:end]
         if part.shape[0] != end - start:
             raise TdsError(f"{folder}: {found[0]} has fewer than {end} rows")
         return part.to(dtype).contiguous()
 
     weight = (
-        (head.weight, model.get_input_embeddings().weight)
+        (head.weight, cast(torch.Tensor, model.get_input_embeddings().weight))
         if _ties_embeddings(model)
         else (head.weight,)
     )

@@ -13,7 +13,7 @@ import hmac
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -95,7 +95,7 @@ class JSON(JSONResponse):
         return json.dumps(content, ensure_ascii=False).encode("utf-8")
 
 
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSON:
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSON:
     return JSON({"error": message}, status_code=status, headers=headers)
 
 
@@ -140,18 +140,19 @@ class BodyLimit:
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
         length = dict(scope.get("headers") or []).get(b"content-length")
         too_big = error(413, f"body: larger than {self.limit} bytes")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await too_big(scope, receive, send)
         seen = 0
 
-        async def limited() -> dict:
+        async def limited() -> dict[str, Any]:
             nonlocal seen
-            message = await receive()
+            message: dict[str, Any] = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise _TooBig()
@@ -207,7 +208,9 @@ def build_app(
         return error(500, "internal error")
 
     @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Response:
+    async def _auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         if api_key and request.url.path != "/health":
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
@@ -216,8 +219,9 @@ def build_app(
                 return unauthorized
         return await call_next(request)
 
-    def submit(kind: str, payload: Any) -> tuple[Job, asyncio.Queue]:
-        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+    def submit(kind: str, payload: Any) -> tuple[Job, asyncio.Queue[tuple[str, Any]]]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
         def emit(event: str, data: Any) -> None:
             try:

@@ -230,9 +230,12 @@ class Engine:
         if work.step:
             self._step(main)
 
-    def _score(self, specs, jobs: dict[str, Job]) -> None:
+    def _score(
+        self, specs: list[tuple[str, list[int], list[int], list[int]]], jobs: dict[str, Job]
+    ) -> None:
         answers = [AnswerPair(a, b, ans) for _, a, b, ans in specs]
         started = time.perf_counter()
+        results: list[dict[str, np.ndarray] | Exception]
         try:
             results = [self._score_answers(answers)]
             groups = [specs]
@@ -295,6 +298,7 @@ class Engine:
             if job is None:
                 continue
             if out.token is not None:
+                assert out.stats is not None  # a new position comes with its row
                 job.emit("token", (out.token, pair_arrays(out.stats)))
             if out.finish_reason is not None:
                 job.emit("done", out.finish_reason)

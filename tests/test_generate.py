@@ -106,30 +106,6 @@ def test_a_generated_store_records_the_answers_only(tiny_pair, greedy) -> None:
         assert tok.decode(ids) == records[example_id]["output"][0]
 
 
-def score_args(pair, out: Path, store: Path) -> list[str]:
-    """`score` of a generated answers file into the store `generate --store` recorded."""
-    return [
-        "score",
-        "--aligned",
-        str(pair[0]),
-        "--base",
-        str(pair[1]),
-        "--data",
-        str(out),
-        "--store",
-        str(store),
-        "--aligned-template",
-        "chat",
-        "--unit-size",
-        "2",
-        "--top-k",
-        str(K),
-        "--device",
-        "cpu",
-        "--skip-empty-answers",
-    ]
-
-
 def test_a_store_recorded_by_an_earlier_release_is_completed_alike(
     tiny_pair, greedy, one_job, tmp_path: Path
 ) -> None:
@@ -153,7 +129,9 @@ def test_a_store_recorded_by_an_earlier_release_is_completed_alike(
                 for c in MODEL_ARRAYS
             },
         )
-    result = CliRunner().invoke(main, score_args(tiny_pair, greedy[0], old))
+    result = CliRunner().invoke(
+        main, [*score_answers(tiny_pair, greedy[0], old), "--skip-empty-answers"]
+    )
     assert result.exit_code == 0, result.output
     a, b = Store(old, mode="r"), Store(one_job[1], mode="r")
     assert a.committed().all() and a.ids == b.ids

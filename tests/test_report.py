@@ -274,6 +274,7 @@ def test_site_layout(scored_site: Path, scored: Path) -> None:
     for name in (
         "index.html",
         "example.html",
+        "assets/base.js",
         "assets/report.js",
         "assets/base.css",
         "assets/report.css",
@@ -284,12 +285,12 @@ def test_site_layout(scored_site: Path, scored: Path) -> None:
     assert sorted(p.name for p in (scored_site / "data").iterdir()) == sorted(
         ["index.js"] + [f"ex-{i}.js" for i in range(n)]
     )
-    # The pages are static: no data in them, only the two scripts of the site.
+    # The pages are static: no data in them, only the scripts of the site.
     for page in ("index.html", "example.html"):
         html = (scored_site / page).read_text()
+        scripts = ["assets/base.js", "assets/report.js", "data/index.js"]
         assert re.findall(r"<script\b[^>]*>", html) == [
-            f'<script src="{s}">'
-            for s in ["assets/report.js", "data/index.js"][: 2 if page == "index.html" else 1]
+            f'<script src="{s}">' for s in scripts[: 3 if page == "index.html" else 2]
         ]
         assert "Content-Security-Policy" in html and "default-src 'none'" in html
 
@@ -674,7 +675,7 @@ def test_browser(
         assert panel_tokens(page, model) == [visible(tok_y.decode([int(i)])) for i in top]
     assert page.evaluate("document.querySelectorAll('img').length") == 0
     scripts = page.evaluate("[...document.scripts].map(s => s.getAttribute('src'))")
-    assert scripts == ["assets/report.js", "data/ex-0.js"]
+    assert scripts == ["assets/base.js", "assets/report.js", "data/ex-0.js"]
     page.screenshot(path=str(tmp_path / "hostile.png"))
     page.goto((synthetic_site / "index.html").as_uri())
     page.wait_for_selector("#examples-table tbody tr")

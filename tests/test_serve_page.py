@@ -122,6 +122,8 @@ def test_page(browser, server, tiny_pair) -> None:
     assert httpx.get(server.url + "/static/app.py").status_code == 404  # only the page's files
     shared = httpx.get(server.url + "/static/base.css")  # the report's stylesheet, shared
     assert shared.status_code == 200 and shared.headers["content-type"].startswith("text/css")
+    script = httpx.get(server.url + "/static/base.js")  # the report's shared formatting
+    assert script.status_code == 200 and "function visible" in script.text
     w = Watch(browser, server.url + "/", 1000)
     page = w.page
     page.goto(server.url + "/")

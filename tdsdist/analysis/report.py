@@ -3,7 +3,7 @@
 Layout of the site (`out/`):
 
     index.html, example.html        static pages (copied from `report_assets/`, no data inside)
-    assets/report.js, base.css, report.css
+    assets/base.js, report.js, base.css, report.css
                                     the page code: vanilla JS, no library, no network
     data/index.js                   the summary and one row per example (small: ~150 B/example)
     data/ex-N.js                    example N (store order), loaded only when its page is opened
@@ -67,7 +67,7 @@ TOP_SHOWN = 10  # candidates shown per model and position (fewer if the store ke
 BLOCK_ROWS = 1 << 16  # rows read from the store at once (several examples per read)
 PREVIEW_WORDS, PREVIEW_CHARS = 12, 80
 PAGES = ("index.html", "example.html")
-ASSETS = ("report.js", "base.css", "report.css")  # base.css: the look shared with `serve`'s page
+ASSETS = ("base.js", "report.js", "base.css", "report.css")  # base.*: shared with `serve`'s page
 _ESCAPES = {
     "<": "\\u003c",
     ">": "\\u003e",

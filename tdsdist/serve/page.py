@@ -18,13 +18,18 @@ from fastapi.responses import Response
 #: The files the page is made of, by name, with their media types.
 PAGE_ASSETS = {
     "index.html": "text/html; charset=utf-8",
+    "base.js": "text/javascript; charset=utf-8",
     "page.js": "text/javascript; charset=utf-8",
     "base.css": "text/css; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
 }
 #: Files kept elsewhere, by name: (package, folder). `base.css` is the look the page shares with
-#: `tdsdist report` (colours, tokens, the panel), one stylesheet for both.
-SHARED_ASSETS = {"base.css": ("tdsdist.analysis", "report_assets")}
+#: `tdsdist report` (colours, tokens, the panel), one stylesheet for both; `base.js` the number and
+#: token-text formatting both pages share.
+SHARED_ASSETS = {
+    "base.css": ("tdsdist.analysis", "report_assets"),
+    "base.js": ("tdsdist.analysis", "report_assets"),
+}
 #: Ids one `POST /v1/tokens` may ask for (the page asks for two top-k lists at a time).
 MAX_TOKEN_IDS = 4096
 CSP = (

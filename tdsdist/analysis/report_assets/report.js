@@ -5,6 +5,7 @@
    (textContent, text nodes, attribute values), never as markup. */
 (function () {
   "use strict";
+  var clear = tdsBase.clear, isNum = tdsBase.isNum, prob = tdsBase.prob, visible = tdsBase.visible;
 
   var SVG_NS = "http://www.w3.org/2000/svg"; // an XML namespace name, not a network address
   var CATS = ["unshifted", "marginal", "shifted"];
@@ -55,10 +56,6 @@
     return append(node, children);
   }
 
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-    return node;
-  }
 
   function show(nodes) {
     var app = clear(document.getElementById("app"));
@@ -76,9 +73,6 @@
   // Formatting.
   // ---------------------------------------------------------------------------------------
 
-  function isNum(x) {
-    return typeof x === "number" && !isNaN(x);
-  }
 
   function inf(x) {
     return x > 0 ? "\u221e" : "\u2212\u221e";
@@ -105,31 +99,11 @@
     return x.toExponential(2);
   }
 
-  function prob(logprob) {
-    if (!isNum(logprob)) return "\u2013";
-    var p = Math.exp(logprob);
-    if (p === 0) return "0";
-    if (p >= 0.001) return (100 * p).toFixed(p >= 0.1 ? 1 : 2) + "%";
-    return p.toExponential(1);
-  }
 
   function count(n) {
     return isNum(n) ? n.toLocaleString("en-US") : "\u2013";
   }
 
-  /** A token with its whitespace and control characters made visible (tables, labels):
-      space, newline, tab as \u2423 \u21b5 \u21e5; other controls as \xNN escapes (ASCII, so
-      every font can show them). */
-  function visible(s) {
-    if (typeof s !== "string" || s === "") return "\u2205";
-    return s
-      .replace(/ /g, "\u2423")
-      .replace(/\n/g, "\u21b5")
-      .replace(/\t/g, "\u21e5")
-      .replace(/[\u0000-\u001f\u007f-\u009f]/g, function (c) {
-        return "\\x" + ("0" + c.charCodeAt(0).toString(16)).slice(-2);
-      });
-  }
 
   function shorten(s, n) {
     return s.length > n ? s.slice(0, n - 1) + "\u2026" : s;

@@ -4,6 +4,7 @@
    attribute values), never as markup. */
 (function () {
   "use strict";
+  var clear = tdsBase.clear, isNum = tdsBase.isNum, prob = tdsBase.prob, visible = tdsBase.visible;
 
   var CATS = ["unshifted", "marginal", "shifted"];
   var DIVERGENCES = ["kl_aligned_base", "kl_base_aligned", "js", "tv"];
@@ -34,14 +35,9 @@
     });
     return node;
   }
-  function clear(node) {
-    while (node.firstChild) node.removeChild(node.firstChild);
-    return node;
-  }
   function $(id) { return document.getElementById(id); }
 
   // ---- numbers ----
-  function isNum(x) { return typeof x === "number" && !isNaN(x); }
   function sig(x) {
     if (!isNum(x)) return "\u2013";
     if (!isFinite(x)) return x > 0 ? "\u221e" : "\u2212\u221e";
@@ -51,13 +47,6 @@
     return x.toExponential(3);
   }
   function pct(x) { return isNum(x) ? (100 * x).toFixed(1) + "%" : "\u2013"; }
-  function prob(logprob) {
-    if (!isNum(logprob)) return "\u2013";
-    var p = Math.exp(logprob);
-    if (p === 0) return "0";
-    if (p >= 0.001) return (100 * p).toFixed(p >= 0.1 ? 1 : 2) + "%";
-    return p.toExponential(1);
-  }
 
   /** The server writes an infinite KL as `Infinity` (as `show --json` does), which JSON.parse
       refuses: outside strings, Infinity becomes 1e999 (parsed as Infinity) and NaN null. */
@@ -83,17 +72,6 @@
     return JSON.parse(out);
   }
 
-  /** A token with whitespace and control characters made visible (tables, headings). */
-  function visible(s) {
-    if (typeof s !== "string" || s === "") return "\u2205";
-    return s
-      .replace(/ /g, "\u2423")
-      .replace(/\n/g, "\u21b5")
-      .replace(/\t/g, "\u21e5")
-      .replace(/[\u0000-\u001f\u007f-\u009f]/g, function (c) {
-        return "\\x" + ("0" + c.charCodeAt(0).toString(16)).slice(-2);
-      });
-  }
 
   // ---- the server ----
   function headers() {
